@@ -1,0 +1,293 @@
+//! The control protocol between `opal-checkpoint` and a process: one JSON line each
+//! way per connection over a Unix stream socket bound to an abstract name
+//! `opalcrs.<pid>.<unique>`. The tool finds the socket from the PID alone, through the
+//! socket inodes of `/proc/PID/fd` matched against `/proc/PID/net/unix` (so it works
+//! across users, private TMPDIRs and PID namespaces), and both ends check each other's
+//! credentials with SO_PEERCRED.
+
+use crate::codes::*;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::time::Duration;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const NAME_PREFIX: &str = "opalcrs.";
+const MAX_LINE: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Checkpoint {
+        #[serde(default)]
+        term: bool,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        dir: Option<String>,
+        /// Queue behind a running checkpoint instead of being refused.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// The result of checkpoint `id`; answered when it is known.
+    Result { id: u64 },
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestEnvelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Why a request failed; each kind has its own exit code in the tool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InProgress,
+    NotCheckpointable,
+    PermissionDenied,
+    ComponentFailed,
+    BadRequest,
+    UnknownId,
+}
+
+impl ErrorKind {
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorKind::InProgress => OPAL_ERR_RESOURCE_BUSY,
+            ErrorKind::NotCheckpointable => OPAL_ERR_NOT_SUPPORTED,
+            ErrorKind::PermissionDenied => OPAL_ERR_PERM,
+            ErrorKind::ComponentFailed => OPAL_ERROR,
+            ErrorKind::BadRequest | ErrorKind::UnknownId => OPAL_ERR_BAD_PARAM,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The outcome of one checkpoint, as the process saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointResult {
+    pub seq: u64,
+    pub series: String,
+    pub path: String,
+    pub component: String,
+    /// "continue" or "term".
+    pub state: String,
+    /// Milliseconds from the request being taken to: running, locally finished, established.
+    pub running_ms: f64,
+    pub finished_ms: f64,
+    pub established_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub pid: i32,
+    pub component: String,
+    /// "idle" or "running".
+    pub state: String,
+    pub series: Option<String>,
+    pub last_seq: Option<u64>,
+    pub last_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CheckpointResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply { v: PROTOCOL_VERSION, error: Some(ErrorBody { kind, message: message.into() }), ..Reply::default() }
+    }
+}
+
+/// Reads one JSON line (bounded) and decodes it.
+pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::io::Result<T> {
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(stream, MAX_LINE)).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed without a message"));
+    }
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+pub fn write_message<T: Serialize>(mut stream: &UnixStream, message: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Credentials of the other end of a Unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+pub fn peer_cred(stream: &UnixStream) -> std::io::Result<PeerCred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(PeerCred { pid: cred.pid, uid: cred.uid })
+}
+
+/// Binds the process's listening socket under a fresh abstract name.
+pub fn bind(pid: i32) -> std::io::Result<(UnixListener, String)> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let name = format!("{NAME_PREFIX}{pid}.{nanos:x}");
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+    Ok((listener, name))
+}
+
+/// A process's control endpoint, found from its PID.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub pid: i32,
+    pub uid: u32,
+    pub name: String,
+}
+
+/// Finds the control socket of `pid`. Errors: OPAL_ERR_NOT_FOUND (no such process),
+/// OPAL_ERR_PERM (not ours to inspect), OPAL_ERR_NOT_AVAILABLE (no libopalcrs socket).
+pub fn locate(pid: i32) -> Result<Endpoint> {
+    if pid <= 0 {
+        return Err(Error::new(OPAL_ERR_BAD_PARAM, format!("invalid PID {pid}")));
+    }
+    let proc_dir = format!("/proc/{pid}");
+    let status = std::fs::read_to_string(format!("{proc_dir}/status"))
+        .map_err(|_| Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid}")))?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse::<u32>().ok())
+        .unwrap_or(u32::MAX);
+    if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+        return Err(Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} has exited (zombie)")));
+    }
+    let fds = std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Error::new(OPAL_ERR_PERM, format!("permission denied: process {pid} belongs to uid {uid}"))
+        } else {
+            Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} ({e})"))
+        }
+    })?;
+    let mut inodes = std::collections::HashSet::new();
+    for entry in fds.flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let target = target.to_string_lossy();
+            if let Some(ino) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                inodes.insert(ino.to_string());
+            }
+        }
+    }
+    let not_ours = || {
+        Error::new(
+            OPAL_ERR_NOT_AVAILABLE,
+            format!("process {pid} is not a libopalcrs process (no control socket: not linked with libopalcrs, C/R disabled, or opal_init not called)"),
+        )
+    };
+    if inodes.is_empty() {
+        return Err(not_ours());
+    }
+    let table = std::fs::read_to_string(format!("{proc_dir}/net/unix")).map_err(|e| Error::io("reading /proc/net/unix", e))?;
+    // Columns: Num RefCount Protocol Flags Type St Inode [Path]; abstract names start with '@'.
+    let found = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (flags, inode, path) = (cols.get(3)?, cols.get(6)?, cols.get(7)?);
+        let listening = u32::from_str_radix(flags, 16).ok()? & 0x10000 != 0;
+        let name = path.strip_prefix('@')?;
+        (listening && name.starts_with(NAME_PREFIX) && inodes.contains(*inode)).then(|| name.to_string())
+    });
+    let name = found.ok_or_else(not_ours)?;
+    Ok(Endpoint { pid, uid, name })
+}
+
+impl Endpoint {
+    /// Connects and checks that the listener really is the target process.
+    pub fn connect(&self, timeout: Duration) -> std::io::Result<UnixStream> {
+        let stream = UnixStream::connect_addr(&SocketAddr::from_abstract_name(self.name.as_bytes())?)?;
+        let cred = peer_cred(&stream)?;
+        if cred.pid != self.pid || cred.uid != self.uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("control socket {} is held by pid {} uid {}, not by the target", self.name, cred.pid, cred.uid),
+            ));
+        }
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(stream)
+    }
+
+    /// One request, one reply.
+    pub fn call(&self, request: Request, timeout: Duration) -> std::io::Result<Reply> {
+        let stream = self.connect(timeout)?;
+        write_message(&stream, &RequestEnvelope { v: PROTOCOL_VERSION, request })?;
+        read_message(&stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_carry_the_version() {
+        let request = RequestEnvelope {
+            v: PROTOCOL_VERSION,
+            request: Request::Checkpoint { term: true, name: Some("n".into()), dir: None, wait: false },
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(text.contains("\"op\":\"checkpoint\"") && text.contains("\"v\":1"), "{text}");
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), request);
+        let minimal: RequestEnvelope = serde_json::from_str(r#"{"v":1,"op":"checkpoint"}"#).unwrap();
+        assert_eq!(minimal.request, Request::Checkpoint { term: false, name: None, dir: None, wait: false });
+        assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn locate_reports_missing_and_foreign_processes() {
+        assert_eq!(locate(0).unwrap_err().code(), OPAL_ERR_BAD_PARAM);
+        assert_eq!(locate(i32::MAX).unwrap_err().code(), OPAL_ERR_NOT_FOUND);
+    }
+
+    #[test]
+    fn a_socket_is_found_from_the_pid_only_once_bound() {
+        let pid = std::process::id() as i32;
+        // Nothing else in this test binary binds a control socket.
+        assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_NOT_AVAILABLE);
+        let (_listener, name) = bind(pid).unwrap();
+        let endpoint = locate(pid).unwrap();
+        assert_eq!(endpoint.name, name);
+    }
+}

@@ -1,0 +1,64 @@
+//! Just enough ELF64 reading to tell whether the running executable defines a symbol in
+//! its static symbol table: used to explain why a self callback was not found ("defined
+//! but not exported") instead of silently not selecting self.
+
+fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], o: usize) -> Option<usize> {
+    usize::try_from(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?)).ok()
+}
+
+/// Whether `/proc/self/exe` has `name` in its `.symtab` (little-endian ELF64 only).
+pub fn exe_defines_symbol(name: &str) -> bool {
+    std::fs::read("/proc/self/exe").ok().and_then(|image| symtab_defines(&image, name)).unwrap_or(false)
+}
+
+const SHT_SYMTAB: u32 = 2;
+
+fn symtab_defines(image: &[u8], name: &str) -> Option<bool> {
+    if image.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(image, 0x28)?;
+    let shentsize = usize::from(u16_at(image, 0x3a)?);
+    let shnum = usize::from(u16_at(image, 0x3c)?);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    for i in 0..shnum {
+        let sh = section(i)?;
+        if u32_at(image, sh + 4)? != SHT_SYMTAB {
+            continue;
+        }
+        let (sym_off, sym_size) = (u64_at(image, sh + 0x18)?, u64_at(image, sh + 0x20)?);
+        let strtab = section(u32_at(image, sh + 0x28)? as usize)?;
+        let (str_off, str_size) = (u64_at(image, strtab + 0x18)?, u64_at(image, strtab + 0x20)?);
+        let strings = image.get(str_off..str_off.checked_add(str_size)?)?;
+        let symbols = image.get(sym_off..sym_off.checked_add(sym_size)?)?;
+        return Some(symbols.chunks_exact(24).any(|sym| {
+            let at = u32_at(sym, 0).unwrap_or(0) as usize;
+            let shndx = u16_at(sym, 6).unwrap_or(0);
+            shndx != 0
+                && strings.get(at..).and_then(|s| s.split(|&c| c == 0).next()) == Some(name.as_bytes())
+        }));
+    }
+    Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_a_symbol_of_the_test_binary_and_not_a_made_up_one() {
+        // Test binaries keep their symbol table; `main` is always defined.
+        assert!(super::exe_defines_symbol("main"));
+        assert!(!super::exe_defines_symbol("no_such_symbol_opalcrs_xyz"));
+    }
+
+    #[test]
+    fn garbage_is_not_elf() {
+        assert_eq!(super::symtab_defines(b"not an elf file at all", "main"), None);
+        assert_eq!(super::symtab_defines(b"\x7fELF\x02\x01\0\0", "main"), None);
+    }
+}

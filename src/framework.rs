@@ -1,0 +1,132 @@
+//! The CRS framework: the component trait, the registry of components and selection by
+//! priority with the `crs` list (design §3). Adding a component means one module under
+//! `components/` and one line in `COMPONENTS`.
+
+use crate::codes::*;
+use crate::error::{Error, Result};
+use crate::params::Params;
+use crate::snapshot::Metadata;
+use std::path::{Path, PathBuf};
+
+/// How a checkpoint ended in this process image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointOutcome {
+    /// The same process goes on (OPAL_CRS_CONTINUE).
+    Continue,
+    /// This is a restored image of the process (OPAL_CRS_RESTART).
+    Restarted,
+}
+
+/// What a component gets to write one snapshot.
+pub struct CheckpointJob<'a> {
+    pub params: &'a Params,
+    /// The snapshot directory being written (a temporary name until published).
+    pub dir: &'a Path,
+    /// Metadata to be written into `snapshot_meta.data`; components add their tokens.
+    pub metadata: &'a mut Metadata,
+}
+
+/// A snapshot chosen for restart.
+pub struct RestartPlan {
+    pub dir: PathBuf,
+    pub metadata: Metadata,
+    pub series: Option<PathBuf>,
+    pub seq: Option<u64>,
+    /// Parameters given to the restart tool (`-mca`), applied on top of the recorded ones.
+    pub params: Params,
+    pub verbose: bool,
+}
+
+/// How a restart ended, when it returns at all (an exec does not).
+pub enum RestartOutcome {
+    /// `--fork`: the restarted process runs as this child (PID as seen from here).
+    Spawned { pid: i32, note: Option<String> },
+    /// The restarted process was waited for; its status (code, or 128+N for signal N).
+    Exited(i32),
+}
+
+pub trait Component: Sync {
+    fn name(&self) -> &'static str;
+
+    fn priority(&self, params: &Params) -> i64;
+
+    /// Whether the component can serve this process; the error says why not.
+    fn query(&self, params: &Params) -> std::result::Result<(), String>;
+
+    /// Module init, in `opal_init` after selection (self runs its restart callback here).
+    fn init(&self, _params: &Params) -> Result<()> {
+        Ok(())
+    }
+
+    fn finalize(&self) {}
+
+    /// Writes one snapshot of the calling process into `job.dir`.
+    fn checkpoint(&self, job: &mut CheckpointJob) -> Result<CheckpointOutcome>;
+
+    /// Restarts from a snapshot; with `spawn_child` the restarted process is a child.
+    fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome>;
+
+    /// Whether every outside connection (the control socket) must be closed while the
+    /// component runs: true for whole-process images.
+    fn needs_quiet_connections(&self) -> bool {
+        false
+    }
+}
+
+static COMPONENTS: &[&dyn Component] = &[
+    &crate::components::self_::SelfComponent,
+
+    &crate::components::none::NoneComponent,
+];
+
+/// Components of the original that this library does not provide.
+const NOT_AVAILABLE: &[&str] = &["blcr", "dmtcp"];
+
+pub fn by_name(name: &str) -> Option<&'static dyn Component> {
+    COMPONENTS.iter().copied().find(|c| c.name() == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    COMPONENTS.iter().map(|c| c.name()).collect()
+}
+
+/// Selects the highest-priority component that the `crs` list allows and that can
+/// serve this process.
+pub fn select(params: &Params) -> Result<&'static dyn Component> {
+    let selection = params.crs_selection();
+    let (exclude, named) = (selection.exclude, selection.components);
+    if !exclude {
+        if let Some(missing) = named.iter().find(|n| NOT_AVAILABLE.contains(n)) {
+            return Err(Error::new(
+                OPAL_ERR_NOT_AVAILABLE,
+                format!(
+                    "crs component '{missing}' is not available on this system (this library provides: {})",
+                    names().join(", ")
+                ),
+            ));
+        }
+    }
+    let mut candidates: Vec<&'static dyn Component> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| named.is_empty() || named.contains(&c.name()) != exclude)
+        .collect();
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.priority(params)));
+
+    let mut refusals = Vec::new();
+    for component in candidates {
+        log::debug!(target: "crs", "crs:{}: component_query() priority = {}", component.name(), component.priority(params));
+        match component.query(params) {
+            Ok(()) => return Ok(component),
+            Err(why) => refusals.push(format!("{}: {why}", component.name())),
+        }
+    }
+    Err(Error::new(
+        OPAL_ERR_NOT_FOUND,
+        if refusals.is_empty() {
+            format!("no crs component matches crs=\"{}\"", params.str("crs"))
+        } else {
+            format!("no crs component can be selected ({})", refusals.join("; "))
+        },
+    ))
+}

@@ -1,0 +1,449 @@
+//! The C/R runtime inside a process: `opal_init`/`opal_finalize` reference counting,
+//! parameters, component selection, the restart hand-over, the signal doorbell and the
+//! server that takes checkpoints (design §4).
+
+pub mod callbacks;
+mod checkpoint;
+pub mod critical;
+mod server;
+
+pub use checkpoint::{Done, Origin, Outcome, Request};
+pub use server::EXIT_CHECKPOINTED;
+
+use crate::codes::*;
+use crate::components::self_::{ENV_DO_RESTART, ENV_SERIES, ENV_SNAPSHOT_DIR};
+use crate::error::{Error, Result};
+use crate::framework::{self, Component};
+use crate::params::{self, Params};
+use crate::snapshot::Series;
+use parking_lot::Mutex;
+use std::os::raw::c_int;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The live runtime of an initialised process (C/R enabled, not a tool).
+pub struct Runtime {
+    pub params: Params,
+    pub component: &'static dyn Component,
+    pub pid: i32,
+    /// The series that default-named checkpoints go to (inherited on restart).
+    series: Mutex<Option<PathBuf>>,
+    /// (series, seq, path) of the last snapshot published by or restored into this process.
+    last: Mutex<Option<(PathBuf, u64, PathBuf)>>,
+}
+
+enum ServerHandle {
+    Thread { shared: Arc<server::Shared>, thread: std::thread::JoinHandle<()> },
+    /// Served by the program's own calls; never locked together with `STATE`, since
+    /// callbacks run while it is held.
+    Inline(Arc<Mutex<server::Server>>),
+}
+
+struct State {
+    init_count: u32,
+    util_count: u32,
+    params: Option<Arc<Params>>,
+    runtime: Option<Arc<Runtime>>,
+    selected: Option<&'static dyn Component>,
+    server: Option<ServerHandle>,
+    signal: Option<c_int>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    init_count: 0,
+    util_count: 0,
+    params: None,
+    runtime: None,
+    selected: None,
+    server: None,
+    signal: None,
+});
+
+/// Whether a listener thread serves requests (`opal_cr_use_thread`); read on the
+/// library-entry hot path, hence an atomic.
+static USES_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// `opal_cr_set_enabled`: a switch on top of `ft_cr_enabled`.
+static ENABLED_BY_API: AtomicBool = AtomicBool::new(true);
+
+static CURRENT_SNAPSHOT_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Where the system parameter files live, from the install prefix.
+pub fn sysconfdir() -> PathBuf {
+    Path::new(env!("OPALCRS_PREFIX")).join("etc")
+}
+
+/// Reads the parameters of this process from its environment and files.
+pub fn load_params(cmdline: Vec<(String, String)>) -> Result<Params> {
+    let inputs = params::Inputs {
+        env: std::env::vars().collect(),
+        cmdline,
+        home: std::env::var_os("HOME").map(PathBuf::from),
+        cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        sysconfdir: sysconfdir(),
+        pkgdatadir: Path::new(env!("OPALCRS_PREFIX")).join("share/openmpi"),
+    };
+    let params = Params::load(&inputs)?;
+    for name in params.unknown() {
+        log::debug!(target: "mca", "mca: ignoring parameter {name}: not one of libopalcrs's");
+    }
+    Ok(params)
+}
+
+fn verbosity(params: &Params) -> i64 {
+    ["crs_base_verbose", "crs_self_verbose", "crs_criu_verbose", "opal_cr_verbose"]
+        .iter()
+        .map(|name| params.int(name))
+        .max()
+        .unwrap_or(0)
+}
+
+fn util_init_locked(state: &mut State) -> Result<()> {
+    if state.util_count == 0 {
+        let params = load_params(Vec::new())?;
+        crate::output::set_verbosity(verbosity(&params));
+        state.params = Some(Arc::new(params));
+    }
+    state.util_count += 1;
+    Ok(())
+}
+
+fn util_finalize_locked(state: &mut State) -> Result<()> {
+    match state.util_count {
+        0 => Err(Error::new(OPAL_ERROR, "opal_finalize_util called more often than opal_init_util")),
+        1 => {
+            state.util_count = 0;
+            state.params = None;
+            Ok(())
+        }
+        _ => {
+            state.util_count -= 1;
+            Ok(())
+        }
+    }
+}
+
+pub fn init_util() -> Result<()> {
+    util_init_locked(&mut STATE.lock())
+}
+
+pub fn finalize_util() -> Result<()> {
+    util_finalize_locked(&mut STATE.lock())
+}
+
+/// `opal_init`: parameters, then the C/R part.
+pub fn init() -> Result<()> {
+    let mut state = STATE.lock();
+    if state.init_count > 0 {
+        state.init_count += 1;
+        return Ok(());
+    }
+    util_init_locked(&mut state)?;
+    if let Err(e) = cr_init_locked(&mut state) {
+        let _ = util_finalize_locked(&mut state);
+        return Err(e);
+    }
+    state.init_count = 1;
+    Ok(())
+}
+
+pub fn finalize() -> Result<()> {
+    let mut state = STATE.lock();
+    match state.init_count {
+        0 => Err(Error::new(OPAL_ERROR, "opal_finalize called more often than opal_init")),
+        1 => {
+            state.init_count = 0;
+            cr_finalize_locked(&mut state);
+            util_finalize_locked(&mut state)
+        }
+        _ => {
+            state.init_count -= 1;
+            Ok(())
+        }
+    }
+}
+
+pub fn set_enabled(enabled: bool) {
+    ENABLED_BY_API.store(enabled, Ordering::SeqCst);
+}
+
+pub fn is_enabled() -> bool {
+    let state = STATE.lock();
+    ENABLED_BY_API.load(Ordering::SeqCst) && state.params.as_ref().is_some_and(|p| p.bool("ft_cr_enabled"))
+}
+
+/// The component selected by `opal_init`, if any.
+pub fn selected() -> Option<&'static dyn Component> {
+    STATE.lock().selected
+}
+
+pub fn runtime() -> Option<Arc<Runtime>> {
+    STATE.lock().runtime.clone()
+}
+
+/// The parameters of this process (after `opal_init_util`).
+pub fn params() -> Option<Arc<Params>> {
+    STATE.lock().params.clone()
+}
+
+fn cr_init_locked(state: &mut State) -> Result<()> {
+    let params = state.params.clone().expect("parameters are loaded before the C/R part");
+    if !(ENABLED_BY_API.load(Ordering::SeqCst) && params.bool("ft_cr_enabled")) {
+        log::debug!(target: "cr", "cr: checkpoint/restart disabled (ft_cr_enabled=0)");
+        return Ok(());
+    }
+    if params.bool("crs_base_do_not_select") {
+        return Ok(());
+    }
+    let component = framework::select(&params).map_err(|e| e.context("opal_cr_init: opal_crs_base_select"))?;
+    log::info!(target: "crs", "crs: selected component {}", component.name());
+
+    // The restart hand-over is consumed here, so the program's children never see it.
+    let inherited_series = std::env::var_os(ENV_SERIES).map(PathBuf::from);
+    let restored_from = std::env::var_os(ENV_SNAPSHOT_DIR).map(PathBuf::from);
+    let runtime = Arc::new(Runtime {
+        params: (*params).clone(),
+        component,
+        pid: std::process::id() as i32,
+        series: Mutex::new(inherited_series.clone()),
+        last: Mutex::new(None),
+    });
+    if let (Some(series), Some(dir)) = (&inherited_series, &restored_from) {
+        let seq = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        *runtime.last.lock() = Some((series.clone(), seq, dir.clone()));
+    }
+    component.init(&params)?;
+    for name in [ENV_DO_RESTART, ENV_SERIES, ENV_SNAPSHOT_DIR] {
+        std::env::remove_var(name);
+    }
+    state.selected = Some(component);
+
+    if !params.bool("opal_cr_is_tool") {
+        let server = server::Server::new(runtime.clone())
+            .map_err(|e| Error::io("opal_cr_init: opening the control socket", e))?;
+        USES_THREAD.store(params.bool("opal_cr_use_thread"), Ordering::SeqCst);
+        state.server = Some(if params.bool("opal_cr_use_thread") {
+            let shared = server.shared();
+            let thread = std::thread::Builder::new()
+                .name("opalcrs".into())
+                .spawn(move || server.run())
+                .map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?;
+            ServerHandle::Thread { shared, thread }
+        } else {
+            ServerHandle::Inline(Arc::new(Mutex::new(server)))
+        });
+        state.signal = install_signal(params.int("opal_cr_signal") as c_int);
+    }
+    state.runtime = Some(runtime);
+    Ok(())
+}
+
+fn cr_finalize_locked(state: &mut State) {
+    if let Some(signal) = state.signal.take() {
+        // SAFETY: restoring the default disposition of a signal we installed.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    match state.server.take() {
+        Some(ServerHandle::Thread { shared, thread }) => {
+            shared.stop();
+            let _ = thread.join();
+        }
+        Some(ServerHandle::Inline(server)) => drop(server),
+        None => {}
+    }
+    server::WAKE_FD.store(-1, Ordering::SeqCst);
+    USES_THREAD.store(false, Ordering::SeqCst);
+    if let Some(component) = state.selected.take() {
+        component.finalize();
+    }
+    state.runtime = None;
+}
+
+/// Installs the doorbell handler, only where the program left the signal at SIG_DFL.
+fn install_signal(signal: c_int) -> Option<c_int> {
+    if signal <= 0 {
+        return None;
+    }
+    // SAFETY: querying and setting a signal disposition with valid sigaction structs.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+            log::info!(target: "cr", "cr: signal {signal} already handled by the program; not installing the checkpoint doorbell");
+            return None;
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = server::on_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        (libc::sigaction(signal, &action, std::ptr::null_mut()) == 0).then_some(signal)
+    }
+}
+
+/// `opal_cr_test_if_checkpoint_ready`: serves pending requests on this thread when
+/// there is no listener thread.
+pub fn test_if_checkpoint_ready() {
+    let inline = match STATE.lock().server.as_ref() {
+        Some(ServerHandle::Inline(server)) => server.clone(),
+        _ => return,
+    };
+    // Busy: re-entered from a callback, or another thread is serving right now.
+    let guard = inline.try_lock();
+    if let Some(mut server) = guard {
+        server.serve_inline();
+    }
+}
+
+/// A checkpoint of the calling process (`opalcrs_checkpoint`, `opal_crs.crs_checkpoint`,
+/// the INC core), served like any other request.
+pub fn checkpoint_with(request: Request) -> Result<Done> {
+    let handle = match STATE.lock().server.as_ref() {
+        Some(ServerHandle::Inline(server)) => Ok(server.clone()),
+        Some(ServerHandle::Thread { shared, .. }) => Err(shared.clone()),
+        None => {
+            return Err(Error::new(
+                OPAL_ERR_NOT_INITIALIZED,
+                "checkpoint/restart is not active: call opal_init first (and keep ft_cr_enabled=1)",
+            ))
+        }
+    };
+    match handle {
+        Ok(inline) => {
+            let mut server = inline.try_lock().ok_or_else(|| {
+                Error::new(OPAL_ERR_RESOURCE_BUSY, "a checkpoint of this process is in progress")
+            })?;
+            server.checkpoint_inline(request)
+        }
+        Err(shared) => server::wait_slot(&shared.submit(request)),
+    }
+}
+
+pub fn uses_thread() -> bool {
+    USES_THREAD.load(Ordering::Relaxed)
+}
+
+/// `opal_cr_inc_core_prep`: the prepare phase alone.
+pub fn prepare_phase() -> c_int {
+    match checkpoint::prepare() {
+        Ok(()) => OPAL_SUCCESS,
+        Err(e) => e.code(),
+    }
+}
+
+/// `opal_cr_inc_core_recover`: the continue/restart phase alone.
+pub fn recover_phase(state: opal_crs_state_type_t) {
+    checkpoint::recover(state)
+}
+
+/// `opal_cr_refresh_environ`: `NAME=VALUE` lines of
+/// `<opal_cr_tmp_dir>/opal_cr_restart-env-<prev_pid>` into the environment, then the
+/// file is removed. No file is fine.
+pub fn refresh_environ(prev_pid: c_int) -> Result<()> {
+    let file = tmp_dir().join(format!("opal_cr_restart-env-{prev_pid}"));
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", file.display()), e)),
+    };
+    for line in text.lines() {
+        if let Some((name, value)) = line.split_once('=') {
+            if !name.is_empty() {
+                std::env::set_var(name, value);
+            }
+        }
+    }
+    std::fs::remove_file(&file).map_err(|e| Error::io(format!("removing {}", file.display()), e))
+}
+
+/// `opal_cr_tmp_dir`, else `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else /tmp.
+pub fn tmp_dir() -> PathBuf {
+    let configured = params().map(|p| p.str("opal_cr_tmp_dir").to_string()).unwrap_or_default();
+    [Some(configured), std::env::var("XDG_RUNTIME_DIR").ok(), std::env::var("TMPDIR").ok()]
+        .into_iter()
+        .flatten()
+        .find(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
+pub(crate) fn set_current_snapshot_dir(dir: Option<PathBuf>) {
+    *CURRENT_SNAPSHOT_DIR.lock() = dir;
+}
+
+/// During a checkpoint: the directory being written; otherwise the last published one.
+pub fn snapshot_dir() -> Option<PathBuf> {
+    if let Some(dir) = CURRENT_SNAPSHOT_DIR.lock().clone() {
+        return Some(dir);
+    }
+    runtime()?.last.lock().as_ref().map(|(_, _, path)| path.clone())
+}
+
+/// The built-in notify callback: a signal asks for a checkpoint with default options.
+pub extern "C" fn builtin_notify(state: opal_cr_ckpt_cmd_state_t) -> c_int {
+    if state == OPAL_CHECKPOINT_CMD_START {
+        server::SIGNAL_CHECKPOINT.store(true, Ordering::SeqCst);
+    }
+    OPAL_SUCCESS
+}
+
+/// OPAL's own coordination step: nothing of ours needs rebuilding around a checkpoint.
+pub extern "C" fn builtin_coord(_state: c_int) -> c_int {
+    OPAL_SUCCESS
+}
+
+impl Runtime {
+    /// The series a request writes to.
+    fn series_for(&self, request: &Request) -> Result<Series> {
+        if request.name.is_none() && request.dir.is_none() {
+            if let Some(series) = self.series.lock().clone() {
+                return Ok(Series::at(&series));
+            }
+        }
+        let base = match &request.dir {
+            Some(dir) => dir.clone(),
+            None => snapshot_base_dir(&self.params),
+        };
+        let name = match &request.name {
+            Some(name) => name.clone(),
+            None => match self.params.str("crs_base_snapshot_name") {
+                "" => format!("opal_snapshot_{}.ckpt", self.pid),
+                name => name.to_string(),
+            },
+        };
+        Series::open(&base, &name)
+    }
+
+    fn remember(&self, series: &Series, seq: u64, path: &Path, request: &Request) {
+        if request.name.is_none() && request.dir.is_none() {
+            *self.series.lock() = Some(series.path().to_path_buf());
+        }
+        *self.last.lock() = Some((series.path().to_path_buf(), seq, path.to_path_buf()));
+    }
+
+    pub fn last_published(&self) -> Option<(PathBuf, u64, PathBuf)> {
+        self.last.lock().clone()
+    }
+}
+
+/// `crs_base_snapshot_dir`, else `$HOME`, else the current directory (with a warning).
+pub fn snapshot_base_dir(params: &Params) -> PathBuf {
+    let configured = params.str("crs_base_snapshot_dir");
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let home = PathBuf::from(home);
+        if writable(&home) {
+            return home;
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    log::warn!(target: "crs", "crs: $HOME is unset or not writable; snapshots go to {}", cwd.display());
+    cwd
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access() on a NUL-terminated path.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}

@@ -1,0 +1,548 @@
+//! Serving checkpoint requests: the control socket, the signal doorbell, the periodic
+//! interval and `opalcrs_checkpoint()`. With `opal_cr_use_thread=1` a listener thread
+//! serves them and each checkpoint runs on a worker thread, so a second request is
+//! answered "in progress" at once; with `0` they are served only when the program calls
+//! `opal_cr_test_if_checkpoint_ready()`. Jobs run one at a time.
+//!
+//! No connection to a tool is open while the component runs: a tool gets an id,
+//! disconnects and asks again for the result. For components that dump the whole
+//! process the listener itself is closed during the dump and bound anew afterwards
+//! (under a new name in a restored copy, which must not answer for the original).
+
+use super::checkpoint::{self, Done, Origin, Outcome, Request};
+use super::Runtime;
+use crate::control::{self, CheckpointResult, ErrorKind, Reply, RequestEnvelope, Status, PROTOCOL_VERSION};
+use crate::error::Error;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Set by the signal handler; the eventfd below wakes the listener thread.
+pub static SIGNAL_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set by the built-in notify callback: take a checkpoint with default options.
+pub static SIGNAL_CHECKPOINT: AtomicBool = AtomicBool::new(false);
+/// The eventfd the signal handler writes to (-1 when none).
+pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Exit status of a process that ends after a signal-triggered checkpoint
+/// (`opal_cr_signal_exit=1`), so a job script can tell it from a finished run.
+pub const EXIT_CHECKPOINTED: i32 = 85;
+
+/// How long a process that is to end after its checkpoint waits for the tool to
+/// collect the result.
+const TERM_LINGER: Duration = Duration::from_secs(3);
+const RESULTS_KEPT: usize = 32;
+
+pub type JobResult = Result<Done, Error>;
+
+/// Where an API caller waits for its job.
+pub type ApiSlot = Arc<(Mutex<Option<JobResult>>, Condvar)>;
+
+struct Job {
+    id: u64,
+    request: Request,
+    api: Option<ApiSlot>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    Open,
+    CloseRequested,
+    Closed,
+    Reopen,
+}
+
+struct Control {
+    stop: bool,
+    submitted: Vec<(Request, ApiSlot)>,
+    finished: Vec<(u64, JobResult)>,
+    quiet: Quiet,
+}
+
+/// State shared between the listener thread, workers and API callers.
+pub struct Shared {
+    wake: OwnedFd,
+    control: Mutex<Control>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn wake(&self) {
+        write_eventfd(self.wake.as_raw_fd());
+    }
+
+    /// Asks the listener thread to stop.
+    pub fn stop(&self) {
+        self.control.lock().stop = true;
+        self.wake();
+    }
+
+    /// Hands a job from an API caller to the listener thread.
+    pub fn submit(&self, request: Request) -> ApiSlot {
+        let slot: ApiSlot = Arc::new((Mutex::new(None), Condvar::new()));
+        self.control.lock().submitted.push((request, slot.clone()));
+        self.wake();
+        slot
+    }
+
+    /// Worker side: closes every connection of the process for the component's run.
+    fn quiet_down(&self) {
+        let mut control = self.control.lock();
+        control.quiet = Quiet::CloseRequested;
+        self.wake();
+        while control.quiet != Quiet::Closed {
+            self.changed.wait(&mut control);
+        }
+    }
+
+    fn reopen(&self) {
+        self.control.lock().quiet = Quiet::Reopen;
+        self.changed.notify_all();
+    }
+
+    fn finished(&self, id: u64, result: JobResult) {
+        self.control.lock().finished.push((id, result));
+        self.wake();
+    }
+}
+
+pub fn wait_slot(slot: &ApiSlot) -> JobResult {
+    let mut result = slot.0.lock();
+    loop {
+        if let Some(done) = result.take() {
+            return done;
+        }
+        slot.1.wait(&mut result);
+    }
+}
+
+fn write_eventfd(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writing 8 bytes to an eventfd; async-signal-safe (used from the handler).
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+fn drain_eventfd(fd: RawFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reading 8 bytes from a non-blocking eventfd.
+    unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) };
+}
+
+pub extern "C" fn on_signal(_signal: libc::c_int) {
+    SIGNAL_PENDING.store(true, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        write_eventfd(fd);
+    }
+}
+
+fn current_pid() -> i32 {
+    std::process::id() as i32
+}
+
+type WireResult = Result<CheckpointResult, control::ErrorBody>;
+
+fn to_wire(result: &JobResult) -> WireResult {
+    match result {
+        Ok(done) => Ok(CheckpointResult {
+            seq: done.seq,
+            series: done.series.display().to_string(),
+            path: done.path.display().to_string(),
+            component: done.component.to_string(),
+            state: match done.outcome {
+                Outcome::Term => "term",
+                Outcome::Restarted => "restart",
+                Outcome::Continue => "continue",
+            }
+            .to_string(),
+            running_ms: done.running_ms,
+            finished_ms: done.finished_ms,
+            established_ms: done.established_ms,
+        }),
+        Err(e) => Err(control::ErrorBody { kind: ErrorKind::ComponentFailed, message: e.message().to_string() }),
+    }
+}
+
+fn result_reply(id: u64, result: WireResult) -> Reply {
+    match result {
+        Ok(result) => Reply { v: PROTOCOL_VERSION, id: Some(id), result: Some(result), ..Reply::default() },
+        Err(error) => Reply { v: PROTOCOL_VERSION, id: Some(id), error: Some(error), ..Reply::default() },
+    }
+}
+
+/// The serving side of one process.
+pub struct Server {
+    rt: Arc<Runtime>,
+    shared: Arc<Shared>,
+    listener: Option<UnixListener>,
+    next_id: u64,
+    queue: VecDeque<Job>,
+    running: Option<(u64, Origin, Option<ApiSlot>)>,
+    results: VecDeque<(u64, WireResult)>,
+    waiters: Vec<(u64, UnixStream)>,
+    next_interval: Option<Instant>,
+    /// The process ends once the tool has the result of this job, or at the deadline.
+    exit_after: Option<(u64, i32, Instant)>,
+}
+
+impl Server {
+    pub fn new(rt: Arc<Runtime>) -> std::io::Result<Server> {
+        // SAFETY: plain eventfd creation.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        WAKE_FD.store(fd, Ordering::SeqCst);
+        let shared = Arc::new(Shared {
+            wake,
+            control: Mutex::new(Control { stop: false, submitted: Vec::new(), finished: Vec::new(), quiet: Quiet::Open }),
+            changed: Condvar::new(),
+        });
+        let mut server = Server {
+            rt,
+            shared,
+            listener: None,
+            next_id: 1,
+            queue: VecDeque::new(),
+            running: None,
+            results: VecDeque::new(),
+            waiters: Vec::new(),
+            next_interval: None,
+            exit_after: None,
+        };
+        server.open_listener()?;
+        server.schedule_interval();
+        Ok(server)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn open_listener(&mut self) -> std::io::Result<()> {
+        let (listener, name) = control::bind(current_pid())?;
+        listener.set_nonblocking(true)?;
+        log::debug!(target: "cr", "cr: listening on @{name}");
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    fn reopen_listener(&mut self) {
+        if let Err(e) = self.open_listener() {
+            log::error!(target: "cr", "cr: cannot reopen the control socket after the checkpoint: {e}");
+        }
+    }
+
+    fn close_connections(&mut self) {
+        self.listener = None;
+        self.waiters.clear();
+    }
+
+    fn schedule_interval(&mut self) {
+        let seconds = self.rt.params.int("opal_cr_checkpoint_interval");
+        self.next_interval = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds as u64));
+    }
+
+    fn busy(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty()
+    }
+
+    fn enqueue(&mut self, request: Request, api: Option<ApiSlot>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back(Job { id, request, api });
+        id
+    }
+
+    /// Handles everything pending without blocking: control messages, the signal,
+    /// connections and the interval. Returns false once asked to stop.
+    fn absorb(&mut self) -> bool {
+        drain_eventfd(self.shared.wake.as_raw_fd());
+        let (finished, submitted, stop) = {
+            let shared = self.shared.clone();
+            let mut control = shared.control.lock();
+            if control.quiet == Quiet::CloseRequested {
+                self.close_connections();
+                control.quiet = Quiet::Closed;
+                shared.changed.notify_all();
+                while control.quiet == Quiet::Closed {
+                    shared.changed.wait(&mut control);
+                }
+                control.quiet = Quiet::Open;
+                self.reopen_listener();
+            }
+            (std::mem::take(&mut control.finished), std::mem::take(&mut control.submitted), control.stop)
+        };
+        for (id, result) in finished {
+            self.finish(id, result);
+        }
+        for (request, slot) in submitted {
+            self.enqueue(request, Some(slot));
+        }
+        if SIGNAL_PENDING.swap(false, Ordering::SeqCst) {
+            self.on_signal();
+        }
+        self.accept_all();
+        if self.next_interval.is_some_and(|due| Instant::now() >= due) && !self.busy() {
+            self.next_interval = None;
+            self.enqueue(Request::default_options(Origin::Interval), None);
+        }
+        if let Some((_, status, deadline)) = self.exit_after {
+            if Instant::now() >= deadline {
+                end_process(status);
+            }
+        }
+        !stop
+    }
+
+    /// The signal doorbell: tell the notify callback what state we are in; the built-in
+    /// one asks for a checkpoint with default options.
+    fn on_signal(&mut self) {
+        use crate::codes::*;
+        let state = if self.busy() {
+            OPAL_CHECKPOINT_CMD_IN_PROGRESS
+        } else if self.rt.component.name() == "none" {
+            OPAL_CHECKPOINT_CMD_NULL
+        } else {
+            OPAL_CHECKPOINT_CMD_START
+        };
+        let notify = super::callbacks::read().notify;
+        if let Some(notify) = notify {
+            // SAFETY: the program's (or our) notify callback.
+            unsafe { notify(state) };
+        }
+        if SIGNAL_CHECKPOINT.swap(false, Ordering::SeqCst) && !self.busy() {
+            self.enqueue(Request::default_options(Origin::Signal), None);
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => self.serve_connection(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!(target: "cr", "cr: accept on the control socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_connection(&mut self, stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        // SAFETY: geteuid has no preconditions.
+        let own_uid = unsafe { libc::geteuid() };
+        let reply = match control::peer_cred(&stream) {
+            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => match control::read_message::<RequestEnvelope>(&stream) {
+                Ok(envelope) if envelope.v == PROTOCOL_VERSION => self.handle(envelope.request, &stream),
+                Ok(envelope) => Some(Reply::error(
+                    ErrorKind::BadRequest,
+                    format!("protocol version {} not supported (this process speaks {PROTOCOL_VERSION})", envelope.v),
+                )),
+                Err(e) => Some(Reply::error(ErrorKind::BadRequest, format!("unreadable request: {e}"))),
+            },
+            Ok(cred) => Some(Reply::error(
+                ErrorKind::PermissionDenied,
+                format!("permission denied: uid {} may not checkpoint a process of uid {own_uid}", cred.uid),
+            )),
+            Err(e) => Some(Reply::error(ErrorKind::PermissionDenied, format!("cannot check the peer's credentials: {e}"))),
+        };
+        if let Some(reply) = reply {
+            let _ = control::write_message(&stream, &reply);
+        }
+    }
+
+    /// Answers a request; None when the connection was parked until a result is known.
+    fn handle(&mut self, request: control::Request, stream: &UnixStream) -> Option<Reply> {
+        match request {
+            control::Request::Checkpoint { term, name, dir, wait } => {
+                if self.rt.component.name() == "none" {
+                    return Some(Reply::error(ErrorKind::NotCheckpointable, crate::components::none::NOT_CHECKPOINTABLE));
+                }
+                if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
+                    return Some(Reply::error(ErrorKind::BadRequest, bad.message()));
+                }
+                if self.busy() && !wait {
+                    return Some(Reply::error(ErrorKind::InProgress, "a checkpoint of this process is in progress"));
+                }
+                let request = Request { term, name, dir: dir.map(Into::into), origin: Origin::Tool, run_callbacks: true };
+                let id = self.enqueue(request, None);
+                Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })
+            }
+            control::Request::Result { id } => {
+                if let Some((_, result)) = self.results.iter().find(|(done, _)| *done == id) {
+                    let reply = result_reply(id, result.clone());
+                    if self.exit_after.is_some_and(|(exit_id, _, _)| exit_id == id) {
+                        let _ = control::write_message(stream, &reply);
+                        end_process(self.exit_after.map_or(0, |(_, status, _)| status));
+                    }
+                    return Some(reply);
+                }
+                let known = self.running.as_ref().is_some_and(|(running, _, _)| *running == id)
+                    || self.queue.iter().any(|job| job.id == id);
+                if known {
+                    if let Ok(parked) = stream.try_clone() {
+                        self.waiters.push((id, parked));
+                    }
+                    return None;
+                }
+                Some(Reply::error(ErrorKind::UnknownId, format!("no checkpoint with id {id}")))
+            }
+            control::Request::Status => {
+                let last = self.rt.last_published();
+                Some(Reply {
+                    v: PROTOCOL_VERSION,
+                    status: Some(Status {
+                        pid: current_pid(),
+                        component: self.rt.component.name().to_string(),
+                        state: if self.busy() { "running" } else { "idle" }.to_string(),
+                        series: last.as_ref().map(|l| l.0.display().to_string()),
+                        last_seq: last.as_ref().map(|l| l.1),
+                        last_path: last.as_ref().map(|l| l.2.display().to_string()),
+                    }),
+                    ..Reply::default()
+                })
+            }
+        }
+    }
+
+    /// Records a finished job and answers whoever waits for it.
+    fn finish(&mut self, id: u64, result: JobResult) {
+        let (origin, api) = match self.running.take() {
+            Some((running, origin, api)) if running == id => (origin, api),
+            other => {
+                self.running = other;
+                (Origin::Api, None)
+            }
+        };
+        self.schedule_interval();
+        let wire = to_wire(&result);
+        if let Err(e) = &wire {
+            log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+        }
+        let mut delivered = false;
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|(w, _)| *w == id);
+        self.waiters = others;
+        for (_, stream) in mine {
+            delivered |= control::write_message(&stream, &result_reply(id, wire.clone())).is_ok();
+        }
+        self.results.push_back((id, wire));
+        while self.results.len() > RESULTS_KEPT {
+            self.results.pop_front();
+        }
+        let exit_status = match &result {
+            Ok(done) if done.outcome == Outcome::Term => Some(0),
+            Ok(done) if done.outcome == Outcome::Continue && origin == Origin::Signal && self.rt.params.bool("opal_cr_signal_exit") => {
+                Some(EXIT_CHECKPOINTED)
+            }
+            _ => None,
+        };
+        if let Some(slot) = api {
+            *slot.0.lock() = Some(result);
+            slot.1.notify_all();
+        }
+        if let Some(status) = exit_status {
+            if origin != Origin::Tool || delivered {
+                end_process(status);
+            }
+            self.exit_after = Some((id, status, Instant::now() + TERM_LINGER));
+        }
+    }
+
+    /// Runs the next queued job on a worker thread (listener-thread mode).
+    fn start_worker(&mut self, job: Job) {
+        self.running = Some((job.id, job.request.origin, job.api));
+        let (rt, shared, id, request) = (self.rt.clone(), self.shared.clone(), job.id, job.request);
+        let spawned = std::thread::Builder::new().name("opalcrs-ckpt".into()).spawn(move || {
+            let quiet = rt.component.needs_quiet_connections();
+            if quiet {
+                shared.quiet_down();
+            }
+            let result = checkpoint::take(&rt, &request);
+            if quiet {
+                shared.reopen();
+            }
+            shared.finished(id, result);
+        });
+        if let Err(e) = spawned {
+            self.finish(id, Err(Error::io("starting the checkpoint thread", e)));
+        }
+    }
+
+    /// Runs one job on the calling thread (`opal_cr_use_thread=0`, or an API call).
+    fn run_job_inline(&mut self, job: Job) {
+        self.running = Some((job.id, job.request.origin, job.api));
+        let quiet = self.rt.component.needs_quiet_connections();
+        if quiet {
+            self.close_connections();
+        }
+        let result = checkpoint::take(&self.rt, &job.request);
+        if quiet {
+            self.reopen_listener();
+        }
+        self.finish(job.id, result);
+    }
+
+    /// One non-blocking round of serving on the caller's thread; a request waits while
+    /// a critical section is open.
+    pub fn serve_inline(&mut self) {
+        self.absorb();
+        while !super::critical::deferred() {
+            let Some(job) = self.queue.pop_front() else { return };
+            self.run_job_inline(job);
+        }
+    }
+
+    /// Takes a checkpoint for an API caller on the calling thread (`opal_cr_use_thread=0`).
+    pub fn checkpoint_inline(&mut self, request: Request) -> JobResult {
+        let slot: ApiSlot = Arc::new((Mutex::new(None), Condvar::new()));
+        self.absorb();
+        self.enqueue(request, Some(slot.clone()));
+        while let Some(job) = self.queue.pop_front() {
+            self.run_job_inline(job);
+        }
+        wait_slot(&slot)
+    }
+
+    /// The listener thread's loop.
+    pub fn run(mut self) {
+        while self.absorb() {
+            if self.running.is_none() {
+                if let Some(job) = self.queue.pop_front() {
+                    self.start_worker(job);
+                    continue;
+                }
+            }
+            self.wait_for_events();
+        }
+        WAKE_FD.store(-1, Ordering::SeqCst);
+    }
+
+    fn wait_for_events(&self) {
+        let mut fds = vec![libc::pollfd { fd: self.shared.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if let Some(listener) = &self.listener {
+            fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let now = Instant::now();
+        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d)].into_iter().flatten().min();
+        let timeout = deadline.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1);
+        // SAFETY: fds is a valid array of pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    }
+}
+
+fn end_process(status: i32) -> ! {
+    log::info!(target: "cr", "cr: ending the process after its checkpoint (exit status {status})");
+    std::process::exit(status)
+}

@@ -1,0 +1,488 @@
+//! `opalcrs_manifest.json`: what a published snapshot holds, so that a snapshot that is
+//! incomplete or damaged is found before a restart is attempted from it.
+
+use super::metadata::METADATA_FILE;
+use crate::codes;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path};
+use std::time::{SystemTime, UNIX_EPOCH};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Name of the manifest inside a snapshot directory.
+pub const MANIFEST_FILE: &str = "opalcrs_manifest.json";
+/// The manifest format this library writes and the newest it reads.
+pub const MANIFEST_FORMAT: u64 = 1;
+/// Hash of every file: XXH3-128, fast enough for GiB-sized CRIU images.
+pub const HASH_ALGORITHM: &str = "xxh3-128";
+
+const HASH_BUFFER_SIZE: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u64,
+    pub library_version: String,
+    pub component: String,
+    pub pid: i32,
+    pub host: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub created: String,
+    pub created_unix_ms: u64,
+    pub files: Vec<FileEntry>,
+    /// The executable and mapped libraries a criu snapshot depends on.
+    pub identity: Vec<IdentityEntry>,
+}
+
+/// One file of the snapshot, by its path relative to the snapshot directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub hash: String,
+    pub algorithm: String,
+}
+
+/// A file outside the snapshot that a restore needs unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityEntry {
+    pub path: String,
+    pub size: u64,
+    pub build_id: Option<String>,
+}
+
+impl FileEntry {
+    /// An entry hashed with [`HASH_ALGORITHM`], as [`hash_file`] computes.
+    pub fn new(path: String, size: u64, hash: String) -> FileEntry {
+        FileEntry { path, size, hash, algorithm: HASH_ALGORITHM.to_string() }
+    }
+}
+
+impl Manifest {
+    /// A manifest of the current format, created now by this library version.
+    pub fn new(
+        component: &str,
+        pid: i32,
+        host: &str,
+        files: Vec<FileEntry>,
+        identity: Vec<IdentityEntry>,
+    ) -> Manifest {
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        Manifest {
+            format: MANIFEST_FORMAT,
+            library_version: env!("CARGO_PKG_VERSION").to_string(),
+            component: component.to_string(),
+            pid,
+            host: host.to_string(),
+            created: rfc3339_utc(created_unix_ms),
+            created_unix_ms,
+            files,
+            identity,
+        }
+    }
+
+    /// Parses a manifest, checking its format version before anything else so that a
+    /// newer format is reported as such rather than as a field that does not parse.
+    pub fn from_json(text: &str) -> Result<Manifest> {
+        let unreadable = |why: String| {
+            Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("unreadable manifest: {why}"))
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+        match value.get("format").and_then(serde_json::Value::as_u64) {
+            Some(MANIFEST_FORMAT) => serde_json::from_value(value).map_err(|e| unreadable(e.to_string())),
+            None | Some(0) => Err(unreadable("no format version".to_string())),
+            Some(newer) => Err(Error::new(
+                codes::OPAL_ERR_NOT_SUPPORTED,
+                format!("manifest format {newer} is newer than this library supports ({MANIFEST_FORMAT})"),
+            )),
+        }
+    }
+
+    /// Reads `<snapshot_dir>/opalcrs_manifest.json`.
+    pub fn read(snapshot_dir: &Path) -> Result<Manifest> {
+        let path = snapshot_dir.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        Manifest::from_json(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Writes `<snapshot_dir>/opalcrs_manifest.json` (mode 0600, replacing any).
+    pub fn write_to(&self, snapshot_dir: &Path) -> Result<()> {
+        let path = snapshot_dir.join(MANIFEST_FILE);
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::msg(format!("cannot encode manifest: {e}")))?;
+        text.push('\n');
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+}
+
+/// What [`verify`] found in a snapshot directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every file listed in the manifest is present with its size and hash, and the
+    /// metadata file is there.
+    Good,
+    /// No manifest, but a `snapshot_meta.data`: the 1.6/1.7 layout, which cannot be
+    /// checked and is trusted as it is.
+    Legacy,
+    /// A listed file is missing or differs, or the manifest itself cannot be used.
+    Corrupt { file: String, reason: String },
+    /// Neither manifest nor metadata, or a manifest without metadata.
+    Incomplete { reason: String },
+}
+
+impl Verdict {
+    /// Whether a restart may use the snapshot.
+    pub fn is_usable(&self) -> bool {
+        matches!(self, Verdict::Good | Verdict::Legacy)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Good => f.write_str("good"),
+            Verdict::Legacy => f.write_str("legacy snapshot without manifest"),
+            Verdict::Corrupt { file, reason } => write!(f, "corrupt: {file}: {reason}"),
+            Verdict::Incomplete { reason } => write!(f, "incomplete: {reason}"),
+        }
+    }
+}
+
+/// Checks a snapshot directory against its manifest.
+pub fn verify(snapshot_dir: &Path) -> Verdict {
+    let has_metadata = snapshot_dir.join(METADATA_FILE).is_file();
+    let manifest_corrupt =
+        |reason: String| Verdict::Corrupt { file: MANIFEST_FILE.to_string(), reason };
+    let manifest = match fs::read_to_string(snapshot_dir.join(MANIFEST_FILE)) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return if has_metadata {
+                Verdict::Legacy
+            } else {
+                Verdict::Incomplete {
+                    reason: format!("neither {MANIFEST_FILE} nor {METADATA_FILE}"),
+                }
+            };
+        }
+        Err(e) => return manifest_corrupt(e.to_string()),
+        Ok(text) => match Manifest::from_json(&text) {
+            Ok(manifest) => manifest,
+            Err(e) => return manifest_corrupt(e.message().to_string()),
+        },
+    };
+    for entry in &manifest.files {
+        if let Err(reason) = check_file(snapshot_dir, entry) {
+            return Verdict::Corrupt { file: entry.path.clone(), reason };
+        }
+    }
+    if has_metadata {
+        Verdict::Good
+    } else {
+        Verdict::Incomplete { reason: format!("no {METADATA_FILE}") }
+    }
+}
+
+/// Compares one listed file with the disk; the error is the reason it differs.
+fn check_file(snapshot_dir: &Path, entry: &FileEntry) -> std::result::Result<(), String> {
+    let relative = Path::new(&entry.path);
+    // A manifest is data from disk: it must not make us read outside the snapshot.
+    if entry.path.is_empty()
+        || !relative.components().all(|part| matches!(part, Component::Normal(_)))
+    {
+        return Err("path is not inside the snapshot".to_string());
+    }
+    if entry.algorithm != HASH_ALGORITHM {
+        return Err(format!("unsupported hash algorithm {:?}", entry.algorithm));
+    }
+    let path = snapshot_dir.join(relative);
+    let size = match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err("missing".to_string()),
+        Err(e) => return Err(e.to_string()),
+        Ok(meta) if !meta.is_file() => return Err("not a regular file".to_string()),
+        Ok(meta) => meta.len(),
+    };
+    if size != entry.size {
+        return Err(format!("size {size}, expected {}", entry.size));
+    }
+    let (_, hash) = hash_file(&path).map_err(|e| e.message().to_string())?;
+    if hash != entry.hash {
+        return Err(format!("{HASH_ALGORITHM} {hash}, expected {}", entry.hash));
+    }
+    Ok(())
+}
+
+/// Size and XXH3-128 (32 lowercase hex digits) of a file, read in 1 MiB blocks.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let failed = |e| Error::io(format!("cannot read {}", path.display()), e);
+    let mut file = File::open(path).map_err(failed)?;
+    let mut hasher = Xxh3::new();
+    let mut buffer = vec![0u8; HASH_BUFFER_SIZE];
+    let mut size = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok((size, format!("{:032x}", hasher.digest128())))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
+fn rfc3339_utc(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60,
+        unix_ms % 1000
+    )
+}
+
+/// Gregorian (year, month, day) of a day count since 1970-01-01, by Howard Hinnant's
+/// `civil_from_days` algorithm (eras of 400 years starting on March 1st).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let shifted = days + 719_468; // days since 0000-03-01
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::test_support::TempDir;
+
+    /// A snapshot directory with metadata, a payload file and a manifest of both.
+    fn snapshot(payload: &[u8]) -> TempDir {
+        let dir = TempDir::new();
+        fs::write(dir.path().join(METADATA_FILE), "# PID: 1\n# OPAL CRS Component: self\n")
+            .unwrap();
+        fs::create_dir(dir.path().join("images")).unwrap();
+        fs::write(dir.path().join("images/pages.img"), payload).unwrap();
+        let files = [METADATA_FILE, "images/pages.img"]
+            .iter()
+            .map(|rel| {
+                let (size, hash) = hash_file(&dir.path().join(rel)).unwrap();
+                FileEntry::new(rel.to_string(), size, hash)
+            })
+            .collect();
+        Manifest::new("self", 1, "node1", files, vec![]).write_to(dir.path()).unwrap();
+        dir
+    }
+
+    fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = dir.join(MANIFEST_FILE);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut value);
+        fs::write(path, value.to_string()).unwrap();
+    }
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_utc(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_utc(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn hash_file_streams_the_same_hash_as_one_shot() {
+        let dir = TempDir::new();
+        let data: Vec<u8> =
+            (0..HASH_BUFFER_SIZE * 2 + 12_345).map(|i| (i * 31 % 251) as u8).collect();
+        let path = dir.path().join("big");
+        fs::write(&path, &data).unwrap();
+        let expected = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&data));
+        assert_eq!(hash_file(&path).unwrap(), (data.len() as u64, expected));
+        fs::write(&path, b"").unwrap();
+        assert_eq!(hash_file(&path).unwrap(), (0, "99aa06d3014798d86001c324468d497f".to_string()));
+    }
+
+    #[test]
+    fn manifest_json_has_the_documented_shape() {
+        let files = vec![FileEntry::new("a".into(), 3, "00ff".into())];
+        let identity = vec![IdentityEntry { path: "/usr/bin/x".into(), size: 9, build_id: None }];
+        let manifest = Manifest::new("criu", 42, "node1", files, identity);
+        let value: serde_json::Value = serde_json::to_value(&manifest).unwrap();
+        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected = [
+            "component",
+            "created",
+            "created_unix_ms",
+            "files",
+            "format",
+            "host",
+            "identity",
+            "library_version",
+            "pid",
+        ];
+        assert_eq!(keys, expected);
+        assert_eq!(value["format"], 1);
+        assert_eq!(value["library_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            value["files"][0],
+            serde_json::json!({"path": "a", "size": 3, "hash": "00ff", "algorithm": "xxh3-128"})
+        );
+        assert_eq!(value["identity"][0]["build_id"], serde_json::Value::Null);
+        assert_eq!(value["created"], rfc3339_utc(manifest.created_unix_ms));
+        assert_eq!(
+            Manifest::from_json(&serde_json::to_string(&manifest).unwrap()).unwrap(),
+            manifest
+        );
+    }
+
+    #[test]
+    fn from_json_checks_the_format_version() {
+        let err = Manifest::from_json(r#"{"format": 2, "anything": true}"#).unwrap_err();
+        assert_eq!(err.message(), "manifest format 2 is newer than this library supports (1)");
+        assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);
+        for text in [r#"{"files": []}"#, r#"{"format": 0}"#, r#"{"format": "1"}"#] {
+            let err = Manifest::from_json(text).unwrap_err();
+            assert!(err.message().contains("no format version"), "{text}: {err}");
+        }
+        assert!(Manifest::from_json(r#"{"format": 1}"#)
+            .unwrap_err()
+            .message()
+            .contains("missing field"));
+        assert!(Manifest::from_json("not json")
+            .unwrap_err()
+            .message()
+            .starts_with("unreadable manifest"));
+    }
+
+    #[test]
+    fn verify_accepts_an_intact_snapshot() {
+        let dir = snapshot(b"payload bytes");
+        assert_eq!(verify(dir.path()), Verdict::Good);
+        assert_eq!(Manifest::read(dir.path()).unwrap().files.len(), 2);
+    }
+
+    #[test]
+    fn verify_detects_a_flipped_byte() {
+        let dir = snapshot(b"payload bytes");
+        fs::write(dir.path().join("images/pages.img"), b"payload bytez").unwrap();
+        match verify(dir.path()) {
+            Verdict::Corrupt { file, reason } => {
+                assert_eq!(file, "images/pages.img");
+                assert!(reason.starts_with("xxh3-128 "), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn verify_detects_a_truncated_file() {
+        let dir = snapshot(b"payload bytes");
+        File::options()
+            .write(true)
+            .open(dir.path().join("images/pages.img"))
+            .unwrap()
+            .set_len(4)
+            .unwrap();
+        let verdict = verify(dir.path());
+        assert_eq!(
+            verdict,
+            Verdict::Corrupt {
+                file: "images/pages.img".into(),
+                reason: "size 4, expected 13".into()
+            }
+        );
+        assert!(!verdict.is_usable());
+    }
+
+    #[test]
+    fn verify_detects_a_deleted_file() {
+        let dir = snapshot(b"payload bytes");
+        fs::remove_file(dir.path().join(METADATA_FILE)).unwrap();
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Corrupt { file: METADATA_FILE.into(), reason: "missing".into() }
+        );
+    }
+
+    #[test]
+    fn verify_reports_a_future_manifest_format_as_corrupt() {
+        let dir = snapshot(b"x");
+        rewrite_manifest(dir.path(), |value| value["format"] = 2.into());
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Corrupt {
+                file: MANIFEST_FILE.into(),
+                reason: "manifest format 2 is newer than this library supports (1)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn verify_refuses_paths_outside_the_snapshot_and_unknown_algorithms() {
+        let dir = snapshot(b"x");
+        rewrite_manifest(dir.path(), |value| value["files"][1]["path"] = "../escape".into());
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Corrupt {
+                file: "../escape".into(),
+                reason: "path is not inside the snapshot".into()
+            }
+        );
+        rewrite_manifest(dir.path(), |value| {
+            value["files"][1]["path"] = "images/pages.img".into();
+            value["files"][1]["algorithm"] = "md5".into();
+        });
+        assert!(
+            matches!(verify(dir.path()), Verdict::Corrupt { reason, .. } if reason.contains("\"md5\""))
+        );
+    }
+
+    #[test]
+    fn verify_tells_legacy_from_incomplete() {
+        let dir = TempDir::new();
+        assert!(matches!(verify(dir.path()), Verdict::Incomplete { .. }));
+        fs::write(dir.path().join(METADATA_FILE), "# PID: 1\n").unwrap();
+        assert_eq!(verify(dir.path()), Verdict::Legacy);
+        assert!(Verdict::Legacy.is_usable());
+
+        let dir = snapshot(b"x");
+        rewrite_manifest(dir.path(), |value| {
+            value["files"].as_array_mut().unwrap().remove(0);
+        });
+        fs::remove_file(dir.path().join(METADATA_FILE)).unwrap();
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Incomplete { reason: format!("no {METADATA_FILE}") }
+        );
+
+        fs::write(dir.path().join(MANIFEST_FILE), "{").unwrap();
+        assert!(
+            matches!(verify(dir.path()), Verdict::Corrupt { file, .. } if file == MANIFEST_FILE)
+        );
+    }
+}

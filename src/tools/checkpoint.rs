@@ -1,0 +1,290 @@
+//! `opal-checkpoint [options] PID`: asks a process for a checkpoint and waits until
+//! the snapshot is established or fails (design §7).
+
+use super::{parse, prefix, usage, OptionDef};
+use crate::codes::*;
+use crate::control::{self, CheckpointResult, ErrorKind, Reply, Request};
+use crate::error::Error;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+pub const OPTIONS: &[OptionDef] = &[
+    OptionDef { names: &["h", "help"], value: None, help: "Show this help" },
+    OptionDef { names: &["v", "verbose"], value: None, help: "Print progress lines on stderr" },
+    OptionDef { names: &["q", "quiet"], value: None, help: "Print nothing on stderr on success" },
+    OptionDef { names: &["term"], value: None, help: "End the process once its snapshot is published" },
+    OptionDef { names: &["n", "name"], value: Some("NAME"), help: "Series name (default opal_snapshot_<pid>.ckpt)" },
+    OptionDef { names: &["w", "where"], value: Some("DIR"), help: "Directory that holds the series (crs_base_snapshot_dir)" },
+    OptionDef { names: &["json"], value: None, help: "Print one JSON object on stdout" },
+    OptionDef { names: &["timeout"], value: Some("SEC"), help: "Give up after SEC seconds (exit 7); default: no limit" },
+    OptionDef { names: &["wait"], value: None, help: "Queue behind a running checkpoint instead of failing" },
+    OptionDef { names: &["status"], value: None, help: "Show the process's component, state and last snapshot" },
+];
+
+pub(crate) const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_USAGE: i32 = 1;
+pub(crate) const EXIT_NO_PROCESS: i32 = 2;
+pub(crate) const EXIT_NOT_CR: i32 = 3;
+pub(crate) const EXIT_PERMISSION: i32 = 4;
+pub(crate) const EXIT_IN_PROGRESS: i32 = 5;
+pub(crate) const EXIT_COMPONENT: i32 = 6;
+pub(crate) const EXIT_TIMEOUT: i32 = 7;
+
+/// A failure with its exit code.
+struct Failure {
+    exit: i32,
+    message: String,
+}
+
+impl Failure {
+    fn new(exit: i32, message: impl Into<String>) -> Failure {
+        Failure { exit, message: message.into() }
+    }
+
+    fn from_locate(e: Error) -> Failure {
+        let exit = match e.code() {
+            OPAL_ERR_NOT_FOUND => EXIT_NO_PROCESS,
+            OPAL_ERR_PERM => EXIT_PERMISSION,
+            OPAL_ERR_BAD_PARAM => EXIT_USAGE,
+            _ => EXIT_NOT_CR,
+        };
+        Failure::new(exit, e.message())
+    }
+
+    fn from_reply(error: &control::ErrorBody) -> Failure {
+        let exit = match error.kind {
+            ErrorKind::InProgress => EXIT_IN_PROGRESS,
+            ErrorKind::NotCheckpointable => EXIT_NOT_CR,
+            ErrorKind::PermissionDenied => EXIT_PERMISSION,
+            ErrorKind::ComponentFailed | ErrorKind::UnknownId => EXIT_COMPONENT,
+            ErrorKind::BadRequest => EXIT_USAGE,
+        };
+        Failure::new(exit, error.message.clone())
+    }
+}
+
+struct Settings {
+    pid: i32,
+    verbose: bool,
+    quiet: bool,
+    json: bool,
+    term: bool,
+    wait: bool,
+    name: Option<String>,
+    dir: Option<String>,
+    deadline: Option<Instant>,
+}
+
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv0 = std::env::args().next().unwrap_or_else(|| "opal-checkpoint".into());
+    let synopsis = "opal-checkpoint [options] PID";
+    let title = "Open PAL Single Process Checkpoint Tool";
+    let parsed = match parse(&args, OPTIONS) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{argv0}: command line error ({e})\nType '{argv0} --help' for usage.");
+            return EXIT_USAGE;
+        }
+    };
+    if parsed.has("h") {
+        print!("{}", usage(synopsis, title, OPTIONS));
+        return EXIT_OK;
+    }
+    let json = parsed.has("json");
+    let pid = match parsed.operands.as_slice() {
+        [] => {
+            eprintln!("{argv0}: Nothing to do\nType '{argv0} --help' for usage.");
+            return EXIT_USAGE;
+        }
+        [pid] => match pid.parse::<i32>() {
+            Ok(pid) if pid > 0 => pid,
+            _ => return report_failure(json, 0, Failure::new(EXIT_USAGE, format!("invalid PID {pid:?}: expected a positive number"))),
+        },
+        more => {
+            eprintln!("{argv0}: command line error (one PID expected, got {})", more.len());
+            return EXIT_USAGE;
+        }
+    };
+    let timeout = match parsed.value("timeout").map(str::parse::<f64>) {
+        None => None,
+        Some(Ok(seconds)) if seconds > 0.0 && seconds.is_finite() => Some(Duration::from_secs_f64(seconds)),
+        Some(Ok(_)) => None,
+        Some(Err(_)) => {
+            eprintln!("{argv0}: command line error (--timeout takes a number of seconds)");
+            return EXIT_USAGE;
+        }
+    };
+    // `-w` is the original's binding of crs_base_snapshot_dir; `-mca` may set it too.
+    let dir = parsed
+        .value("w")
+        .map(str::to_string)
+        .or_else(|| parsed.mca.iter().rev().find(|(n, _)| n == "crs_base_snapshot_dir").map(|(_, v)| v.clone()))
+        .map(|d| std::path::absolute(&d).map(|p| p.display().to_string()).unwrap_or(d));
+    let settings = Settings {
+        pid,
+        verbose: parsed.has("v"),
+        quiet: parsed.has("q") && !parsed.has("v"),
+        json,
+        term: parsed.has("term"),
+        wait: parsed.has("wait"),
+        name: parsed.value("n").map(str::to_string),
+        dir,
+        deadline: timeout.map(|t| Instant::now() + t),
+    };
+    let result = if parsed.has("status") { status(&settings) } else { checkpoint(&settings) };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(failure) => report_failure(json, pid, failure),
+    }
+}
+
+fn report_failure(json: bool, pid: i32, failure: Failure) -> i32 {
+    if json {
+        let object = serde_json::json!({
+            "version": 1, "pid": pid,
+            "error": { "code": failure.exit, "message": failure.message },
+        });
+        println!("{object}");
+    } else {
+        eprintln!("opal-checkpoint: {}", failure.message);
+    }
+    failure.exit
+}
+
+fn remaining(deadline: Option<Instant>) -> Result<Duration, Failure> {
+    match deadline {
+        None => Ok(Duration::from_secs(3600)),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(Failure::new(EXIT_TIMEOUT, "timed out waiting for the checkpoint"))
+            } else {
+                Ok(left)
+            }
+        }
+    }
+}
+
+fn status(settings: &Settings) -> Result<(), Failure> {
+    let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
+    let reply = endpoint
+        .call(Request::Status, remaining(settings.deadline)?)
+        .map_err(|e| Failure::new(EXIT_NOT_CR, format!("process {} did not answer: {e}", settings.pid)))?;
+    if let Some(error) = &reply.error {
+        return Err(Failure::from_reply(error));
+    }
+    let status = reply.status.ok_or_else(|| Failure::new(EXIT_NOT_CR, "the process sent no status"))?;
+    if settings.json {
+        println!("{}", serde_json::json!({ "version": 1, "status": status }));
+    } else {
+        println!("PID: {}", status.pid);
+        println!("Component: {}", status.component);
+        println!("State: {}", status.state);
+        println!("Series: {}", status.series.as_deref().unwrap_or("(none yet)"));
+        println!("Last Seq: {}", status.last_seq.map_or("(none)".to_string(), |s| s.to_string()));
+        println!("Last Path: {}", status.last_path.as_deref().unwrap_or("(none)"));
+    }
+    Ok(())
+}
+
+struct Progress {
+    enabled: bool,
+    start: Instant,
+    last: f64,
+}
+
+impl Progress {
+    fn line(&mut self, at: f64, state: &str, reference: &str) {
+        if self.enabled {
+            eprintln!("{} [{:5.2} / {:5.2}] {state} - {reference}", prefix(), at - self.last, at);
+            self.last = at;
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
+fn checkpoint(settings: &Settings) -> Result<(), Failure> {
+    let mut progress = Progress { enabled: settings.verbose, start: Instant::now(), last: 0.0 };
+    let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
+    progress.line(progress.now(), "Requested", "...");
+    let request = Request::Checkpoint {
+        term: settings.term,
+        name: settings.name.clone(),
+        dir: settings.dir.clone(),
+        wait: settings.wait,
+    };
+    let reply = endpoint
+        .call(request, remaining(settings.deadline)?)
+        .map_err(|e| Failure::new(EXIT_NOT_CR, format!("process {} did not answer the request: {e}", settings.pid)))?;
+    if let Some(error) = &reply.error {
+        return Err(Failure::from_reply(error));
+    }
+    let id = reply.id.ok_or_else(|| Failure::new(EXIT_COMPONENT, "the process accepted no checkpoint"))?;
+    let pending_at = progress.now();
+    progress.line(pending_at, "Pending", "...");
+
+    let result = wait_for_result(settings, id)?;
+    let series_name = std::path::Path::new(&result.series)
+        .file_name()
+        .map_or_else(|| result.series.clone(), |n| n.to_string_lossy().into_owned());
+    progress.line(pending_at + result.running_ms / 1000.0, "Running", "...");
+    progress.line(pending_at + result.finished_ms / 1000.0, "Locally Finished", "...");
+    progress.line(pending_at + result.established_ms / 1000.0, "Checkpoint Established", &series_name);
+    let last = if result.state == "term" { "Terminated" } else { "Continuing/Recovered" };
+    progress.line(progress.now(), last, &series_name);
+
+    let elapsed_ms = progress.start.elapsed().as_secs_f64() * 1000.0;
+    let mut out = std::io::stdout().lock();
+    if settings.json {
+        let object = serde_json::json!({
+            "version": 1, "pid": settings.pid, "seq": result.seq, "series": result.series,
+            "path": result.path, "component": result.component, "state": result.state,
+            "elapsed_ms": (elapsed_ms * 1000.0).round() / 1000.0,
+        });
+        let _ = writeln!(out, "{object}");
+    } else {
+        let _ = writeln!(out, "Snapshot Ref.: {:3} {series_name}", result.seq);
+        let _ = writeln!(out, "Snapshot Path: {}", result.path);
+        if !settings.quiet {
+            eprintln!("{} Local Snapshot Reference = {series_name}", prefix());
+        }
+    }
+    Ok(())
+}
+
+/// Asks for the result of checkpoint `id` until it is known. The process closes its
+/// connections while a whole-process image is taken, so a refused or dropped
+/// connection means "ask again" as long as the process lives.
+fn wait_for_result(settings: &Settings, id: u64) -> Result<CheckpointResult, Failure> {
+    let mut backoff = Duration::from_micros(500);
+    loop {
+        let left = remaining(settings.deadline)?;
+        let answer: Result<Reply, String> = match control::locate(settings.pid) {
+            Ok(endpoint) => endpoint.call(Request::Result { id }, left).map_err(|e| e.to_string()),
+            Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
+                return Err(Failure::new(
+                    EXIT_COMPONENT,
+                    format!("process {} ended before reporting the result of its checkpoint", settings.pid),
+                ))
+            }
+            Err(e) => Err(e.message().to_string()),
+        };
+        match answer {
+            Ok(reply) => {
+                if let Some(error) = &reply.error {
+                    return Err(Failure::from_reply(error));
+                }
+                if let Some(result) = reply.result {
+                    return Ok(result);
+                }
+            }
+            Err(why) => log::debug!("asking again for the result: {why}"),
+        }
+        std::thread::sleep(backoff.min(left));
+        backoff = (backoff * 2).min(Duration::from_millis(20));
+    }
+}
