@@ -142,7 +142,8 @@ impl Component for SelfComponent {
             command.current_dir(cwd);
         }
         if plan.verbose {
-            log::info!(target: "crs", "crs:self: restarting {argv:?} in {:?}", plan.metadata.cwd);
+            let cwd = plan.metadata.cwd.as_deref().unwrap_or(std::path::Path::new("."));
+            log::info!(target: "crs", "crs:self: restarting `{line}` in {}", cwd.display());
         }
         let exec_error = |e: std::io::Error| {
             let code = if e.kind() == std::io::ErrorKind::NotFound { OPAL_ERR_NOT_FOUND } else { OPAL_ERR_IN_ERRNO };

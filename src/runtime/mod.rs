@@ -29,8 +29,6 @@ pub struct Runtime {
     pub pid: i32,
     /// The series that default-named checkpoints go to (inherited on restart).
     series: Mutex<Option<PathBuf>>,
-    /// (series, seq, path) of the last snapshot published by or restored into this process.
-    last: Mutex<Option<(PathBuf, u64, PathBuf)>>,
 }
 
 enum ServerHandle {
@@ -67,7 +65,11 @@ static USES_THREAD: AtomicBool = AtomicBool::new(false);
 /// `opal_cr_set_enabled`: a switch on top of `ft_cr_enabled`.
 static ENABLED_BY_API: AtomicBool = AtomicBool::new(true);
 
+/// The snapshot being written, while a checkpoint runs. Kept apart from `STATE`:
+/// callbacks read it, and the restart callback runs while `STATE` is held.
 static CURRENT_SNAPSHOT_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// (series, seq, path) of the last snapshot published by or restored into this process.
+static LAST_SNAPSHOT: Mutex<Option<(PathBuf, u64, PathBuf)>> = Mutex::new(None);
 
 /// Where the system parameter files live, from the install prefix.
 pub fn sysconfdir() -> PathBuf {
@@ -207,11 +209,10 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         component,
         pid: std::process::id() as i32,
         series: Mutex::new(inherited_series.clone()),
-        last: Mutex::new(None),
     });
     if let (Some(series), Some(dir)) = (&inherited_series, &restored_from) {
         let seq = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        *runtime.last.lock() = Some((series.clone(), seq, dir.clone()));
+        *LAST_SNAPSHOT.lock() = Some((series.clone(), seq, dir.clone()));
     }
     component.init(&params)?;
     for name in [ENV_DO_RESTART, ENV_SERIES, ENV_SNAPSHOT_DIR] {
@@ -374,7 +375,7 @@ pub fn snapshot_dir() -> Option<PathBuf> {
     if let Some(dir) = CURRENT_SNAPSHOT_DIR.lock().clone() {
         return Some(dir);
     }
-    runtime()?.last.lock().as_ref().map(|(_, _, path)| path.clone())
+    LAST_SNAPSHOT.lock().as_ref().map(|(_, _, path)| path.clone())
 }
 
 /// The built-in notify callback: a signal asks for a checkpoint with default options.
@@ -416,11 +417,11 @@ impl Runtime {
         if request.name.is_none() && request.dir.is_none() {
             *self.series.lock() = Some(series.path().to_path_buf());
         }
-        *self.last.lock() = Some((series.path().to_path_buf(), seq, path.to_path_buf()));
+        *LAST_SNAPSHOT.lock() = Some((series.path().to_path_buf(), seq, path.to_path_buf()));
     }
 
     pub fn last_published(&self) -> Option<(PathBuf, u64, PathBuf)> {
-        self.last.lock().clone()
+        LAST_SNAPSHOT.lock().clone()
     }
 }
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine: a C compiler,
+# pkg-config and man (apt), cbindgen pinned to the version the header was made with
+# (cargo), and CRIU >= 4 (scripts/install-criu.sh) unless --no-criu is given.
+# Idempotent: what is already there is not installed again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_criu=1
+[ "${1:-}" = "--no-criu" ] && want_criu=0
+log() { echo "install-deps: $*" >&2; }
+command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+
+missing=()
+for tool in cc:gcc pkg-config:pkg-config; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then log "need root to install: ${missing[*]}"; exit 1; fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+CBINDGEN_VERSION=0.27.0
+TOOLS=${OPALCRS_TOOLS:-/opt/opalcrs-tools}
+if ! "$TOOLS/bin/cbindgen" --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
+    log "installing cbindgen $CBINDGEN_VERSION into $TOOLS"
+    cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION" --root "$TOOLS"
+fi
+
+if [ $want_criu = 1 ]; then
+    bash scripts/install-criu.sh "${CRIU_PREFIX:-/opt/criu}"
+fi
