@@ -75,7 +75,7 @@ pub trait Component: Sync {
 
 static COMPONENTS: &[&dyn Component] = &[
     &crate::components::self_::SelfComponent,
-
+    &crate::components::criu::CriuComponent,
     &crate::components::none::NoneComponent,
 ];
 

@@ -1,1 +1,163 @@
-//! placeholder until the CRIU client lands
+//! `criu`: transparent checkpoints of the whole process through CRIU ≥ 4, spoken to
+//! over its RPC protocol (`criu swrk`), so the library has no link-time dependency on
+//! CRIU. The process dumps itself from its checkpoint phase and keeps running; the
+//! restored image sees the same call return "restored". `opal-restart` restores the
+//! image as its child, or into a fresh PID namespace when the original PID is taken.
+
+pub mod binary;
+pub mod proto;
+pub mod restore;
+pub mod rpc;
+
+use crate::error::{Error, Result};
+use crate::framework::{CheckpointJob, CheckpointOutcome, Component, RestartOutcome, RestartPlan};
+use crate::params::Params;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+pub struct CriuComponent;
+
+/// What fds 0–2 were at dump time, one `readlink` target per line.
+const STDIO_FILE: &str = "stdio";
+/// The log of the last failed dump, kept in the series.
+const FAILED_LOG: &str = "criu-failed.log";
+
+fn configured_binary(params: &Params) -> Option<PathBuf> {
+    Some(params.str("crs_criu_binary")).filter(|p| !p.is_empty()).map(PathBuf::from)
+}
+
+fn find_binary(params: &Params) -> Result<binary::CriuBinary> {
+    binary::find(configured_binary(params).as_deref())
+}
+
+impl Component for CriuComponent {
+    fn name(&self) -> &'static str {
+        "criu"
+    }
+
+    fn priority(&self, params: &Params) -> i64 {
+        params.int("crs_criu_priority")
+    }
+
+    fn query(&self, params: &Params) -> std::result::Result<(), String> {
+        find_binary(params).map(|_| ()).map_err(|e| e.message().to_string())
+    }
+
+    fn init(&self, params: &Params) -> Result<()> {
+        let say = |label: &str, value: &dyn std::fmt::Display| log::debug!(target: "crs", "crs:criu: open: {label} = {value}");
+        say("priority", &params.int("crs_criu_priority"));
+        say("verbosity", &params.int("crs_criu_verbose"));
+        say("log_file", &params.str("crs_criu_log"));
+        say("log_level", &params.int("crs_criu_log_level"));
+        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running"] {
+            say(flag, &u8::from(params.bool(&format!("crs_criu_{flag}"))));
+        }
+        log::debug!(target: "crs", "crs:criu: module_init()");
+        Ok(())
+    }
+
+    fn needs_quiet_connections(&self) -> bool {
+        true
+    }
+
+    fn checkpoint(&self, job: &mut CheckpointJob) -> Result<CheckpointOutcome> {
+        let pid = std::process::id() as i32;
+        log::debug!(target: "crs", "crs:criu: checkpoint({pid}, ---)");
+        let bin = find_binary(job.params)?;
+        bin.check()?;
+        let stdio: Vec<String> = (0..3)
+            .map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string()).unwrap_or_default())
+            .collect();
+        std::fs::write(job.dir.join(STDIO_FILE), stdio.join("\n") + "\n")
+            .map_err(|e| Error::io(format!("writing {}", job.dir.join(STDIO_FILE).display()), e))?;
+        let log_file = job.params.str("crs_criu_log").to_string();
+        log::debug!(target: "crs", "crs:criu: opening snapshot directory {}", job.dir.display());
+        let options = rpc::DumpOptions {
+            pid,
+            images_dir: job.dir,
+            log_file: &log_file,
+            log_level: job.params.int("crs_criu_log_level") as i32,
+            // The process always keeps running: a snapshot is never lost because the
+            // process died before publishing it (`--term` ends it afterwards).
+            leave_running: true,
+            shell_job: job.params.bool("crs_criu_shell_job"),
+            ext_unix_sk: job.params.bool("crs_criu_ext_unix_sk"),
+            tcp_established: job.params.bool("crs_criu_tcp_established"),
+            external: &[],
+        };
+        match rpc::dump(&bin, &options) {
+            Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
+            Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
+            Err(e) => {
+                if let Some(series) = job.dir.parent() {
+                    let _ = std::fs::copy(job.dir.join(&log_file), series.join(FAILED_LOG));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome> {
+        let bin = find_binary(&plan.params).map_err(|e| {
+            Error::new(e.code(), format!("snapshot {} needs CRIU to restore: {}", plan.dir.display(), e.message()))
+        })?;
+        let pids = restore::image_pids(&plan.dir)?;
+        let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
+        let new_pidns = match plan.params.choice("crs_criu_pidns") {
+            "always" => true,
+            "never" => false,
+            _ => !taken.is_empty(),
+        };
+        let inherit = stdio_handover(&plan.dir);
+        let log_file = format!("restore-{}.log", std::process::id());
+        let options = restore::RestoreOptions {
+            images_dir: &plan.dir,
+            log_file: &log_file,
+            log_level: plan.params.int("crs_criu_log_level") as i32,
+            shell_job: plan.params.bool("crs_criu_shell_job"),
+            ext_unix_sk: plan.params.bool("crs_criu_ext_unix_sk"),
+            tcp_established: plan.params.bool("crs_criu_tcp_established"),
+            inherit_fds: &inherit,
+            new_pidns,
+        };
+        let restored = restore::restore(&bin, &options).map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
+        let _ = std::fs::remove_file(plan.dir.join(&log_file));
+        let note = restored.new_pidns.then(|| {
+            format!(
+                "restored into a new PID namespace (PID {} was taken): PID {} outside, {} inside",
+                restored.pid_in_ns, restored.pid, restored.pid_in_ns
+            )
+        });
+        if spawn_child {
+            return Ok(RestartOutcome::Spawned { pid: restored.pid, note });
+        }
+        if let Some(note) = note {
+            eprintln!("opal-restart: {note}");
+        }
+        Ok(RestartOutcome::Exited(restored.wait()?))
+    }
+}
+
+/// Gives the restored process our own stdio where it had pipes or sockets (those
+/// ends are gone with the original); files and terminals CRIU reopens itself.
+fn stdio_handover(dir: &Path) -> Vec<(String, RawFd)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else { return Vec::new() };
+    text.lines()
+        .enumerate()
+        .filter(|(_, target)| target.starts_with("pipe:[") || target.starts_with("socket:["))
+        .map(|(fd, target)| (target.to_string(), fd as RawFd))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_pipes_and_sockets_are_handed_over() {
+        let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
+        let handover = super::stdio_handover(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
+    }
+}

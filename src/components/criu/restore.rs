@@ -1,0 +1,692 @@
+//! Restoring CRIU images through `criu swrk`, so that the restored task becomes a child
+//! we can wait for (`rst_sibling`, like libcriu's `criu_restore_child`).
+//!
+//! Same PID namespace: the original PIDs must be free. New PID namespace (the original
+//! still runs): the restored task must not be PID 1 there (a namespace dies with its
+//! init), so we fork a small init of our own:
+//!
+//! ```text
+//! caller ── holder (unshares PID + mount ns) ── init (PID 1) ─┬─ criu swrk (exits after answering)
+//!                                                             └─ restored task (rst_sibling)
+//! ```
+//!
+//! The init mounts a private /proc for the namespace, runs the restore, reports CRIU's
+//! answer on a pipe, waits for the caller to acknowledge (by then the caller has found
+//! the task's PID in its own namespace), then reaps and exits with the task's status,
+//! which the holder passes on to the caller. Holder and init run in children forked from
+//! a possibly multi-threaded process, so they only make system calls on data prepared
+//! before the fork.
+
+use super::binary::CriuBinary;
+use super::proto::{InheritFd, Opts, Reader, ReqType, Request, Response, Value};
+use super::rpc::{self, Helper, ImagesDir, Session, SwrkCommand, HELPER_FAILED};
+use crate::codes;
+use crate::error::{Error, Result};
+use log::debug;
+use std::ffi::{c_int, c_uint};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a same-namespace restore waits for the image's PIDs to be released (a
+/// killed original may linger as a zombie until its parent reaps it).
+const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// First two words of `pstree.img` (criu/include/magic.h).
+const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+const PSTREE_MAGIC: u32 = 0x5027_3030;
+/// `PstreeEntry` fields (images/pstree.proto).
+const PSTREE_PID: u32 = 1;
+const PSTREE_THREADS: u32 = 5;
+
+/// What to restore and how.
+pub struct RestoreOptions<'a> {
+    pub images_dir: &'a Path,
+    /// Name of CRIU's log file inside `images_dir`.
+    pub log_file: &'a str,
+    pub log_level: i32,
+    pub shell_job: bool,
+    pub ext_unix_sk: bool,
+    pub tcp_established: bool,
+    /// Files of the image replaced by our descriptors, e.g. `("pipe:[1234]", 1)` hands
+    /// our stdout to the task in place of the pipe it had when dumped.
+    pub inherit_fds: &'a [(String, RawFd)],
+    /// Restore into a fresh PID namespace (needed while the original PIDs are taken).
+    pub new_pidns: bool,
+}
+
+/// A restored task, our child (directly, or through the namespace holder). Wait for it
+/// (`wait`), or its end leaves a zombie behind.
+#[derive(Debug)]
+pub struct Restored {
+    /// The task's PID in the caller's namespace.
+    pub pid: i32,
+    /// The PID the task sees for itself (its original PID).
+    pub pid_in_ns: i32,
+    pub new_pidns: bool,
+    /// The child to wait for: the task itself, or the namespace holder.
+    waiter: libc::pid_t,
+}
+
+impl Restored {
+    /// Waits until the restored task ends: its exit code, or 128 + N if signal N killed it.
+    pub fn wait(self) -> Result<i32> {
+        rpc::wait_exit_code(self.waiter)
+            .map_err(|e| Error::io(format!("waiting for restored process {}", self.pid), e))
+    }
+}
+
+/// Whether this PID is allocated in our namespace: a process or thread (a zombie
+/// counts), or the process group or session ID of some process (a killed session
+/// leader's PID stays allocated while members of its session remain).
+pub fn pid_in_use(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|other| std::fs::read_to_string(format!("/proc/{other}/stat")).ok())
+        .any(|stat| group_and_session(&stat).is_some_and(|(pgrp, sid)| pgrp == pid || sid == pid))
+}
+
+/// Process group and session of a /proc/PID/stat line ("pid (comm) state ppid pgrp
+/// session ..."; comm may hold spaces and parentheses, so fields follow the last ')').
+fn group_and_session(stat: &str) -> Option<(i32, i32)> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(2);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// The PIDs and thread IDs recorded in the images (`pstree.img`), the root task first.
+pub fn image_pids(images_dir: &Path) -> Result<Vec<i32>> {
+    let path = images_dir.join("pstree.img");
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Error::io(format!("no CRIU images in {}: {}", images_dir.display(), path.display()), e)
+    })?;
+    parse_pstree(&bytes).map_err(|e| e.context(path.display()))
+}
+
+fn parse_pstree(bytes: &[u8]) -> Result<Vec<i32>> {
+    let bad = |what: &str| {
+        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU pstree image: {what}"))
+    };
+    let word = |at: usize| -> Option<u32> {
+        bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
+        return Err(bad("wrong magic"));
+    }
+    let mut pids = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let len = word(at).ok_or_else(|| bad("truncated entry size"))? as usize;
+        let entry = bytes.get(at + 4..at + 4 + len).ok_or_else(|| bad("truncated entry"))?;
+        at += 4 + len;
+        let mut reader = Reader::new(entry);
+        while let Some((number, value)) = reader.next_field()? {
+            if let (PSTREE_PID | PSTREE_THREADS, Value::Varint(raw)) = (number, value) {
+                let pid = raw as i32;
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    if pids.is_empty() {
+        return Err(bad("no process"));
+    }
+    Ok(pids)
+}
+
+/// Restores the images; the restored task becomes our child (see `Restored`).
+pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
+    let images = ImagesDir::open(opts.images_dir)?;
+    rpc::check_log_file_name(opts.log_file)?;
+    let pids = image_pids(&images.path)?;
+    for (key, fd) in opts.inherit_fds {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            let err = io::Error::last_os_error();
+            return Err(Error::new(
+                codes::OPAL_ERR_BAD_PARAM,
+                format!("inherit_fd {key}: descriptor {fd}: {err}"),
+            ));
+        }
+    }
+    let request = Request {
+        kind: ReqType::RESTORE,
+        opts: Some(Opts {
+            images_dir: Some(images.helper_path()),
+            log_level: opts.log_level,
+            log_file: Some(opts.log_file.to_string()),
+            shell_job: opts.shell_job,
+            ext_unix_sk: opts.ext_unix_sk,
+            tcp_established: opts.tcp_established,
+            rst_sibling: true,
+            inherit_fd: opts
+                .inherit_fds
+                .iter()
+                .map(|(key, fd)| InheritFd { key: key.clone(), fd: *fd })
+                .collect(),
+            unprivileged: rpc::unprivileged_mode(),
+            ..Opts::default()
+        }),
+    }
+    .encode();
+    let mut fds = vec![images.fd()];
+    fds.extend(opts.inherit_fds.iter().map(|&(_, fd)| fd));
+    let context = RestoreContext {
+        bin,
+        request: &request,
+        inherit_fds: &fds,
+        what: format!("restore of {}", images.path.display()),
+        log: images.path.join(opts.log_file),
+    };
+    debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
+    let started = Instant::now();
+    let restored = if opts.new_pidns {
+        restore_in_new_pidns(&context)?
+    } else {
+        wait_until_free(&pids, &images.path)?;
+        restore_here(&context)?
+    };
+    drop(images);
+    debug!("crs:criu: restored {restored:?} after {:?}", started.elapsed());
+    Ok(restored)
+}
+
+struct RestoreContext<'a> {
+    bin: &'a CriuBinary,
+    request: &'a [u8],
+    inherit_fds: &'a [RawFd],
+    what: String,
+    log: PathBuf,
+}
+
+impl RestoreContext<'_> {
+    /// The restored root's PID from CRIU's answer, or the failure.
+    fn restored_pid(&self, response: &Response) -> Result<i32> {
+        rpc::expect_kind(response, ReqType::RESTORE)?;
+        if !response.success {
+            return Err(rpc::failure(&self.what, response, &self.log));
+        }
+        response
+            .restore_pid
+            .filter(|&pid| pid > 0)
+            .ok_or_else(|| Error::msg(format!("criu {}: success without a PID", self.what)))
+    }
+}
+
+fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + PID_RELEASE_TIMEOUT;
+    loop {
+        let busy: Vec<i32> = pids.iter().copied().filter(|&pid| pid_in_use(pid)).collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                codes::OPAL_EXISTS,
+                format!(
+                    "cannot restore {} here: PID {busy:?} still in use after {PID_RELEASE_TIMEOUT:?} \
+                     (is the original running? restore into a new PID namespace)",
+                    images_dir.display()
+                ),
+            ));
+        }
+        debug!("crs:criu: waiting for PIDs {busy:?} to be released");
+        std::thread::sleep(PID_POLL_INTERVAL);
+    }
+}
+
+fn restore_here(context: &RestoreContext) -> Result<Restored> {
+    let response =
+        Session::start(context.bin, Helper::Child, context.inherit_fds)?.call(context.request)?;
+    let pid = context.restored_pid(&response)?;
+    Ok(Restored { pid, pid_in_ns: pid, new_pidns: false, waiter: pid })
+}
+
+/// The steps of the holder and init, as reported to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Step {
+    Done = 0,
+    Unshare,
+    ForkInit,
+    MountPrivate,
+    MountProc,
+    SpawnCriu,
+    SendRequest,
+    ReceiveAnswer,
+}
+
+impl Step {
+    const ALL: [Step; 8] = [
+        Step::Done,
+        Step::Unshare,
+        Step::ForkInit,
+        Step::MountPrivate,
+        Step::MountProc,
+        Step::SpawnCriu,
+        Step::SendRequest,
+        Step::ReceiveAnswer,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Done => "done",
+            Step::Unshare => "unshare(CLONE_NEWPID | CLONE_NEWNS)",
+            Step::ForkInit => "fork of the namespace's init",
+            Step::MountPrivate => "making / private in the new mount namespace",
+            Step::MountProc => "mounting /proc for the new PID namespace",
+            Step::SpawnCriu => "starting criu swrk",
+            Step::SendRequest => "sending the request to criu swrk",
+            Step::ReceiveAnswer => "reading the answer of criu swrk",
+        }
+    }
+}
+
+/// Report header: step (u32) and errno (i32), native endian; CRIU's answer follows
+/// when the step is `Done`.
+const REPORT_HEADER: usize = 8;
+
+/// Everything holder and init use, prepared before the fork.
+struct PidnsPlan<'a> {
+    swrk: SwrkCommand,
+    /// Our end and criu's end of the RPC socket pair.
+    socket: RawFd,
+    criu_socket: RawFd,
+    request: &'a [u8],
+    report_write: RawFd,
+    ack_read: RawFd,
+    /// The descriptors above 2 that the holder keeps, sorted; it closes all others at
+    /// once, so that it holds no descriptor of another thread's work (a pipe whose end
+    /// it held open would never see EOF).
+    keep: Vec<RawFd>,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io("pipe for the restore helper", io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn restore_in_new_pidns(context: &RestoreContext) -> Result<Restored> {
+    let (socket, criu_socket) = rpc::socket_pair()?;
+    let (report_read, report_write) = pipe()?;
+    let (ack_read, ack_write) = pipe()?;
+    let mut keep = vec![
+        socket.as_raw_fd(),
+        criu_socket.as_raw_fd(),
+        report_write.as_raw_fd(),
+        ack_read.as_raw_fd(),
+    ];
+    keep.extend_from_slice(context.inherit_fds);
+    keep.retain(|&fd| fd > libc::STDERR_FILENO);
+    keep.sort_unstable();
+    keep.dedup();
+    let plan = PidnsPlan {
+        swrk: SwrkCommand::new(context.bin, criu_socket.as_raw_fd(), context.inherit_fds)?,
+        socket: socket.as_raw_fd(),
+        criu_socket: criu_socket.as_raw_fd(),
+        request: context.request,
+        report_write: report_write.as_raw_fd(),
+        ack_read: ack_read.as_raw_fd(),
+        keep,
+    };
+    // SAFETY: the child runs run_holder, which only makes system calls on `plan`.
+    let holder = unsafe { libc::fork() };
+    if holder == 0 {
+        // SAFETY: in the freshly forked child.
+        unsafe { run_holder(&plan) }
+    }
+    if holder < 0 {
+        return Err(Error::io("fork for a new PID namespace", io::Error::last_os_error()));
+    }
+    // Only the init keeps these; the report pipe then ends when the init has reported.
+    drop((socket, criu_socket, report_write, ack_read));
+    let mut report = Vec::new();
+    let read = File::from(report_read).read_to_end(&mut report);
+    let found = read
+        .map_err(|e| Error::io("reading the restore helper's report", e))
+        .and_then(|_| parse_report(context, &report))
+        .and_then(|response| context.restored_pid(&response))
+        .and_then(|pid_in_ns| Ok((outer_pid(holder, pid_in_ns)?, pid_in_ns)));
+    match found {
+        Ok((pid, pid_in_ns)) => {
+            // The acknowledgement tells the init which child is the task to wait for.
+            let acked = rpc::write_all(ack_write.as_raw_fd(), &pid_in_ns.to_ne_bytes());
+            drop(ack_write);
+            match acked {
+                Ok(()) => Ok(Restored { pid, pid_in_ns, new_pidns: true, waiter: holder }),
+                Err(errno) => {
+                    let _ = rpc::wait_exit_code(holder);
+                    Err(Error::io("acknowledging the restore", io::Error::from_raw_os_error(errno)))
+                }
+            }
+        }
+        Err(e) => {
+            // Without an acknowledgement the init kills whatever it restored and exits.
+            drop(ack_write);
+            let _ = rpc::wait_exit_code(holder);
+            Err(e)
+        }
+    }
+}
+
+fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
+    if report.len() < REPORT_HEADER {
+        let what = &context.what;
+        return Err(Error::msg(format!(
+            "criu {what}: the namespace helper ended without a report"
+        )));
+    }
+    let (header, answer) = report.split_at(REPORT_HEADER);
+    let word = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
+    let step = u32::from_ne_bytes(word(0));
+    let errno = i32::from_ne_bytes(word(4));
+    let step = Step::ALL.into_iter().find(|s| *s as u32 == step);
+    match step {
+        Some(Step::Done) => Response::decode(answer),
+        Some(Step::SpawnCriu) => Err(rpc::spawn_error(context.bin, errno)),
+        Some(Step::SendRequest) => Err(rpc::exchange_error("sending the request to", errno)),
+        Some(Step::ReceiveAnswer) => Err(rpc::exchange_error("reading the answer of", errno)),
+        Some(step) => {
+            let code = if errno == libc::EPERM { codes::OPAL_ERR_PERM } else { codes::OPAL_ERROR };
+            let err = io::Error::from_raw_os_error(errno);
+            Err(Error::new(
+                code,
+                format!("criu {}: {} failed: {err}", context.what, step.describe()),
+            ))
+        }
+        None => Err(Error::msg(format!(
+            "criu {}: garbled report from the namespace helper",
+            context.what
+        ))),
+    }
+}
+
+/// The restored task's PID in our namespace: the child of the holder's init whose
+/// innermost PID is `pid_in_ns`.
+fn outer_pid(holder: libc::pid_t, pid_in_ns: i32) -> Result<i32> {
+    let not_found = || {
+        Error::msg(format!(
+            "restored process {pid_in_ns} not found under namespace holder {holder}"
+        ))
+    };
+    let init = *children(holder).first().ok_or_else(not_found)?;
+    children(init)
+        .into_iter()
+        .find(|&child| ns_pids(child).last() == Some(&pid_in_ns))
+        .ok_or_else(not_found)
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The `NSpid:` line of /proc/PID/status: the PID in each namespace, outermost first.
+pub(crate) fn ns_pids(pid: i32) -> Vec<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map(|pids| pids.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Writes the report header (and CRIU's answer). Async-signal-safe.
+fn report(fd: RawFd, step: Step, errno: c_int, answer: &[u8]) {
+    let [s0, s1, s2, s3] = (step as u32).to_ne_bytes();
+    let [e0, e1, e2, e3] = errno.to_ne_bytes();
+    if rpc::write_all(fd, &[s0, s1, s2, s3, e0, e1, e2, e3]).is_ok() {
+        let _ = rpc::write_all(fd, answer);
+    }
+}
+
+/// Reports a failed step and exits (holder and init only). Async-signal-safe.
+fn fail(plan: &PidnsPlan, step: Step, errno: c_int) -> ! {
+    report(plan.report_write, step, errno, &[]);
+    // SAFETY: _exit ends this forked child without running the parent's atexit handlers.
+    unsafe { libc::_exit(HELPER_FAILED) }
+}
+
+/// Closes descriptors `first..=last`. Async-signal-safe.
+fn close_range(first: RawFd, last: RawFd) {
+    // SAFETY: close_range only closes descriptors of this (forked) process.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as c_uint, last as c_uint, 0) };
+    if rc != 0 {
+        // Kernels before 5.9: one by one, up to the descriptor limit.
+        // SAFETY: sysconf has no preconditions.
+        let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(0, 1 << 20) as RawFd;
+        for fd in first..=last.min(limit - 1) {
+            // SAFETY: closing a descriptor of this process, open or not.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Closes every descriptor above 2 that is not in `keep` (sorted). Async-signal-safe.
+fn close_all_except(keep: &[RawFd]) {
+    let mut next = libc::STDERR_FILENO + 1;
+    for &fd in keep {
+        if fd > next {
+            close_range(next, fd - 1);
+        }
+        next = next.max(fd + 1);
+    }
+    close_range(next, RawFd::MAX);
+}
+
+/// Default signal handling for a forked child that does not exec (holder and init):
+/// the caller's handlers, say a SIGCHLD handler that reaps, must not run there.
+/// Ignored signals stay ignored, as across exec, except SIGCHLD, which waitpid needs.
+/// Async-signal-safe.
+fn reset_signals() {
+    // SAFETY: sigaction, signal and sigprocmask on this process's own signal state;
+    // invalid signal numbers just fail.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        for signal in 1..=64 {
+            if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction != libc::SIG_IGN
+            {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// The holder: enters new PID and mount namespaces, forks the init and passes its exit
+/// status on.
+///
+/// # Safety
+/// Only in a freshly forked child; async-signal-safe.
+unsafe fn run_holder(plan: &PidnsPlan) -> ! {
+    reset_signals();
+    close_all_except(&plan.keep);
+    // SAFETY: system calls on this child's own state.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
+            fail(plan, Step::Unshare, rpc::errno());
+        }
+        let init = libc::fork();
+        if init == 0 {
+            run_init(plan);
+        }
+        if init < 0 {
+            fail(plan, Step::ForkInit, rpc::errno());
+        }
+        // The holder needs none of its descriptors; the report pipe must end with the init.
+        close_all_except(&[]);
+        libc::_exit(rpc::wait_exit_code(init).unwrap_or(HELPER_FAILED));
+    }
+}
+
+/// PID 1 of the new namespace: restore, report, wait for the acknowledgement, reap.
+///
+/// # Safety
+/// Only in a freshly forked child; async-signal-safe.
+unsafe fn run_init(plan: &PidnsPlan) -> ! {
+    // SAFETY: system calls on this child's own state; the buffers are ours.
+    unsafe {
+        // Our /proc must not propagate to the caller's mount namespace.
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(
+            std::ptr::null(),
+            b"/\0".as_ptr().cast(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(plan, Step::MountPrivate, rpc::errno());
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            b"proc\0".as_ptr().cast(),
+            b"/proc\0".as_ptr().cast(),
+            b"proc\0".as_ptr().cast(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(plan, Step::MountProc, rpc::errno());
+        }
+        let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
+            Ok(pid) => pid,
+            Err(errno) => fail(plan, Step::SpawnCriu, errno),
+        };
+        libc::close(plan.criu_socket);
+        if let Err(errno) = rpc::send_message(plan.socket, plan.request) {
+            fail(plan, Step::SendRequest, errno);
+        }
+        let mut answer = [0u8; rpc::RESPONSE_CAPACITY];
+        let len = match rpc::receive_message(plan.socket, &mut answer) {
+            Ok(len) => len,
+            Err(errno) => fail(plan, Step::ReceiveAnswer, errno),
+        };
+        // criu swrk exits after answering; then the restored task is our only child.
+        let _ = rpc::wait_exit_code(criu);
+        report(plan.report_write, Step::Done, 0, &answer[..len]);
+        libc::close(plan.report_write);
+
+        let mut ack = [0u8; 4];
+        let mut got = 0;
+        while got < ack.len() {
+            let n = libc::read(plan.ack_read, ack[got..].as_mut_ptr().cast(), ack.len() - got);
+            if n > 0 {
+                got += n as usize;
+            } else if n == 0 || rpc::errno() != libc::EINTR {
+                break;
+            }
+        }
+        close_all_except(&[]);
+        if got < ack.len() {
+            // The caller gave up (the restore failed, or it died): end the namespace.
+            libc::kill(-1, libc::SIGKILL);
+            libc::_exit(HELPER_FAILED);
+        }
+        let task = i32::from_ne_bytes(ack);
+        // Reap everything (orphans in the namespace come to us); end with the task.
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, 0);
+            if pid == task {
+                libc::_exit(rpc::exit_code(status));
+            }
+            if pid < 0 && rpc::errno() != libc::EINTR {
+                libc::_exit(HELPER_FAILED);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pstree(entries: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&PSTREE_MAGIC.to_le_bytes());
+        for entry in entries {
+            bytes.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(entry);
+        }
+        bytes
+    }
+
+    #[test]
+    fn reads_pids_and_threads_from_pstree() {
+        // As written by CRIU 4.1.1 for pid 10053: pid, ppid 0, pgid, sid, threads [10053].
+        let root: &[u8] =
+            &[0x08, 0xc5, 0x4e, 0x10, 0x00, 0x18, 0xc5, 0x4e, 0x20, 0xc5, 0x4e, 0x28, 0xc5, 0x4e];
+        assert_eq!(parse_pstree(&pstree(&[root])).unwrap(), [10053]);
+        // A child (pid 7, ppid 10053) with a second thread 8.
+        let child: &[u8] = &[0x08, 0x07, 0x10, 0xc5, 0x4e, 0x28, 0x07, 0x28, 0x08];
+        assert_eq!(parse_pstree(&pstree(&[root, child])).unwrap(), [10053, 7, 8]);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_pstree() {
+        assert!(parse_pstree(b"").is_err());
+        assert!(parse_pstree(&pstree(&[])).is_err(), "no process");
+        let mut truncated = pstree(&[&[0x08, 0x07]]);
+        truncated.pop();
+        assert!(parse_pstree(&truncated).is_err());
+        let mut wrong = pstree(&[&[0x08, 0x07]]);
+        wrong[4] ^= 1;
+        assert!(parse_pstree(&wrong).is_err());
+    }
+
+    #[test]
+    fn own_pid_is_in_use_and_a_huge_one_is_not() {
+        assert!(pid_in_use(std::process::id() as i32));
+        assert!(!pid_in_use(i32::MAX));
+        assert!(!pid_in_use(0));
+    }
+
+    #[test]
+    fn a_session_id_counts_as_a_pid_in_use() {
+        let stat = "4242 (a (b) c) S 1 4240 4239 0 -1 4194560 100";
+        assert_eq!(group_and_session(stat), Some((4240, 4239)));
+        assert_eq!(group_and_session("4242 (x"), None);
+        // Our session ID is in use even when its leader is not a process we can see.
+        // SAFETY: getsid(0) has no preconditions.
+        let sid = unsafe { libc::getsid(0) };
+        assert!(pid_in_use(sid));
+    }
+
+    #[test]
+    fn missing_images_are_a_clear_error() {
+        let err = image_pids(Path::new("/nonexistent/images")).unwrap_err();
+        assert!(err.message().contains("no CRIU images in /nonexistent/images"), "{err}");
+    }
+
+    #[test]
+    fn reads_our_own_ns_pids() {
+        let own = std::process::id() as i32;
+        assert_eq!(ns_pids(own).last(), Some(&own));
+    }
+}
