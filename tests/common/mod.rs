@@ -1,0 +1,185 @@
+//! Shared pieces of the integration tests: building the C test programs against the
+//! library in this tree, a sandbox directory per test (its own HOME, no parameter
+//! files of the machine), processes ended by PID, and the two tools.
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn checkpoint_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_opal-checkpoint"))
+}
+
+pub fn restart_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_opal-restart"))
+}
+
+/// The directory with the `libopalcrs.so` that cargo built for these tests, with the
+/// soname link the dynamic linker looks for.
+pub fn lib_dir() -> PathBuf {
+    let dir = checkpoint_tool().parent().unwrap().to_path_buf();
+    let link = dir.join("libopalcrs.so.0");
+    if !link.exists() {
+        let _ = std::os::unix::fs::symlink("libopalcrs.so", &link);
+    }
+    assert!(dir.join("libopalcrs.so").exists(), "libopalcrs.so not built in {}", dir.display());
+    dir
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Compiles `c-tests/<source>` (warnings are errors) against the tree's headers and
+/// library; cached per output name for the life of the test binary's build dir.
+pub fn cc(source: &str, output: &str, extra: &[&str]) -> PathBuf {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out_dir = lib_dir().join("c-tests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join(output);
+    let lib = lib_dir();
+    let status = Command::new("cc")
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g", "-o"])
+        .arg(&exe)
+        .arg(repo().join("c-tests").join(source))
+        .arg(format!("-I{}", repo().join("include").display()))
+        .args(extra)
+        .arg(format!("-L{}", lib.display()))
+        .args(["-lopalcrs", "-Wl,--export-dynamic"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "cc {source} failed");
+    exe
+}
+
+/// A private directory for one test, used as HOME; removed (with every process
+/// started through it ended by PID) when dropped.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    children: Mutex<Vec<u32>>,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("opalcrs-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Sandbox { dir, children: Mutex::new(Vec::new()) }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The environment every process of the test gets: HOME here, no parameter files.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("HOME", &self.dir)
+            .env("OMPI_MCA_mca_base_param_files", "none")
+            .env_remove("OMPI_MCA_crs")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts a program in its own session, output appended to `<dir>/<name>.out`.
+    pub fn spawn(&self, mut command: Command, name: &str) -> Child {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.path(&format!("{name}.out"))).unwrap();
+        command.stdout(out.try_clone().unwrap()).stderr(out);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawning a test program");
+        self.children.lock().unwrap().push(child.id());
+        child
+    }
+
+    /// Remembers a PID that the test did not spawn itself (e.g. a restarted process).
+    pub fn adopt(&self, pid: u32) {
+        self.children.lock().unwrap().push(pid);
+    }
+
+    pub fn checkpoint(&self, args: &[&str]) -> Output {
+        self.command(checkpoint_tool()).args(args).output().unwrap()
+    }
+
+    pub fn restart(&self, args: &[&str]) -> Output {
+        self.command(restart_tool()).args(args).output().unwrap()
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in self.children.lock().unwrap().drain(..) {
+            kill(pid);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn kill(pid: u32) {
+    // SAFETY: plain kill of a PID this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().map_or(false, |rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Polls `condition` every 20 ms for up to `limit`.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Kills a child and reaps it.
+pub fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn text(output: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The `Snapshot Path:` line of opal-checkpoint's output.
+pub fn snapshot_path(output: &Output) -> PathBuf {
+    let (stdout, stderr) = text(output);
+    let line = stdout.lines().find_map(|l| l.strip_prefix("Snapshot Path: ")).unwrap_or_else(|| {
+        panic!("no snapshot path; status {:?}\nstdout: {stdout}\nstderr: {stderr}", output.status)
+    });
+    PathBuf::from(line)
+}
+
+/// The last `count N` of a selfapp log.
+pub fn last_count(log: &str) -> Option<i64> {
+    log.lines().rev().find_map(|l| l.strip_prefix("count ")).and_then(|n| n.parse().ok())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

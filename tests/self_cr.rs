@@ -1,0 +1,382 @@
+//! The self component end to end: real C programs checkpointed by `opal-checkpoint`,
+//! killed and restarted by `opal-restart`, and every error the tools report.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn selfapp() -> std::path::PathBuf {
+    cc("selfapp.c", "selfapp", &[])
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// Starts selfapp with `args`, waits until it counts, returns the child.
+fn start(sb: &Sandbox, program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = sb.command(program);
+    command.arg(sb.path("log")).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = sb.spawn(command, "app");
+    assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 2), "program did not start: {}", sb.read("app.out"));
+    child
+}
+
+#[test]
+fn checkpoint_kill_restart_elsewhere_continues_the_counter_and_the_series() {
+    let sb = Sandbox::new("self-e2e");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let pid = app.id().to_string();
+    let out = sb.checkpoint(&[&pid]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let series = format!("opal_snapshot_{pid}.ckpt");
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    assert!(stderr.contains(&format!("Local Snapshot Reference = {series}")), "{stderr}");
+    let snapshot = snapshot_path(&out);
+    assert_eq!(snapshot, sb.path(&series).join("0"));
+    let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
+    assert!(meta.starts_with(&format!("# PID: {pid}\n# OPAL CRS Component: self\n# CONTEXT: ")), "{meta}");
+    assert!(meta.contains("# OPALCRS Self Prefix: opal_crs_self_user"), "{meta}");
+    assert!(snapshot.join("opalcrs_manifest.json").exists());
+    let saved: i64 = std::fs::read_to_string(snapshot.join("state")).unwrap().trim().parse().unwrap();
+    assert!(sb.read("log").contains("continue default"));
+
+    stop(&mut app);
+    let before = sb.read("log").len();
+    // Restart from another directory: the recorded working directory is used.
+    let other = sb.path("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    let restarted = sb
+        .spawn_restart(&other, &["--fork", &series]);
+    sb.adopt(restarted);
+    assert!(wait_until(LONG, || last_count(&sb.read("log")[before..]).unwrap_or(0) > saved + 2));
+    let after = &sb.read("log")[before..];
+    let expected = format!("restart default in_init=1 value={saved} env_dir={}", snapshot.display());
+    assert!(after.contains(&expected), "{after}");
+    assert!(after.contains("do_restart_env=(null)"), "the one-shot variable leaked: {after}");
+    let first_count = after.lines().find_map(|l| l.strip_prefix("count ")).unwrap();
+    assert_eq!(first_count, (saved + 1).to_string());
+
+    // The restarted process continues the same series.
+    let again = sb.checkpoint(&[&restarted.to_string()]);
+    assert!(again.status.success(), "{:?}", text(&again));
+    assert_eq!(snapshot_path(&again), sb.path(&series).join("1"));
+    kill(restarted);
+}
+
+trait RestartExt {
+    fn spawn_restart(&self, cwd: &std::path::Path, args: &[&str]) -> u32;
+}
+
+impl RestartExt for Sandbox {
+    /// `opal-restart --fork …` run from `cwd`; returns the restarted PID.
+    fn spawn_restart(&self, cwd: &std::path::Path, args: &[&str]) -> u32 {
+        // The restarted child inherits stdout, so read it from a file, not a pipe.
+        let pid_file = self.path("restart.pid");
+        let status = self
+            .command(restart_tool())
+            .current_dir(cwd)
+            .args(args)
+            .stdout(std::fs::File::create(&pid_file).unwrap())
+            .status()
+            .unwrap();
+        let stdout = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(status.success(), "opal-restart failed: {stdout}");
+        stdout.trim().parse().unwrap_or_else(|_| panic!("--fork printed {stdout:?}"))
+    }
+}
+
+#[test]
+fn custom_prefix_from_a_parameter_file() {
+    let sb = Sandbox::new("self-prefix");
+    let program = cc("selfapp.c", "selfapp-custom", &["-DSELFAPP_CUSTOM"]);
+    std::fs::write(sb.path("params.conf"), "# test parameters\n// our callback names\ncrs_self_prefix = custom\n/* done */\n").unwrap();
+    let params = sb.path("params.conf").display().to_string();
+    let mut app = start(&sb, &program, &[], &[("OMPI_MCA_mca_base_param_files", &params)]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(sb.read("log").contains("checkpoint custom"));
+    let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+    assert!(meta.contains("# OPALCRS Self Prefix: custom"), "{meta}");
+    stop(&mut app);
+    // No flag needed at restart: the prefix is recorded.
+    let before = sb.read("log").len();
+    let pid = sb.spawn_restart(&sb.dir, &["--fork", snapshot_path(&out).to_str().unwrap()]);
+    sb.adopt(pid);
+    assert!(wait_until(LONG, || sb.read("log")[before..].contains("restart custom in_init=1")), "{}", sb.read("log"));
+}
+
+#[test]
+fn registered_callbacks_work_without_exported_symbols() {
+    let sb = Sandbox::new("self-register");
+    let program = cc("selfapp.c", "selfapp-noexport", &["-DSELFAPP_NO_EXPORT"]);
+    let mut app = start(&sb, &program, &["--register"], &[("OMPI_MCA_crs", "self")]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(sb.read("log").contains("checkpoint registered"));
+    assert!(sb.read("log").contains("continue registered"));
+    stop(&mut app);
+    let before = sb.read("log").len();
+    let pid = sb.spawn_restart(&sb.dir, &["--fork", snapshot_path(&out).to_str().unwrap()]);
+    sb.adopt(pid);
+    assert!(wait_until(LONG, || sb.read("log")[before..].contains("restart registered in_init=1")));
+}
+
+#[test]
+fn without_the_thread_requests_wait_for_test_if_checkpoint_ready() {
+    let sb = Sandbox::new("self-nothread");
+    let mut app = start(&sb, &selfapp(), &["--poll"], &[("OMPI_MCA_opal_cr_use_thread", "0")]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(sb.read("log").contains("checkpoint default"));
+    // The checkpoint ran on the program's own thread, between two counts.
+    stop(&mut app);
+}
+
+#[test]
+fn a_critical_section_defers_the_checkpoint() {
+    let sb = Sandbox::new("self-critical");
+    let mut app = start(&sb, &selfapp(), &["--critical", "4"], &[]);
+    assert!(wait_until(LONG, || sb.read("log").contains("critical-enter")));
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let log = sb.read("log");
+    let exit_at = log.find("critical-exit").expect("critical section ended");
+    let ckpt_at = log.find("checkpoint default").expect("checkpoint ran");
+    assert!(ckpt_at > exit_at, "checkpoint ran inside the critical section:\n{log}");
+    stop(&mut app);
+}
+
+#[test]
+fn term_ends_the_process_after_the_snapshot() {
+    let sb = Sandbox::new("self-term");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let out = sb.checkpoint(&["--term", "-v", &app.id().to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("] Terminated - "), "{stderr}");
+    assert!(snapshot_path(&out).join("snapshot_meta.data").exists());
+    let status = app.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn name_and_where_choose_the_series() {
+    let sb = Sandbox::new("self-name");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let place = sb.path("snaps");
+    let out = sb.checkpoint(&["-n", "job42", "-w", place.to_str().unwrap(), &app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(snapshot_path(&out), place.join("job42").join("0"));
+    assert!(text(&out).0.starts_with("Snapshot Ref.:   0 job42\n"));
+    let bad = sb.checkpoint(&["-n", "../escape", &app.id().to_string()]);
+    assert_eq!(bad.status.code(), Some(1), "{:?}", text(&bad));
+    stop(&mut app);
+}
+
+#[test]
+fn the_signal_takes_a_checkpoint_through_the_notify_callback() {
+    let sb = Sandbox::new("self-signal");
+    let mut app = start(&sb, &selfapp(), &["--notify"], &[]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(app.id() as i32, libc::SIGUSR1) };
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(wait_until(LONG, || series.join("0/snapshot_meta.data").exists()), "{}", sb.read("log"));
+    let log = sb.read("log");
+    assert!(log.contains("notify 0"), "{log}");
+    assert!(log.find("notify 0").unwrap() < log.find("checkpoint default").unwrap());
+    assert!(alive(app.id()), "SIGUSR1 must not kill the program");
+    stop(&mut app);
+}
+
+#[test]
+fn opalcrs_checkpoint_from_the_program() {
+    let sb = Sandbox::new("self-api");
+    let mut app = start(&sb, &selfapp(), &["--api", "3"], &[]);
+    assert!(wait_until(LONG, || sb.read("log").contains("api rc=")));
+    assert!(sb.read("log").contains("api rc=0 state=4"), "{}", sb.read("log"));
+    stop(&mut app);
+}
+
+#[test]
+fn concurrent_requests_never_break_a_snapshot() {
+    let sb = Sandbox::new("self-concurrent");
+    let mut app = start(&sb, &selfapp(), &["--slow", "200"], &[]);
+    let pid = app.id().to_string();
+    // Ten tools at once, really concurrently.
+    let children: Vec<_> = (0..10)
+        .map(|_| sb.command(checkpoint_tool()).arg(&pid).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let codes: Vec<i32> = outputs.iter().map(|o| o.status.code().unwrap()).collect();
+    assert!(codes.iter().all(|c| *c == 0 || *c == 5), "{codes:?}");
+    assert!(codes.contains(&0) && codes.contains(&5), "{codes:?}");
+    for output in outputs.iter().filter(|o| o.status.code() == Some(5)) {
+        assert!(text(output).1.contains("in progress"), "{:?}", text(output));
+    }
+    // Every published snapshot is complete; with --wait all ten queue and succeed.
+    let waiting: Vec<_> = (0..4)
+        .map(|_| sb.command(checkpoint_tool()).args(["--wait", &pid]).stdout(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for child in waiting {
+        assert!(child.wait_with_output().unwrap().status.success());
+    }
+    let series = sb.path(&format!("opal_snapshot_{pid}.ckpt"));
+    let verdicts = verify_all(&series);
+    assert!(!verdicts.is_empty() && verdicts.iter().all(|v| v.is_usable()), "{verdicts:?}");
+    stop(&mut app);
+}
+
+fn verify_all(series: &std::path::Path) -> Vec<opalcrs::snapshot::Verdict> {
+    let series = opalcrs::snapshot::Series::at(series);
+    series.snapshots().unwrap().into_iter().map(|seq| opalcrs::snapshot::verify(&series.snapshot_dir(seq))).collect()
+}
+
+#[test]
+fn json_and_status() {
+    let sb = Sandbox::new("self-json");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let pid = app.id().to_string();
+    let out = sb.checkpoint(&["--json", &pid]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["pid"].as_i64().unwrap().to_string(), pid);
+    assert_eq!(v["seq"], 0);
+    assert_eq!(v["component"], "self");
+    assert_eq!(v["state"], "continue");
+    assert!(v["path"].as_str().unwrap().ends_with("/0"));
+    assert!(v["elapsed_ms"].as_f64().unwrap() > 0.0);
+    let status = sb.checkpoint(&["--status", &pid]);
+    let (stdout, _) = text(&status);
+    assert!(stdout.contains("Component: self") && stdout.contains("Last Seq: 0"), "{stdout}");
+    let missing = sb.checkpoint(&["--json", "999999999"]);
+    let v: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(v["error"]["code"], 2);
+    stop(&mut app);
+}
+
+#[test]
+fn errors_of_opal_checkpoint() {
+    let sb = Sandbox::new("self-errors");
+    // No such process.
+    let out = sb.checkpoint(&["999999999"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("no such process"));
+    // Usage.
+    assert_eq!(sb.checkpoint(&[]).status.code(), Some(1));
+    assert_eq!(sb.checkpoint(&["--bogus", "1"]).status.code(), Some(1));
+    assert_eq!(sb.checkpoint(&["abc"]).status.code(), Some(1));
+    // A process that does not use libopalcrs is told apart and never signalled.
+    let mut sleep = sb.command("sleep");
+    sleep.arg("30");
+    let mut sleeper = sb.spawn(sleep, "sleep");
+    let asked = std::time::Instant::now();
+    let out = sb.checkpoint(&[&sleeper.id().to_string()]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).1.contains("not a libopalcrs process"));
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(alive(sleeper.id()));
+    stop(&mut sleeper);
+    // A checkpoint callback that gives no restart command: the component failed.
+    let mut app = start(&sb, &selfapp(), &["--null-cmd"], &[]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert_eq!(out.status.code(), Some(6), "{:?}", text(&out));
+    assert!(text(&out).1.contains("returned no restart command"));
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(verify_all(&series).is_empty(), "a failed checkpoint published a snapshot");
+    stop(&mut app);
+    // Timeout.
+    let mut slow = start(&sb, &selfapp(), &["--slow", "3000"], &[]);
+    let out = sb.checkpoint(&["--timeout", "0.3", &slow.id().to_string()]);
+    assert_eq!(out.status.code(), Some(7), "{:?}", text(&out));
+    stop(&mut slow);
+}
+
+#[test]
+fn another_user_is_refused() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to act as a second user");
+        return;
+    }
+    let sb = Sandbox::new("self-uid");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let out = sb
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(checkpoint_tool())
+        .arg(app.id().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
+    assert!(text(&out).1.contains("permission denied"));
+    stop(&mut app);
+}
+
+#[test]
+fn a_private_tmpdir_does_not_hide_the_process() {
+    let sb = Sandbox::new("self-tmpdir");
+    let private = sb.path("private-tmp");
+    std::fs::create_dir_all(&private).unwrap();
+    let mut app = start(&sb, &selfapp(), &[], &[("TMPDIR", private.to_str().unwrap()), ("XDG_RUNTIME_DIR", private.to_str().unwrap())]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+}
+
+#[test]
+fn a_process_with_nothing_to_checkpoint_is_refused() {
+    let sb = Sandbox::new("self-none");
+    let program = cc("selfapp.c", "selfapp-noexport", &["-DSELFAPP_NO_EXPORT"]);
+    let mut app = start(&sb, &program, &[], &[("OMPI_MCA_crs", "^criu")]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    assert!(text(&out).1.contains("not checkpointable"));
+    stop(&mut app);
+}
+
+#[test]
+fn errors_of_opal_restart() {
+    let sb = Sandbox::new("restart-errors");
+    let out = sb.restart(&["no_such_series"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out).1.contains("no such snapshot"), "{:?}", text(&out));
+    assert_eq!(sb.restart(&[]).status.code(), Some(125));
+    // A directory without metadata.
+    std::fs::create_dir_all(sb.path("empty/0")).unwrap();
+    let out = sb.restart(&[sb.path("empty/0").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{:?}", text(&out));
+    // Old flat layouts: unknown component, missing command, command not found.
+    let flat = |name: &str, body: &str| {
+        let dir = sb.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("snapshot_meta.data"), body).unwrap();
+        dir.to_str().unwrap().to_string()
+    };
+    let out = sb.restart(&[&flat("blcr", "# PID: 7\n# OPAL CRS Component: blcr\n# CONTEXT: x\n")]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out).1.contains("'blcr'"), "{:?}", text(&out));
+    let out = sb.restart(&[&flat("nocmd", "# PID: 7\n# OPAL CRS Component: self\n")]);
+    assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
+    assert!(text(&out).1.contains("no restart command"));
+    let out = sb.restart(&[&flat("notfound", "# PID: 7\n# Component: self\n# CONTEXT: /no/such/program -x\n")]);
+    assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
+    assert!(text(&out).1.contains("/no/such/program"));
+    // 1.10 options address the same flat snapshot.
+    let out = sb.restart(&["-l", sb.dir.to_str().unwrap(), "-r", "notfound", "-m", "snapshot_meta.data"]);
+    assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
+}
+
+#[test]
+fn opal_restart_replaces_itself_and_passes_the_exit_status() {
+    let sb = Sandbox::new("restart-exec");
+    let dir = sb.path("flat");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snapshot_meta.data"), "# PID: 7\n# OPAL CRS Component: self\n# CONTEXT: sh -c 'exit 42'\n").unwrap();
+    let out = sb.restart(&[dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(42), "{:?}", text(&out));
+}
