@@ -66,6 +66,12 @@ pub trait Component: Sync {
     /// Restarts from a snapshot; with `spawn_child` the restarted process is a child.
     fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome>;
 
+    /// Whether the process ends once its snapshot is published even without `--term`
+    /// (criu with `crs_criu_leave_running=0`).
+    fn ends_process(&self, _params: &Params) -> bool {
+        false
+    }
+
     /// Whether every outside connection (the control socket) must be closed while the
     /// component runs: true for whole-process images.
     fn needs_quiet_connections(&self) -> bool {

@@ -30,6 +30,14 @@ impl log::Log for StderrLogger {
 
 static LOGGER: StderrLogger = StderrLogger;
 
+/// Installs the logger at the default level (errors and warnings) if none is yet, so
+/// errors reported before `opal_init` are seen too.
+pub fn ensure_logger() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(LevelFilter::Warn);
+    }
+}
+
 /// Maps an OPAL verbosity (0 = errors and warnings only, 10 = the seed's progress
 /// lines, 20+ = everything) to a log level and installs the logger once.
 pub fn set_verbosity(verbose: i64) {

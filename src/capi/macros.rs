@@ -28,6 +28,7 @@ macro_rules! to_code {
         match $result {
             Ok(()) => $crate::codes::OPAL_SUCCESS,
             Err(e) => {
+                $crate::output::ensure_logger();
                 log::error!(target: "capi", "{}: {}", $name, e);
                 e.code()
             }

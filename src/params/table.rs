@@ -184,14 +184,13 @@ pub static PARAMS: &[ParamDef] = &[
         "opal_cr_thread_sleep_check",
         Int,
         "0",
-        "Microseconds the listener thread sleeps between checks for a checkpoint request.",
+        "Accepted for compatibility; no effect (the listener thread waits for events instead of polling).",
     ),
     def(
         "opal_cr_thread_sleep_wait",
         Int,
         "100",
-        "Microseconds the listener thread sleeps \
-         while waiting for the program to leave the library.",
+        "Accepted for compatibility; no effect (a checkpoint waits on critical sections without polling).",
     ),
     def(
         "opal_cr_is_tool",
@@ -215,8 +214,7 @@ pub static PARAMS: &[ParamDef] = &[
         "opal_cr_tmp_dir",
         Str,
         "",
-        "Directory for the process's control socket; \
-         empty means $XDG_RUNTIME_DIR, else $TMPDIR, else /tmp.",
+        "Directory of the opal_cr_restart-env-<pid> file read by opal_cr_refresh_environ; empty means $XDG_RUNTIME_DIR, else $TMPDIR, else /tmp (the control socket needs no directory).",
     ),
     def(
         "opal_cr_checkpoint_interval",
@@ -228,27 +226,26 @@ pub static PARAMS: &[ParamDef] = &[
         "opal_cr_preload_children",
         Bool,
         "0",
-        "Let child processes inherit the LD_PRELOAD of this library.",
+        "Reserved for LD_PRELOAD support, which is not implemented yet; no effect.",
     ),
     def(
         "opal_cr_enable_timer",
         Bool,
         "0",
-        "Measure and report the time spent in each checkpoint phase.",
+        "Accepted for compatibility; no effect (opal-checkpoint -v prints the phase timings).",
     ),
     def(
         "opal_cr_enable_timer_barrier",
         Bool,
         "0",
-        "Synchronise the checkpoint timer with a barrier (only with opal_cr_enable_timer).",
+        "Accepted for compatibility; no effect.",
     ),
-    def("opal_cr_timer_target_rank", Int, "0", "Rank whose checkpoint timings are reported."),
+    def("opal_cr_timer_target_rank", Int, "0", "Accepted for compatibility; no effect (single-process library)."),
     def(
         "opal_cr_debug_sigpipe",
         Bool,
         "0",
-        "Install a SIGPIPE handler that reports the signal and then waits, \
-         so a debugger can attach.",
+        "Accepted for compatibility; no effect.",
     ),
     def(
         "mca_base_param_files",

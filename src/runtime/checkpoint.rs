@@ -137,7 +137,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
     let outcome = match outcome {
         CheckpointOutcome::Restarted => Outcome::Restarted,
         CheckpointOutcome::Continue => {
-            if request.term {
+            if request.term || component.ends_process(&rt.params) {
                 Outcome::Term
             } else {
                 Outcome::Continue

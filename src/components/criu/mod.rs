@@ -60,6 +60,10 @@ impl Component for CriuComponent {
         true
     }
 
+    fn ends_process(&self, params: &Params) -> bool {
+        !params.bool("crs_criu_leave_running")
+    }
+
     fn checkpoint(&self, job: &mut CheckpointJob) -> Result<CheckpointOutcome> {
         let pid = std::process::id() as i32;
         log::debug!(target: "crs", "crs:criu: checkpoint({pid}, ---)");
