@@ -54,7 +54,7 @@ fn pkg_config_gives_the_exact_flags_and_builds_an_unchanged_program() {
     let exe = sb.path("counter");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cc -Wall -Wextra -Werror -o {} {} {flags} -Wl,-rpath,{}", exe.display(), repo().join("examples/counter.c").display(), lib_dir().display()))
+        .arg(format!("cc -Wall -Wextra -Werror -o {} {} {} -Wl,-rpath,{}", exe.display(), repo().join("examples/counter.c").display(), flags.trim(), lib_dir().display()))
         .status()
         .unwrap();
     assert!(status.success());
@@ -142,6 +142,12 @@ fn the_committed_header_is_what_cbindgen_generates() {
         .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
     let committed = std::fs::read_to_string(repo().join("include/opal_crs.h")).unwrap();
+    // Only the C API's own names: internal constants of the core must not leak in.
+    for line in committed.lines().filter(|l| l.starts_with("#define ") || l.starts_with("typedef ")) {
+        let name = line.trim_end_matches(';').split(|c: char| c == ' ' || c == '(' || c == '*').filter(|w| !w.is_empty()).nth(if line.starts_with("typedef struct") { 2 } else if line.starts_with("typedef") { 2 } else { 1 }).unwrap_or("");
+        let ours = ["OPAL", "OMPI_", "opal_", "opalcrs_"].iter().any(|p| name.starts_with(p));
+        assert!(ours || line.contains("(*opal_") , "foreign name in the header: {line}");
+    }
     assert!(
         committed == std::fs::read_to_string(&generated).unwrap(),
         "include/opal_crs.h is stale: regenerate it with `cbindgen --config cbindgen.toml --output include/opal_crs.h`"

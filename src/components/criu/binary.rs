@@ -17,7 +17,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Oldest CRIU major version that works here.
-pub const MIN_MAJOR: u32 = 4;
+pub(crate) const MIN_MAJOR: u32 = 4;
 
 /// Searched after `PATH`, in this order.
 const FALLBACK_PATHS: [&str; 3] = ["/opt/criu/sbin/criu", "/usr/local/sbin/criu", "/usr/sbin/criu"];

@@ -14,11 +14,10 @@ use crate::error::{Error, Result};
 pub struct ReqType(pub i32);
 
 impl ReqType {
-    pub const EMPTY: ReqType = ReqType(0);
-    pub const DUMP: ReqType = ReqType(1);
-    pub const RESTORE: ReqType = ReqType(2);
-    pub const CHECK: ReqType = ReqType(3);
-    pub const VERSION: ReqType = ReqType(10);
+    pub(crate) const EMPTY: ReqType = ReqType(0);
+    pub(crate) const DUMP: ReqType = ReqType(1);
+    pub(crate) const RESTORE: ReqType = ReqType(2);
+    pub(crate) const CHECK: ReqType = ReqType(3);
 }
 
 /// `inherit_fd`: on restore, the file the image knows by `key` (e.g. `pipe:[1234]`) is
@@ -71,7 +70,7 @@ impl Default for Opts {
 }
 
 /// rpc.proto's default for `criu_opts.log_level`.
-pub const DEFAULT_LOG_LEVEL: i32 = 2;
+pub(crate) const DEFAULT_LOG_LEVEL: i32 = 2;
 
 /// `criu_req` without the fields the component never sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,40 +104,40 @@ pub struct Response {
 
 // Field numbers, from rpc.proto.
 mod field {
-    pub const REQ_TYPE: u32 = 1;
-    pub const REQ_OPTS: u32 = 2;
+    pub(crate) const REQ_TYPE: u32 = 1;
+    pub(crate) const REQ_OPTS: u32 = 2;
 
-    pub const OPTS_IMAGES_DIR_FD: u32 = 1;
-    pub const OPTS_PID: u32 = 2;
-    pub const OPTS_LEAVE_RUNNING: u32 = 3;
-    pub const OPTS_EXT_UNIX_SK: u32 = 4;
-    pub const OPTS_TCP_ESTABLISHED: u32 = 5;
-    pub const OPTS_SHELL_JOB: u32 = 7;
-    pub const OPTS_LOG_LEVEL: u32 = 9;
-    pub const OPTS_LOG_FILE: u32 = 10;
-    pub const OPTS_RST_SIBLING: u32 = 26;
-    pub const OPTS_INHERIT_FD: u32 = 27;
-    pub const OPTS_EXTERNAL: u32 = 37;
-    pub const OPTS_UNPRIVILEGED: u32 = 67;
-    pub const OPTS_IMAGES_DIR: u32 = 68;
+    pub(crate) const OPTS_IMAGES_DIR_FD: u32 = 1;
+    pub(crate) const OPTS_PID: u32 = 2;
+    pub(crate) const OPTS_LEAVE_RUNNING: u32 = 3;
+    pub(crate) const OPTS_EXT_UNIX_SK: u32 = 4;
+    pub(crate) const OPTS_TCP_ESTABLISHED: u32 = 5;
+    pub(crate) const OPTS_SHELL_JOB: u32 = 7;
+    pub(crate) const OPTS_LOG_LEVEL: u32 = 9;
+    pub(crate) const OPTS_LOG_FILE: u32 = 10;
+    pub(crate) const OPTS_RST_SIBLING: u32 = 26;
+    pub(crate) const OPTS_INHERIT_FD: u32 = 27;
+    pub(crate) const OPTS_EXTERNAL: u32 = 37;
+    pub(crate) const OPTS_UNPRIVILEGED: u32 = 67;
+    pub(crate) const OPTS_IMAGES_DIR: u32 = 68;
 
-    pub const INHERIT_FD_KEY: u32 = 1;
-    pub const INHERIT_FD_FD: u32 = 2;
+    pub(crate) const INHERIT_FD_KEY: u32 = 1;
+    pub(crate) const INHERIT_FD_FD: u32 = 2;
 
-    pub const RESP_TYPE: u32 = 1;
-    pub const RESP_SUCCESS: u32 = 2;
-    pub const RESP_DUMP: u32 = 3;
-    pub const RESP_RESTORE: u32 = 4;
-    pub const RESP_CR_ERRNO: u32 = 7;
-    pub const RESP_CR_ERRMSG: u32 = 9;
-    pub const RESP_VERSION: u32 = 10;
+    pub(crate) const RESP_TYPE: u32 = 1;
+    pub(crate) const RESP_SUCCESS: u32 = 2;
+    pub(crate) const RESP_DUMP: u32 = 3;
+    pub(crate) const RESP_RESTORE: u32 = 4;
+    pub(crate) const RESP_CR_ERRNO: u32 = 7;
+    pub(crate) const RESP_CR_ERRMSG: u32 = 9;
+    pub(crate) const RESP_VERSION: u32 = 10;
 
-    pub const DUMP_RESTORED: u32 = 1;
-    pub const RESTORE_PID: u32 = 1;
+    pub(crate) const DUMP_RESTORED: u32 = 1;
+    pub(crate) const RESTORE_PID: u32 = 1;
 
-    pub const VERSION_MAJOR: u32 = 1;
-    pub const VERSION_MINOR: u32 = 2;
-    pub const VERSION_SUBLEVEL: u32 = 4;
+    pub(crate) const VERSION_MAJOR: u32 = 1;
+    pub(crate) const VERSION_MINOR: u32 = 2;
+    pub(crate) const VERSION_SUBLEVEL: u32 = 4;
 }
 
 const WIRE_VARINT: u8 = 0;
