@@ -4,6 +4,7 @@
  * Built with -DSELFAPP_CUSTOM it exports custom_checkpoint/_continue/_restart instead
  * of the default names; with -DSELFAPP_NO_EXPORT it exports none.
  *   --register    register static callbacks with opal_crs_base_self_register_*
+ *   --register-late  the same, after opal_init
  *   --poll        call opal_cr_test_if_checkpoint_ready() every step (opal_cr_use_thread=0)
  *   --critical N  at count N, stay 1.5 s between OPAL_CR_ENTER_LIBRARY and _EXIT
  *   --api N       at count N, call opalcrs_checkpoint()
@@ -95,6 +96,13 @@ static int registered_checkpoint(char **cmd) { return save(cmd, "registered"); }
 static int registered_continue(void) { return resume("registered"); }
 static int registered_restart(void) { return load("registered"); }
 
+static void register_callbacks(void)
+{
+    opal_crs_base_self_register_checkpoint_callback(registered_checkpoint);
+    opal_crs_base_self_register_continue_callback(registered_continue);
+    opal_crs_base_self_register_restart_callback(registered_restart);
+}
+
 static opal_cr_notify_callback_fn_t previous_notify;
 static int my_notify(opal_cr_ckpt_cmd_state_t state)
 {
@@ -113,11 +121,12 @@ int main(int argc, char **argv)
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     exe[n > 0 ? n : 0] = '\0';
     size_t used = (size_t)snprintf(restart_cmd_line, sizeof restart_cmd_line, "'%s'", exe);
-    int poll_mode = 0, notify = 0, registered = 0;
+    int poll_mode = 0, notify = 0, registered = 0, registered_late = 0;
     long critical_at = -1, api_at = -1, limit = -1;
     for (int i = 1; i < argc; i++) {
         used += (size_t)snprintf(restart_cmd_line + used, sizeof restart_cmd_line - used, " '%s'", argv[i]);
         if (!strcmp(argv[i], "--register")) registered = 1;
+        else if (!strcmp(argv[i], "--register-late")) registered_late = 1;
         else if (!strcmp(argv[i], "--poll")) poll_mode = 1;
         else if (!strcmp(argv[i], "--notify")) notify = 1;
         else if (!strcmp(argv[i], "--null-cmd")) null_cmd = 1;
@@ -126,11 +135,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--slow") && i + 1 < argc) slow_ms = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--limit") && i + 1 < argc) limit = atol(argv[i + 1]);
     }
-    if (registered) {
-        opal_crs_base_self_register_checkpoint_callback(registered_checkpoint);
-        opal_crs_base_self_register_continue_callback(registered_continue);
-        opal_crs_base_self_register_restart_callback(registered_restart);
-    }
+    if (registered)
+        register_callbacks();
     atomic_store(&in_init, 1);
     int rc = opal_init(&argc, &argv);
     atomic_store(&in_init, 0);
@@ -138,6 +144,8 @@ int main(int argc, char **argv)
     say("init rc=%d pid=%d do_restart_env=%s", rc, (int)getpid(), leftover ? leftover : "(null)");
     if (rc != OPAL_SUCCESS)
         return 4;
+    if (registered_late)
+        register_callbacks();
     if (notify)
         opal_cr_reg_notify_callback(my_notify, &previous_notify);
     for (;;) {

@@ -188,7 +188,7 @@ extern "C" {
 
 // The selected CRS module. This is the library's one `static mut`: C programs read it
 // directly (the original ABI exports the data symbol). Only `publish_selected` writes
-// it, under the runtime's init lock, from `opal_init`/`opal_finalize`; a non-PIE
+// it, from `opal_init`/`opal_finalize` and a late self registration; a non-PIE
 // program gets a copy relocation, and the dynamic linker binds this library's
 // references to that copy, so both always see the same table.
 extern struct opal_crs_base_module_t opal_crs;
@@ -300,8 +300,9 @@ const char *opalcrs_snapshot_directory(const struct opal_crs_base_snapshot_t *sn
 // The component that wrote the snapshot (owned by the object), or NULL.
 const char *opalcrs_snapshot_component(const struct opal_crs_base_snapshot_t *snapshot);
 
-// Registers the self checkpoint callback (wins over `<prefix>_checkpoint`); registering
-// after `opal_init` makes self selectable at the next `opal_init`.
+// Registers the self checkpoint callback (wins over `<prefix>_checkpoint`); registered
+// after `opal_init`, it makes self the selected component from then on (if `crs`
+// allows it).
 int opal_crs_base_self_register_checkpoint_callback(opal_crs_base_self_checkpoint_fn_t function);
 
 int opal_crs_base_self_register_restart_callback(opal_crs_base_self_restart_fn_t function);

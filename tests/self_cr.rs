@@ -20,7 +20,8 @@ fn start(sb: &Sandbox, program: &std::path::Path, args: &[&str], env: &[(&str, &
         command.env(k, v);
     }
     let child = sb.spawn(command, "app");
-    assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 2), "program did not start: {}", sb.read("app.out"));
+    let ready = format!("init rc=0 pid={} ", child.id());
+    assert!(wait_until(LONG, || sb.read("log").contains(&ready)), "program did not start: {}", sb.read("app.out"));
     child
 }
 
@@ -123,6 +124,18 @@ fn registered_callbacks_work_without_exported_symbols() {
     let pid = sb.spawn_restart(&sb.dir, &["--fork", snapshot_path(&out).to_str().unwrap()]);
     sb.adopt(pid);
     assert!(wait_until(LONG, || sb.read("log")[before..].contains("restart registered in_init=1")));
+}
+
+#[test]
+fn registering_after_opal_init_selects_self_from_then_on() {
+    let sb = Sandbox::new("self-register-late");
+    let program = cc("selfapp.c", "selfapp-noexport", &["-DSELFAPP_NO_EXPORT"]);
+    // Without callbacks at opal_init, none is selected (criu excluded here).
+    let mut app = start(&sb, &program, &["--register-late"], &[("OMPI_MCA_crs", "self,none")]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(sb.read("log").contains("checkpoint registered"));
+    stop(&mut app);
 }
 
 #[test]

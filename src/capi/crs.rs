@@ -312,12 +312,19 @@ pub unsafe extern "C" fn opalcrs_snapshot_component(snapshot: *const opal_crs_ba
     unsafe { snapshot.as_ref() }.and_then(|s| s.component.as_ref()).map_or(std::ptr::null(), |c| c.as_ptr())
 }
 
-/// Registers the self checkpoint callback (wins over `<prefix>_checkpoint`); registering
-/// after `opal_init` makes self selectable at the next `opal_init`.
+/// Registers the self checkpoint callback (wins over `<prefix>_checkpoint`); registered
+/// after `opal_init`, it makes self the selected component from then on (if `crs`
+/// allows it).
 #[no_mangle]
 pub extern "C" fn opal_crs_base_self_register_checkpoint_callback(function: opal_crs_base_self_checkpoint_fn_t) -> c_int {
-    callbacks::write().self_checkpoint = function;
-    OPAL_SUCCESS
+    ffi_body!("opal_crs_base_self_register_checkpoint_callback", OPAL_ERROR, {
+        callbacks::write().self_checkpoint = function;
+        if function.is_some() {
+            crate::runtime::self_became_available();
+            super::vtable::publish_selected();
+        }
+        OPAL_SUCCESS
+    })
 }
 
 #[no_mangle]

@@ -62,17 +62,18 @@ const SELECTED: opal_crs_base_module_t = opal_crs_base_module_t {
 
 /// The selected CRS module. This is the library's one `static mut`: C programs read it
 /// directly (the original ABI exports the data symbol). Only `publish_selected` writes
-/// it, under the runtime's init lock, from `opal_init`/`opal_finalize`; a non-PIE
+/// it, from `opal_init`/`opal_finalize` and a late self registration; a non-PIE
 /// program gets a copy relocation, and the dynamic linker binds this library's
 /// references to that copy, so both always see the same table.
 #[no_mangle]
 pub static mut opal_crs: opal_crs_base_module_t = EMPTY;
 
 /// Fills or clears `opal_crs` to match the runtime's selection.
-pub(super) fn publish_selected() {
+pub(crate) fn publish_selected() {
     let table = if runtime::selected().is_some() { SELECTED } else { EMPTY };
-    // SAFETY: written only here, from opal_init/opal_finalize (which the original also
-    // requires to be called by one thread); readers are the program's own code.
+    // SAFETY: written only here, from opal_init/opal_finalize and the self registration
+    // functions (which the original also expects from one thread); readers are the
+    // program's own code.
     unsafe { std::ptr::addr_of_mut!(opal_crs).write(table) };
 }
 

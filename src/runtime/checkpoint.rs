@@ -72,7 +72,7 @@ fn millis(since: Instant) -> f64 {
 /// critical sections first.
 pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
     let started = Instant::now();
-    let component = rt.component;
+    let component = rt.component();
     if component.name() == "none" {
         return Err(Error::new(OPAL_ERR_NOT_SUPPORTED, crate::components::none::NOT_CHECKPOINTABLE));
     }
@@ -170,7 +170,7 @@ fn run_phases(
     }
     let mut metadata = Metadata {
         pid: Some(rt.pid),
-        component: Some(rt.component.name().to_string()),
+        component: Some(rt.component().name().to_string()),
         cwd: std::env::current_dir().ok(),
         params: rt
             .params
@@ -191,7 +191,7 @@ fn run_phases(
         callbacks::trigger_user_inc(OMPI_CR_INC_CRS_PRE_CKPT, OMPI_CR_INC_STATE_PREPARE);
     }
     let mut job = CheckpointJob { params: &rt.params, dir, metadata: &mut metadata };
-    let outcome = rt.component.checkpoint(&mut job)?;
+    let outcome = rt.component().checkpoint(&mut job)?;
     Ok((outcome, metadata))
 }
 

@@ -25,7 +25,9 @@ use std::sync::Arc;
 /// The live runtime of an initialised process (C/R enabled, not a tool).
 pub struct Runtime {
     pub params: Params,
-    pub component: &'static dyn Component,
+    /// Changes only when self becomes selectable after `opal_init` (a checkpoint
+    /// callback registered late).
+    component: parking_lot::RwLock<&'static dyn Component>,
     pub pid: i32,
     /// The series that default-named checkpoints go to (inherited on restart).
     series: Mutex<Option<PathBuf>>,
@@ -206,7 +208,7 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
     let restored_from = std::env::var_os(ENV_SNAPSHOT_DIR).map(PathBuf::from);
     let runtime = Arc::new(Runtime {
         params: (*params).clone(),
-        component,
+        component: parking_lot::RwLock::new(component),
         pid: std::process::id() as i32,
         series: Mutex::new(inherited_series.clone()),
     });
@@ -378,6 +380,25 @@ pub fn snapshot_dir() -> Option<PathBuf> {
     LAST_SNAPSHOT.lock().as_ref().map(|(_, _, path)| path.clone())
 }
 
+/// Called when the program registers a self checkpoint callback: if the process is
+/// running with a lower-priority component that `crs` allows self to replace, self
+/// is selected from now on.
+pub fn self_became_available() {
+    let Some(runtime) = runtime() else { return };
+    let current = runtime.component();
+    if current.name() == "self" {
+        return;
+    }
+    match framework::select(&runtime.params) {
+        Ok(chosen) if chosen.name() == "self" => {
+            log::info!(target: "crs", "crs: a self checkpoint callback was registered; selecting self instead of {}", current.name());
+            *runtime.component.write() = chosen;
+            STATE.lock().selected = Some(chosen);
+        }
+        _ => {}
+    }
+}
+
 /// The built-in notify callback: a signal asks for a checkpoint with default options.
 pub extern "C" fn builtin_notify(state: opal_cr_ckpt_cmd_state_t) -> c_int {
     if state == OPAL_CHECKPOINT_CMD_START {
@@ -392,6 +413,10 @@ pub extern "C" fn builtin_coord(_state: c_int) -> c_int {
 }
 
 impl Runtime {
+    pub fn component(&self) -> &'static dyn Component {
+        *self.component.read()
+    }
+
     /// The series a request writes to.
     fn series_for(&self, request: &Request) -> Result<Series> {
         if request.name.is_none() && request.dir.is_none() {

@@ -307,7 +307,7 @@ impl Server {
         use crate::codes::*;
         let state = if self.busy() {
             OPAL_CHECKPOINT_CMD_IN_PROGRESS
-        } else if self.rt.component.name() == "none" {
+        } else if self.rt.component().name() == "none" {
             OPAL_CHECKPOINT_CMD_NULL
         } else {
             OPAL_CHECKPOINT_CMD_START
@@ -367,7 +367,7 @@ impl Server {
     fn handle(&mut self, request: control::Request, stream: &UnixStream) -> Option<Reply> {
         match request {
             control::Request::Checkpoint { term, name, dir, wait } => {
-                if self.rt.component.name() == "none" {
+                if self.rt.component().name() == "none" {
                     return Some(Reply::error(ErrorKind::NotCheckpointable, crate::components::none::NOT_CHECKPOINTABLE));
                 }
                 if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
@@ -405,7 +405,7 @@ impl Server {
                     v: PROTOCOL_VERSION,
                     status: Some(Status {
                         pid: current_pid(),
-                        component: self.rt.component.name().to_string(),
+                        component: self.rt.component().name().to_string(),
                         state: if self.busy() { "running" } else { "idle" }.to_string(),
                         series: last.as_ref().map(|l| l.0.display().to_string()),
                         last_seq: last.as_ref().map(|l| l.1),
@@ -465,7 +465,7 @@ impl Server {
         self.running = Some((job.id, job.request.origin, job.api));
         let (rt, shared, id, request) = (self.rt.clone(), self.shared.clone(), job.id, job.request);
         let spawned = std::thread::Builder::new().name("opalcrs-ckpt".into()).spawn(move || {
-            let quiet = rt.component.needs_quiet_connections();
+            let quiet = rt.component().needs_quiet_connections();
             if quiet {
                 shared.quiet_down();
             }
@@ -483,7 +483,7 @@ impl Server {
     /// Runs one job on the calling thread (`opal_cr_use_thread=0`, or an API call).
     fn run_job_inline(&mut self, job: Job) {
         self.running = Some((job.id, job.request.origin, job.api));
-        let quiet = self.rt.component.needs_quiet_connections();
+        let quiet = self.rt.component().needs_quiet_connections();
         if quiet {
             self.close_connections();
         }
