@@ -19,7 +19,7 @@ use crate::snapshot::Series;
 use parking_lot::Mutex;
 use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// The live runtime of an initialised process (C/R enabled, not a tool).
@@ -59,6 +59,13 @@ static STATE: Mutex<State> = Mutex::new(State {
     server: None,
     signal: None,
 });
+
+/// The process that initialised the runtime; a forked child differs and must not use
+/// (or tear down) what it inherited.
+static OWNER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// The library file when it was preloaded (LD_PRELOAD), to preload it again on restart.
+static PRELOADED_FROM: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Whether a listener thread serves requests (`opal_cr_use_thread`); read on the
 /// library-entry hot path, hence an atomic.
@@ -136,9 +143,50 @@ pub fn finalize_util() -> Result<()> {
     util_finalize_locked(&mut STATE.lock())
 }
 
+fn in_forked_child() -> bool {
+    let owner = OWNER_PID.load(Ordering::SeqCst);
+    owner != 0 && owner != std::process::id() as i32
+}
+
+/// In a forked child: the parent's runtime is not ours. Its threads do not exist here
+/// and its sockets were closed at fork, so it is forgotten, never torn down.
+fn forget_inherited(state: &mut State) {
+    if in_forked_child() {
+        std::mem::forget(state.server.take());
+        state.runtime = None;
+        state.selected = None;
+        state.signal = None;
+        state.init_count = 0;
+        USES_THREAD.store(false, Ordering::SeqCst);
+        OWNER_PID.store(0, Ordering::SeqCst);
+    }
+}
+
+/// `pthread_atfork` child handler: close the parent's control socket and doorbell so
+/// the child never answers for its parent. Only async-signal-safe calls.
+extern "C" fn close_inherited_endpoint() {
+    for fd in [&server::LISTENER_FD, &server::WAKE_FD] {
+        let raw = fd.swap(-1, Ordering::SeqCst);
+        if raw >= 0 {
+            // SAFETY: closing a descriptor this library opened; the child never uses it again.
+            unsafe { libc::close(raw) };
+        }
+    }
+}
+
+/// Records that the library was preloaded from `path` (set by the constructor).
+pub fn set_preloaded_from(path: PathBuf) {
+    *PRELOADED_FROM.lock() = Some(path);
+}
+
+pub fn preloaded_from() -> Option<PathBuf> {
+    PRELOADED_FROM.lock().clone()
+}
+
 /// `opal_init`: parameters, then the C/R part.
 pub fn init() -> Result<()> {
     let mut state = STATE.lock();
+    forget_inherited(&mut state);
     if state.init_count > 0 {
         state.init_count += 1;
         return Ok(());
@@ -154,6 +202,10 @@ pub fn init() -> Result<()> {
 
 pub fn finalize() -> Result<()> {
     let mut state = STATE.lock();
+    if in_forked_child() {
+        forget_inherited(&mut state);
+        return Ok(());
+    }
     match state.init_count {
         0 => Err(Error::new(OPAL_ERROR, "opal_finalize called more often than opal_init")),
         1 => {
@@ -223,6 +275,12 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
     state.selected = Some(component);
 
     if !params.bool("opal_cr_is_tool") {
+        static ATFORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registering a fork handler that only closes descriptors.
+        ATFORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(close_inherited_endpoint));
+        });
+        OWNER_PID.store(std::process::id() as i32, Ordering::SeqCst);
         let server = server::Server::new(runtime.clone())
             .map_err(|e| Error::io("opal_cr_init: opening the control socket", e))?;
         USES_THREAD.store(params.bool("opal_cr_use_thread"), Ordering::SeqCst);
@@ -244,13 +302,18 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
 
 fn cr_finalize_locked(state: &mut State) {
     if let Some(signal) = state.signal.take() {
-        // SAFETY: restoring the default disposition of a signal we installed.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        restore_signal(signal);
     }
     match state.server.take() {
         Some(ServerHandle::Thread { shared, thread }) => {
             shared.stop();
-            let _ = thread.join();
+            // The listener thread itself may be ending the process (--term) and run
+            // the preload destructor: it cannot join itself.
+            if thread.thread().id() == std::thread::current().id() {
+                std::mem::forget(thread);
+            } else {
+                let _ = thread.join();
+            }
         }
         Some(ServerHandle::Inline(server)) => drop(server),
         None => {}
@@ -261,6 +324,20 @@ fn cr_finalize_locked(state: &mut State) {
         component.finalize();
     }
     state.runtime = None;
+    OWNER_PID.store(0, Ordering::SeqCst);
+}
+
+/// Puts back SIG_DFL, unless the program has installed its own handler since.
+fn restore_signal(signal: c_int) {
+    // SAFETY: querying and setting a signal disposition with valid sigaction structs.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == server::on_signal as *const () as usize
+        {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
 }
 
 /// Installs the doorbell handler, only where the program left the signal at SIG_DFL.
@@ -286,6 +363,9 @@ fn install_signal(signal: c_int) -> Option<c_int> {
 /// `opal_cr_test_if_checkpoint_ready`: serves pending requests on this thread when
 /// there is no listener thread.
 pub fn test_if_checkpoint_ready() {
+    if in_forked_child() {
+        return;
+    }
     let inline = match STATE.lock().server.as_ref() {
         Some(ServerHandle::Inline(server)) => server.clone(),
         _ => return,
@@ -300,6 +380,9 @@ pub fn test_if_checkpoint_ready() {
 /// A checkpoint of the calling process (`opalcrs_checkpoint`, `opal_crs.crs_checkpoint`,
 /// the INC core), served like any other request.
 pub fn checkpoint_with(request: Request) -> Result<Done> {
+    if in_forked_child() {
+        return Err(Error::new(OPAL_ERR_NOT_INITIALIZED, "this is a forked child: call opal_init in it to make it checkpointable"));
+    }
     let handle = match STATE.lock().server.as_ref() {
         Some(ServerHandle::Inline(server)) => Ok(server.clone()),
         Some(ServerHandle::Thread { shared, .. }) => Err(shared.clone()),

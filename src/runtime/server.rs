@@ -27,6 +27,8 @@ pub static SIGNAL_PENDING: AtomicBool = AtomicBool::new(false);
 pub static SIGNAL_CHECKPOINT: AtomicBool = AtomicBool::new(false);
 /// The eventfd the signal handler writes to (-1 when none).
 pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The listening control socket (-1 when closed), for a forked child to close.
+pub static LISTENER_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Exit status of a process that ends after a signal-triggered checkpoint
 /// (`opal_cr_signal_exit=1`), so a job script can tell it from a finished run.
@@ -229,6 +231,7 @@ impl Server {
         let (listener, name) = control::bind(current_pid())?;
         listener.set_nonblocking(true)?;
         log::debug!(target: "cr", "cr: listening on @{name}");
+        LISTENER_FD.store(listener.as_raw_fd(), Ordering::SeqCst);
         self.listener = Some(listener);
         Ok(())
     }
@@ -240,6 +243,7 @@ impl Server {
     }
 
     fn close_connections(&mut self) {
+        LISTENER_FD.store(-1, Ordering::SeqCst);
         self.listener = None;
         self.waiters.clear();
     }

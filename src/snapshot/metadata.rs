@@ -33,6 +33,8 @@ pub const TOKEN_SELF_PREFIX: &str = "# OPALCRS Self Prefix: ";
 /// One recorded parameter per line, value `name=value`.
 pub const TOKEN_PARAM: &str = "# OPALCRS Param: ";
 pub const TOKEN_HOST: &str = "# OPALCRS Host: ";
+/// The libopalcrs file the process had preloaded (LD_PRELOAD), to preload on restart.
+pub const TOKEN_PRELOAD: &str = "# OPALCRS Preload: ";
 
 /// The contents of one `snapshot_meta.data`.
 ///
@@ -52,6 +54,7 @@ pub struct Metadata {
     pub seq: Option<u64>,
     pub version: Option<String>,
     pub host: Option<String>,
+    pub preload: Option<PathBuf>,
 }
 
 impl Metadata {
@@ -105,6 +108,9 @@ impl Metadata {
         if let Some(host) = &self.host {
             out.word(TOKEN_HOST, host)?;
         }
+        if let Some(preload) = &self.preload {
+            out.path(TOKEN_PRELOAD, preload)?;
+        }
         Ok(out.0)
     }
 
@@ -137,6 +143,7 @@ impl Metadata {
                     }
                 }
                 TOKEN_HOST => fill(&mut meta.host, Some(word.to_string())),
+                TOKEN_PRELOAD => fill(&mut meta.preload, Some(PathBuf::from(value))),
                 _ => {}
             }
         }
@@ -257,6 +264,7 @@ mod tests {
             seq: Some(7),
             version: Some("0.1.0".into()),
             host: Some("node1".into()),
+            preload: None,
         }
     }
 
@@ -422,10 +430,11 @@ mod tests {
             prop::option::of(word.clone()),
             prop::option::of(word),
         );
-        (lists, scalars).prop_map(
+        (lists, scalars, prop::option::of("[a-z/]{1,20}")).prop_map(
             |(
                 (context, mkdir, touch, params),
                 (pid, component, cwd, self_prefix, series, seq, version, host),
+                preload,
             )| Metadata {
                 pid,
                 component,
@@ -439,6 +448,7 @@ mod tests {
                 seq,
                 version,
                 host,
+                preload: preload.map(PathBuf::from),
             },
         )
     }

@@ -18,6 +18,8 @@ impl ReqType {
     pub(crate) const DUMP: ReqType = ReqType(1);
     pub(crate) const RESTORE: ReqType = ReqType(2);
     pub(crate) const CHECK: ReqType = ReqType(3);
+    #[cfg(test)]
+    pub(crate) const VERSION: ReqType = ReqType(10);
 }
 
 /// `inherit_fd`: on restore, the file the image knows by `key` (e.g. `pipe:[1234]`) is
