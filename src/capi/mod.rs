@@ -10,6 +10,7 @@ mod cr;
 mod crs;
 mod ext;
 mod init;
+mod preload;
 mod vtable;
 
 pub use crate::codes::*;

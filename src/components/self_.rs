@@ -122,6 +122,7 @@ impl Component for SelfComponent {
         }
         job.metadata.context.push(command);
         job.metadata.self_prefix = Some(prefix);
+        job.metadata.preload = crate::runtime::preloaded_from();
         if let Some(cont) = callbacks.cont {
             // SAFETY: the program's continue callback.
             unsafe { cont() };
@@ -167,6 +168,13 @@ fn restart_environment(plan: &RestartPlan) -> Vec<(OsString, OsString)> {
             !k.starts_with("OMPI_MCA_") && !k.starts_with("OPALCRS_")
         })
         .collect();
+    // A program that had the library preloaded gets it again, so its restart callback runs.
+    if let Some(library) = &plan.metadata.preload {
+        let others = std::env::var("LD_PRELOAD").unwrap_or_default();
+        let preload = if others.is_empty() { library.display().to_string() } else { format!("{}:{others}", library.display()) };
+        env.retain(|(k, _)| k != "LD_PRELOAD");
+        env.push(("LD_PRELOAD".into(), preload.into()));
+    }
     let mut set = |k: &str, v: &str| env.push((k.into(), v.into()));
     for (name, value) in &plan.metadata.params {
         set(&format!("OMPI_MCA_{name}"), value);

@@ -176,6 +176,7 @@ fn spawn_version(path: &Path) -> Result<Child> {
     loop {
         let spawned = Command::new(path)
             .arg("--version")
+            .env_remove("LD_PRELOAD")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -359,6 +359,10 @@ pub(crate) struct SwrkCommand {
     /// Owns the strings `argv` points to.
     _args: [CString; 2],
     argv: [*const c_char; 4],
+    /// Our environment without LD_PRELOAD: CRIU must never run with this (or any)
+    /// library preloaded. Owns the strings `envp` points to.
+    _env: Vec<CString>,
+    envp: Vec<*const c_char>,
     /// The helper's end of the socket pair.
     socket: RawFd,
     inherit_fds: Vec<RawFd>,
@@ -374,7 +378,17 @@ impl SwrkCommand {
             CString::new(socket.to_string()).expect("digits"),
         ];
         let argv = [path.as_ptr(), args[0].as_ptr(), args[1].as_ptr(), std::ptr::null()];
-        Ok(SwrkCommand { path, _args: args, argv, socket, inherit_fds: inherit_fds.to_vec() })
+        let env: Vec<CString> = std::env::vars_os()
+            .filter(|(name, _)| name != "LD_PRELOAD")
+            .filter_map(|(name, value)| {
+                let mut entry = name.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                CString::new(entry).ok()
+            })
+            .collect();
+        let envp = env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        Ok(SwrkCommand { path, _args: args, argv, _env: env, envp, socket, inherit_fds: inherit_fds.to_vec() })
     }
 }
 
@@ -539,7 +553,7 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
                 libc::_exit(HELPER_FAILED);
             }
         }
-        libc::execv(command.path.as_ptr(), command.argv.as_ptr());
+        libc::execve(command.path.as_ptr(), command.argv.as_ptr(), command.envp.as_ptr());
         write_errno(status_write, errno());
         libc::_exit(HELPER_FAILED);
     }

@@ -1,0 +1,127 @@
+/* A program that knows nothing of libopalcrs (not linked with it, no OPAL headers):
+ * checkpointed through LD_PRELOAD. Built with -rdynamic so the self callbacks below
+ * are exported; built with -DNO_CALLBACKS it has none (criu territory).
+ *   preload_app LOG STATE [--children PIDFILE]
+ * counts every 50 ms into LOG; the checkpoint callback saves the count in STATE; with
+ * --children it forks a child that only sleeps and a child that execs `sleep 60`, and
+ * writes "<forked> <execed>" to PIDFILE. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile long counter;
+static int log_fd = -1;
+static const char *state_path;
+static char restart_line[8192];
+static int constructor_ran;
+
+__attribute__((constructor)) static void own_constructor(void) { constructor_ran = 1; }
+
+static void say(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    line[n++] = '\n';
+    if (log_fd >= 0 && write(log_fd, line, (size_t)n) < 0)
+        _exit(90);
+}
+
+#ifndef NO_CALLBACKS
+/* The restart callback runs before main, so it finds LOG and STATE itself. */
+static void open_from_cmdline(void)
+{
+    static char args[8192];
+    int fd = open("/proc/self/cmdline", O_RDONLY);
+    ssize_t len = fd >= 0 ? read(fd, args, sizeof args - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (len <= 0)
+        return;
+    args[len] = '\0';
+    const char *log = args + strlen(args) + 1;
+    if (log >= args + len)
+        return;
+    const char *state = log + strlen(log) + 1;
+    if (log_fd < 0)
+        log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (state_path == NULL && state < args + len)
+        state_path = state;
+}
+
+int opal_crs_self_user_checkpoint(char **restart_cmd)
+{
+    FILE *f = fopen(state_path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "%ld\n", counter);
+    fclose(f);
+    say("checkpoint value=%ld", counter);
+    *restart_cmd = strdup(restart_line);
+    return 0;
+}
+
+int opal_crs_self_user_continue(void) { return 0; }
+
+/* Runs in the preloaded library's constructor: before main and before this
+ * program's own constructors. */
+int opal_crs_self_user_restart(void)
+{
+    open_from_cmdline();
+    FILE *f = fopen(state_path, "r");
+    long value = -1;
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &value) != 1)
+            value = -1;
+        fclose(f);
+    }
+    counter = value;
+    say("restart value=%ld own_constructor_ran=%d", value, constructor_ran);
+    return 0;
+}
+#endif
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        return 2;
+    if (log_fd < 0)
+        log_fd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (state_path == NULL)
+        state_path = argv[2];
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    size_t used = (size_t)snprintf(restart_line, sizeof restart_line, "'%s'", exe);
+    for (int i = 1; i < argc; i++)
+        used += (size_t)snprintf(restart_line + used, sizeof restart_line - used, " '%s'", argv[i]);
+    say("main counter=%ld", counter);
+    if (argc > 4 && strcmp(argv[3], "--children") == 0) {
+        pid_t forked = fork();
+        if (forked == 0) {
+            for (;;)
+                pause();
+        }
+        pid_t execed = fork();
+        if (execed == 0) {
+            execlp("sleep", "sleep", "60", (char *)NULL);
+            _exit(127);
+        }
+        FILE *f = fopen(argv[4], "w");
+        fprintf(f, "%d %d\n", (int)forked, (int)execed);
+        fclose(f);
+    }
+    say("main pid=%d", (int)getpid());
+    for (;;) {
+        counter++;
+        say("count %ld", counter);
+        usleep(50000);
+    }
+}

@@ -1,0 +1,187 @@
+//! LD_PRELOAD into unmodified C binaries that are not linked with libopalcrs.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// Builds a c-tests program WITHOUT the library (plain gcc).
+fn plain_cc(source: &str, output: &str, extra: &[&str]) -> PathBuf {
+    let exe = lib_dir().join("c-tests").join(output);
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    let status = Command::new("cc")
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(repo().join("c-tests").join(source))
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc {source}");
+    exe
+}
+
+fn library() -> String {
+    lib_dir().join("libopalcrs.so").display().to_string()
+}
+
+fn criu_available() -> bool {
+    is_root() && opalcrs::components::criu::binary::find(None).is_ok()
+}
+
+fn start(sb: &Sandbox, exe: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = sb.command(exe);
+    command.arg(sb.path("log")).arg(sb.path("state")).args(extra).env("LD_PRELOAD", library());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = sb.spawn(command, "app");
+    let ready = format!("main pid={}\n", child.id());
+    assert!(wait_until(LONG, || sb.read("log").contains(&ready)), "no start: {}", sb.read("app.out"));
+    child
+}
+
+#[test]
+fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
+    let sb = Sandbox::new("preload-self");
+    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let mut app = start(&sb, &exe, &[], &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let snapshot = snapshot_path(&out);
+    let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
+    assert!(meta.contains("# OPAL CRS Component: self") && meta.contains("# OPALCRS Preload: "), "{meta}");
+    let saved: i64 = sb.read("state").trim().parse().unwrap();
+    stop(&mut app);
+    // The restarted program gets the preload again, so its restart callback runs: in
+    // the library's constructor, before main and before the program's own constructors.
+    let pid_file = sb.path("restart.pid");
+    let status = sb
+        .command(restart_tool())
+        .args(["--fork", snapshot.to_str().unwrap()])
+        .stdout(std::fs::File::create(&pid_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    sb.adopt(pid);
+    let expected = format!("restart value={saved} own_constructor_ran=0");
+    assert!(wait_until(LONG, || sb.read("log").contains(&expected)), "{}", sb.read("log"));
+    assert!(wait_until(LONG, || sb.read("log").contains(&format!("count {}", saved + 2))));
+    assert!(sb.read("log").contains(&format!("main counter={saved}")));
+}
+
+#[test]
+fn a_binary_without_callbacks_is_checkpointed_with_criu() {
+    if !criu_available() {
+        eprintln!("skipped: needs root and CRIU >= 4");
+        return;
+    }
+    let sb = Sandbox::new("preload-criu");
+    let exe = plain_cc("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    let mut app = start(&sb, &exe, &[], &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+    assert!(meta.contains("# OPAL CRS Component: criu"), "{meta}");
+    let pid = app.id();
+    stop(&mut app);
+    let at_kill = last_count(&sb.read("log")).unwrap();
+    assert!(wait_until(LONG, || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    let pid_file = sb.path("restart.pid");
+    let status = sb
+        .command(restart_tool())
+        .args(["--fork", snapshot_path(&out).to_str().unwrap()])
+        .stdout(std::fs::File::create(&pid_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", sb.read("app.out"));
+    let restored: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    sb.adopt(restored);
+    assert_eq!(restored, pid);
+    assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) > at_kill + 3), "{}", sb.read("log"));
+}
+
+#[test]
+fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
+    let sb = Sandbox::new("preload-children");
+    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let pids = sb.path("pids");
+    let mut app = start(&sb, &exe, &["--children", pids.to_str().unwrap()], &[]);
+    let text_pids = std::fs::read_to_string(&pids).unwrap();
+    let children: Vec<u32> = text_pids.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    for child in &children {
+        sb.adopt(*child);
+    }
+    let (forked, execed) = (children[0], children[1]);
+    assert!(wait_until(LONG, || std::fs::read_link(format!("/proc/{execed}/exe")).is_ok_and(|e| e.ends_with("sleep"))));
+    // The forked child closed the parent's socket; the exec'd one never had the library.
+    for child in [forked, execed] {
+        let out = sb.checkpoint(&[&child.to_string()]);
+        assert_eq!(out.status.code(), Some(3), "child {child}: {:?}", text(&out));
+    }
+    let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("libopalcrs"), "the exec'd child inherited the preload");
+    let maps = std::fs::read_to_string(format!("/proc/{execed}/maps")).unwrap();
+    assert!(!maps.contains("libopalcrs"));
+    // The parent still answers.
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+}
+
+#[test]
+fn dd_keeps_its_sigusr1_statistics() {
+    let sb = Sandbox::new("preload-dd");
+    let mut command = sb.command("dd");
+    command.args(["if=/dev/zero", "of=/dev/null", "bs=1k"]).env("LD_PRELOAD", library());
+    let mut dd = sb.spawn(command, "dd");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(dd.id() as i32, libc::SIGUSR1) };
+    assert!(wait_until(LONG, || sb.read("dd.out").contains("records in")), "{}", sb.read("dd.out"));
+    assert!(alive(dd.id()), "dd died of SIGUSR1");
+    // And it is a libopalcrs process (the control socket answers).
+    let status = sb.checkpoint(&["--status", &dd.id().to_string()]);
+    assert!(status.status.success(), "{:?}", text(&status));
+    stop(&mut dd);
+}
+
+#[test]
+fn a_bad_parameter_disables_cr_with_a_warning_and_the_program_runs() {
+    let sb = Sandbox::new("preload-badparam");
+    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let mut app = start(&sb, &exe, &[], &[("OMPI_MCA_opal_cr_signal", "abc")]);
+    assert!(wait_until(LONG, || sb.read("app.out").contains("checkpoint/restart disabled")), "{}", sb.read("app.out"));
+    assert!(sb.read("app.out").contains("opal_cr_signal"));
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(alive(app.id()));
+    stop(&mut app);
+}
+
+#[test]
+fn open_mpis_own_library_keeps_us_out() {
+    let sb = Sandbox::new("preload-openmpi");
+    let fake = lib_dir().join("c-tests/libopen-pal.so.40");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&fake)
+        .arg(repo().join("c-tests/fake_open_pal.c"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let preload = format!("{}:{}", fake.display(), library());
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("log")).arg(sb.path("state")).env("LD_PRELOAD", preload);
+    let mut app = sb.spawn(command, "app");
+    assert!(wait_until(LONG, || sb.read("app.out").contains("libopen-pal")), "{}", sb.read("app.out"));
+    assert!(wait_until(LONG, || sb.read("log").contains("main pid=")));
+    assert_eq!(sb.checkpoint(&[&app.id().to_string()]).status.code(), Some(3));
+    stop(&mut app);
+}
