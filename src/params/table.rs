@@ -226,7 +226,7 @@ pub static PARAMS: &[ParamDef] = &[
         "opal_cr_preload_children",
         Bool,
         "0",
-        "Reserved for LD_PRELOAD support, which is not implemented yet; no effect.",
+        "Let exec'd children inherit LD_PRELOAD of this library; by default a preloaded library removes itself from LD_PRELOAD.",
     ),
     def(
         "opal_cr_enable_timer",
