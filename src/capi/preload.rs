@@ -21,7 +21,7 @@ static DESTRUCTOR: extern "C" fn() = on_unload;
 static INITIALISED_HERE: AtomicBool = AtomicBool::new(false);
 
 /// Our tools link the library's code; a preload inherited by them must stay inert.
-const TOOLS: &[&str] = &["opal-checkpoint", "opal-restart"];
+const TOOLS: &[&str] = &["opal-checkpoint", "opal-restart", "opal-info", "opal-run"];
 
 extern "C" fn on_load() {
     let _ = std::panic::catch_unwind(|| {

@@ -3,6 +3,7 @@
 //! main logic. The binaries in `src/bin/` only call `main` here.
 
 pub mod checkpoint;
+pub mod info;
 pub mod restart;
 
 use std::fmt;
