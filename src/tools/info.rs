@@ -35,7 +35,7 @@ pub fn render(params: &Params, framework: &str, component: &str, parsable: bool)
         if (framework != "all" && framework != fw) || (component != "all" && component != comp) {
             continue;
         }
-        let shown = if value.is_empty() { "<none>" } else { value };
+        let shown = if value.is_empty() { "none" } else { value };
         if parsable {
             let prefix = format!("mca:{fw}:{comp}:param:{}", def.name);
             out.push_str(&format!("{prefix}:value:{value}\n{prefix}:data_source:{source}\n{prefix}:help:{}\n", def.help));
