@@ -27,6 +27,7 @@ printf '  native     %8.1f\n  preloaded  %8.1f\n  ratio      %8.3f   (goal <= 1.
 # Idle: a preloaded sleeping program; CPU ticks of every thread but the main one.
 LD_PRELOAD="$lib" sleep $((idle + 5)) &
 pid=$!
+disown "$pid"
 sleep 1
 ticks() { awk '{print $14 + $15}' /proc/"$pid"/task/*/stat | tail -n +2 | paste -sd+ | bc; }
 before=$(ticks); sleep "$idle"; after=$(ticks)
