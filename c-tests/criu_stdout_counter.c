@@ -1,8 +1,8 @@
 /* A plain program without checkpoint callbacks that counts both into a file and on its
  * standard output, so that a test can give it a stdout that grows after a dump:
  *   criu_stdout_counter COUNT_FILE
- * Each step appends "<count> <pid>" to COUNT_FILE (O_APPEND) and prints
- * "stdout <count>" on stdout (flushed at once). */
+ * Each step appends "<count> <pid> ok" to COUNT_FILE (O_APPEND, plain_counter's
+ * format) and prints "stdout <count>" on stdout (flushed at once). */
 #include <opal/runtime/opal.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -25,7 +25,7 @@ int main(int argc, char **argv)
     }
     for (long count = 1;; count++) {
         char line[128];
-        int n = snprintf(line, sizeof line, "%ld %d\n", count, (int)getpid());
+        int n = snprintf(line, sizeof line, "%ld %d ok\n", count, (int)getpid());
         if (write(out, line, (size_t)n) < 0)
             return 5;
         printf("stdout %ld\n", count);

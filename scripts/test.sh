@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="/opt/opalcrs-tools/bin:$PATH"
 cargo clippy --locked --all-targets --quiet -- -D warnings
+# The C tests link the built libopalcrs.so, which `cargo test` alone does not produce.
+cargo build --locked
 cargo test --locked --all-targets

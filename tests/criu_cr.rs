@@ -1,3 +1,512 @@
+//! The criu component end to end: real C programs without checkpoint callbacks,
+//! checkpointed by `opal-checkpoint` through the real CRIU, killed and restored by
+//! `opal-restart`, and the errors of both tools. Every test needs root and CRIU >= 4;
+//! without them it says why on stderr and passes.
+
 mod common;
+use common::*;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(10);
+
+/// Why the tests cannot run here, if they cannot.
+fn not_ready() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    match opalcrs::components::criu::binary::find(None) {
+        Ok(found) if found.version.0 >= 4 => None,
+        Ok(found) => Some(format!("{} is CRIU {:?}", found.path.display(), found.version)),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+macro_rules! require_criu {
+    () => {
+        if let Some(why) = not_ready() {
+            eprintln!("skipped: needs root and CRIU >= 4 ({why})");
+            return;
+        }
+    };
+}
+
+fn plain_counter() -> PathBuf {
+    cc("plain_counter.c", "plain_counter", &[])
+}
+
+/// One line of a count file: "<count> <pid> <ok|corrupt>".
+#[derive(Debug, Clone, PartialEq)]
+struct Count {
+    n: i64,
+    pid: u32,
+    ok: bool,
+}
+
+/// The complete lines of a count file (a line still being written is left out).
+fn counts(text: &str) -> Vec<Count> {
+    text.split_inclusive('\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix('\n')?;
+            let mut words = line.split_whitespace();
+            let n = words.next()?.parse().ok()?;
+            let pid = words.next()?.parse().ok()?;
+            let ok = words.next()? == "ok";
+            Some(Count { n, pid, ok })
+        })
+        .collect()
+}
+
+/// The counter's lines so far.
+fn count_lines(sb: &Sandbox) -> Vec<Count> {
+    counts(&sb.read("count"))
+}
+
+/// Starts plain_counter (criu selected) with MIB MiB and waits until it has counted twice.
+fn start_counter(sb: &Sandbox, mib: u32) -> Child {
+    let mut command = sb.command(plain_counter());
+    command.arg(sb.path("count")).arg(mib.to_string()).env("OMPI_MCA_crs", "criu");
+    let child = sb.spawn(command, "app");
+    let started = wait_until(Duration::from_secs(15), || count_lines(sb).len() >= 2);
+    assert!(started, "plain_counter did not start: {}", sb.read("app.out"));
+    child
+}
+
+fn series_name(pid: u32) -> String {
+    format!("opal_snapshot_{pid}.ckpt")
+}
+
+/// `opal-checkpoint ARGS` that must succeed; returns its stdout and the snapshot path.
+fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> (String, PathBuf) {
+    let out = sb.checkpoint(args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "opal-checkpoint {args:?}: {:?}\n{stdout}{stderr}", out.status);
+    (stdout, snapshot_path(&out))
+}
+
+/// SIGKILLs our child, reaps it and waits until its PID has left /proc.
+fn kill_and_reap(child: &mut Child) {
+    let pid = child.id();
+    stop(child);
+    let gone = wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists());
+    assert!(gone, "process {pid} still in /proc after SIGKILL and wait");
+}
+
+/// `opal-restart ARGS` with stdout and stderr in files (a restored process, or the
+/// helpers of a new PID namespace, may hold them open); returns status, stdout, stderr.
+fn run_restart(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, String) {
+    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
+    let mut child = sb
+        .command(restart_tool())
+        .args(args)
+        .stdout(File::create(&out_file).unwrap())
+        .stderr(File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
+        stop(&mut child);
+        panic!("opal-restart {args:?} did not end: {}", std::fs::read_to_string(&err_file).unwrap_or_default())
+    });
+    (status, std::fs::read_to_string(&out_file).unwrap(), std::fs::read_to_string(&err_file).unwrap())
+}
+
+/// `opal-restart --fork ARGS` that must succeed; returns the printed PID and stderr.
+fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
+    let mut all = vec!["--fork"];
+    all.extend_from_slice(args);
+    let (status, stdout, stderr) = run_restart(sb, &all);
+    assert!(status.success(), "opal-restart {all:?}: {status:?}\n{stdout}{stderr}");
+    let pid = stdout.trim().parse().unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
+    sb.adopt(pid);
+    (pid, stderr)
+}
+
+/// Waits up to `limit` for a child to end.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A field of /proc/PID/status, e.g. "PPid" or "NSpid".
+fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let prefix = format!("{field}:");
+    status.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.trim().to_string())
+}
+
+fn ns_pids(pid: u32) -> Vec<u32> {
+    proc_status(pid, "NSpid").unwrap_or_default().split_whitespace().filter_map(|n| n.parse().ok()).collect()
+}
+
+fn phases(sb: &Sandbox) -> Vec<String> {
+    sb.read("count.phase").lines().map(str::to_string).collect()
+}
+
+/// Splits counts into the increasing runs they interleave (each line continues the run
+/// that ended one below it, or starts a new one).
+fn runs(lines: &[Count]) -> Vec<Vec<i64>> {
+    let mut runs: Vec<Vec<i64>> = Vec::new();
+    for line in lines {
+        match runs.iter_mut().find(|run| run.last() == Some(&(line.n - 1))) {
+            Some(run) => run.push(line.n),
+            None => runs.push(vec![line.n]),
+        }
+    }
+    runs
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: a plain kill of a process this test started or restored.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
 #[test]
-fn stub() { let _ = common::repo(); }
+fn checkpoint_kill_and_restore_256_mib_in_the_same_pid() {
+    require_criu!();
+    let sb = Sandbox::new("criu-256");
+    let mut app = start_counter(&sb, 256);
+    let pid = app.id();
+    let series = series_name(pid);
+
+    let started = Instant::now();
+    let (stdout, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    let checkpoint_time = started.elapsed();
+    let count_after_checkpoint = count_lines(&sb).last().unwrap().n;
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    assert_eq!(snapshot, sb.path(&series).join("0"));
+    let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
+    assert!(meta.starts_with(&format!("# PID: {pid}\n# OPAL CRS Component: criu\n")), "{meta}");
+    assert!(snapshot.join("opalcrs_manifest.json").is_file());
+    for image in ["inventory.img", "pstree.img", &format!("core-{pid}.img"), &format!("mm-{pid}.img")] {
+        assert!(snapshot.join(image).is_file(), "no {image} in {}", snapshot.display());
+    }
+    let pages: u64 = std::fs::read_dir(&snapshot)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(pages >= 256 << 20, "page images hold only {pages} bytes");
+    assert!(wait_until(LONG, || phases(&sb) == ["continue"]), "phase file: {:?}", phases(&sb));
+
+    kill_and_reap(&mut app);
+    let lines_at_kill = count_lines(&sb).len();
+    let count_at_kill = count_lines(&sb).last().unwrap().n;
+
+    let started = Instant::now();
+    let (restored, stderr) = restart_fork(&sb, &[&series]);
+    let restore_time = started.elapsed();
+    eprintln!(
+        "criu 256 MiB: checkpoint {checkpoint_time:?} (page images {} MiB), restore {restore_time:?}",
+        pages >> 20
+    );
+    assert_eq!(restored, pid, "restored under another PID; stderr: {stderr}");
+    assert!(!stderr.contains("new PID namespace"), "{stderr}");
+    assert_eq!(ns_pids(restored), [pid], "not in our PID namespace");
+
+    let grown = wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= lines_at_kill + 10);
+    let lines = count_lines(&sb);
+    assert!(grown, "the restored counter did not go on ({} lines, {lines_at_kill} at the kill)", lines.len());
+    let new = &lines[lines_at_kill..];
+    assert!(new.iter().all(|c| c.ok && c.pid == pid), "after the restore: {new:?}");
+    // The restored memory picks up the count where the image was taken, before the kill.
+    assert!(new[0].n <= count_after_checkpoint + 1, "first restored count {} (kill at {count_at_kill})", new[0].n);
+    assert!(new.windows(2).all(|w| w[1].n == w[0].n + 1), "restored counts not consecutive: {new:?}");
+    assert_eq!(phases(&sb), ["continue", "restart"]);
+    kill(restored);
+}
+
+#[test]
+fn repeated_checkpoints_continue_one_series_across_a_restore() {
+    require_criu!();
+    let sb = Sandbox::new("criu-repeat");
+    let mut app = start_counter(&sb, 4);
+    let pid = app.id();
+    let series = series_name(pid);
+    for seq in 0..3 {
+        let (stdout, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+        assert!(stdout.starts_with(&format!("Snapshot Ref.: {seq:3} {series}\n")), "{stdout}");
+        assert_eq!(snapshot, sb.path(&series).join(seq.to_string()));
+    }
+    assert!(wait_until(LONG, || phases(&sb).len() == 3), "{:?}", phases(&sb));
+    kill_and_reap(&mut app);
+
+    let (restored, _) = restart_fork(&sb, &[&series]);
+    assert_eq!(restored, pid);
+    assert!(wait_until(LONG, || phases(&sb).len() == 4), "{:?}", phases(&sb));
+    let before = count_lines(&sb).len();
+    assert!(wait_until(LONG, || count_lines(&sb).len() > before + 2), "the restored counter does not count");
+    let (stdout, snapshot) = checkpoint_ok(&sb, &[&restored.to_string()]);
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   3 {series}\n")), "{stdout}");
+    assert_eq!(snapshot, sb.path(&series).join("3"));
+    assert!(wait_until(LONG, || phases(&sb).len() == 5), "{:?}", phases(&sb));
+    assert_eq!(phases(&sb), ["continue", "continue", "continue", "restart", "continue"]);
+    let published = opalcrs::snapshot::Series::at(&sb.path(&series)).snapshots().unwrap();
+    assert_eq!(published, [0, 1, 2, 3]);
+    kill(restored);
+}
+
+#[test]
+fn restart_while_the_original_runs_uses_a_new_pid_namespace() {
+    require_criu!();
+    let sb = Sandbox::new("criu-pidns");
+    let mut app = start_counter(&sb, 4);
+    let pid = app.id();
+    let series = series_name(pid);
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    // Let the original run well ahead of the image, so that the two counts differ.
+    let at_checkpoint = count_lines(&sb).last().unwrap().n;
+    assert!(wait_until(LONG, || count_lines(&sb).last().unwrap().n > at_checkpoint + 15));
+
+    let before = count_lines(&sb).len();
+    let (restored, stderr) = restart_fork(&sb, &[&series]);
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert_ne!(restored, pid);
+    assert_eq!(ns_pids(restored), [restored, pid], "NSpid of the restored copy");
+    let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+    sb.adopt(init);
+    assert_eq!(ns_pids(init).last(), Some(&1), "the restored copy's parent is not its namespace's init");
+
+    // Both count into the same file, under the same (original) PID: two interleaved runs.
+    let two_runs = || {
+        let found = runs(&count_lines(&sb)[before..]);
+        found.len() == 2 && found.iter().all(|run| run.len() >= 5)
+    };
+    assert!(wait_until(LONG, two_runs), "runs after the restore: {:?}", runs(&count_lines(&sb)[before..]));
+    assert!(count_lines(&sb)[before..].iter().all(|c| c.ok && c.pid == pid));
+    assert!(alive(pid) && alive(restored));
+
+    // With the original stopped, only the restored copy can answer the checkpoint.
+    signal(pid, libc::SIGSTOP);
+    let out = sb.checkpoint(&["--timeout", "15", &restored.to_string()]);
+    signal(pid, libc::SIGCONT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "checkpoint of the restored copy: {:?}\n{stdout}{stderr}", out.status);
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   1 {series}\n")), "{stdout}");
+    assert!(sb.path(&series).join("1/pstree.img").is_file());
+    let before = count_lines(&sb).len();
+    assert!(wait_until(LONG, || runs(&count_lines(&sb)[before..]).iter().filter(|r| r.len() >= 3).count() == 2));
+
+    kill(restored);
+    kill(init);
+    kill_and_reap(&mut app);
+    assert!(wait_until(LONG, || !alive(restored) && !alive(init)));
+}
+
+#[test]
+fn term_ends_the_process_after_the_snapshot() {
+    require_criu!();
+    let sb = Sandbox::new("criu-term");
+    let mut app = start_counter(&sb, 4);
+    let pid = app.id();
+    let (stdout, snapshot) = checkpoint_ok(&sb, &["--term", &pid.to_string()]);
+    assert!(stdout.contains(&format!("Snapshot Path: {}", snapshot.display())), "{stdout}");
+    assert!(snapshot.join("snapshot_meta.data").is_file());
+    assert!(snapshot.join("pstree.img").is_file());
+    let status = wait_exit(&mut app, LONG).expect("the process did not end after --term");
+    assert_eq!(status.code(), Some(0), "{status:?}; output: {}", sb.read("app.out"));
+}
+
+#[test]
+fn stdout_in_a_file_without_append_that_grew() {
+    require_criu!();
+    let sb = Sandbox::new("criu-stdout");
+    let program = cc("criu_stdout_counter.c", "criu_stdout_counter", &[]);
+    let stdout_file = sb.path("stdout.txt");
+    let mut command = sb.command(program);
+    command
+        .arg(sb.path("count"))
+        .env("OMPI_MCA_crs", "criu")
+        .stdout(Stdio::from(File::create(&stdout_file).unwrap()))
+        .stderr(Stdio::from(File::create(sb.path("stderr.txt")).unwrap()));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut app = command.spawn().unwrap();
+    let pid = app.id();
+    sb.adopt(pid);
+    let counting = wait_until(LONG, || count_lines(&sb).len() >= 2);
+    assert!(counting, "{:?} {}{}", app.try_wait(), sb.read("stdout.txt"), sb.read("stderr.txt"));
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    let size_at_checkpoint = std::fs::metadata(&stdout_file).unwrap().len();
+    let grew = wait_until(LONG, || std::fs::metadata(&stdout_file).unwrap().len() > size_at_checkpoint + 20);
+    assert!(
+        grew,
+        "stdout did not grow after the checkpoint ({size_at_checkpoint} bytes then); alive: {}; count lines: {}; stderr: {}",
+        alive(pid),
+        count_lines(&sb).len(),
+        sb.read("stderr.txt")
+    );
+    kill_and_reap(&mut app);
+
+    let lines_at_kill = count_lines(&sb).len();
+    let (status, out, err) = run_restart(&sb, &["--fork", &series_name(pid)]);
+    assert!(status.success(), "restore with a grown stdout file failed: {status:?}\n{out}{err}");
+    let restored: u32 = out.trim().parse().unwrap();
+    sb.adopt(restored);
+    assert_eq!(restored, pid);
+    assert!(wait_until(LONG, || count_lines(&sb).len() >= lines_at_kill + 5), "the restored program does not count");
+    let printed = std::fs::read_to_string(&stdout_file).unwrap();
+    assert!(printed.lines().last().is_some_and(|l| l.starts_with("stdout ")), "{printed:?}");
+    kill(restored);
+}
+
+#[test]
+fn a_missing_criu_binary_fails_opal_init() {
+    require_criu!();
+    let sb = Sandbox::new("criu-nobin-init");
+    let mut command = sb.command(plain_counter());
+    command
+        .arg(sb.path("count"))
+        .arg("1")
+        .env("OMPI_MCA_crs", "criu")
+        .env("OMPI_MCA_crs_criu_binary", "/nonexistent/criu");
+    let mut app = sb.spawn(command, "app");
+    let status = wait_exit(&mut app, LONG).expect("plain_counter did not end");
+    assert_eq!(status.code(), Some(4), "{status:?}: {}", sb.read("app.out"));
+    let out = sb.read("app.out");
+    assert!(out.contains("criu") && out.contains("/nonexistent/criu"), "{out}");
+    assert!(sb.read("count").is_empty());
+}
+
+#[test]
+fn a_missing_criu_binary_fails_the_restore_with_126() {
+    require_criu!();
+    let sb = Sandbox::new("criu-nobin-restart");
+    let mut app = start_counter(&sb, 1);
+    let pid = app.id();
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    kill_and_reap(&mut app);
+    let (status, stdout, stderr) = run_restart(&sb, &["-mca", "crs_criu_binary", "/nonexistent/criu", &series_name(pid)]);
+    assert_eq!(status.code(), Some(126), "{status:?}\n{stdout}{stderr}");
+    assert!(stderr.contains("CRIU") && stderr.contains("/nonexistent/criu"), "{stderr}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "something was restored");
+}
+
+#[test]
+fn a_process_of_another_user_cannot_dump_itself() {
+    require_criu!();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and CRIU >= 4 (and setpriv, which is missing)");
+        return;
+    }
+    let sb = Sandbox::new("criu-nobody");
+    let home = sb.path("nobody");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let count = home.join("count");
+    let mut command = sb.command("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(plain_counter())
+        .arg(&count)
+        .arg("1")
+        .current_dir(&home)
+        .env("HOME", &home)
+        // CRIU's failed check log is kept in a temporary directory: keep it in the sandbox.
+        .env("TMPDIR", &home)
+        .env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let read_counts = || counts(&std::fs::read_to_string(&count).unwrap_or_default());
+    assert!(wait_until(LONG, || read_counts().len() >= 2), "{}", sb.read("app.out"));
+    assert_eq!(proc_status(pid, "Uid").unwrap().split_whitespace().next(), Some("65534"));
+
+    let out = sb.checkpoint(&["--timeout", "15", &pid.to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(stderr.contains("criu") && stderr.contains("may not dump itself"), "{stderr}");
+    assert!(stderr.contains("CAP_CHECKPOINT_RESTORE"), "{stderr}");
+    let series = home.join(series_name(pid));
+    if series.exists() {
+        let published = opalcrs::snapshot::Series::at(&series).snapshots().unwrap();
+        assert!(published.is_empty(), "published after a failed dump: {published:?}");
+    }
+    // The process itself goes on.
+    let lines = read_counts().len();
+    assert!(wait_until(LONG, || read_counts().len() > lines + 2));
+    assert!(read_counts().iter().all(|c| c.ok));
+    stop(&mut app);
+}
+
+#[test]
+fn restore_without_fork_waits_and_passes_the_exit_status() {
+    require_criu!();
+    let sb = Sandbox::new("criu-wait");
+    let mut app = start_counter(&sb, 4);
+    let pid = app.id();
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    kill_and_reap(&mut app);
+    let lines_at_kill = count_lines(&sb).len();
+
+    let mut command = sb.command(restart_tool());
+    command.arg(series_name(pid));
+    let mut restart = sb.spawn(command, "restart");
+    let counting = wait_until(LONG, || count_lines(&sb).len() >= lines_at_kill + 3);
+    assert!(counting, "the restored program does not count: {}", sb.read("restart.out"));
+    let restored = count_lines(&sb).last().unwrap().pid;
+    sb.adopt(restored);
+    assert_eq!(restored, pid);
+    assert!(alive(restored));
+    assert_eq!(wait_exit(&mut restart, Duration::from_millis(300)), None, "opal-restart did not wait");
+
+    kill(restored);
+    let status = wait_exit(&mut restart, LONG).expect("opal-restart did not end with the restored process");
+    assert_eq!(status.code(), Some(137), "{status:?} (signal {:?}): {}", status.signal(), sb.read("restart.out"));
+}
+
+#[test]
+fn fork_into_a_new_pid_namespace_lets_go_of_the_callers_stdout() {
+    require_criu!();
+    let sb = Sandbox::new("criu-pidns-pipe");
+    let mut app = start_counter(&sb, 1);
+    let pid = app.id();
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    let mut restart = sb
+        .command(restart_tool())
+        .args(["--fork", &series_name(pid)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = restart.stdout.take().unwrap();
+    // The printed PID comes as a line; EOF comes when the last writer has closed the pipe.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+        let _ = sender.send(Some(line));
+        let _ = std::io::Read::read_to_end(&mut reader, &mut Vec::new());
+        let _ = sender.send(None);
+    });
+    let status = wait_exit(&mut restart, LONG).expect("opal-restart --fork did not end");
+    assert!(status.success(), "{status:?}");
+    let line = receiver.recv_timeout(LONG).expect("no PID printed").unwrap();
+    let restored: u32 = line.trim().parse().unwrap_or_else(|_| panic!("--fork printed {line:?}"));
+    sb.adopt(restored);
+    let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+    sb.adopt(init);
+    assert_eq!(ns_pids(restored), [restored, pid]);
+    let eof = receiver.recv_timeout(Duration::from_secs(3));
+    kill(restored);
+    kill(init);
+    kill_and_reap(&mut app);
+    assert_eq!(eof, Ok(None), "opal-restart's stdout pipe stayed open after it had exited");
+}

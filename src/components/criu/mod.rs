@@ -68,6 +68,13 @@ impl Component for CriuComponent {
         let pid = std::process::id() as i32;
         log::debug!(target: "crs", "crs:criu: checkpoint({pid}, ---)");
         let bin = find_binary(job.params)?;
+        if !binary::privileged() {
+            return Err(Error::new(
+                crate::codes::OPAL_ERR_PERM,
+                "criu: this process may not dump itself: CRIU needs root or CAP_CHECKPOINT_RESTORE (with CAP_SYS_PTRACE) \
+                 in the checkpointed process; run it as root or grant the capabilities",
+            ));
+        }
         bin.check()?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string()).unwrap_or_default())
@@ -112,7 +119,7 @@ impl Component for CriuComponent {
             "never" => false,
             _ => !taken.is_empty(),
         };
-        let inherit = stdio_handover(&plan.dir);
+        let (inherit, _reopened) = stdio_handover(&plan.dir, !new_pidns)?;
         let log_file = format!("restore-{}.log", std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
@@ -142,26 +149,59 @@ impl Component for CriuComponent {
     }
 }
 
-/// Gives the restored process our own stdio where it had pipes or sockets (those
-/// ends are gone with the original); files and terminals CRIU reopens itself.
-fn stdio_handover(dir: &Path) -> Vec<(String, RawFd)> {
-    let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else { return Vec::new() };
-    text.lines()
-        .enumerate()
-        .filter(|(_, target)| target.starts_with("pipe:[") || target.starts_with("socket:["))
-        .map(|(fd, target)| (target.to_string(), fd as RawFd))
-        .collect()
+/// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
+type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
+
+/// What to hand the restored process for fds 0–2: our own stdio where it had pipes
+/// or sockets (those ends are gone with the original), and the same regular file
+/// opened anew, positioned at its end, where it had one (CRIU refuses to reopen a file
+/// that grew after the dump unless it was opened with O_APPEND). Terminals CRIU
+/// reopens itself. Files are not reopened for a restore into a fresh PID namespace:
+/// that one gets its own mount namespace, where a file opened out here has no mount
+/// CRIU could name at the next dump. The returned files must stay open until the
+/// restore is done.
+fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
+    let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else { return Ok((Vec::new(), Vec::new())) };
+    let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
+    for (fd, target) in text.lines().enumerate() {
+        if target.starts_with("pipe:[") || target.starts_with("socket:[") {
+            inherit.push((target.to_string(), fd as RawFd));
+        } else if let Some(relative) = target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file()) {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::OpenOptions::new()
+                .read(fd == 0)
+                .write(fd != 0)
+                .open(target)
+                .map_err(|e| Error::io(format!("reopening {target} (fd {fd} of the checkpointed process)"), e))?;
+            if fd != 0 {
+                file.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("seeking in {target}"), e))?;
+            }
+            // CRIU names regular files by their path without the leading slash.
+            inherit.push((relative.to_string(), std::os::fd::AsRawFd::as_raw_fd(&file)));
+            reopened.push(file);
+        }
+    }
+    Ok((inherit, reopened))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn only_pipes_and_sockets_are_handed_over() {
+    fn pipes_sockets_and_regular_files_are_handed_over() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let handover = super::stdio_handover(&dir);
-        std::fs::remove_dir_all(&dir).unwrap();
+        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
         assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
+        assert!(reopened.is_empty());
+        let log = dir.join("out.log");
+        std::fs::write(&log, "grown").unwrap();
+        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display())).unwrap();
+        assert!(super::stdio_handover(&dir, false).unwrap().0.is_empty());
+        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(handover.len(), 1);
+        assert_eq!(handover[0].0, log.display().to_string()[1..]);
+        assert_eq!(reopened.len(), 1);
     }
 }

@@ -483,6 +483,24 @@ fn close_range(first: RawFd, last: RawFd) {
 }
 
 /// Closes every descriptor above 2 that is not in `keep` (sorted). Async-signal-safe.
+/// Points fds 0–2 at /dev/null, so a long-lived helper does not hold the caller's
+/// terminal or pipes open (`pid=$(opal-restart --fork …)` would never see EOF).
+/// Async-signal-safe.
+fn detach_stdio() {
+    // SAFETY: open/dup2/close on this process's own descriptors.
+    unsafe {
+        let null = libc::open(b"/dev/null\0".as_ptr().cast(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..=libc::STDERR_FILENO {
+                libc::dup2(null, fd);
+            }
+            if null > libc::STDERR_FILENO {
+                libc::close(null);
+            }
+        }
+    }
+}
+
 fn close_all_except(keep: &[RawFd]) {
     let mut next = libc::STDERR_FILENO + 1;
     for &fd in keep {
@@ -539,6 +557,7 @@ unsafe fn run_holder(plan: &PidnsPlan) -> ! {
         }
         // The holder needs none of its descriptors; the report pipe must end with the init.
         close_all_except(&[]);
+        detach_stdio();
         libc::_exit(rpc::wait_exit_code(init).unwrap_or(HELPER_FAILED));
     }
 }
@@ -602,6 +621,7 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             }
         }
         close_all_except(&[]);
+        detach_stdio();
         if got < ack.len() {
             // The caller gave up (the restore failed, or it died): end the namespace.
             libc::kill(-1, libc::SIGKILL);
