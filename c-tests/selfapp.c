@@ -11,6 +11,7 @@
  *   --notify      replace the notify callback (logs, then calls the previous one)
  *   --null-cmd    the checkpoint callback gives no restart command
  *   --slow MS     the checkpoint callback takes MS milliseconds
+ *   --fail-at N   the checkpoint callback gives no restart command on its Nth call only
  *   --limit N     exit 0 after count N
  * The restart command is this program with the same arguments. */
 #include <opal/runtime/opal.h>
@@ -29,6 +30,8 @@ static atomic_int in_init;
 static int log_fd = -1;
 static char restart_cmd_line[8192];
 static int null_cmd, slow_ms;
+static long fail_at = -1;
+static atomic_long checkpoint_calls;
 
 static void say(const char *fmt, ...)
 {
@@ -54,8 +57,11 @@ static int save(char **restart_cmd, const char *who)
         return OPAL_ERROR;
     fprintf(f, "%ld\n", value);
     fclose(f);
+    long call = atomic_fetch_add(&checkpoint_calls, 1) + 1;
     say("checkpoint %s value=%ld dir=%s", who, value, opalcrs_snapshot_dir());
-    if (!null_cmd)
+    if (call == fail_at)
+        say("checkpoint call %ld fails", call);
+    else if (!null_cmd)
         *restart_cmd = strdup(restart_cmd_line);
     return OPAL_SUCCESS;
 }
@@ -134,6 +140,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--api") && i + 1 < argc) api_at = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--slow") && i + 1 < argc) slow_ms = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--limit") && i + 1 < argc) limit = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--fail-at") && i + 1 < argc) fail_at = atol(argv[i + 1]);
     }
     if (registered)
         register_callbacks();

@@ -3,10 +3,12 @@
 //! damaged snapshot be found before a restart ([`manifest`]), and [`resolve`], which
 //! turns what the user named at restart into one snapshot directory.
 
+pub mod list;
 pub mod manifest;
 pub mod metadata;
 pub mod series;
 
+pub use list::{list_dir, list_series, SeriesInfo, SnapshotInfo};
 pub use manifest::{
     hash_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, HASH_ALGORITHM, MANIFEST_FILE,
     MANIFEST_FORMAT,
@@ -43,28 +45,67 @@ pub struct Resolved {
 /// numbered snapshot (`-l <series> -r <seq>`), or a 1.6/1.7 snapshot directory holding
 /// `snapshot_meta.data` directly. A snapshot that does not verify is never returned.
 pub fn resolve(reference: &str, base_dir: &Path, seq: Option<u64>) -> Result<Resolved> {
+    let path = reference_dir(reference, base_dir)?;
+    if holds_snapshot(&path) {
+        let (series, numbered) = single_snapshot(&path, seq)?;
+        let verdict = usable_verdict(&path)?;
+        Ok(Resolved { dir: path, series, seq: numbered, skipped: Vec::new(), verdict })
+    } else {
+        resolve_series(Series::at(&path), seq)
+    }
+}
+
+/// One snapshot as addressed by the user, not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub dir: PathBuf,
+    /// The series it belongs to; None for a legacy flat snapshot.
+    pub series: Option<Series>,
+    pub seq: Option<u64>,
+}
+
+/// The snapshot that `reference` (as for [`resolve`]) addresses, without verifying it and
+/// without falling back to an older one: for a series, snapshot `seq`, or else the
+/// newest published one whatever its state. This is what `opal-restart --verify` checks.
+pub fn locate(reference: &str, base_dir: &Path, seq: Option<u64>) -> Result<Located> {
+    let path = reference_dir(reference, base_dir)?;
+    if holds_snapshot(&path) {
+        let (series, numbered) = single_snapshot(&path, seq)?;
+        return Ok(Located { dir: path, series, seq: numbered });
+    }
+    let series = Series::at(&path);
+    let published = series.snapshots()?;
+    let wanted = match seq {
+        Some(wanted) if published.contains(&wanted) => wanted,
+        Some(wanted) => return Err(not_found(&series.snapshot_dir(wanted), "no such snapshot")),
+        None => *published.last().ok_or_else(|| {
+            not_found(
+                series.path(),
+                &format!("not a snapshot: no {METADATA_FILE} and no numbered snapshots"),
+            )
+        })?,
+    };
+    Ok(Located { dir: series.snapshot_dir(wanted), series: Some(series), seq: Some(wanted) })
+}
+
+/// The existing directory that `reference` names.
+fn reference_dir(reference: &str, base_dir: &Path) -> Result<PathBuf> {
     if reference.is_empty() {
         return Err(Error::new(codes::OPAL_ERR_BAD_PARAM, "no snapshot reference given"));
     }
     let path =
         if reference.contains('/') { PathBuf::from(reference) } else { base_dir.join(reference) };
     match fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(not_found(&path, "not a snapshot: not a directory")),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(not_found(&path, "no such snapshot"))
-        }
-        Err(e) => return Err(Error::io(format!("cannot use snapshot {}", path.display()), e)),
-    }
-    if holds_snapshot(&path) {
-        resolve_snapshot(path, seq)
-    } else {
-        resolve_series(Series::at(&path), seq)
+        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(_) => Err(not_found(&path, "not a snapshot: not a directory")),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(not_found(&path, "no such snapshot")),
+        Err(e) => Err(Error::io(format!("cannot use snapshot {}", path.display()), e)),
     }
 }
 
-/// A directory that is itself one snapshot, numbered or legacy.
-fn resolve_snapshot(dir: PathBuf, seq: Option<u64>) -> Result<Resolved> {
+/// For a directory that is itself one snapshot, numbered or legacy: its series and
+/// number, after checking that `seq`, if given, agrees.
+fn single_snapshot(dir: &Path, seq: Option<u64>) -> Result<(Option<Series>, Option<u64>)> {
     let numbered = dir.file_name().and_then(|name| name.to_str()).and_then(series::parse_seq);
     let series = match (numbered, dir.parent()) {
         (Some(_), Some(parent)) => Some(Series::at(parent)),
@@ -72,13 +113,11 @@ fn resolve_snapshot(dir: PathBuf, seq: Option<u64>) -> Result<Resolved> {
     };
     match (seq, numbered) {
         (Some(wanted), Some(number)) if wanted != number => {
-            return Err(bad_seq(&dir, &format!("it is snapshot {number}, not {wanted}")));
+            Err(bad_seq(dir, &format!("it is snapshot {number}, not {wanted}")))
         }
-        (Some(_), None) => return Err(bad_seq(&dir, "it is a single snapshot, not a series")),
-        _ => {}
+        (Some(_), None) => Err(bad_seq(dir, "it is a single snapshot, not a series")),
+        _ => Ok((series, numbered)),
     }
-    let verdict = usable_verdict(&dir)?;
-    Ok(Resolved { dir, series, seq: numbered, skipped: Vec::new(), verdict })
 }
 
 fn resolve_series(series: Series, seq: Option<u64>) -> Result<Resolved> {
@@ -126,7 +165,7 @@ fn resolve_series(series: Series, seq: Option<u64>) -> Result<Resolved> {
 }
 
 /// Whether `dir` holds a snapshot's files directly (rather than numbered snapshots).
-fn holds_snapshot(dir: &Path) -> bool {
+pub(crate) fn holds_snapshot(dir: &Path) -> bool {
     [METADATA_FILE, MANIFEST_FILE].iter().any(|file| fs::symlink_metadata(dir.join(file)).is_ok())
 }
 
@@ -337,6 +376,34 @@ mod tests {
             series.path().display()
         );
         assert!(err.message().starts_with(&expected), "{err}");
+    }
+
+    #[test]
+    fn locate_addresses_without_verifying_or_falling_back() {
+        let (base, series) = three_snapshots();
+        corrupt(&series, 2);
+        let newest = locate("s", base.path(), None).unwrap();
+        assert_eq!(
+            newest,
+            Located { dir: series.snapshot_dir(2), series: Some(series.clone()), seq: Some(2) }
+        );
+        assert_eq!(locate("s", base.path(), Some(0)).unwrap().dir, series.snapshot_dir(0));
+        let one = series.snapshot_dir(1);
+        let by_path = locate(one.to_str().unwrap(), base.path(), None).unwrap();
+        assert_eq!((by_path.series, by_path.seq), (Some(series.clone()), Some(1)));
+        assert!(locate(one.to_str().unwrap(), base.path(), Some(2))
+            .unwrap_err()
+            .message()
+            .contains("it is snapshot 1, not 2"));
+        let err = locate("s", base.path(), Some(7)).unwrap_err();
+        assert_eq!(err.code(), codes::OPAL_ERR_NOT_FOUND);
+        assert!(err.message().ends_with("7: no such snapshot"), "{err}");
+
+        Series::open(base.path(), "empty").unwrap();
+        let err = locate("empty", base.path(), None).unwrap_err();
+        assert_eq!(err.code(), codes::OPAL_ERR_NOT_FOUND);
+        assert!(err.message().contains("no numbered snapshots"), "{err}");
+        assert!(locate("missing", base.path(), None).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `opal-checkpoint [options] PID`: asks a process for a checkpoint and waits until
-//! the snapshot is established or fails (design §7).
+//! the snapshot is established or fails (design §7). `opal-checkpoint --list [SERIES]`
+//! lists snapshots, as the original `ompi-checkpoint -l`.
 
 use super::{parse, prefix, usage, OptionDef};
 use crate::codes::*;
@@ -15,10 +16,11 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef { names: &["term"], value: None, help: "End the process once its snapshot is published" },
     OptionDef { names: &["n", "name"], value: Some("NAME"), help: "Series name (default opal_snapshot_<pid>.ckpt)" },
     OptionDef { names: &["w", "where"], value: Some("DIR"), help: "Directory that holds the series (crs_base_snapshot_dir)" },
-    OptionDef { names: &["json"], value: None, help: "Print one JSON object on stdout" },
+    OptionDef { names: &["json"], value: None, help: "Print one JSON object on stdout (also with --list)" },
     OptionDef { names: &["timeout"], value: Some("SEC"), help: "Give up after SEC seconds (exit 7); default: no limit" },
     OptionDef { names: &["wait"], value: None, help: "Queue behind a running checkpoint instead of failing" },
     OptionDef { names: &["status"], value: None, help: "Show the process's component, state and last snapshot" },
+    OptionDef { names: &["l", "list"], value: None, help: "List each snapshot of SERIES (no PID), or of every series in -w DIR: seq, time, component, size, state" },
 ];
 
 pub(crate) const EXIT_OK: i32 = 0;
@@ -78,7 +80,7 @@ struct Settings {
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv0 = std::env::args().next().unwrap_or_else(|| "opal-checkpoint".into());
-    let synopsis = "opal-checkpoint [options] PID";
+    let synopsis = "opal-checkpoint [options] PID | opal-checkpoint --list [options] [SERIES]";
     let title = "Open PAL Single Process Checkpoint Tool";
     let parsed = match parse(&args, OPTIONS) {
         Ok(p) => p,
@@ -92,6 +94,9 @@ pub fn main() -> i32 {
         return EXIT_OK;
     }
     let json = parsed.has("json");
+    if parsed.has("l") {
+        return list(&parsed, json);
+    }
     let pid = match parsed.operands.as_slice() {
         [] => {
             eprintln!("{argv0}: Nothing to do\nType '{argv0} --help' for usage.");
@@ -120,7 +125,10 @@ pub fn main() -> i32 {
         .value("w")
         .map(str::to_string)
         .or_else(|| parsed.mca.iter().rev().find(|(n, _)| n == "crs_base_snapshot_dir").map(|(_, v)| v.clone()))
-        .map(|d| std::path::absolute(&d).map(|p| p.display().to_string()).unwrap_or(d));
+        .map(|d| match std::env::current_dir() {
+            Ok(cwd) if !d.starts_with('/') => cwd.join(&d).display().to_string(),
+            _ => d,
+        });
     let settings = Settings {
         pid,
         verbose: parsed.has("v"),
@@ -136,6 +144,37 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => EXIT_OK,
         Err(failure) => report_failure(json, pid, failure),
+    }
+}
+
+/// `--list [SERIES]`: the series in `-w DIR` (or `crs_base_snapshot_dir`, as the
+/// process would use it), or only SERIES.
+fn list(parsed: &super::Parsed, json: bool) -> i32 {
+    let failed = |message: String| {
+        if json {
+            println!("{}", serde_json::json!({ "version": 1, "error": { "code": EXIT_USAGE, "message": message } }));
+        } else {
+            eprintln!("opal-checkpoint: {message}");
+        }
+        EXIT_USAGE
+    };
+    let mut cmdline = parsed.mca.clone();
+    if let Some(dir) = parsed.value("w") {
+        cmdline.push(("crs_base_snapshot_dir".into(), dir.to_string()));
+    }
+    let params = match crate::runtime::load_params(cmdline) {
+        Ok(params) => params,
+        Err(e) => return failed(e.to_string()),
+    };
+    let base = crate::runtime::snapshot_base_dir(&params);
+    let reference = match parsed.operands.as_slice() {
+        [] => None,
+        [series] => Some(series.as_str()),
+        _ => return failed("--list takes at most one series".into()),
+    };
+    match super::restart::list(&base, reference, json) {
+        Ok(()) => EXIT_OK,
+        Err(e) => failed(e.to_string()),
     }
 }
 
