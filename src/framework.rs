@@ -66,6 +66,11 @@ pub trait Component: Sync {
     /// Restarts from a snapshot; with `spawn_child` the restarted process is a child.
     fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome>;
 
+    /// Files the snapshot depends on (executable, libraries), for the manifest.
+    fn identity(&self) -> Vec<crate::snapshot::IdentityEntry> {
+        Vec::new()
+    }
+
     /// Whether the process ends once its snapshot is published even without `--term`
     /// (criu with `crs_criu_leave_running=0`).
     fn ends_process(&self, _params: &Params) -> bool {

@@ -510,3 +510,34 @@ fn fork_into_a_new_pid_namespace_lets_go_of_the_callers_stdout() {
     kill_and_reap(&mut app);
     assert_eq!(eof, Ok(None), "opal-restart's stdout pipe stayed open after it had exited");
 }
+
+#[test]
+fn a_changed_executable_is_named_before_the_restore() {
+    require_criu!();
+    let sb = Sandbox::new("criu-identity");
+    // A private copy of the program, so changing it disturbs no other test.
+    let exe = sb.path("plain_counter");
+    std::fs::copy(plain_counter(), &exe).unwrap();
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("count")).arg("1").env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    assert!(wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= 2), "{}", sb.read("app.out"));
+    let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
+    let manifest = std::fs::read_to_string(snapshot.join("opalcrs_manifest.json")).unwrap();
+    assert!(manifest.contains(exe.to_str().unwrap()) && manifest.contains("\"build_id\": \""), "{manifest}");
+    kill_and_reap(&mut app);
+    // Rebuilt in place: the build-id differs.
+    let status = Command::new("cc")
+        .args(["-std=gnu11", "-DREBUILT=1", "-o"])
+        .arg(&exe)
+        .arg(repo().join("c-tests/plain_counter.c"))
+        .arg(format!("-I{}", repo().join("include").display()))
+        .arg(format!("-L{}", lib_dir().display()))
+        .arg("-lopalcrs")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (status, _, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(126), "{stderr}");
+    assert!(stderr.contains(&format!("{} changed since the checkpoint", exe.display())), "{stderr}");
+}

@@ -114,7 +114,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
                 component: component.name().to_string(),
                 pid: rt.pid,
                 host: crate::output::hostname(),
-                identity: Vec::new(),
+                identity: component.identity(),
             };
             match pending.publish(options) {
                 Ok(published) => published.path,

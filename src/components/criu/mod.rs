@@ -12,6 +12,7 @@ pub mod rpc;
 use crate::error::{Error, Result};
 use crate::framework::{CheckpointJob, CheckpointOutcome, Component, RestartOutcome, RestartPlan};
 use crate::params::Params;
+use crate::snapshot::IdentityEntry;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +59,21 @@ impl Component for CriuComponent {
 
     fn needs_quiet_connections(&self) -> bool {
         true
+    }
+
+    /// The executable and every mapped executable library: an image restores only
+    /// onto the same files.
+    fn identity(&self) -> Vec<IdentityEntry> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let mut paths: Vec<&str> = maps
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1).is_some_and(|perms| perms.contains('x')))
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| path.starts_with('/'))
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths.into_iter().filter_map(|path| file_identity(Path::new(path))).collect()
     }
 
     fn ends_process(&self, params: &Params) -> bool {
@@ -112,6 +128,7 @@ impl Component for CriuComponent {
         let bin = find_binary(&plan.params).map_err(|e| {
             Error::new(e.code(), format!("snapshot {} needs CRIU to restore: {}", plan.dir.display(), e.message()))
         })?;
+        check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
@@ -147,6 +164,32 @@ impl Component for CriuComponent {
         }
         Ok(RestartOutcome::Exited(restored.wait()?))
     }
+}
+
+fn file_identity(path: &Path) -> Option<IdentityEntry> {
+    let size = std::fs::metadata(path).ok()?.len();
+    Some(IdentityEntry { path: path.display().to_string(), size, build_id: crate::elf::build_id(path) })
+}
+
+/// Refuses a restore whose executable or libraries changed since the checkpoint, with
+/// a message that says which, before CRIU fails on it less clearly.
+fn check_identity(dir: &Path) -> Result<()> {
+    let Ok(manifest) = crate::snapshot::Manifest::read(dir) else { return Ok(()) };
+    for recorded in &manifest.identity {
+        let changed = match file_identity(Path::new(&recorded.path)) {
+            None => "it is gone".to_string(),
+            Some(now) if now.build_id != recorded.build_id => {
+                format!("build-id {} is now {}", recorded.build_id.as_deref().unwrap_or("-"), now.build_id.as_deref().unwrap_or("-"))
+            }
+            Some(now) if now.size != recorded.size => format!("size {} is now {}", recorded.size, now.size),
+            Some(_) => continue,
+        };
+        return Err(Error::new(
+            crate::codes::OPAL_ERR_NOT_AVAILABLE,
+            format!("cannot restore {}: {} changed since the checkpoint ({changed})", dir.display(), recorded.path),
+        ));
+    }
+    Ok(())
 }
 
 /// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
