@@ -541,3 +541,22 @@ fn a_changed_executable_is_named_before_the_restore() {
     assert_eq!(status.code(), Some(126), "{stderr}");
     assert!(stderr.contains(&format!("{} changed since the checkpoint", exe.display())), "{stderr}");
 }
+
+#[test]
+fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
+    require_criu!();
+    let sb = Sandbox::new("criu-api");
+    let mut command = sb.command(cc("criu_api.c", "criu_api", &[]));
+    command.arg(sb.path("log")).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let continued = format!("rc=0 state=4 pid={pid} dir=");
+    assert!(wait_until(Duration::from_secs(15), || sb.read("log").contains(&continued)), "{}{}", sb.read("log"), sb.read("app.out"));
+    let snapshot = sb.path(&series_name(pid)).join("0");
+    assert!(sb.read("log").contains(&format!("dir={}\n", snapshot.display())), "{}", sb.read("log"));
+    kill_and_reap(&mut app);
+    let (restored, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
+    sb.adopt(restored);
+    let restarted = format!("rc=0 state=3 pid={pid} dir={}\n", snapshot.display());
+    assert!(wait_until(LONG, || sb.read("log").contains(&restarted)), "{}", sb.read("log"));
+}
