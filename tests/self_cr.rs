@@ -393,3 +393,14 @@ fn opal_restart_replaces_itself_and_passes_the_exit_status() {
     let out = sb.restart(&[dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(42), "{:?}", text(&out));
 }
+
+#[test]
+fn a_request_never_taken_times_out_with_exit_7() {
+    let sb = Sandbox::new("self-untaken");
+    // No listener thread and no polling: nobody takes the request.
+    let mut app = start(&sb, &selfapp(), &[], &[("OMPI_MCA_opal_cr_use_thread", "0")]);
+    let out = sb.checkpoint(&["--timeout", "0.5", &app.id().to_string()]);
+    assert_eq!(out.status.code(), Some(7), "{:?}", text(&out));
+    assert!(text(&out).1.contains("timed out"));
+    stop(&mut app);
+}

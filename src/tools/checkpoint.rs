@@ -191,6 +191,18 @@ fn report_failure(json: bool, pid: i32, failure: Failure) -> i32 {
     failure.exit
 }
 
+/// A request the process did not answer: in time (it serves requests only from
+/// `opal_cr_test_if_checkpoint_ready()` with `opal_cr_use_thread=0`), or at all.
+fn unanswered(pid: i32, error: &std::io::Error) -> Failure {
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Failure::new(
+            EXIT_TIMEOUT,
+            format!("timed out: process {pid} did not take the request (with opal_cr_use_thread=0 it serves requests only when it calls opal_cr_test_if_checkpoint_ready)"),
+        ),
+        _ => Failure::new(EXIT_NOT_CR, format!("process {pid} did not answer the request: {error}")),
+    }
+}
+
 fn remaining(deadline: Option<Instant>) -> Result<Duration, Failure> {
     match deadline {
         None => Ok(Duration::from_secs(3600)),
@@ -209,7 +221,7 @@ fn status(settings: &Settings) -> Result<(), Failure> {
     let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
     let reply = endpoint
         .call(Request::Status, remaining(settings.deadline)?)
-        .map_err(|e| Failure::new(EXIT_NOT_CR, format!("process {} did not answer: {e}", settings.pid)))?;
+        .map_err(|e| unanswered(settings.pid, &e))?;
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }
@@ -258,7 +270,7 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
     };
     let reply = endpoint
         .call(request, remaining(settings.deadline)?)
-        .map_err(|e| Failure::new(EXIT_NOT_CR, format!("process {} did not answer the request: {e}", settings.pid)))?;
+        .map_err(|e| unanswered(settings.pid, &e))?;
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }
