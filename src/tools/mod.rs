@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod info;
 pub mod restart;
+pub mod run;
 
 use std::fmt;
 
