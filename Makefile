@@ -33,7 +33,7 @@ install: build
 	install -m 0644 include/opal/runtime/opal.h include/opal/runtime/opal_cr.h $(DESTDIR)$(PREFIX)/include/opal/runtime/
 	install -m 0644 include/opal/mca/crs/crs.h $(DESTDIR)$(PREFIX)/include/opal/mca/crs/
 	install -m 0644 include/opal/mca/crs/base/base.h $(DESTDIR)$(PREFIX)/include/opal/mca/crs/base/
-	install -m 0755 $(TARGET)/opal-checkpoint $(TARGET)/opal-restart $(TARGET)/opal-info $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(TARGET)/opal-checkpoint $(TARGET)/opal-restart $(TARGET)/opal-info $(TARGET)/opal-run $(DESTDIR)$(PREFIX)/bin/
 	test -e $(DESTDIR)$(PREFIX)/etc/openmpi-mca-params.conf || \
 	    printf '# MCA parameters for libopalcrs: one "name = value" per line.\n' > $(DESTDIR)$(PREFIX)/etc/openmpi-mca-params.conf
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' pkgconfig/opalcrs.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/opalcrs.pc

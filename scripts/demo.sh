@@ -4,7 +4,7 @@
 # continuing from its saved state. Needs only cargo, a C compiler and pkg-config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh --no-criu
+bash scripts/install-deps.sh --minimal
 make -s build uninstalled-pc
 work=$(mktemp -d)
 pid=

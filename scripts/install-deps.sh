@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine: a C compiler,
-# pkg-config and man (apt), cbindgen pinned to the version the header was made with
-# (cargo), and CRIU >= 4 (scripts/install-criu.sh) unless --no-criu is given.
+# pkg-config (apt), cbindgen pinned to the version the header was made with (cargo),
+# and, unless --minimal is given (the demo needs neither), CRIU >= 4
+# (scripts/install-criu.sh) and Slurm with munge (scripts/install-slurm.sh).
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want_criu=1
-[ "${1:-}" = "--no-criu" ] && want_criu=0
+full=1
+[ "${1:-}" = "--minimal" ] && full=0
 log() { echo "install-deps: $*" >&2; }
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 
@@ -28,6 +29,7 @@ if ! "$TOOLS/bin/cbindgen" --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; 
     cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION" --root "$TOOLS"
 fi
 
-if [ $want_criu = 1 ]; then
+if [ $full = 1 ]; then
     bash scripts/install-criu.sh "${CRIU_PREFIX:-/opt/criu}"
+    bash scripts/install-slurm.sh
 fi

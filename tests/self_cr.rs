@@ -404,3 +404,22 @@ fn a_request_never_taken_times_out_with_exit_7() {
     assert!(text(&out).1.contains("timed out"));
     stop(&mut app);
 }
+
+#[test]
+fn parameters_given_to_the_restart_win_over_the_recorded_ones() {
+    let sb = Sandbox::new("self-restart-params");
+    let mut app = start(&sb, &selfapp(), &[], &[("OMPI_MCA_crs_base_snapshot_keep", "5")]);
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+    let snapshot = snapshot_path(&out);
+    let pid = sb.spawn_restart(&sb.dir, &["--fork", "-mca", "crs_base_snapshot_keep", "7", "-mca", "opal_cr_signal_exit", "1", snapshot.to_str().unwrap()]);
+    sb.adopt(pid);
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    let vars: Vec<&str> = environ.split('\0').collect();
+    assert!(vars.contains(&"OMPI_MCA_opal_cr_signal_exit=1"), "{vars:?}");
+    // The last value of a name wins in a program's environment lookup: make sure it is 7.
+    let keep: Vec<&&str> = vars.iter().filter(|v| v.starts_with("OMPI_MCA_crs_base_snapshot_keep=")).collect();
+    assert_eq!(keep.last().map(|v| **v), Some("OMPI_MCA_crs_base_snapshot_keep=7"), "{keep:?}");
+    assert!(!vars.iter().any(|v| v.starts_with("OMPI_MCA_opal_cr_is_tool")));
+}

@@ -7,7 +7,7 @@
 use crate::codes::*;
 use crate::error::{Error, Result};
 use crate::framework::{CheckpointJob, CheckpointOutcome, Component, RestartOutcome, RestartPlan};
-use crate::params::Params;
+use crate::params::{Params, Source};
 use crate::runtime::callbacks::{
     self, opal_crs_base_self_checkpoint_fn_t as CheckpointFn, opal_crs_base_self_continue_fn_t as ContinueFn,
     opal_crs_base_self_restart_fn_t as RestartFn,
@@ -160,7 +160,8 @@ impl Component for SelfComponent {
 }
 
 /// The restarted program's environment: ours without any C/R parameters, then the
-/// parameters recorded in the snapshot, then the one-shot restart hand-over.
+/// parameters recorded in the snapshot, those given to the restart, then the one-shot
+/// restart hand-over.
 fn restart_environment(plan: &RestartPlan) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
@@ -178,6 +179,14 @@ fn restart_environment(plan: &RestartPlan) -> Vec<(OsString, OsString)> {
     let mut set = |k: &str, v: &str| env.push((k.into(), v.into()));
     for (name, value) in &plan.metadata.params {
         set(&format!("OMPI_MCA_{name}"), value);
+    }
+    // Parameters given to the restart itself (its -mca or OMPI_MCA_ environment) win
+    // over the recorded ones; the tool's own markers never reach the program.
+    for (def, value, source) in plan.params.iter() {
+        let given = matches!(source, Source::CommandLine | Source::Environment);
+        if given && !crate::params::table::PER_RUN.contains(&def.name) {
+            set(&format!("OMPI_MCA_{}", def.name), value);
+        }
     }
     let prefix = plan.metadata.self_prefix.as_deref().unwrap_or("opal_crs_self_user");
     set("OMPI_MCA_crs", "self");

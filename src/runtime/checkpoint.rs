@@ -58,8 +58,6 @@ pub struct Done {
     pub established_ms: f64,
 }
 
-/// Parameters that describe this run only and are never handed to a restarted image.
-const NOT_RECORDED: &[&str] = &["opal_cr_is_tool", "crs_base_do_not_select", "crs_self_do_restart", "crs"];
 
 /// How long a coordination callback may keep answering OPAL_EXISTS ("not ready").
 const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -175,7 +173,7 @@ fn run_phases(
         params: rt
             .params
             .iter()
-            .filter(|(def, _, source)| !matches!(source, crate::params::Source::Default) && !NOT_RECORDED.contains(&def.name))
+            .filter(|(def, _, source)| !matches!(source, crate::params::Source::Default) && !crate::params::table::PER_RUN.contains(&def.name))
             .map(|(def, value, _)| (def.name.to_string(), value.to_string()))
             .collect(),
         series: Some(series.path().to_path_buf()),
