@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="/opt/opalcrs-tools/bin:$PATH"
+cargo fmt --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
 # The C tests link the built libopalcrs.so, which `cargo test` alone does not produce.
 cargo build --locked

@@ -33,7 +33,9 @@ pub enum Request {
         wait: bool,
     },
     /// The result of checkpoint `id`; answered when it is known.
-    Result { id: u64 },
+    Result {
+        id: u64,
+    },
     Status,
 }
 
@@ -115,7 +117,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
-        Reply { v: PROTOCOL_VERSION, error: Some(ErrorBody { kind, message: message.into() }), ..Reply::default() }
+        Reply {
+            v: PROTOCOL_VERSION,
+            error: Some(ErrorBody { kind, message: message.into() }),
+            ..Reply::default()
+        }
     }
 }
 
@@ -124,7 +130,10 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::i
     let mut line = String::new();
     BufReader::new(std::io::Read::take(stream, MAX_LINE)).read_line(&mut line)?;
     if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed without a message"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed without a message",
+        ));
     }
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
@@ -163,7 +172,10 @@ pub fn peer_cred(stream: &UnixStream) -> std::io::Result<PeerCred> {
 
 /// Binds the process's listening socket under a fresh abstract name.
 pub fn bind(pid: i32) -> std::io::Result<(UnixListener, String)> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let name = format!("{NAME_PREFIX}{pid}.{nanos:x}");
     let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
     Ok((listener, name))
@@ -193,11 +205,17 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
         .and_then(|u| u.parse::<u32>().ok())
         .unwrap_or(u32::MAX);
     if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
-        return Err(Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} has exited (zombie)")));
+        return Err(Error::new(
+            OPAL_ERR_NOT_FOUND,
+            format!("no such process: {pid} has exited (zombie)"),
+        ));
     }
     let fds = std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::new(OPAL_ERR_PERM, format!("permission denied: process {pid} belongs to uid {uid}"))
+            Error::new(
+                OPAL_ERR_PERM,
+                format!("permission denied: process {pid} belongs to uid {uid}"),
+            )
         } else {
             Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} ({e})"))
         }
@@ -220,14 +238,16 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
     if inodes.is_empty() {
         return Err(not_ours());
     }
-    let table = std::fs::read_to_string(format!("{proc_dir}/net/unix")).map_err(|e| Error::io("reading /proc/net/unix", e))?;
+    let table = std::fs::read_to_string(format!("{proc_dir}/net/unix"))
+        .map_err(|e| Error::io("reading /proc/net/unix", e))?;
     // Columns: Num RefCount Protocol Flags Type St Inode [Path]; abstract names start with '@'.
     let found = table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (flags, inode, path) = (cols.get(3)?, cols.get(6)?, cols.get(7)?);
         let listening = u32::from_str_radix(flags, 16).ok()? & 0x10000 != 0;
         let name = path.strip_prefix('@')?;
-        (listening && name.starts_with(NAME_PREFIX) && inodes.contains(*inode)).then(|| name.to_string())
+        (listening && name.starts_with(NAME_PREFIX) && inodes.contains(*inode))
+            .then(|| name.to_string())
     });
     let name = found.ok_or_else(not_ours)?;
     Ok(Endpoint { pid, uid, name })
@@ -236,12 +256,16 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
 impl Endpoint {
     /// Connects and checks that the listener really is the target process.
     pub fn connect(&self, timeout: Duration) -> std::io::Result<UnixStream> {
-        let stream = UnixStream::connect_addr(&SocketAddr::from_abstract_name(self.name.as_bytes())?)?;
+        let stream =
+            UnixStream::connect_addr(&SocketAddr::from_abstract_name(self.name.as_bytes())?)?;
         let cred = peer_cred(&stream)?;
         if cred.pid != self.pid || cred.uid != self.uid {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("control socket {} is held by pid {} uid {}, not by the target", self.name, cred.pid, cred.uid),
+                format!(
+                    "control socket {} is held by pid {} uid {}, not by the target",
+                    self.name, cred.pid, cred.uid
+                ),
             ));
         }
         stream.set_read_timeout(Some(timeout))?;
@@ -265,13 +289,22 @@ mod tests {
     fn requests_round_trip_and_carry_the_version() {
         let request = RequestEnvelope {
             v: PROTOCOL_VERSION,
-            request: Request::Checkpoint { term: true, name: Some("n".into()), dir: None, wait: false },
+            request: Request::Checkpoint {
+                term: true,
+                name: Some("n".into()),
+                dir: None,
+                wait: false,
+            },
         };
         let text = serde_json::to_string(&request).unwrap();
         assert!(text.contains("\"op\":\"checkpoint\"") && text.contains("\"v\":1"), "{text}");
         assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), request);
-        let minimal: RequestEnvelope = serde_json::from_str(r#"{"v":1,"op":"checkpoint"}"#).unwrap();
-        assert_eq!(minimal.request, Request::Checkpoint { term: false, name: None, dir: None, wait: false });
+        let minimal: RequestEnvelope =
+            serde_json::from_str(r#"{"v":1,"op":"checkpoint"}"#).unwrap();
+        assert_eq!(
+            minimal.request,
+            Request::Checkpoint { term: false, name: None, dir: None, wait: false }
+        );
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
     }
 

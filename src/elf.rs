@@ -15,7 +15,10 @@ fn u64_at(b: &[u8], o: usize) -> Option<usize> {
 
 /// Whether `/proc/self/exe` has `name` in its `.symtab` (little-endian ELF64 only).
 pub fn exe_defines_symbol(name: &str) -> bool {
-    std::fs::read("/proc/self/exe").ok().and_then(|image| symtab_defines(&image, name)).unwrap_or(false)
+    std::fs::read("/proc/self/exe")
+        .ok()
+        .and_then(|image| symtab_defines(&image, name))
+        .unwrap_or(false)
 }
 
 const SHT_SYMTAB: u32 = 2;
@@ -48,7 +51,11 @@ fn build_id_in(image: &[u8]) -> Option<String> {
         let mut note = offset;
         let end = offset.checked_add(size)?;
         while note + 12 <= end {
-            let (namesz, descsz, kind) = (u32_at(image, note)? as usize, u32_at(image, note + 4)? as usize, u32_at(image, note + 8)?);
+            let (namesz, descsz, kind) = (
+                u32_at(image, note)? as usize,
+                u32_at(image, note + 4)? as usize,
+                u32_at(image, note + 8)?,
+            );
             let name_at = note + 12;
             let desc_at = name_at + namesz.div_ceil(4) * 4;
             if kind == NT_GNU_BUILD_ID && image.get(name_at..name_at + namesz)? == b"GNU\0" {
@@ -83,7 +90,8 @@ fn symtab_defines(image: &[u8], name: &str) -> Option<bool> {
             let at = u32_at(sym, 0).unwrap_or(0) as usize;
             let shndx = u16_at(sym, 6).unwrap_or(0);
             shndx != 0
-                && strings.get(at..).and_then(|s| s.split(|&c| c == 0).next()) == Some(name.as_bytes())
+                && strings.get(at..).and_then(|s| s.split(|&c| c == 0).next())
+                    == Some(name.as_bytes())
         }));
     }
     Some(false)
@@ -101,7 +109,11 @@ mod tests {
     #[test]
     fn libc_has_a_build_id() {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let libc = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("libc.so")).unwrap();
+        let libc = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("libc.so"))
+            .unwrap();
         let id = super::build_id(std::path::Path::new(libc)).expect("Debian's libc has a build-id");
         assert!(id.len() >= 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
         assert_eq!(super::build_id(std::path::Path::new("/proc/self/status")), None);

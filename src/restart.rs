@@ -19,7 +19,11 @@ pub struct Target {
 
 impl Target {
     pub fn path(path: PathBuf) -> Target {
-        Target { reference: path.to_string_lossy().into_owned(), base: PathBuf::from("."), seq: None }
+        Target {
+            reference: path.to_string_lossy().into_owned(),
+            base: PathBuf::from("."),
+            seq: None,
+        }
     }
 }
 
@@ -36,11 +40,18 @@ pub struct Prepared {
 pub fn prepare(target: &Target, params: Params, verbose: bool) -> Result<Prepared> {
     let resolved = snapshot::resolve(&target.reference, &target.base, target.seq)?;
     let meta_path = resolved.dir.join(snapshot::METADATA_FILE);
-    let text = std::fs::read_to_string(&meta_path)
-        .map_err(|e| Error::new(OPAL_ERR_NOT_FOUND, format!("snapshot {}: no metadata ({e})", resolved.dir.display())))?;
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| {
+        Error::new(
+            OPAL_ERR_NOT_FOUND,
+            format!("snapshot {}: no metadata ({e})", resolved.dir.display()),
+        )
+    })?;
     let metadata = Metadata::parse(&text);
     let name = metadata.component.clone().ok_or_else(|| {
-        Error::new(OPAL_ERR_BAD_PARAM, format!("snapshot {}: metadata names no component", resolved.dir.display()))
+        Error::new(
+            OPAL_ERR_BAD_PARAM,
+            format!("snapshot {}: metadata names no component", resolved.dir.display()),
+        )
     })?;
     let component = framework::by_name(&name).ok_or_else(|| {
         Error::new(
@@ -49,9 +60,20 @@ pub fn prepare(target: &Target, params: Params, verbose: bool) -> Result<Prepare
         )
     })?;
     let legacy = matches!(resolved.verdict, snapshot::Verdict::Legacy);
-    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf()).or_else(|| metadata.series.clone());
+    let series = resolved
+        .series
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .or_else(|| metadata.series.clone());
     Ok(Prepared {
-        plan: RestartPlan { dir: resolved.dir, metadata, series, seq: resolved.seq, params, verbose },
+        plan: RestartPlan {
+            dir: resolved.dir,
+            metadata,
+            series,
+            seq: resolved.seq,
+            params,
+            verbose,
+        },
         component,
         skipped: resolved.skipped,
         legacy,

@@ -9,7 +9,11 @@ use std::process::Command;
 fn run_abi(exe: &std::path::Path, sb: &Sandbox) {
     let out = sb.command(exe).output().unwrap();
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success() && stdout.contains("abi ok"), "{}: {stdout}{stderr}", exe.display());
+    assert!(
+        out.status.success() && stdout.contains("abi ok"),
+        "{}: {stdout}{stderr}",
+        exe.display()
+    );
 }
 
 #[test]
@@ -24,7 +28,11 @@ fn abi_checks_pass_as_pie_and_non_pie() {
 #[test]
 fn abi_checks_pass_under_asan_and_ubsan() {
     let sb = Sandbox::new("abi-asan");
-    let exe = cc("abi.c", "abi-asan", &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]);
+    let exe = cc(
+        "abi.c",
+        "abi-asan",
+        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"],
+    );
     let out = sb.command(&exe).env("ASAN_OPTIONS", "detect_leaks=1").output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success() && stdout.contains("abi ok"), "{stdout}{stderr}");
@@ -47,14 +55,28 @@ fn uninstalled_pc(sb: &Sandbox) -> std::path::PathBuf {
 fn pkg_config_gives_the_exact_flags_and_builds_an_unchanged_program() {
     let sb = Sandbox::new("pkgconfig");
     let dir = uninstalled_pc(&sb);
-    let flags = Command::new("pkg-config").args(["--cflags", "--libs", "opalcrs"]).env("PKG_CONFIG_PATH", &dir).output().unwrap();
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "opalcrs"])
+        .env("PKG_CONFIG_PATH", &dir)
+        .output()
+        .unwrap();
     let flags = String::from_utf8(flags.stdout).unwrap();
-    let expected = format!("-I{}/include -L{} -lopalcrs -Wl,--export-dynamic", repo().display(), lib_dir().display());
+    let expected = format!(
+        "-I{}/include -L{} -lopalcrs -Wl,--export-dynamic",
+        repo().display(),
+        lib_dir().display()
+    );
     assert_eq!(flags.trim(), expected);
     let exe = sb.path("counter");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cc -Wall -Wextra -Werror -o {} {} {} -Wl,-rpath,{}", exe.display(), repo().join("examples/counter.c").display(), flags.trim(), lib_dir().display()))
+        .arg(format!(
+            "cc -Wall -Wextra -Werror -o {} {} {} -Wl,-rpath,{}",
+            exe.display(),
+            repo().join("examples/counter.c").display(),
+            flags.trim(),
+            lib_dir().display()
+        ))
         .status()
         .unwrap();
     assert!(status.success());
@@ -92,7 +114,12 @@ fn parameters_from_environment_and_files_and_bad_values() {
     // A bad number names the parameter, the source and what is accepted.
     let (out, err) = init_rc(&sb, &[("OMPI_MCA_opal_cr_signal", "abc")]);
     assert_eq!(out.trim(), "opal_init rc=-5 selected=no");
-    assert!(err.contains("opal_cr_signal") && err.contains("OMPI_MCA_opal_cr_signal") && err.contains("integer"), "{err}");
+    assert!(
+        err.contains("opal_cr_signal")
+            && err.contains("OMPI_MCA_opal_cr_signal")
+            && err.contains("integer"),
+        "{err}"
+    );
     // The same from a file, which names the file.
     let file = sb.path("bad.conf");
     std::fs::write(&file, "opal_cr_signal = many\n").unwrap();
@@ -110,7 +137,8 @@ fn parameters_from_environment_and_files_and_bad_values() {
     let files = format!("{}:{}", first.display(), second.display());
     let (out, _) = init_rc(&sb, &[("OMPI_MCA_mca_base_param_files", &files)]);
     assert_eq!(out.trim(), "opal_init rc=0 selected=no");
-    let (out, _) = init_rc(&sb, &[("OMPI_MCA_mca_base_param_files", &files), ("OMPI_MCA_ft_cr_enabled", "1")]);
+    let (out, _) =
+        init_rc(&sb, &[("OMPI_MCA_mca_base_param_files", &files), ("OMPI_MCA_ft_cr_enabled", "1")]);
     assert_eq!(out.trim(), "opal_init rc=0 selected=yes");
     let (out, _) = init_rc(&sb, &[("OMPI_MCA_btl_tcp_if_include", "eth0")]);
     assert_eq!(out.trim(), "opal_init rc=0 selected=yes");
@@ -130,7 +158,12 @@ fn only_opal_symbols_leave_the_library() {
 fn the_committed_header_is_what_cbindgen_generates() {
     let cbindgen = ["/opt/opalcrs-tools/bin/cbindgen", "cbindgen"]
         .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.27.0")))
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.27.0"))
+        })
         .expect("cbindgen 0.27.0 is needed (scripts/install-deps.sh installs it)");
     let sb = Sandbox::new("header");
     let generated = sb.path("opal_crs.h");
@@ -146,7 +179,9 @@ fn the_committed_header_is_what_cbindgen_generates() {
     for line in committed.lines() {
         let name = if let Some(rest) = line.strip_prefix("#define ") {
             rest.split_whitespace().next()
-        } else if let Some((_, rest)) = line.strip_prefix("typedef ").and_then(|l| l.split_once("(*")) {
+        } else if let Some((_, rest)) =
+            line.strip_prefix("typedef ").and_then(|l| l.split_once("(*"))
+        {
             rest.split(')').next()
         } else if line.starts_with("typedef struct") {
             line.split_whitespace().nth(2)
@@ -178,7 +213,10 @@ fn the_readme_parameter_table_is_the_code_table() {
         std::fs::write(repo().join("README.md"), updated).unwrap();
         return;
     }
-    assert!(readme[start..stop] == expected, "README parameter table is out of date; run with OPALCRS_BLESS=1 to rewrite it");
+    assert!(
+        readme[start..stop] == expected,
+        "README parameter table is out of date; run with OPALCRS_BLESS=1 to rewrite it"
+    );
 }
 
 #[test]
@@ -198,16 +236,36 @@ fn make_install_lays_out_a_usable_prefix() {
     let lib = prefix.join("lib");
     let version = env!("CARGO_PKG_VERSION");
     assert!(lib.join(format!("libopalcrs.so.{version}")).is_file());
-    assert_eq!(std::fs::read_link(lib.join("libopalcrs.so.0")).unwrap().to_str(), Some(&*format!("libopalcrs.so.{version}")));
-    assert_eq!(std::fs::read_link(lib.join("libopalcrs.so")).unwrap().to_str(), Some("libopalcrs.so.0"));
+    assert_eq!(
+        std::fs::read_link(lib.join("libopalcrs.so.0")).unwrap().to_str(),
+        Some(&*format!("libopalcrs.so.{version}"))
+    );
+    assert_eq!(
+        std::fs::read_link(lib.join("libopalcrs.so")).unwrap().to_str(),
+        Some("libopalcrs.so.0")
+    );
     assert!(lib.join("libopalcrs.a").is_file());
-    for header in ["opal_crs.h", "opal_config.h", "opal/constants.h", "opal/runtime/opal.h", "opal/runtime/opal_cr.h", "opal/mca/crs/crs.h", "opal/mca/crs/base/base.h"] {
+    for header in [
+        "opal_crs.h",
+        "opal_config.h",
+        "opal/constants.h",
+        "opal/runtime/opal.h",
+        "opal/runtime/opal_cr.h",
+        "opal/mca/crs/crs.h",
+        "opal/mca/crs/base/base.h",
+    ] {
         assert!(prefix.join("include").join(header).is_file(), "{header}");
     }
-    assert!(prefix.join("bin/opal-checkpoint").is_file() && prefix.join("bin/opal-restart").is_file());
+    assert!(
+        prefix.join("bin/opal-checkpoint").is_file() && prefix.join("bin/opal-restart").is_file()
+    );
     assert!(prefix.join("etc/openmpi-mca-params.conf").is_file());
     let pc = std::fs::read_to_string(lib.join("pkgconfig/opalcrs.pc")).unwrap();
-    assert!(pc.contains(&format!("prefix={}", prefix.display())) && pc.contains("libdir=${exec_prefix}/lib"), "{pc}");
+    assert!(
+        pc.contains(&format!("prefix={}", prefix.display()))
+            && pc.contains("libdir=${exec_prefix}/lib"),
+        "{pc}"
+    );
     let status = Command::new("bash")
         .arg(repo().join("scripts/check-elf-symbols.sh"))
         .arg(lib.join(format!("libopalcrs.so.{version}")))
@@ -218,7 +276,11 @@ fn make_install_lays_out_a_usable_prefix() {
     let exe = sb.path("counter");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cc -o {} {} $(pkg-config --cflags --libs opalcrs)", exe.display(), repo().join("examples/counter.c").display()))
+        .arg(format!(
+            "cc -o {} {} $(pkg-config --cflags --libs opalcrs)",
+            exe.display(),
+            repo().join("examples/counter.c").display()
+        ))
         .env("PKG_CONFIG_PATH", lib.join("pkgconfig"))
         .status()
         .unwrap();

@@ -109,9 +109,16 @@ fn run_restart(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, String) {
         .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
         stop(&mut child);
-        panic!("opal-restart {args:?} did not end: {}", std::fs::read_to_string(&err_file).unwrap_or_default())
+        panic!(
+            "opal-restart {args:?} did not end: {}",
+            std::fs::read_to_string(&err_file).unwrap_or_default()
+        )
     });
-    (status, std::fs::read_to_string(&out_file).unwrap(), std::fs::read_to_string(&err_file).unwrap())
+    (
+        status,
+        std::fs::read_to_string(&out_file).unwrap(),
+        std::fs::read_to_string(&err_file).unwrap(),
+    )
 }
 
 /// `opal-restart --fork ARGS` that must succeed; returns the printed PID and stderr.
@@ -120,7 +127,10 @@ fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
     all.extend_from_slice(args);
     let (status, stdout, stderr) = run_restart(sb, &all);
     assert!(status.success(), "opal-restart {all:?}: {status:?}\n{stdout}{stderr}");
-    let pid = stdout.trim().parse().unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
+    let pid = stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
     sb.adopt(pid);
     (pid, stderr)
 }
@@ -147,7 +157,11 @@ fn proc_status(pid: u32, field: &str) -> Option<String> {
 }
 
 fn ns_pids(pid: u32) -> Vec<u32> {
-    proc_status(pid, "NSpid").unwrap_or_default().split_whitespace().filter_map(|n| n.parse().ok()).collect()
+    proc_status(pid, "NSpid")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 fn phases(sb: &Sandbox) -> Vec<String> {
@@ -189,7 +203,9 @@ fn checkpoint_kill_and_restore_256_mib_in_the_same_pid() {
     let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
     assert!(meta.starts_with(&format!("# PID: {pid}\n# OPAL CRS Component: criu\n")), "{meta}");
     assert!(snapshot.join("opalcrs_manifest.json").is_file());
-    for image in ["inventory.img", "pstree.img", &format!("core-{pid}.img"), &format!("mm-{pid}.img")] {
+    for image in
+        ["inventory.img", "pstree.img", &format!("core-{pid}.img"), &format!("mm-{pid}.img")]
+    {
         assert!(snapshot.join(image).is_file(), "no {image} in {}", snapshot.display());
     }
     let pages: u64 = std::fs::read_dir(&snapshot)
@@ -216,14 +232,26 @@ fn checkpoint_kill_and_restore_256_mib_in_the_same_pid() {
     assert!(!stderr.contains("new PID namespace"), "{stderr}");
     assert_eq!(ns_pids(restored), [pid], "not in our PID namespace");
 
-    let grown = wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= lines_at_kill + 10);
+    let grown =
+        wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= lines_at_kill + 10);
     let lines = count_lines(&sb);
-    assert!(grown, "the restored counter did not go on ({} lines, {lines_at_kill} at the kill)", lines.len());
+    assert!(
+        grown,
+        "the restored counter did not go on ({} lines, {lines_at_kill} at the kill)",
+        lines.len()
+    );
     let new = &lines[lines_at_kill..];
     assert!(new.iter().all(|c| c.ok && c.pid == pid), "after the restore: {new:?}");
     // The restored memory picks up the count where the image was taken, before the kill.
-    assert!(new[0].n <= count_after_checkpoint + 1, "first restored count {} (kill at {count_at_kill})", new[0].n);
-    assert!(new.windows(2).all(|w| w[1].n == w[0].n + 1), "restored counts not consecutive: {new:?}");
+    assert!(
+        new[0].n <= count_after_checkpoint + 1,
+        "first restored count {} (kill at {count_at_kill})",
+        new[0].n
+    );
+    assert!(
+        new.windows(2).all(|w| w[1].n == w[0].n + 1),
+        "restored counts not consecutive: {new:?}"
+    );
     assert_eq!(phases(&sb), ["continue", "restart"]);
     kill(restored);
 }
@@ -247,7 +275,10 @@ fn repeated_checkpoints_continue_one_series_across_a_restore() {
     assert_eq!(restored, pid);
     assert!(wait_until(LONG, || phases(&sb).len() == 4), "{:?}", phases(&sb));
     let before = count_lines(&sb).len();
-    assert!(wait_until(LONG, || count_lines(&sb).len() > before + 2), "the restored counter does not count");
+    assert!(
+        wait_until(LONG, || count_lines(&sb).len() > before + 2),
+        "the restored counter does not count"
+    );
     let (stdout, snapshot) = checkpoint_ok(&sb, &[&restored.to_string()]);
     assert!(stdout.starts_with(&format!("Snapshot Ref.:   3 {series}\n")), "{stdout}");
     assert_eq!(snapshot, sb.path(&series).join("3"));
@@ -277,14 +308,22 @@ fn restart_while_the_original_runs_uses_a_new_pid_namespace() {
     assert_eq!(ns_pids(restored), [restored, pid], "NSpid of the restored copy");
     let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
     sb.adopt(init);
-    assert_eq!(ns_pids(init).last(), Some(&1), "the restored copy's parent is not its namespace's init");
+    assert_eq!(
+        ns_pids(init).last(),
+        Some(&1),
+        "the restored copy's parent is not its namespace's init"
+    );
 
     // Both count into the same file, under the same (original) PID: two interleaved runs.
     let two_runs = || {
         let found = runs(&count_lines(&sb)[before..]);
         found.len() == 2 && found.iter().all(|run| run.len() >= 5)
     };
-    assert!(wait_until(LONG, two_runs), "runs after the restore: {:?}", runs(&count_lines(&sb)[before..]));
+    assert!(
+        wait_until(LONG, two_runs),
+        "runs after the restore: {:?}",
+        runs(&count_lines(&sb)[before..])
+    );
     assert!(count_lines(&sb)[before..].iter().all(|c| c.ok && c.pid == pid));
     assert!(alive(pid) && alive(restored));
 
@@ -293,11 +332,19 @@ fn restart_while_the_original_runs_uses_a_new_pid_namespace() {
     let out = sb.checkpoint(&["--timeout", "15", &restored.to_string()]);
     signal(pid, libc::SIGCONT);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "checkpoint of the restored copy: {:?}\n{stdout}{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "checkpoint of the restored copy: {:?}\n{stdout}{stderr}",
+        out.status
+    );
     assert!(stdout.starts_with(&format!("Snapshot Ref.:   1 {series}\n")), "{stdout}");
     assert!(sb.path(&series).join("1/pstree.img").is_file());
     let before = count_lines(&sb).len();
-    assert!(wait_until(LONG, || runs(&count_lines(&sb)[before..]).iter().filter(|r| r.len() >= 3).count() == 2));
+    assert!(wait_until(LONG, || runs(&count_lines(&sb)[before..])
+        .iter()
+        .filter(|r| r.len() >= 3)
+        .count()
+        == 2));
 
     kill(restored);
     kill(init);
@@ -345,7 +392,9 @@ fn stdout_in_a_file_without_append_that_grew() {
     assert!(counting, "{:?} {}{}", app.try_wait(), sb.read("stdout.txt"), sb.read("stderr.txt"));
     checkpoint_ok(&sb, &[&pid.to_string()]);
     let size_at_checkpoint = std::fs::metadata(&stdout_file).unwrap().len();
-    let grew = wait_until(LONG, || std::fs::metadata(&stdout_file).unwrap().len() > size_at_checkpoint + 20);
+    let grew = wait_until(LONG, || {
+        std::fs::metadata(&stdout_file).unwrap().len() > size_at_checkpoint + 20
+    });
     assert!(
         grew,
         "stdout did not grow after the checkpoint ({size_at_checkpoint} bytes then); alive: {}; count lines: {}; stderr: {}",
@@ -361,7 +410,10 @@ fn stdout_in_a_file_without_append_that_grew() {
     let restored: u32 = out.trim().parse().unwrap();
     sb.adopt(restored);
     assert_eq!(restored, pid);
-    assert!(wait_until(LONG, || count_lines(&sb).len() >= lines_at_kill + 5), "the restored program does not count");
+    assert!(
+        wait_until(LONG, || count_lines(&sb).len() >= lines_at_kill + 5),
+        "the restored program does not count"
+    );
     let printed = std::fs::read_to_string(&stdout_file).unwrap();
     assert!(printed.lines().last().is_some_and(|l| l.starts_with("stdout ")), "{printed:?}");
     kill(restored);
@@ -393,7 +445,8 @@ fn a_missing_criu_binary_fails_the_restore_with_126() {
     let pid = app.id();
     checkpoint_ok(&sb, &[&pid.to_string()]);
     kill_and_reap(&mut app);
-    let (status, stdout, stderr) = run_restart(&sb, &["-mca", "crs_criu_binary", "/nonexistent/criu", &series_name(pid)]);
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-mca", "crs_criu_binary", "/nonexistent/criu", &series_name(pid)]);
     assert_eq!(status.code(), Some(126), "{status:?}\n{stdout}{stderr}");
     assert!(stderr.contains("CRIU") && stderr.contains("/nonexistent/criu"), "{stderr}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "something was restored");
@@ -464,11 +517,22 @@ fn restore_without_fork_waits_and_passes_the_exit_status() {
     sb.adopt(restored);
     assert_eq!(restored, pid);
     assert!(alive(restored));
-    assert_eq!(wait_exit(&mut restart, Duration::from_millis(300)), None, "opal-restart did not wait");
+    assert_eq!(
+        wait_exit(&mut restart, Duration::from_millis(300)),
+        None,
+        "opal-restart did not wait"
+    );
 
     kill(restored);
-    let status = wait_exit(&mut restart, LONG).expect("opal-restart did not end with the restored process");
-    assert_eq!(status.code(), Some(137), "{status:?} (signal {:?}): {}", status.signal(), sb.read("restart.out"));
+    let status =
+        wait_exit(&mut restart, LONG).expect("opal-restart did not end with the restored process");
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "{status:?} (signal {:?}): {}",
+        status.signal(),
+        sb.read("restart.out")
+    );
 }
 
 #[test]
@@ -521,10 +585,17 @@ fn a_changed_executable_is_named_before_the_restore() {
     let mut command = sb.command(&exe);
     command.arg(sb.path("count")).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");
-    assert!(wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= 2), "{}", sb.read("app.out"));
+    assert!(
+        wait_until(Duration::from_secs(15), || count_lines(&sb).len() >= 2),
+        "{}",
+        sb.read("app.out")
+    );
     let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
     let manifest = std::fs::read_to_string(snapshot.join("opalcrs_manifest.json")).unwrap();
-    assert!(manifest.contains(exe.to_str().unwrap()) && manifest.contains("\"build_id\": \""), "{manifest}");
+    assert!(
+        manifest.contains(exe.to_str().unwrap()) && manifest.contains("\"build_id\": \""),
+        "{manifest}"
+    );
     kill_and_reap(&mut app);
     // Rebuilt in place: the build-id differs.
     let status = Command::new("cc")
@@ -539,7 +610,10 @@ fn a_changed_executable_is_named_before_the_restore() {
     assert!(status.success());
     let (status, _, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
     assert_eq!(status.code(), Some(126), "{stderr}");
-    assert!(stderr.contains(&format!("{} changed since the checkpoint", exe.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} changed since the checkpoint", exe.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -551,9 +625,18 @@ fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
     let mut app = sb.spawn(command, "app");
     let pid = app.id();
     let continued = format!("rc=0 state=4 pid={pid} dir=");
-    assert!(wait_until(Duration::from_secs(15), || sb.read("log").contains(&continued)), "{}{}", sb.read("log"), sb.read("app.out"));
+    assert!(
+        wait_until(Duration::from_secs(15), || sb.read("log").contains(&continued)),
+        "{}{}",
+        sb.read("log"),
+        sb.read("app.out")
+    );
     let snapshot = sb.path(&series_name(pid)).join("0");
-    assert!(sb.read("log").contains(&format!("dir={}\n", snapshot.display())), "{}", sb.read("log"));
+    assert!(
+        sb.read("log").contains(&format!("dir={}\n", snapshot.display())),
+        "{}",
+        sb.read("log")
+    );
     kill_and_reap(&mut app);
     let (restored, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
     sb.adopt(restored);

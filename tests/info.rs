@@ -22,10 +22,22 @@ fn shows_values_and_their_sources() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("parameter \"crs_self_prefix\" (current value: <mine>, data source: environment)"), "{stdout}");
-    assert!(stdout.contains("parameter \"crs_self_verbose\" (current value: <3>, data source: command line)"));
-    assert!(stdout.contains(&format!("parameter \"crs_criu_log_level\" (current value: <4>, data source: file [{}])", file.display())));
-    assert!(stdout.contains("parameter \"crs_base_snapshot_dir\" (current value: <none>, data source: default value)"));
+    assert!(
+        stdout.contains(
+            "parameter \"crs_self_prefix\" (current value: <mine>, data source: environment)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains(
+        "parameter \"crs_self_verbose\" (current value: <3>, data source: command line)"
+    ));
+    assert!(stdout.contains(&format!(
+        "parameter \"crs_criu_log_level\" (current value: <4>, data source: file [{}])",
+        file.display()
+    )));
+    assert!(stdout.contains(
+        "parameter \"crs_base_snapshot_dir\" (current value: <none>, data source: default value)"
+    ));
     assert!(!stdout.contains("opal_cr_signal"), "only the crs framework was asked for");
 
     let all = sb.command(info()).args(["--param", "all", "all", "--parsable"]).output().unwrap();

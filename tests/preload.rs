@@ -31,7 +31,12 @@ fn criu_available() -> bool {
     is_root() && opalcrs::components::criu::binary::find(None).is_ok()
 }
 
-fn start(sb: &Sandbox, exe: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+fn start(
+    sb: &Sandbox,
+    exe: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut command = sb.command(exe);
     command.arg(sb.path("log")).arg(sb.path("state")).args(extra).env("LD_PRELOAD", library());
     for (k, v) in env {
@@ -39,7 +44,11 @@ fn start(sb: &Sandbox, exe: &std::path::Path, extra: &[&str], env: &[(&str, &str
     }
     let child = sb.spawn(command, "app");
     let ready = format!("main pid={}\n", child.id());
-    assert!(wait_until(LONG, || sb.read("log").contains(&ready)), "no start: {}", sb.read("app.out"));
+    assert!(
+        wait_until(LONG, || sb.read("log").contains(&ready)),
+        "no start: {}",
+        sb.read("app.out")
+    );
     child
 }
 
@@ -53,7 +62,10 @@ fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
     assert!(out.status.success(), "{:?}", text(&out));
     let snapshot = snapshot_path(&out);
     let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
-    assert!(meta.contains("# OPAL CRS Component: self") && meta.contains("# OPALCRS Preload: "), "{meta}");
+    assert!(
+        meta.contains("# OPAL CRS Component: self") && meta.contains("# OPALCRS Preload: "),
+        "{meta}"
+    );
     let saved: i64 = sb.read("state").trim().parse().unwrap();
     stop(&mut app);
     // The restarted program gets the preload again, so its restart callback runs: in
@@ -103,7 +115,11 @@ fn a_binary_without_callbacks_is_checkpointed_with_criu() {
     let restored: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     sb.adopt(restored);
     assert_eq!(restored, pid);
-    assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) > at_kill + 3), "{}", sb.read("log"));
+    assert!(
+        wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) > at_kill + 3),
+        "{}",
+        sb.read("log")
+    );
 }
 
 #[test]
@@ -118,14 +134,18 @@ fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
         sb.adopt(*child);
     }
     let (forked, execed) = (children[0], children[1]);
-    assert!(wait_until(LONG, || std::fs::read_link(format!("/proc/{execed}/exe")).is_ok_and(|e| e.ends_with("sleep"))));
+    assert!(wait_until(LONG, || std::fs::read_link(format!("/proc/{execed}/exe"))
+        .is_ok_and(|e| e.ends_with("sleep"))));
     // The forked child closed the parent's socket; the exec'd one never had the library.
     for child in [forked, execed] {
         let out = sb.checkpoint(&[&child.to_string()]);
         assert_eq!(out.status.code(), Some(3), "child {child}: {:?}", text(&out));
     }
     let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
-    assert!(!String::from_utf8_lossy(&environ).contains("libopalcrs"), "the exec'd child inherited the preload");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("libopalcrs"),
+        "the exec'd child inherited the preload"
+    );
     let maps = std::fs::read_to_string(format!("/proc/{execed}/maps")).unwrap();
     assert!(!maps.contains("libopalcrs"));
     // The parent still answers.
@@ -156,7 +176,11 @@ fn a_bad_parameter_disables_cr_with_a_warning_and_the_program_runs() {
     let sb = Sandbox::new("preload-badparam");
     let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
     let mut app = start(&sb, &exe, &[], &[("OMPI_MCA_opal_cr_signal", "abc")]);
-    assert!(wait_until(LONG, || sb.read("app.out").contains("checkpoint/restart disabled")), "{}", sb.read("app.out"));
+    assert!(
+        wait_until(LONG, || sb.read("app.out").contains("checkpoint/restart disabled")),
+        "{}",
+        sb.read("app.out")
+    );
     assert!(sb.read("app.out").contains("opal_cr_signal"));
     let out = sb.checkpoint(&[&app.id().to_string()]);
     assert_eq!(out.status.code(), Some(3));
@@ -180,7 +204,11 @@ fn open_mpis_own_library_keeps_us_out() {
     let mut command = sb.command(&exe);
     command.arg(sb.path("log")).arg(sb.path("state")).env("LD_PRELOAD", preload);
     let mut app = sb.spawn(command, "app");
-    assert!(wait_until(LONG, || sb.read("app.out").contains("libopen-pal")), "{}", sb.read("app.out"));
+    assert!(
+        wait_until(LONG, || sb.read("app.out").contains("libopen-pal")),
+        "{}",
+        sb.read("app.out")
+    );
     assert!(wait_until(LONG, || sb.read("log").contains("main pid=")));
     assert_eq!(sb.checkpoint(&[&app.id().to_string()]).status.code(), Some(3));
     stop(&mut app);

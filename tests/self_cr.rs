@@ -13,7 +13,12 @@ fn selfapp() -> std::path::PathBuf {
 const LONG: Duration = Duration::from_secs(10);
 
 /// Starts selfapp with `args`, waits until it counts, returns the child.
-fn start(sb: &Sandbox, program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+fn start(
+    sb: &Sandbox,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut command = sb.command(program);
     command.arg(sb.path("log")).args(args);
     for (k, v) in env {
@@ -21,7 +26,11 @@ fn start(sb: &Sandbox, program: &std::path::Path, args: &[&str], env: &[(&str, &
     }
     let child = sb.spawn(command, "app");
     let ready = format!("init rc=0 pid={} ", child.id());
-    assert!(wait_until(LONG, || sb.read("log").contains(&ready)), "program did not start: {}", sb.read("app.out"));
+    assert!(
+        wait_until(LONG, || sb.read("log").contains(&ready)),
+        "program did not start: {}",
+        sb.read("app.out")
+    );
     child
 }
 
@@ -39,10 +48,14 @@ fn checkpoint_kill_restart_elsewhere_continues_the_counter_and_the_series() {
     let snapshot = snapshot_path(&out);
     assert_eq!(snapshot, sb.path(&series).join("0"));
     let meta = std::fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
-    assert!(meta.starts_with(&format!("# PID: {pid}\n# OPAL CRS Component: self\n# CONTEXT: ")), "{meta}");
+    assert!(
+        meta.starts_with(&format!("# PID: {pid}\n# OPAL CRS Component: self\n# CONTEXT: ")),
+        "{meta}"
+    );
     assert!(meta.contains("# OPALCRS Self Prefix: opal_crs_self_user"), "{meta}");
     assert!(snapshot.join("opalcrs_manifest.json").exists());
-    let saved: i64 = std::fs::read_to_string(snapshot.join("state")).unwrap().trim().parse().unwrap();
+    let saved: i64 =
+        std::fs::read_to_string(snapshot.join("state")).unwrap().trim().parse().unwrap();
     assert!(sb.read("log").contains("continue default"));
 
     stop(&mut app);
@@ -50,12 +63,12 @@ fn checkpoint_kill_restart_elsewhere_continues_the_counter_and_the_series() {
     // Restart from another directory: the recorded working directory is used.
     let other = sb.path("elsewhere");
     std::fs::create_dir_all(&other).unwrap();
-    let restarted = sb
-        .spawn_restart(&other, &["--fork", &series]);
+    let restarted = sb.spawn_restart(&other, &["--fork", &series]);
     sb.adopt(restarted);
     assert!(wait_until(LONG, || last_count(&sb.read("log")[before..]).unwrap_or(0) > saved + 2));
     let after = &sb.read("log")[before..];
-    let expected = format!("restart default in_init=1 value={saved} env_dir={}", snapshot.display());
+    let expected =
+        format!("restart default in_init=1 value={saved} env_dir={}", snapshot.display());
     assert!(after.contains(&expected), "{after}");
     assert!(after.contains("do_restart_env=(null)"), "the one-shot variable leaked: {after}");
     let first_count = after.lines().find_map(|l| l.strip_prefix("count ")).unwrap();
@@ -94,7 +107,11 @@ impl RestartExt for Sandbox {
 fn custom_prefix_from_a_parameter_file() {
     let sb = Sandbox::new("self-prefix");
     let program = cc("selfapp.c", "selfapp-custom", &["-DSELFAPP_CUSTOM"]);
-    std::fs::write(sb.path("params.conf"), "# test parameters\n// our callback names\ncrs_self_prefix = custom\n/* done */\n").unwrap();
+    std::fs::write(
+        sb.path("params.conf"),
+        "# test parameters\n// our callback names\ncrs_self_prefix = custom\n/* done */\n",
+    )
+    .unwrap();
     let params = sb.path("params.conf").display().to_string();
     let mut app = start(&sb, &program, &[], &[("OMPI_MCA_mca_base_param_files", &params)]);
     let out = sb.checkpoint(&[&app.id().to_string()]);
@@ -107,7 +124,11 @@ fn custom_prefix_from_a_parameter_file() {
     let before = sb.read("log").len();
     let pid = sb.spawn_restart(&sb.dir, &["--fork", snapshot_path(&out).to_str().unwrap()]);
     sb.adopt(pid);
-    assert!(wait_until(LONG, || sb.read("log")[before..].contains("restart custom in_init=1")), "{}", sb.read("log"));
+    assert!(
+        wait_until(LONG, || sb.read("log")[before..].contains("restart custom in_init=1")),
+        "{}",
+        sb.read("log")
+    );
 }
 
 #[test]
@@ -197,7 +218,11 @@ fn the_signal_takes_a_checkpoint_through_the_notify_callback() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(app.id() as i32, libc::SIGUSR1) };
     let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
-    assert!(wait_until(LONG, || series.join("0/snapshot_meta.data").exists()), "{}", sb.read("log"));
+    assert!(
+        wait_until(LONG, || series.join("0/snapshot_meta.data").exists()),
+        "{}",
+        sb.read("log")
+    );
     let log = sb.read("log");
     assert!(log.contains("notify 0"), "{log}");
     assert!(log.find("notify 0").unwrap() < log.find("checkpoint default").unwrap());
@@ -221,7 +246,14 @@ fn concurrent_requests_never_break_a_snapshot() {
     let pid = app.id().to_string();
     // Ten tools at once, really concurrently.
     let children: Vec<_> = (0..10)
-        .map(|_| sb.command(checkpoint_tool()).arg(&pid).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            sb.command(checkpoint_tool())
+                .arg(&pid)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     let codes: Vec<i32> = outputs.iter().map(|o| o.status.code().unwrap()).collect();
@@ -232,7 +264,13 @@ fn concurrent_requests_never_break_a_snapshot() {
     }
     // Every published snapshot is complete; with --wait all ten queue and succeed.
     let waiting: Vec<_> = (0..4)
-        .map(|_| sb.command(checkpoint_tool()).args(["--wait", &pid]).stdout(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            sb.command(checkpoint_tool())
+                .args(["--wait", &pid])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for child in waiting {
         assert!(child.wait_with_output().unwrap().status.success());
@@ -245,7 +283,12 @@ fn concurrent_requests_never_break_a_snapshot() {
 
 fn verify_all(series: &std::path::Path) -> Vec<opalcrs::snapshot::Verdict> {
     let series = opalcrs::snapshot::Series::at(series);
-    series.snapshots().unwrap().into_iter().map(|seq| opalcrs::snapshot::verify(&series.snapshot_dir(seq))).collect()
+    series
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|seq| opalcrs::snapshot::verify(&series.snapshot_dir(seq)))
+        .collect()
 }
 
 #[test]
@@ -335,7 +378,12 @@ fn a_private_tmpdir_does_not_hide_the_process() {
     let sb = Sandbox::new("self-tmpdir");
     let private = sb.path("private-tmp");
     std::fs::create_dir_all(&private).unwrap();
-    let mut app = start(&sb, &selfapp(), &[], &[("TMPDIR", private.to_str().unwrap()), ("XDG_RUNTIME_DIR", private.to_str().unwrap())]);
+    let mut app = start(
+        &sb,
+        &selfapp(),
+        &[],
+        &[("TMPDIR", private.to_str().unwrap()), ("XDG_RUNTIME_DIR", private.to_str().unwrap())],
+    );
     let out = sb.checkpoint(&[&app.id().to_string()]);
     assert!(out.status.success(), "{:?}", text(&out));
     stop(&mut app);
@@ -376,11 +424,15 @@ fn errors_of_opal_restart() {
     let out = sb.restart(&[&flat("nocmd", "# PID: 7\n# OPAL CRS Component: self\n")]);
     assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
     assert!(text(&out).1.contains("no restart command"));
-    let out = sb.restart(&[&flat("notfound", "# PID: 7\n# Component: self\n# CONTEXT: /no/such/program -x\n")]);
+    let out = sb.restart(&[&flat(
+        "notfound",
+        "# PID: 7\n# Component: self\n# CONTEXT: /no/such/program -x\n",
+    )]);
     assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
     assert!(text(&out).1.contains("/no/such/program"));
     // 1.10 options address the same flat snapshot.
-    let out = sb.restart(&["-l", sb.dir.to_str().unwrap(), "-r", "notfound", "-m", "snapshot_meta.data"]);
+    let out =
+        sb.restart(&["-l", sb.dir.to_str().unwrap(), "-r", "notfound", "-m", "snapshot_meta.data"]);
     assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
 }
 
@@ -389,7 +441,11 @@ fn opal_restart_replaces_itself_and_passes_the_exit_status() {
     let sb = Sandbox::new("restart-exec");
     let dir = sb.path("flat");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("snapshot_meta.data"), "# PID: 7\n# OPAL CRS Component: self\n# CONTEXT: sh -c 'exit 42'\n").unwrap();
+    std::fs::write(
+        dir.join("snapshot_meta.data"),
+        "# PID: 7\n# OPAL CRS Component: self\n# CONTEXT: sh -c 'exit 42'\n",
+    )
+    .unwrap();
     let out = sb.restart(&[dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(42), "{:?}", text(&out));
 }
@@ -413,13 +469,27 @@ fn parameters_given_to_the_restart_win_over_the_recorded_ones() {
     assert!(out.status.success(), "{:?}", text(&out));
     stop(&mut app);
     let snapshot = snapshot_path(&out);
-    let pid = sb.spawn_restart(&sb.dir, &["--fork", "-mca", "crs_base_snapshot_keep", "7", "-mca", "opal_cr_signal_exit", "1", snapshot.to_str().unwrap()]);
+    let pid = sb.spawn_restart(
+        &sb.dir,
+        &[
+            "--fork",
+            "-mca",
+            "crs_base_snapshot_keep",
+            "7",
+            "-mca",
+            "opal_cr_signal_exit",
+            "1",
+            snapshot.to_str().unwrap(),
+        ],
+    );
     sb.adopt(pid);
-    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .into_owned();
     let vars: Vec<&str> = environ.split('\0').collect();
     assert!(vars.contains(&"OMPI_MCA_opal_cr_signal_exit=1"), "{vars:?}");
     // The last value of a name wins in a program's environment lookup: make sure it is 7.
-    let keep: Vec<&&str> = vars.iter().filter(|v| v.starts_with("OMPI_MCA_crs_base_snapshot_keep=")).collect();
+    let keep: Vec<&&str> =
+        vars.iter().filter(|v| v.starts_with("OMPI_MCA_crs_base_snapshot_keep=")).collect();
     assert_eq!(keep.last().map(|v| **v), Some("OMPI_MCA_crs_base_snapshot_keep=7"), "{keep:?}");
     assert!(!vars.iter().any(|v| v.starts_with("OMPI_MCA_opal_cr_is_tool")));
 }

@@ -46,7 +46,10 @@ const MAX_LOST_STEPS: u64 = 20;
 /// The example programs' computation.
 fn expected_value(steps: u64) -> u64 {
     (1..=steps).fold(0u64, |value, step| {
-        value.wrapping_mul(6364136223846793005).wrapping_add(step.wrapping_mul(1442695040888963407)).wrapping_add(1)
+        value
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(step.wrapping_mul(1442695040888963407))
+            .wrapping_add(1)
     })
 }
 
@@ -89,7 +92,9 @@ fn short_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     assert_eq!(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) }, 0);
-    let name = String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())]).into_owned();
+    let name =
+        String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())])
+            .into_owned();
     name.split('.').next().unwrap().to_string()
 }
 
@@ -113,7 +118,8 @@ impl Cluster {
         fs::set_permissions(dir.join("munge"), fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join("munge/munge.socket");
         let conf = dir.join("slurm.conf");
-        let mut cluster = Cluster { dir: dir.to_path_buf(), conf: conf.clone(), daemons: Vec::new() };
+        let mut cluster =
+            Cluster { dir: dir.to_path_buf(), conf: conf.clone(), daemons: Vec::new() };
 
         let d = |name: &str| dir.join(name).display().to_string();
         let munged = Command::new("munged")
@@ -215,11 +221,16 @@ impl Cluster {
 
     /// Runs a Slurm command; its stdout, or why it failed.
     fn slurm(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let out = self.command(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+        let out =
+            self.command(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("{program} {args:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "{program} {args:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
@@ -237,7 +248,14 @@ impl Cluster {
     /// The ends of the daemons' logs, for a failure message.
     fn logs(&self) -> String {
         let mut text = String::new();
-        for name in ["munged.err", "munged.log", "slurmctld.err", "slurmctld.log", "slurmd.err", "slurmd.log"] {
+        for name in [
+            "munged.err",
+            "munged.log",
+            "slurmctld.err",
+            "slurmctld.log",
+            "slurmd.err",
+            "slurmd.log",
+        ] {
             let log = fs::read_to_string(self.dir.join("log").join(name)).unwrap_or_default();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("pmix")).collect();
             let tail = &tail[tail.len().saturating_sub(15)..];
@@ -271,14 +289,18 @@ impl Drop for Cluster {
             for id in ids.split_whitespace() {
                 let _ = self.slurm("scancel", &[id]);
             }
-            wait_until(Duration::from_secs(15), || self.slurm("squeue", &["-h", "-o", "%i"]).map_or(true, |s| s.trim().is_empty()));
+            wait_until(Duration::from_secs(15), || {
+                self.slurm("squeue", &["-h", "-o", "%i"]).map_or(true, |s| s.trim().is_empty())
+            });
         }
         for pid in self.job_processes() {
             // SAFETY: kill of a leftover process of this cluster's jobs, by PID.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // slurmctld first: stopped after slurmd, it waits for it for 10 s.
-        self.daemons.sort_by_key(|(name, _)| ["slurmctld", "slurmd", "munged"].iter().position(|n| n == name));
+        self.daemons.sort_by_key(|(name, _)| {
+            ["slurmctld", "slurmd", "munged"].iter().position(|n| n == name)
+        });
         for (_, child) in self.daemons.iter_mut() {
             // SAFETY: SIGTERM to a daemon this test started.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -324,7 +346,9 @@ fn runs(output: &str) -> Vec<Run> {
             continue;
         }
         let Some(run) = runs.last_mut() else { continue };
-        if let Some(step) = line.strip_prefix("step ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()) {
+        if let Some(step) =
+            line.strip_prefix("step ").and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        {
             run.first.get_or_insert(step);
             run.last = Some(step);
         } else if line.starts_with("=== ") {
@@ -479,17 +503,28 @@ fn batch_jobs_finish_correctly_across_requeues() {
         for job in jobs.iter_mut().filter(|j| j.finished.is_none()) {
             let info = cluster.job(&job.id).unwrap_or_default();
             let state = info.iter().find(|(k, _)| k == "JobState").map_or("", |(_, v)| v.as_str());
-            if matches!(state, "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" | "BOOT_FAIL" | "DEADLINE") {
+            if matches!(
+                state,
+                "COMPLETED"
+                    | "FAILED"
+                    | "CANCELLED"
+                    | "TIMEOUT"
+                    | "NODE_FAIL"
+                    | "OUT_OF_MEMORY"
+                    | "BOOT_FAIL"
+                    | "DEADLINE"
+            ) {
                 job.finished = Some((Instant::now(), info));
                 continue;
             }
             if job.warned_by_test && state == "RUNNING" && job.warnings_sent < SHORT_WARNINGS {
                 let runs = runs(&fs::read_to_string(&job.output).unwrap_or_default());
                 let current = runs.len().saturating_sub(1);
-                let done = match (runs.last().and_then(|r| r.first), runs.last().and_then(|r| r.last)) {
-                    (Some(first), Some(last)) => (last - first + 1) as usize,
-                    _ => 0,
-                };
+                let done =
+                    match (runs.last().and_then(|r| r.first), runs.last().and_then(|r| r.last)) {
+                        (Some(first), Some(last)) => (last - first + 1) as usize,
+                        _ => 0,
+                    };
                 if current == job.warnings_sent && done >= SHORT_WARN_AFTER {
                     cluster.slurm("scancel", &["--signal=USR1", "--batch", &job.id]).unwrap();
                     job.warnings_sent += 1;
@@ -501,7 +536,8 @@ fn batch_jobs_finish_correctly_across_requeues() {
 
     // Check every job and gather the figures.
     let mut failures = Vec::new();
-    let mut report = format!("Slurm test: cluster ready after {:.1} s\n", cluster_ready.as_secs_f64());
+    let mut report =
+        format!("Slurm test: cluster ready after {:.1} s\n", cluster_ready.as_secs_f64());
     for job in &jobs {
         let output = fs::read_to_string(&job.output).unwrap_or_default();
         let runs = runs(&output);
@@ -509,7 +545,8 @@ fn batch_jobs_finish_correctly_across_requeues() {
         let requeues = runs.len().saturating_sub(1);
         let expected = format!("steps {} value {}\n", job.steps, expected_value(job.steps));
         let result = fs::read_to_string(&job.result).unwrap_or_default();
-        let duration = job.finished.as_ref().map(|(at, _)| at.duration_since(job.submitted).as_secs_f64());
+        let duration =
+            job.finished.as_ref().map(|(at, _)| at.duration_since(job.submitted).as_secs_f64());
         report.push_str(&format!(
             "  {} (job {}): {}, {} steps ({:.0} s of work) in {}\n    \
              {requeues} requeues (Slurm: Restarts={}); work lost per requeue {lost:?} steps of {STEP_MS} ms; \
@@ -527,8 +564,13 @@ fn batch_jobs_finish_correctly_across_requeues() {
         let mut problems = Vec::new();
         if job.finished.is_none() {
             problems.push(format!("did not finish within {DEADLINE:?}"));
-        } else if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
-            problems.push(format!("ended {:?} with exit code {:?}", job.field("JobState"), job.field("ExitCode")));
+        } else if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0"))
+        {
+            problems.push(format!(
+                "ended {:?} with exit code {:?}",
+                job.field("JobState"),
+                job.field("ExitCode")
+            ));
         }
         if result != expected {
             problems.push(format!("result {result:?}, expected {expected:?}"));
@@ -540,16 +582,28 @@ fn batch_jobs_finish_correctly_across_requeues() {
             problems.push("never requeued: the work fits in the limit?".to_string());
         }
         if job.field("Restarts").is_some_and(|r| r != requeues.to_string()) {
-            problems.push(format!("Slurm counts {:?} restarts, the output {requeues} runs after the first", job.field("Restarts")));
+            problems.push(format!(
+                "Slurm counts {:?} restarts, the output {requeues} runs after the first",
+                job.field("Restarts")
+            ));
         }
         for (i, run) in runs.iter().enumerate() {
             let last_run = i + 1 == runs.len();
             if run.checkpointed == last_run {
-                problems.push(format!("run {i}: checkpointed={} (every run but the last must end with a checkpoint)", run.checkpointed));
+                problems.push(format!(
+                    "run {i}: checkpointed={} (every run but the last must end with a checkpoint)",
+                    run.checkpointed
+                ));
             }
             let said = run.started.as_deref().unwrap_or("");
-            let wanted = if i == 0 { "opal-run: no snapshot in series".to_string() } else { format!("opal-run: restarting from snapshot {} of series", i - 1) };
-            if !said.starts_with(&wanted) || (i > 0 && !said.ends_with(&format!("(component {})", job.component))) {
+            let wanted = if i == 0 {
+                "opal-run: no snapshot in series".to_string()
+            } else {
+                format!("opal-run: restarting from snapshot {} of series", i - 1)
+            };
+            if !said.starts_with(&wanted)
+                || (i > 0 && !said.ends_with(&format!("(component {})", job.component)))
+            {
                 problems.push(format!("run {i}: opal-run said {said:?}, expected {wanted:?}…"));
             }
         }
@@ -558,7 +612,13 @@ fn batch_jobs_finish_correctly_across_requeues() {
         }
         if !problems.is_empty() {
             let lines: Vec<&str> = output.lines().filter(|l| !l.starts_with("step ")).collect();
-            failures.push(format!("{} (job {}): {}\n  output without step lines:\n    {}", job.label, job.id, problems.join("; "), lines.join("\n    ")));
+            failures.push(format!(
+                "{} (job {}): {}\n  output without step lines:\n    {}",
+                job.label,
+                job.id,
+                problems.join("; "),
+                lines.join("\n    ")
+            ));
         }
     }
     report.push_str(&format!("  total {:.1} s", started.elapsed().as_secs_f64()));
@@ -596,12 +656,21 @@ fn start_checkpoint_restart(sb: &Sandbox, component: &str, program: &[&std::ffi:
         let mut child = run();
         let log = |sb: &Sandbox| sb.read("runs.out")[before..].to_string();
         let said = if n == 0 {
-            format!("opal-run: no snapshot in series {}: starting", sb.path("ckpt/series").display())
+            format!(
+                "opal-run: no snapshot in series {}: starting",
+                sb.path("ckpt/series").display()
+            )
         } else {
-            format!("opal-run: restarting from snapshot {} of series {} (component {component})", n - 1, sb.path("ckpt/series").display())
+            format!(
+                "opal-run: restarting from snapshot {} of series {} (component {component})",
+                n - 1,
+                sb.path("ckpt/series").display()
+            )
         };
         // Let it work, then warn it as Slurm would (the first two runs).
-        let working = wait_until(Duration::from_secs(20), || log(sb).lines().filter(|l| l.starts_with("step ")).count() >= 20);
+        let working = wait_until(Duration::from_secs(20), || {
+            log(sb).lines().filter(|l| l.starts_with("step ")).count() >= 20
+        });
         assert!(working, "run {n} does not work:\n{}", log(sb));
         assert!(log(sb).contains(&said), "run {n}: expected {said:?} in:\n{}", log(sb));
         if n < 2 {
@@ -615,7 +684,11 @@ fn start_checkpoint_restart(sb: &Sandbox, component: &str, program: &[&std::ffi:
     }
     let expected = format!("steps {steps} value {}\n", expected_value(steps));
     assert_eq!(fs::read_to_string(&result).unwrap_or_default(), expected);
-    let published: Vec<String> = fs::read_dir(sb.path("ckpt/series")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
+    let published: Vec<String> = fs::read_dir(sb.path("ckpt/series"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     assert_eq!(published.len(), 2, "{published:?}");
 }
 
@@ -629,12 +702,20 @@ fn opal_run_starts_then_restarts_a_self_program() {
 #[test]
 fn opal_run_starts_then_restores_a_criu_program_and_passes_signals_on() {
     if !is_root() || criu_missing().is_some() {
-        eprintln!("skipped: needs root and CRIU >= 4 ({})", criu_missing().unwrap_or_else(|| "not root".into()));
+        eprintln!(
+            "skipped: needs root and CRIU >= 4 ({})",
+            criu_missing().unwrap_or_else(|| "not root".into())
+        );
         return;
     }
     let sb = Sandbox::new("opal-run-criu");
     let sum = sb.path("sum");
-    let status = Command::new("cc").args(["-O2", "-o"]).arg(&sum).arg(repo().join("examples/slurm/sum.c")).status().unwrap();
+    let status = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&sum)
+        .arg(repo().join("examples/slurm/sum.c"))
+        .status()
+        .unwrap();
     assert!(status.success());
     let preload = format!("LD_PRELOAD={}", lib_dir().join("libopalcrs.so").display());
     start_checkpoint_restart(&sb, "criu", &["env".as_ref(), preload.as_ref(), sum.as_os_str()]);
@@ -645,17 +726,28 @@ fn opal_run_names_the_series_after_the_slurm_job_and_reports_errors() {
     let sb = Sandbox::new("opal-run-errors");
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut command = sb.command(opal_run());
-        command.args(args).env_remove("SLURM_JOB_ID").env_remove("SLURM_ARRAY_JOB_ID").env_remove("SLURM_ARRAY_TASK_ID");
+        command
+            .args(args)
+            .env_remove("SLURM_JOB_ID")
+            .env_remove("SLURM_ARRAY_JOB_ID")
+            .env_remove("SLURM_ARRAY_TASK_ID");
         command.envs(env.iter().copied());
         let out = command.output().unwrap();
         let (stdout, stderr) = text(&out);
         (out.status.code(), stdout, stderr)
     };
     let show = "echo $OMPI_MCA_crs_base_snapshot_name $OMPI_MCA_crs_base_snapshot_dir $OMPI_MCA_x";
-    let (code, stdout, stderr) = run(&["-w", "ckpt", "-mca", "x", "1", "sh", "-c", show], &[("SLURM_JOB_ID", "42")]);
+    let (code, stdout, stderr) =
+        run(&["-w", "ckpt", "-mca", "x", "1", "sh", "-c", show], &[("SLURM_JOB_ID", "42")]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, format!("slurm_42.ckpt {} 1\n", sb.path("ckpt").display()));
-    assert!(stderr.contains(&format!("no snapshot in series {}: starting sh fresh", sb.path("ckpt/slurm_42.ckpt").display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no snapshot in series {}: starting sh fresh",
+            sb.path("ckpt/slurm_42.ckpt").display()
+        )),
+        "{stderr}"
+    );
     let env = [("SLURM_JOB_ID", "43"), ("SLURM_ARRAY_JOB_ID", "40"), ("SLURM_ARRAY_TASK_ID", "3")];
     assert_eq!(run(&["sh", "-c", show], &env).1, "slurm_40_3.ckpt\n");
     assert_eq!(run(&["-n", "mine", "--", "sh", "-c", show], &env).1, "mine\n");

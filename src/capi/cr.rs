@@ -3,7 +3,9 @@
 
 use super::crs::opal_crs_base_snapshot_t;
 use crate::codes::*;
-use crate::runtime::callbacks::{self, opal_cr_coord_callback_fn_t, opal_cr_notify_callback_fn_t, opal_cr_user_inc_callback_fn_t};
+use crate::runtime::callbacks::{
+    self, opal_cr_coord_callback_fn_t, opal_cr_notify_callback_fn_t, opal_cr_user_inc_callback_fn_t,
+};
 use crate::runtime::{self, critical, Origin, Outcome, Request};
 use std::os::raw::c_int;
 
@@ -54,7 +56,10 @@ pub extern "C" fn opal_cr_test_if_checkpoint_ready() {
 
 /// Replaces the notify callback; the previous one is stored in `*prev_func` (may be NULL).
 #[no_mangle]
-pub extern "C" fn opal_cr_reg_notify_callback(new_func: opal_cr_notify_callback_fn_t, prev_func: *mut opal_cr_notify_callback_fn_t) -> c_int {
+pub extern "C" fn opal_cr_reg_notify_callback(
+    new_func: opal_cr_notify_callback_fn_t,
+    prev_func: *mut opal_cr_notify_callback_fn_t,
+) -> c_int {
     ffi_body!("opal_cr_reg_notify_callback", OPAL_ERROR, {
         let previous = std::mem::replace(&mut callbacks::write().notify, new_func);
         if !prev_func.is_null() {
@@ -68,7 +73,10 @@ pub extern "C" fn opal_cr_reg_notify_callback(new_func: opal_cr_notify_callback_
 /// Replaces the head of the coordination chain; the new function should call the
 /// previous one (stored in `*prev_func`, which may be NULL).
 #[no_mangle]
-pub extern "C" fn opal_cr_reg_coord_callback(new_func: opal_cr_coord_callback_fn_t, prev_func: *mut opal_cr_coord_callback_fn_t) -> c_int {
+pub extern "C" fn opal_cr_reg_coord_callback(
+    new_func: opal_cr_coord_callback_fn_t,
+    prev_func: *mut opal_cr_coord_callback_fn_t,
+) -> c_int {
     ffi_body!("opal_cr_reg_coord_callback", OPAL_ERROR, {
         let previous = std::mem::replace(&mut callbacks::write().coord, new_func);
         if !prev_func.is_null() {
@@ -96,7 +104,8 @@ pub extern "C" fn opal_cr_user_inc_register_callback(
         if !(0..OMPI_CR_INC_MAX).contains(&event) {
             return OPAL_ERROR;
         }
-        let previous = std::mem::replace(&mut callbacks::write().user_inc[event as usize], function);
+        let previous =
+            std::mem::replace(&mut callbacks::write().user_inc[event as usize], function);
         if !prev_function.is_null() {
             // SAFETY: checked non-NULL.
             unsafe { *prev_function = previous };
@@ -154,7 +163,9 @@ pub extern "C" fn opal_cr_inc_core(
 /// the environment and removes the file; no file is not an error.
 #[no_mangle]
 pub extern "C" fn opal_cr_refresh_environ(prev_pid: c_int) -> c_int {
-    ffi_body!("opal_cr_refresh_environ", OPAL_ERROR, { to_code!("opal_cr_refresh_environ", runtime::refresh_environ(prev_pid)) })
+    ffi_body!("opal_cr_refresh_environ", OPAL_ERROR, {
+        to_code!("opal_cr_refresh_environ", runtime::refresh_environ(prev_pid))
+    })
 }
 
 #[no_mangle]

@@ -4,7 +4,8 @@
 
 use crate::codes::*;
 use crate::runtime::callbacks::{
-    self, opal_crs_base_self_checkpoint_fn_t, opal_crs_base_self_continue_fn_t, opal_crs_base_self_restart_fn_t,
+    self, opal_crs_base_self_checkpoint_fn_t, opal_crs_base_self_continue_fn_t,
+    opal_crs_base_self_restart_fn_t,
 };
 use crate::runtime::Done;
 use parking_lot::Mutex;
@@ -56,7 +57,9 @@ pub extern "C" fn opal_crs_base_open(flags: c_int) -> c_int {
 pub extern "C" fn opal_crs_base_select() -> c_int {
     ffi_body!("opal_crs_base_select", OPAL_ERROR, {
         let params = crate::runtime::params();
-        let selection_off = params.as_ref().map_or(true, |p| !p.bool("ft_cr_enabled") || p.bool("crs_base_do_not_select"));
+        let selection_off = params
+            .as_ref()
+            .map_or(true, |p| !p.bool("ft_cr_enabled") || p.bool("crs_base_do_not_select"));
         if selection_off || crate::runtime::selected().is_some() {
             OPAL_SUCCESS
         } else {
@@ -145,7 +148,9 @@ pub unsafe extern "C" fn opal_crs_base_metadata_read_token(
             return OPAL_ERROR;
         }
         // SAFETY: non-NULL arguments from the caller; token is NUL-terminated.
-        let (text, token) = unsafe { (read_stream(metadata), CStr::from_ptr(token).to_string_lossy().into_owned()) };
+        let (text, token) = unsafe {
+            (read_stream(metadata), CStr::from_ptr(token).to_string_lossy().into_owned())
+        };
         let found = crate::snapshot::metadata::read_token(&text, &token);
         // SAFETY: *value is NULL or a malloc'ed NULL-terminated array of malloc'ed strings.
         unsafe {
@@ -156,7 +161,10 @@ pub unsafe extern "C" fn opal_crs_base_metadata_read_token(
                     count += 1;
                 }
             }
-            let grown = libc::realloc(old.cast(), (count + found.len() + 1) * std::mem::size_of::<*mut c_char>()) as *mut *mut c_char;
+            let grown = libc::realloc(
+                old.cast(),
+                (count + found.len() + 1) * std::mem::size_of::<*mut c_char>(),
+            ) as *mut *mut c_char;
             if grown.is_null() {
                 return OPAL_ERR_OUT_OF_RESOURCE;
             }
@@ -175,17 +183,22 @@ struct CleanupList {
     dirs: Vec<PathBuf>,
 }
 
-static CLEANUP: Mutex<CleanupList> = Mutex::new(CleanupList { files: Vec::new(), dirs: Vec::new() });
+static CLEANUP: Mutex<CleanupList> =
+    Mutex::new(CleanupList { files: Vec::new(), dirs: Vec::new() });
 
 /// Remembers a file or directory for `opal_crs_base_cleanup_flush`; NULL is a no-op.
 #[no_mangle]
-pub unsafe extern "C" fn opal_crs_base_cleanup_append(filename: *mut c_char, is_dir: bool) -> c_int {
+pub unsafe extern "C" fn opal_crs_base_cleanup_append(
+    filename: *mut c_char,
+    is_dir: bool,
+) -> c_int {
     ffi_body!("opal_crs_base_cleanup_append", OPAL_ERROR, {
         if filename.is_null() {
             return OPAL_SUCCESS;
         }
         // SAFETY: NUL-terminated string from the caller.
-        let path = PathBuf::from(unsafe { CStr::from_ptr(filename) }.to_string_lossy().into_owned());
+        let path =
+            PathBuf::from(unsafe { CStr::from_ptr(filename) }.to_string_lossy().into_owned());
         let mut list = CLEANUP.lock();
         if is_dir {
             list.dirs.push(path);
@@ -200,7 +213,10 @@ pub unsafe extern "C" fn opal_crs_base_cleanup_append(filename: *mut c_char, is_
 #[no_mangle]
 pub extern "C" fn opal_crs_base_cleanup_flush() -> c_int {
     ffi_body!("opal_crs_base_cleanup_flush", OPAL_ERROR, {
-        let list = std::mem::replace(&mut *CLEANUP.lock(), CleanupList { files: Vec::new(), dirs: Vec::new() });
+        let list = std::mem::replace(
+            &mut *CLEANUP.lock(),
+            CleanupList { files: Vec::new(), dirs: Vec::new() },
+        );
         for file in list.files {
             let _ = std::fs::remove_file(file);
         }
@@ -234,7 +250,9 @@ pub unsafe extern "C" fn opal_crs_base_copy_options(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn opal_crs_base_clear_options(target: *mut opal_crs_base_ckpt_options_t) -> c_int {
+pub unsafe extern "C" fn opal_crs_base_clear_options(
+    target: *mut opal_crs_base_ckpt_options_t,
+) -> c_int {
     ffi_body!("opal_crs_base_clear_options", OPAL_ERROR, {
         require_non_null!(target, OPAL_ERROR);
         // SAFETY: a non-NULL option object of ours.
@@ -243,8 +261,12 @@ pub unsafe extern "C" fn opal_crs_base_clear_options(target: *mut opal_crs_base_
     })
 }
 
-const EMPTY_OPTIONS: opal_crs_base_ckpt_options_t =
-    opal_crs_base_ckpt_options_t { term: false, stop: false, inc_prep_only: false, inc_recover_only: false };
+const EMPTY_OPTIONS: opal_crs_base_ckpt_options_t = opal_crs_base_ckpt_options_t {
+    term: false,
+    stop: false,
+    inc_prep_only: false,
+    inc_recover_only: false,
+};
 
 /// A new options object, all false; free it with `opalcrs_options_free`.
 #[no_mangle]
@@ -262,7 +284,10 @@ pub unsafe extern "C" fn opalcrs_options_free(options: *mut opal_crs_base_ckpt_o
 
 /// Sets `term`: end the process once its snapshot is published.
 #[no_mangle]
-pub unsafe extern "C" fn opalcrs_options_set_term(options: *mut opal_crs_base_ckpt_options_t, term: bool) -> c_int {
+pub unsafe extern "C" fn opalcrs_options_set_term(
+    options: *mut opal_crs_base_ckpt_options_t,
+    term: bool,
+) -> c_int {
     require_non_null!(options, OPAL_ERR_BAD_PARAM);
     // SAFETY: a non-NULL option object of ours.
     unsafe { (*options).term = term };
@@ -270,7 +295,9 @@ pub unsafe extern "C" fn opalcrs_options_set_term(options: *mut opal_crs_base_ck
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn opalcrs_options_get_term(options: *const opal_crs_base_ckpt_options_t) -> bool {
+pub unsafe extern "C" fn opalcrs_options_get_term(
+    options: *const opal_crs_base_ckpt_options_t,
+) -> bool {
     // SAFETY: NULL or an option object of ours.
     unsafe { options.as_ref() }.is_some_and(|o| o.term)
 }
@@ -278,7 +305,9 @@ pub unsafe extern "C" fn opalcrs_options_get_term(options: *const opal_crs_base_
 /// A snapshot reference to a snapshot directory (NULL: empty, filled by a checkpoint);
 /// free it with `opalcrs_snapshot_free`.
 #[no_mangle]
-pub unsafe extern "C" fn opalcrs_snapshot_new(directory: *const c_char) -> *mut opal_crs_base_snapshot_t {
+pub unsafe extern "C" fn opalcrs_snapshot_new(
+    directory: *const c_char,
+) -> *mut opal_crs_base_snapshot_t {
     ffi_body!("opalcrs_snapshot_new", std::ptr::null_mut(), {
         let directory = if directory.is_null() {
             None
@@ -300,23 +329,33 @@ pub unsafe extern "C" fn opalcrs_snapshot_free(snapshot: *mut opal_crs_base_snap
 
 /// The snapshot's directory (owned by the object), or NULL.
 #[no_mangle]
-pub unsafe extern "C" fn opalcrs_snapshot_directory(snapshot: *const opal_crs_base_snapshot_t) -> *const c_char {
+pub unsafe extern "C" fn opalcrs_snapshot_directory(
+    snapshot: *const opal_crs_base_snapshot_t,
+) -> *const c_char {
     // SAFETY: NULL or a snapshot object of ours.
-    unsafe { snapshot.as_ref() }.and_then(|s| s.directory.as_ref()).map_or(std::ptr::null(), |d| d.as_ptr())
+    unsafe { snapshot.as_ref() }
+        .and_then(|s| s.directory.as_ref())
+        .map_or(std::ptr::null(), |d| d.as_ptr())
 }
 
 /// The component that wrote the snapshot (owned by the object), or NULL.
 #[no_mangle]
-pub unsafe extern "C" fn opalcrs_snapshot_component(snapshot: *const opal_crs_base_snapshot_t) -> *const c_char {
+pub unsafe extern "C" fn opalcrs_snapshot_component(
+    snapshot: *const opal_crs_base_snapshot_t,
+) -> *const c_char {
     // SAFETY: NULL or a snapshot object of ours.
-    unsafe { snapshot.as_ref() }.and_then(|s| s.component.as_ref()).map_or(std::ptr::null(), |c| c.as_ptr())
+    unsafe { snapshot.as_ref() }
+        .and_then(|s| s.component.as_ref())
+        .map_or(std::ptr::null(), |c| c.as_ptr())
 }
 
 /// Registers the self checkpoint callback (wins over `<prefix>_checkpoint`); registered
 /// after `opal_init`, it makes self the selected component from then on (if `crs`
 /// allows it).
 #[no_mangle]
-pub extern "C" fn opal_crs_base_self_register_checkpoint_callback(function: opal_crs_base_self_checkpoint_fn_t) -> c_int {
+pub extern "C" fn opal_crs_base_self_register_checkpoint_callback(
+    function: opal_crs_base_self_checkpoint_fn_t,
+) -> c_int {
     ffi_body!("opal_crs_base_self_register_checkpoint_callback", OPAL_ERROR, {
         callbacks::write().self_checkpoint = function;
         if function.is_some() {
@@ -328,13 +367,17 @@ pub extern "C" fn opal_crs_base_self_register_checkpoint_callback(function: opal
 }
 
 #[no_mangle]
-pub extern "C" fn opal_crs_base_self_register_restart_callback(function: opal_crs_base_self_restart_fn_t) -> c_int {
+pub extern "C" fn opal_crs_base_self_register_restart_callback(
+    function: opal_crs_base_self_restart_fn_t,
+) -> c_int {
     callbacks::write().self_restart = function;
     OPAL_SUCCESS
 }
 
 #[no_mangle]
-pub extern "C" fn opal_crs_base_self_register_continue_callback(function: opal_crs_base_self_continue_fn_t) -> c_int {
+pub extern "C" fn opal_crs_base_self_register_continue_callback(
+    function: opal_crs_base_self_continue_fn_t,
+) -> c_int {
     callbacks::write().self_continue = function;
     OPAL_SUCCESS
 }

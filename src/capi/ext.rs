@@ -51,13 +51,22 @@ pub extern "C" fn opalcrs_strerror(code: c_int) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn opalcrs_checkpoint(state: *mut c_int) -> c_int {
     ffi_body!("opalcrs_checkpoint", OPAL_ERROR, {
-        let (rc, crs_state) = match runtime::checkpoint_with(runtime::Request::default_options(runtime::Origin::Api)) {
-            Ok(done) => (OPAL_SUCCESS, if done.outcome == Outcome::Restarted { OPAL_CRS_RESTART } else { OPAL_CRS_CONTINUE }),
-            Err(e) => {
-                log::error!(target: "cr", "opalcrs_checkpoint: {e}");
-                (e.code(), OPAL_CRS_ERROR)
-            }
-        };
+        let (rc, crs_state) =
+            match runtime::checkpoint_with(runtime::Request::default_options(runtime::Origin::Api))
+            {
+                Ok(done) => (
+                    OPAL_SUCCESS,
+                    if done.outcome == Outcome::Restarted {
+                        OPAL_CRS_RESTART
+                    } else {
+                        OPAL_CRS_CONTINUE
+                    },
+                ),
+                Err(e) => {
+                    log::error!(target: "cr", "opalcrs_checkpoint: {e}");
+                    (e.code(), OPAL_CRS_ERROR)
+                }
+            };
         if !state.is_null() {
             // SAFETY: checked non-NULL.
             unsafe { *state = crs_state };
@@ -77,7 +86,9 @@ static HANDED_OUT: Mutex<Option<HashSet<CString>>> = Mutex::new(None);
 pub extern "C" fn opalcrs_snapshot_dir() -> *const c_char {
     ffi_body!("opalcrs_snapshot_dir", std::ptr::null(), {
         let Some(dir) = runtime::snapshot_dir() else { return std::ptr::null() };
-        let Ok(dir) = CString::new(dir.to_string_lossy().into_owned()) else { return std::ptr::null() };
+        let Ok(dir) = CString::new(dir.to_string_lossy().into_owned()) else {
+            return std::ptr::null();
+        };
         let mut handed_out = HANDED_OUT.lock();
         let set = handed_out.get_or_insert_with(HashSet::new);
         // A CString's heap buffer does not move when the set rehashes.

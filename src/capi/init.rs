@@ -36,7 +36,9 @@ pub extern "C" fn opal_init_util(pargc: *mut c_int, pargv: *mut *mut *mut c_char
 
 #[no_mangle]
 pub extern "C" fn opal_finalize_util() -> c_int {
-    ffi_body!("opal_finalize_util", OPAL_ERROR, { to_code!("opal_finalize_util", runtime::finalize_util()) })
+    ffi_body!("opal_finalize_util", OPAL_ERROR, {
+        to_code!("opal_finalize_util", runtime::finalize_util())
+    })
 }
 
 /// The C/R half of `opal_init` (reference counted together with it).

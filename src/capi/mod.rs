@@ -16,6 +16,7 @@ mod vtable;
 pub use crate::codes::*;
 pub use crate::runtime::callbacks::{
     opal_cr_coord_callback_fn_t, opal_cr_notify_callback_fn_t, opal_cr_user_inc_callback_fn_t,
-    opal_crs_base_self_checkpoint_fn_t, opal_crs_base_self_continue_fn_t, opal_crs_base_self_restart_fn_t,
+    opal_crs_base_self_checkpoint_fn_t, opal_crs_base_self_continue_fn_t,
+    opal_crs_base_self_restart_fn_t,
 };
 pub use vtable::opal_crs_base_module_t;

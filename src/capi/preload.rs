@@ -31,7 +31,9 @@ extern "C" fn on_load() {
             return;
         }
         if open_mpi_loaded() {
-            warn("Open MPI's libopen-pal is loaded in this process; libopalcrs stays out of its way");
+            warn(
+                "Open MPI's libopen-pal is loaded in this process; libopalcrs stays out of its way",
+            );
             return;
         }
         // Off the environment before anything runs a child (CRIU is probed in init).
@@ -66,7 +68,9 @@ fn own_path() -> Option<PathBuf> {
     // SAFETY: dladdr on one of our own functions; dli_fname is NUL-terminated.
     unsafe {
         let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(on_load as *const () as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null() {
+        if libc::dladdr(on_load as *const () as *const libc::c_void, &mut info) == 0
+            || info.dli_fname.is_null()
+        {
             return None;
         }
         Some(PathBuf::from(OsString::from_vec(CStr::from_ptr(info.dli_fname).to_bytes().to_vec())))
@@ -113,10 +117,16 @@ fn is_our_tool() -> bool {
 
 /// Whether Open MPI's own OPAL library is loaded in this process.
 fn open_mpi_loaded() -> bool {
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, found: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        found: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: the loader hands a valid info whose name is NUL-terminated or NULL.
         let name = unsafe { (*info).dlpi_name };
-        if !name.is_null() && unsafe { CStr::from_ptr(name) }.to_bytes().windows(11).any(|w| w == b"libopen-pal") {
+        if !name.is_null()
+            && unsafe { CStr::from_ptr(name) }.to_bytes().windows(11).any(|w| w == b"libopen-pal")
+        {
             // SAFETY: `found` points to the bool below.
             unsafe { *(found as *mut bool) = true };
             return 1;

@@ -21,7 +21,11 @@ pub struct opal_crs_base_module_t {
         ) -> c_int,
     >,
     pub crs_restart: Option<
-        unsafe extern "C" fn(snapshot: *mut opal_crs_base_snapshot_t, spawn_child: bool, child_pid: *mut libc::pid_t) -> c_int,
+        unsafe extern "C" fn(
+            snapshot: *mut opal_crs_base_snapshot_t,
+            spawn_child: bool,
+            child_pid: *mut libc::pid_t,
+        ) -> c_int,
     >,
     pub crs_disable_checkpoint: Option<unsafe extern "C" fn() -> c_int>,
     pub crs_enable_checkpoint: Option<unsafe extern "C" fn() -> c_int>,

@@ -38,7 +38,10 @@ impl Component for NoneComponent {
     fn restart(&self, plan: &RestartPlan, _spawn_child: bool) -> Result<RestartOutcome> {
         Err(Error::new(
             OPAL_ERR_NOT_SUPPORTED,
-            format!("snapshot {} was written by the 'none' component, which cannot restart anything", plan.dir.display()),
+            format!(
+                "snapshot {} was written by the 'none' component, which cannot restart anything",
+                plan.dir.display()
+            ),
         ))
     }
 }

@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::framework::{CheckpointJob, CheckpointOutcome, Component, RestartOutcome, RestartPlan};
 use crate::params::{Params, Source};
 use crate::runtime::callbacks::{
-    self, opal_crs_base_self_checkpoint_fn_t as CheckpointFn, opal_crs_base_self_continue_fn_t as ContinueFn,
-    opal_crs_base_self_restart_fn_t as RestartFn,
+    self, opal_crs_base_self_checkpoint_fn_t as CheckpointFn,
+    opal_crs_base_self_continue_fn_t as ContinueFn, opal_crs_base_self_restart_fn_t as RestartFn,
 };
 use std::ffi::{CStr, CString, OsString};
 use std::os::unix::process::CommandExt;
@@ -45,9 +45,15 @@ fn resolve(prefix: &str) -> Resolved {
     // a NULL pointer becomes None.
     unsafe {
         Resolved {
-            checkpoint: registered.self_checkpoint.or_else(|| std::mem::transmute::<_, CheckpointFn>(lookup(prefix, "checkpoint"))),
-            cont: registered.self_continue.or_else(|| std::mem::transmute::<_, ContinueFn>(lookup(prefix, "continue"))),
-            restart: registered.self_restart.or_else(|| std::mem::transmute::<_, RestartFn>(lookup(prefix, "restart"))),
+            checkpoint: registered
+                .self_checkpoint
+                .or_else(|| std::mem::transmute::<_, CheckpointFn>(lookup(prefix, "checkpoint"))),
+            cont: registered
+                .self_continue
+                .or_else(|| std::mem::transmute::<_, ContinueFn>(lookup(prefix, "continue"))),
+            restart: registered
+                .self_restart
+                .or_else(|| std::mem::transmute::<_, RestartFn>(lookup(prefix, "restart"))),
         }
     }
 }
@@ -66,7 +72,9 @@ impl Component for SelfComponent {
         if resolve(prefix).checkpoint.is_some() {
             return Ok(());
         }
-        let mut why = format!("no checkpoint callback: {prefix}_checkpoint is neither registered nor exported");
+        let mut why = format!(
+            "no checkpoint callback: {prefix}_checkpoint is neither registered nor exported"
+        );
         // Reading the executable costs time, so only when someone will read the answer.
         let explain = params.int("crs_self_verbose") > 0
             || params.int("crs_base_verbose") > 0
@@ -88,7 +96,9 @@ impl Component for SelfComponent {
                 // SAFETY: the program's restart callback.
                 unsafe { restart() };
             }
-            None => log::info!(target: "crs", "crs:self: restarted, but no {prefix}_restart callback to call"),
+            None => {
+                log::info!(target: "crs", "crs:self: restarted, but no {prefix}_restart callback to call")
+            }
         }
         Ok(())
     }
@@ -96,9 +106,9 @@ impl Component for SelfComponent {
     fn checkpoint(&self, job: &mut CheckpointJob) -> Result<CheckpointOutcome> {
         let prefix = job.params.str("crs_self_prefix").to_string();
         let callbacks = resolve(&prefix);
-        let checkpoint = callbacks
-            .checkpoint
-            .ok_or_else(|| Error::new(OPAL_ERROR, format!("self: no {prefix}_checkpoint callback")))?;
+        let checkpoint = callbacks.checkpoint.ok_or_else(|| {
+            Error::new(OPAL_ERROR, format!("self: no {prefix}_checkpoint callback"))
+        })?;
         let mut restart_cmd: *mut libc::c_char = std::ptr::null_mut();
         // SAFETY: the program's checkpoint callback; it may set restart_cmd to a malloc'ed string.
         unsafe { checkpoint(&mut restart_cmd) };
@@ -117,7 +127,9 @@ impl Component for SelfComponent {
         if command.trim().is_empty() || command.contains('\n') {
             return Err(Error::new(
                 OPAL_ERROR,
-                format!("self: {prefix}_checkpoint returned an unusable restart command {command:?}"),
+                format!(
+                    "self: {prefix}_checkpoint returned an unusable restart command {command:?}"
+                ),
             ));
         }
         job.metadata.context.push(command);
@@ -132,10 +144,16 @@ impl Component for SelfComponent {
 
     fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome> {
         let line = plan.metadata.context.first().ok_or_else(|| {
-            Error::new(OPAL_ERR_NOT_FOUND, format!("snapshot {} has no restart command (# CONTEXT:)", plan.dir.display()))
+            Error::new(
+                OPAL_ERR_NOT_FOUND,
+                format!("snapshot {} has no restart command (# CONTEXT:)", plan.dir.display()),
+            )
         })?;
         let argv = split_words(line).map_err(|why| {
-            Error::new(OPAL_ERR_BAD_PARAM, format!("restart command {line:?} of {}: {why}", plan.dir.display()))
+            Error::new(
+                OPAL_ERR_BAD_PARAM,
+                format!("restart command {line:?} of {}: {why}", plan.dir.display()),
+            )
         })?;
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]).env_clear().envs(restart_environment(plan));
@@ -147,7 +165,11 @@ impl Component for SelfComponent {
             log::info!(target: "crs", "crs:self: restarting `{line}` in {}", cwd.display());
         }
         let exec_error = |e: std::io::Error| {
-            let code = if e.kind() == std::io::ErrorKind::NotFound { OPAL_ERR_NOT_FOUND } else { OPAL_ERR_IN_ERRNO };
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                OPAL_ERR_NOT_FOUND
+            } else {
+                OPAL_ERR_IN_ERRNO
+            };
             Error::new(code, format!("cannot execute restart command {:?}: {e}", argv[0]))
         };
         if spawn_child {
@@ -172,7 +194,11 @@ fn restart_environment(plan: &RestartPlan) -> Vec<(OsString, OsString)> {
     // A program that had the library preloaded gets it again, so its restart callback runs.
     if let Some(library) = &plan.metadata.preload {
         let others = std::env::var("LD_PRELOAD").unwrap_or_default();
-        let preload = if others.is_empty() { library.display().to_string() } else { format!("{}:{others}", library.display()) };
+        let preload = if others.is_empty() {
+            library.display().to_string()
+        } else {
+            format!("{}:{others}", library.display())
+        };
         env.retain(|(k, _)| k != "LD_PRELOAD");
         env.push(("LD_PRELOAD".into(), preload.into()));
     }
@@ -273,7 +299,10 @@ mod tests {
     fn splits_like_a_shell() {
         assert_eq!(split_words("./app -x 3").unwrap(), ["./app", "-x", "3"]);
         assert_eq!(split_words("  a   b\t c ").unwrap(), ["a", "b", "c"]);
-        assert_eq!(split_words("prog 'two words' \"and \\\"more\\\"\"").unwrap(), ["prog", "two words", "and \"more\""]);
+        assert_eq!(
+            split_words("prog 'two words' \"and \\\"more\\\"\"").unwrap(),
+            ["prog", "two words", "and \"more\""]
+        );
         assert_eq!(split_words("a\\ b c''d \"\"").unwrap(), ["a b", "cd", ""]);
         assert_eq!(split_words("say \"\\n\"").unwrap(), ["say", "\\n"]);
     }

@@ -32,7 +32,8 @@ pub const CRS_COMPONENTS: &[&str] = &["self", "criu", "none", "blcr", "dmtcp"];
 
 /// Parameters that describe one run only (a tool, the restart hand-over, this run's
 /// selection): never recorded in a snapshot nor handed to a restarted program.
-pub const PER_RUN: &[&str] = &["opal_cr_is_tool", "crs_base_do_not_select", "crs_self_do_restart", "crs"];
+pub const PER_RUN: &[&str] =
+    &["opal_cr_is_tool", "crs_base_do_not_select", "crs_self_do_restart", "crs"];
 
 /// Deprecated names still accepted, with the current name each stands for.
 pub const SYNONYMS: &[(&str, &str)] = &[("mca_param_files", "mca_base_param_files")];

@@ -9,13 +9,18 @@ use parking_lot::RwLock;
 use std::os::raw::{c_char, c_int};
 
 // The original's typedef names; each is nullable (NULL = none).
-pub type opal_crs_base_self_checkpoint_fn_t = Option<unsafe extern "C" fn(restart_cmd: *mut *mut c_char) -> c_int>;
+pub type opal_crs_base_self_checkpoint_fn_t =
+    Option<unsafe extern "C" fn(restart_cmd: *mut *mut c_char) -> c_int>;
 pub type opal_crs_base_self_continue_fn_t = Option<unsafe extern "C" fn() -> c_int>;
 pub type opal_crs_base_self_restart_fn_t = Option<unsafe extern "C" fn() -> c_int>;
-pub type opal_cr_notify_callback_fn_t = Option<unsafe extern "C" fn(state: opal_cr_ckpt_cmd_state_t) -> c_int>;
+pub type opal_cr_notify_callback_fn_t =
+    Option<unsafe extern "C" fn(state: opal_cr_ckpt_cmd_state_t) -> c_int>;
 pub type opal_cr_coord_callback_fn_t = Option<unsafe extern "C" fn(state: c_int) -> c_int>;
 pub type opal_cr_user_inc_callback_fn_t = Option<
-    unsafe extern "C" fn(event: opal_cr_user_inc_callback_event_t, state: opal_cr_user_inc_callback_state_t) -> c_int,
+    unsafe extern "C" fn(
+        event: opal_cr_user_inc_callback_event_t,
+        state: opal_cr_user_inc_callback_state_t,
+    ) -> c_int,
 >;
 
 pub struct Callbacks {
@@ -45,7 +50,10 @@ pub fn write() -> parking_lot::RwLockWriteGuard<'static, Callbacks> {
 }
 
 /// Calls the user INC callback registered for `event`, if any.
-pub fn trigger_user_inc(event: opal_cr_user_inc_callback_event_t, state: opal_cr_user_inc_callback_state_t) -> c_int {
+pub fn trigger_user_inc(
+    event: opal_cr_user_inc_callback_event_t,
+    state: opal_cr_user_inc_callback_state_t,
+) -> c_int {
     let callback = read().user_inc.get(event as usize).copied().flatten();
     match callback {
         // SAFETY: the program registered this function with this signature.

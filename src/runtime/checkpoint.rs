@@ -58,7 +58,6 @@ pub struct Done {
     pub established_ms: f64,
 }
 
-
 /// How long a coordination callback may keep answering OPAL_EXISTS ("not ready").
 const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -72,7 +71,10 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
     let started = Instant::now();
     let component = rt.component();
     if component.name() == "none" {
-        return Err(Error::new(OPAL_ERR_NOT_SUPPORTED, crate::components::none::NOT_CHECKPOINTABLE));
+        return Err(Error::new(
+            OPAL_ERR_NOT_SUPPORTED,
+            crate::components::none::NOT_CHECKPOINTABLE,
+        ));
     }
     let _section = critical::begin_checkpoint();
     let running_ms = millis(started);
@@ -104,8 +106,9 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         }
         CheckpointOutcome::Continue => {
             let text = metadata.render()?;
-            std::fs::write(pending.dir.join(crate::snapshot::METADATA_FILE), text)
-                .map_err(|e| Error::io(format!("writing metadata in {}", pending.dir.display()), e))?;
+            std::fs::write(pending.dir.join(crate::snapshot::METADATA_FILE), text).map_err(
+                |e| Error::io(format!("writing metadata in {}", pending.dir.display()), e),
+            )?;
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
@@ -128,7 +131,8 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
     let established_ms = millis(started);
     rt.remember(&series, seq, &path, request);
 
-    let final_state = if outcome == CheckpointOutcome::Restarted { OPAL_CRS_RESTART } else { OPAL_CRS_CONTINUE };
+    let final_state =
+        if outcome == CheckpointOutcome::Restarted { OPAL_CRS_RESTART } else { OPAL_CRS_CONTINUE };
     if request.run_callbacks {
         recover(final_state);
     }
@@ -173,7 +177,10 @@ fn run_phases(
         params: rt
             .params
             .iter()
-            .filter(|(def, _, source)| !matches!(source, crate::params::Source::Default) && !crate::params::table::PER_RUN.contains(&def.name))
+            .filter(|(def, _, source)| {
+                !matches!(source, crate::params::Source::Default)
+                    && !crate::params::table::PER_RUN.contains(&def.name)
+            })
             .map(|(def, value, _)| (def.name.to_string(), value.to_string()))
             .collect(),
         series: Some(series.path().to_path_buf()),
@@ -200,8 +207,15 @@ pub fn prepare() -> Result<()> {
     let stalled_since = Instant::now();
     loop {
         match callbacks::coord(OPAL_CRS_CHECKPOINT) {
-            OPAL_EXISTS if stalled_since.elapsed() < STALL_LIMIT => std::thread::sleep(std::time::Duration::from_millis(10)),
-            OPAL_EXISTS => return Err(Error::new(OPAL_ERR_TIMEOUT, "a coordination callback stayed not ready (OPAL_EXISTS) for 60 s")),
+            OPAL_EXISTS if stalled_since.elapsed() < STALL_LIMIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            OPAL_EXISTS => {
+                return Err(Error::new(
+                    OPAL_ERR_TIMEOUT,
+                    "a coordination callback stayed not ready (OPAL_EXISTS) for 60 s",
+                ))
+            }
             OPAL_SUCCESS => break,
             rc => return Err(Error::new(rc, format!("a coordination callback failed with {rc}"))),
         }

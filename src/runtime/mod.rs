@@ -34,7 +34,10 @@ pub struct Runtime {
 }
 
 enum ServerHandle {
-    Thread { shared: Arc<server::Shared>, thread: std::thread::JoinHandle<()> },
+    Thread {
+        shared: Arc<server::Shared>,
+        thread: std::thread::JoinHandle<()>,
+    },
     /// Served by the program's own calls; never locked together with `STATE`, since
     /// callbacks run while it is held.
     Inline(Arc<Mutex<server::Server>>),
@@ -122,7 +125,9 @@ fn util_init_locked(state: &mut State) -> Result<()> {
 
 fn util_finalize_locked(state: &mut State) -> Result<()> {
     match state.util_count {
-        0 => Err(Error::new(OPAL_ERROR, "opal_finalize_util called more often than opal_init_util")),
+        0 => {
+            Err(Error::new(OPAL_ERROR, "opal_finalize_util called more often than opal_init_util"))
+        }
         1 => {
             state.util_count = 0;
             state.params = None;
@@ -226,7 +231,8 @@ pub fn set_enabled(enabled: bool) {
 
 pub fn is_enabled() -> bool {
     let state = STATE.lock();
-    ENABLED_BY_API.load(Ordering::SeqCst) && state.params.as_ref().is_some_and(|p| p.bool("ft_cr_enabled"))
+    ENABLED_BY_API.load(Ordering::SeqCst)
+        && state.params.as_ref().is_some_and(|p| p.bool("ft_cr_enabled"))
 }
 
 /// The component selected by `opal_init`, if any.
@@ -252,7 +258,8 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
     if params.bool("crs_base_do_not_select") {
         return Ok(());
     }
-    let component = framework::select(&params).map_err(|e| e.context("opal_cr_init: opal_crs_base_select"))?;
+    let component =
+        framework::select(&params).map_err(|e| e.context("opal_cr_init: opal_crs_base_select"))?;
     log::info!(target: "crs", "crs: selected component {}", component.name());
 
     // The restart hand-over is consumed here, so the program's children never see it.
@@ -265,7 +272,8 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         series: Mutex::new(inherited_series.clone()),
     });
     if let (Some(series), Some(dir)) = (&inherited_series, &restored_from) {
-        let seq = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let seq =
+            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
         *LAST_SNAPSHOT.lock() = Some((series.clone(), seq, dir.clone()));
     }
     component.init(&params)?;
@@ -348,7 +356,9 @@ fn install_signal(signal: c_int) -> Option<c_int> {
     // SAFETY: querying and setting a signal disposition with valid sigaction structs.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+        if libc::sigaction(signal, std::ptr::null(), &mut old) != 0
+            || old.sa_sigaction != libc::SIG_DFL
+        {
             log::info!(target: "cr", "cr: signal {signal} already handled by the program; not installing the checkpoint doorbell");
             return None;
         }
@@ -381,18 +391,20 @@ pub fn test_if_checkpoint_ready() {
 /// the INC core), served like any other request.
 pub fn checkpoint_with(request: Request) -> Result<Done> {
     if in_forked_child() {
-        return Err(Error::new(OPAL_ERR_NOT_INITIALIZED, "this is a forked child: call opal_init in it to make it checkpointable"));
+        return Err(Error::new(
+            OPAL_ERR_NOT_INITIALIZED,
+            "this is a forked child: call opal_init in it to make it checkpointable",
+        ));
     }
-    let handle = match STATE.lock().server.as_ref() {
-        Some(ServerHandle::Inline(server)) => Ok(server.clone()),
-        Some(ServerHandle::Thread { shared, .. }) => Err(shared.clone()),
-        None => {
-            return Err(Error::new(
+    let handle =
+        match STATE.lock().server.as_ref() {
+            Some(ServerHandle::Inline(server)) => Ok(server.clone()),
+            Some(ServerHandle::Thread { shared, .. }) => Err(shared.clone()),
+            None => return Err(Error::new(
                 OPAL_ERR_NOT_INITIALIZED,
                 "checkpoint/restart is not active: call opal_init first (and keep ft_cr_enabled=1)",
-            ))
-        }
-    };
+            )),
+        };
     match handle {
         Ok(inline) => {
             let mut server = inline.try_lock().ok_or_else(|| {

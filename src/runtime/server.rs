@@ -11,7 +11,9 @@
 
 use super::checkpoint::{self, Done, Origin, Outcome, Request};
 use super::Runtime;
-use crate::control::{self, CheckpointResult, ErrorKind, Reply, RequestEnvelope, Status, PROTOCOL_VERSION};
+use crate::control::{
+    self, CheckpointResult, ErrorKind, Reply, RequestEnvelope, Status, PROTOCOL_VERSION,
+};
 use crate::error::Error;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -165,14 +167,21 @@ fn to_wire(result: &JobResult) -> WireResult {
             finished_ms: done.finished_ms,
             established_ms: done.established_ms,
         }),
-        Err(e) => Err(control::ErrorBody { kind: ErrorKind::ComponentFailed, message: e.message().to_string() }),
+        Err(e) => Err(control::ErrorBody {
+            kind: ErrorKind::ComponentFailed,
+            message: e.message().to_string(),
+        }),
     }
 }
 
 fn result_reply(id: u64, result: WireResult) -> Reply {
     match result {
-        Ok(result) => Reply { v: PROTOCOL_VERSION, id: Some(id), result: Some(result), ..Reply::default() },
-        Err(error) => Reply { v: PROTOCOL_VERSION, id: Some(id), error: Some(error), ..Reply::default() },
+        Ok(result) => {
+            Reply { v: PROTOCOL_VERSION, id: Some(id), result: Some(result), ..Reply::default() }
+        }
+        Err(error) => {
+            Reply { v: PROTOCOL_VERSION, id: Some(id), error: Some(error), ..Reply::default() }
+        }
     }
 }
 
@@ -203,7 +212,12 @@ impl Server {
         WAKE_FD.store(fd, Ordering::SeqCst);
         let shared = Arc::new(Shared {
             wake,
-            control: Mutex::new(Control { stop: false, submitted: Vec::new(), finished: Vec::new(), quiet: Quiet::Open }),
+            control: Mutex::new(Control {
+                stop: false,
+                submitted: Vec::new(),
+                finished: Vec::new(),
+                quiet: Quiet::Open,
+            }),
             changed: Condvar::new(),
         });
         let mut server = Server {
@@ -250,7 +264,8 @@ impl Server {
 
     fn schedule_interval(&mut self) {
         let seconds = self.rt.params.int("opal_cr_checkpoint_interval");
-        self.next_interval = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds as u64));
+        self.next_interval =
+            (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds as u64));
     }
 
     fn busy(&self) -> bool {
@@ -281,7 +296,11 @@ impl Server {
                 control.quiet = Quiet::Open;
                 self.reopen_listener();
             }
-            (std::mem::take(&mut control.finished), std::mem::take(&mut control.submitted), control.stop)
+            (
+                std::mem::take(&mut control.finished),
+                std::mem::take(&mut control.submitted),
+                control.stop,
+            )
         };
         for (id, result) in finished {
             self.finish(id, result);
@@ -372,15 +391,27 @@ impl Server {
         match request {
             control::Request::Checkpoint { term, name, dir, wait } => {
                 if self.rt.component().name() == "none" {
-                    return Some(Reply::error(ErrorKind::NotCheckpointable, crate::components::none::NOT_CHECKPOINTABLE));
+                    return Some(Reply::error(
+                        ErrorKind::NotCheckpointable,
+                        crate::components::none::NOT_CHECKPOINTABLE,
+                    ));
                 }
                 if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
                     return Some(Reply::error(ErrorKind::BadRequest, bad.message()));
                 }
                 if self.busy() && !wait {
-                    return Some(Reply::error(ErrorKind::InProgress, "a checkpoint of this process is in progress"));
+                    return Some(Reply::error(
+                        ErrorKind::InProgress,
+                        "a checkpoint of this process is in progress",
+                    ));
                 }
-                let request = Request { term, name, dir: dir.map(Into::into), origin: Origin::Tool, run_callbacks: true };
+                let request = Request {
+                    term,
+                    name,
+                    dir: dir.map(Into::into),
+                    origin: Origin::Tool,
+                    run_callbacks: true,
+                };
                 let id = self.enqueue(request, None);
                 Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })
             }
@@ -436,7 +467,8 @@ impl Server {
             log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
         }
         let mut delivered = false;
-        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|(w, _)| *w == id);
+        let (mine, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|(w, _)| *w == id);
         self.waiters = others;
         for (_, stream) in mine {
             delivered |= control::write_message(&stream, &result_reply(id, wire.clone())).is_ok();
@@ -447,7 +479,11 @@ impl Server {
         }
         let exit_status = match &result {
             Ok(done) if done.outcome == Outcome::Term => Some(0),
-            Ok(done) if done.outcome == Outcome::Continue && origin == Origin::Signal && self.rt.params.bool("opal_cr_signal_exit") => {
+            Ok(done)
+                if done.outcome == Outcome::Continue
+                    && origin == Origin::Signal
+                    && self.rt.params.bool("opal_cr_signal_exit") =>
+            {
                 Some(EXIT_CHECKPOINTED)
             }
             _ => None,
@@ -534,13 +570,20 @@ impl Server {
     }
 
     fn wait_for_events(&self) {
-        let mut fds = vec![libc::pollfd { fd: self.shared.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = vec![libc::pollfd {
+            fd: self.shared.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         if let Some(listener) = &self.listener {
             fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
         let now = Instant::now();
-        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d)].into_iter().flatten().min();
-        let timeout = deadline.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1);
+        let deadline =
+            [self.next_interval, self.exit_after.map(|(_, _, d)| d)].into_iter().flatten().min();
+        let timeout = deadline.map_or(-1, |d| {
+            d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1
+        });
         // SAFETY: fds is a valid array of pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     }

@@ -280,7 +280,9 @@ impl PendingSnapshot {
                 })
                 .collect::<Result<Vec<_>>>();
             let flushed = flusher.map_or(Ok(()), |thread| {
-                thread.join().unwrap_or_else(|_| Err(Error::msg("the snapshot flush thread panicked")))
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::msg("the snapshot flush thread panicked")))
             });
             (files, flushed)
         });

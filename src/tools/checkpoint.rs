@@ -104,7 +104,16 @@ pub fn main() -> i32 {
         }
         [pid] => match pid.parse::<i32>() {
             Ok(pid) if pid > 0 => pid,
-            _ => return report_failure(json, 0, Failure::new(EXIT_USAGE, format!("invalid PID {pid:?}: expected a positive number"))),
+            _ => {
+                return report_failure(
+                    json,
+                    0,
+                    Failure::new(
+                        EXIT_USAGE,
+                        format!("invalid PID {pid:?}: expected a positive number"),
+                    ),
+                )
+            }
         },
         more => {
             eprintln!("{argv0}: command line error (one PID expected, got {})", more.len());
@@ -113,7 +122,9 @@ pub fn main() -> i32 {
     };
     let timeout = match parsed.value("timeout").map(str::parse::<f64>) {
         None => None,
-        Some(Ok(seconds)) if seconds > 0.0 && seconds.is_finite() => Some(Duration::from_secs_f64(seconds)),
+        Some(Ok(seconds)) if seconds > 0.0 && seconds.is_finite() => {
+            Some(Duration::from_secs_f64(seconds))
+        }
         Some(Ok(_)) => None,
         Some(Err(_)) => {
             eprintln!("{argv0}: command line error (--timeout takes a number of seconds)");
@@ -124,7 +135,14 @@ pub fn main() -> i32 {
     let dir = parsed
         .value("w")
         .map(str::to_string)
-        .or_else(|| parsed.mca.iter().rev().find(|(n, _)| n == "crs_base_snapshot_dir").map(|(_, v)| v.clone()))
+        .or_else(|| {
+            parsed
+                .mca
+                .iter()
+                .rev()
+                .find(|(n, _)| n == "crs_base_snapshot_dir")
+                .map(|(_, v)| v.clone())
+        })
         .map(|d| match std::env::current_dir() {
             Ok(cwd) if !d.starts_with('/') => cwd.join(&d).display().to_string(),
             _ => d,
@@ -152,7 +170,10 @@ pub fn main() -> i32 {
 fn list(parsed: &super::Parsed, json: bool) -> i32 {
     let failed = |message: String| {
         if json {
-            println!("{}", serde_json::json!({ "version": 1, "error": { "code": EXIT_USAGE, "message": message } }));
+            println!(
+                "{}",
+                serde_json::json!({ "version": 1, "error": { "code": EXIT_USAGE, "message": message } })
+            );
         } else {
             eprintln!("opal-checkpoint: {message}");
         }
@@ -225,7 +246,8 @@ fn status(settings: &Settings) -> Result<(), Failure> {
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }
-    let status = reply.status.ok_or_else(|| Failure::new(EXIT_NOT_CR, "the process sent no status"))?;
+    let status =
+        reply.status.ok_or_else(|| Failure::new(EXIT_NOT_CR, "the process sent no status"))?;
     if settings.json {
         println!("{}", serde_json::json!({ "version": 1, "status": status }));
     } else {
@@ -274,7 +296,9 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }
-    let id = reply.id.ok_or_else(|| Failure::new(EXIT_COMPONENT, "the process accepted no checkpoint"))?;
+    let id = reply
+        .id
+        .ok_or_else(|| Failure::new(EXIT_COMPONENT, "the process accepted no checkpoint"))?;
     let pending_at = progress.now();
     progress.line(pending_at, "Pending", "...");
 
@@ -284,7 +308,11 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
         .map_or_else(|| result.series.clone(), |n| n.to_string_lossy().into_owned());
     progress.line(pending_at + result.running_ms / 1000.0, "Running", "...");
     progress.line(pending_at + result.finished_ms / 1000.0, "Locally Finished", "...");
-    progress.line(pending_at + result.established_ms / 1000.0, "Checkpoint Established", &series_name);
+    progress.line(
+        pending_at + result.established_ms / 1000.0,
+        "Checkpoint Established",
+        &series_name,
+    );
     let last = if result.state == "term" { "Terminated" } else { "Continuing/Recovered" };
     progress.line(progress.now(), last, &series_name);
 
@@ -319,7 +347,10 @@ fn wait_for_result(settings: &Settings, id: u64) -> Result<CheckpointResult, Fai
             Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
                 return Err(Failure::new(
                     EXIT_COMPONENT,
-                    format!("process {} ended before reporting the result of its checkpoint", settings.pid),
+                    format!(
+                        "process {} ended before reporting the result of its checkpoint",
+                        settings.pid
+                    ),
                 ))
             }
             Err(e) => Err(e.message().to_string()),

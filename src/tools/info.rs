@@ -22,7 +22,11 @@ pub fn classify(name: &str) -> (&str, &str) {
     let mut words = name.splitn(3, '_');
     let framework = words.next().unwrap_or(name);
     match (words.next(), words.next()) {
-        (Some(component), Some(_)) if ["base", "self", "criu", "none", "cr"].contains(&component) => (framework, component),
+        (Some(component), Some(_))
+            if ["base", "self", "criu", "none", "cr"].contains(&component) =>
+        {
+            (framework, component)
+        }
         _ => (framework, "base"),
     }
 }
@@ -38,7 +42,10 @@ pub fn render(params: &Params, framework: &str, component: &str, parsable: bool)
         let shown = if value.is_empty() { "none" } else { value };
         if parsable {
             let prefix = format!("mca:{fw}:{comp}:param:{}", def.name);
-            out.push_str(&format!("{prefix}:value:{value}\n{prefix}:data_source:{source}\n{prefix}:help:{}\n", def.help));
+            out.push_str(&format!(
+                "{prefix}:value:{value}\n{prefix}:data_source:{source}\n{prefix}:help:{}\n",
+                def.help
+            ));
         } else {
             out.push_str(&format!(
                 "MCA {fw}: parameter \"{}\" (current value: <{shown}>, data source: {source})\n          {}\n",
@@ -92,7 +99,10 @@ pub fn main() -> i32 {
     print!("{listing}");
     let unknown: Vec<&String> = params.unknown().iter().collect();
     if !unknown.is_empty() && !parsed.has("parsable") {
-        println!("(ignored, not ours: {})", unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "(ignored, not ours: {})",
+            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
     }
     0
 }

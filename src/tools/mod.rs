@@ -18,9 +18,21 @@ pub struct OptionDef {
 
 /// The options every tool shares: MCA parameters on the command line.
 pub const MCA_OPTIONS: &[OptionDef] = &[
-    OptionDef { names: &["mca"], value: Some("NAME VALUE"), help: "Set MCA parameter NAME to VALUE" },
-    OptionDef { names: &["gmca"], value: Some("NAME VALUE"), help: "Set MCA parameter NAME to VALUE (same as -mca here)" },
-    OptionDef { names: &["am"], value: Some("FILES"), help: "Aggregate MCA parameter files (sets mca_base_param_file_prefix)" },
+    OptionDef {
+        names: &["mca"],
+        value: Some("NAME VALUE"),
+        help: "Set MCA parameter NAME to VALUE",
+    },
+    OptionDef {
+        names: &["gmca"],
+        value: Some("NAME VALUE"),
+        help: "Set MCA parameter NAME to VALUE (same as -mca here)",
+    },
+    OptionDef {
+        names: &["am"],
+        value: Some("FILES"),
+        help: "Aggregate MCA parameter files (sets mca_base_param_file_prefix)",
+    },
 ];
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,7 +75,9 @@ pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, U
             parsed.operands.extend(args[i..].iter().cloned());
             break;
         }
-        let Some(stripped) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|s| !s.is_empty()) else {
+        let Some(stripped) =
+            arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|s| !s.is_empty())
+        else {
             parsed.operands.push(arg.clone());
             continue;
         };
@@ -72,7 +86,10 @@ pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, U
             None => (stripped, None),
         };
         let mut take = |what: &str| -> Result<String, UsageError> {
-            let value = args.get(i).cloned().ok_or_else(|| UsageError(format!("option {arg} needs {what}")))?;
+            let value = args
+                .get(i)
+                .cloned()
+                .ok_or_else(|| UsageError(format!("option {arg} needs {what}")))?;
             i += 1;
             Ok(value)
         };
@@ -98,7 +115,9 @@ pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, U
                     .find(|o| o.names.contains(&name))
                     .ok_or_else(|| UsageError(format!("unknown option {arg}")))?;
                 let value = match (def.value, inline) {
-                    (None, Some(_)) => return Err(UsageError(format!("option {arg} takes no value"))),
+                    (None, Some(_)) => {
+                        return Err(UsageError(format!("option {arg} takes no value")))
+                    }
                     (None, None) => None,
                     (Some(_), Some(v)) => Some(v),
                     (Some(what), None) => Some(take(what)?),
@@ -114,8 +133,11 @@ pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, U
 pub fn usage(synopsis: &str, title: &str, options: &[OptionDef]) -> String {
     let mut text = format!("Usage: {synopsis}\n{title}\n\nOptions:\n");
     for option in options.iter().chain(MCA_OPTIONS) {
-        let names: Vec<String> =
-            option.names.iter().map(|n| if n.len() == 1 { format!("-{n}") } else { format!("--{n}") }).collect();
+        let names: Vec<String> = option
+            .names
+            .iter()
+            .map(|n| if n.len() == 1 { format!("-{n}") } else { format!("--{n}") })
+            .collect();
         let left = match option.value {
             Some(v) => format!("{} {v}", names.join(", ")),
             None => names.join(", "),
@@ -145,17 +167,31 @@ mod tests {
 
     #[test]
     fn single_and_double_dash_long_names() {
-        let p = parse(&args(&["-verbose", "--name", "a", "-mca", "x", "1", "--mca=y", "2", "-am", "f", "42"]), OPTS).unwrap();
+        let p = parse(
+            &args(&["-verbose", "--name", "a", "-mca", "x", "1", "--mca=y", "2", "-am", "f", "42"]),
+            OPTS,
+        )
+        .unwrap();
         assert!(p.has("v"));
         assert_eq!(p.value("n"), Some("a"));
-        assert_eq!(p.mca, [("x".into(), "1".into()), ("y".into(), "2".into()), ("mca_base_param_file_prefix".into(), "f".into())]);
+        assert_eq!(
+            p.mca,
+            [
+                ("x".into(), "1".into()),
+                ("y".into(), "2".into()),
+                ("mca_base_param_file_prefix".into(), "f".into())
+            ]
+        );
         assert_eq!(p.operands, ["42"]);
         assert_eq!(parse(&args(&["-n=b"]), OPTS).unwrap().value("n"), Some("b"));
     }
 
     #[test]
     fn errors_name_the_option() {
-        assert_eq!(parse(&args(&["--bogus"]), OPTS).unwrap_err(), UsageError("unknown option --bogus".into()));
+        assert_eq!(
+            parse(&args(&["--bogus"]), OPTS).unwrap_err(),
+            UsageError("unknown option --bogus".into())
+        );
         assert!(parse(&args(&["-n"]), OPTS).unwrap_err().0.contains("-n needs NAME"));
         assert!(parse(&args(&["-mca", "x"]), OPTS).unwrap_err().0.contains("needs a value"));
         assert!(parse(&args(&["-v=1"]), OPTS).unwrap_err().0.contains("takes no value"));

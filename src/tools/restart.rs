@@ -41,7 +41,9 @@ pub fn main() -> i32 {
     let parsed = match parse(&args, OPTIONS) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("opal-restart: command line error ({e})\nType 'opal-restart --help' for usage.");
+            eprintln!(
+                "opal-restart: command line error ({e})\nType 'opal-restart --help' for usage."
+            );
             return EXIT_USAGE;
         }
     };
@@ -53,7 +55,10 @@ pub fn main() -> i32 {
     let json_errors = parsed.has("json") && (parsed.has("list") || parsed.has("verify"));
     let fail = |e: Error, exit: i32| {
         if json_errors {
-            println!("{}", serde_json::json!({ "version": 1, "error": { "code": exit, "message": e.to_string() } }));
+            println!(
+                "{}",
+                serde_json::json!({ "version": 1, "error": { "code": exit, "message": e.to_string() } })
+            );
         } else {
             eprintln!("opal-restart: {e}");
         }
@@ -79,13 +84,20 @@ pub fn main() -> i32 {
     };
     let json = parsed.has("json");
     match (parsed.has("list"), parsed.has("verify")) {
-        (true, true) => return fail(Error::msg("--list and --verify cannot be combined"), EXIT_USAGE),
-        (false, false) if json => return fail(Error::msg("--json needs --list or --verify"), EXIT_USAGE),
+        (true, true) => {
+            return fail(Error::msg("--list and --verify cannot be combined"), EXIT_USAGE)
+        }
+        (false, false) if json => {
+            return fail(Error::msg("--json needs --list or --verify"), EXIT_USAGE)
+        }
         (true, false) => {
             if seq.is_some() || parsed.value("r").is_some() || parsed.has("fork") {
                 return fail(Error::msg("--list takes a series, not -s, -r or --fork"), EXIT_USAGE);
             }
-            let base = parsed.value("l").map(PathBuf::from).unwrap_or_else(|| crate::runtime::snapshot_base_dir(&params));
+            let base = parsed
+                .value("l")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::runtime::snapshot_base_dir(&params));
             return match parsed.operands.as_slice() {
                 [] => list(&base, None, json),
                 [series] => list(&base, Some(series), json),
@@ -99,13 +111,19 @@ pub fn main() -> i32 {
         (Some(location), Some(reference), []) => match reference.parse::<u64>() {
             // `-l <series> -r <seq>` addresses one numbered snapshot of ours.
             Ok(number) if PathBuf::from(location).join(reference).is_dir() && seq.is_none() => {
-                Target { reference: location.to_string(), base: PathBuf::from("."), seq: Some(number) }
+                Target {
+                    reference: location.to_string(),
+                    base: PathBuf::from("."),
+                    seq: Some(number),
+                }
             }
             _ => Target { reference: reference.to_string(), base: PathBuf::from(location), seq },
         },
         (location, None, [reference]) => Target {
             reference: reference.clone(),
-            base: location.map(PathBuf::from).unwrap_or_else(|| crate::runtime::snapshot_base_dir(&params)),
+            base: location
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::runtime::snapshot_base_dir(&params)),
             seq,
         },
         (_, None, []) if json_errors => return fail(Error::msg("no snapshot given"), EXIT_USAGE),
@@ -113,12 +131,20 @@ pub fn main() -> i32 {
             eprintln!("opal-restart: no snapshot given\nType 'opal-restart --help' for usage.");
             return EXIT_USAGE;
         }
-        _ => return fail(Error::msg("give one snapshot, either as an operand or as -r REF"), EXIT_USAGE),
+        _ => {
+            return fail(
+                Error::msg("give one snapshot, either as an operand or as -r REF"),
+                EXIT_USAGE,
+            )
+        }
     };
 
     if parsed.has("verify") {
         if parsed.has("fork") {
-            return fail(Error::msg("--verify restarts nothing: --fork makes no sense with it"), EXIT_USAGE);
+            return fail(
+                Error::msg("--verify restarts nothing: --fork makes no sense with it"),
+                EXIT_USAGE,
+            );
         }
         return match verify(&target, json) {
             Ok(code) => code,
@@ -133,7 +159,10 @@ pub fn main() -> i32 {
         eprintln!("opal-restart: skipping snapshot {skipped}: {why}");
     }
     if prepared.legacy {
-        eprintln!("opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified", prepared.plan.dir.display());
+        eprintln!(
+            "opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified",
+            prepared.plan.dir.display()
+        );
     }
     if verbose {
         eprintln!(
@@ -171,7 +200,9 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
     };
     // For a series whose snapshot is unusable: what a restart of the series would take.
     let fallback = match &located.series {
-        Some(series) if !info.verdict.is_usable() && target.seq.is_none() => Some(series.newest_good()?.map(|(seq, _)| seq)),
+        Some(series) if !info.verdict.is_usable() && target.seq.is_none() => {
+            Some(series.newest_good()?.map(|(seq, _)| seq))
+        }
         _ => None,
     };
     let mut out = std::io::stdout().lock();
@@ -224,7 +255,11 @@ fn state_text(verdict: &Verdict) -> String {
 pub(crate) fn list(base: &Path, reference: Option<&str>, json: bool) -> Result<(), Error> {
     let listed = match reference {
         Some(reference) => {
-            let path = if reference.contains('/') { PathBuf::from(reference) } else { base.join(reference) };
+            let path = if reference.contains('/') {
+                PathBuf::from(reference)
+            } else {
+                base.join(reference)
+            };
             vec![snapshot::list_series(&path)?]
         }
         None => snapshot::list_dir(base)?,
@@ -253,8 +288,12 @@ pub(crate) fn list(base: &Path, reference: Option<&str>, json: bool) -> Result<(
 /// One series as text: the original `--list` line (`Snapshot Ref.: <ref>\t[seqs]`),
 /// the path, then a table of the snapshots.
 fn render_series(series: &SeriesInfo) -> String {
-    let name = series.path.file_name().map_or_else(|| series.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let seqs: Vec<String> = series.snapshots.iter().filter_map(|s| s.seq.map(|seq| seq.to_string())).collect();
+    let name = series
+        .path
+        .file_name()
+        .map_or_else(|| series.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let seqs: Vec<String> =
+        series.snapshots.iter().filter_map(|s| s.seq.map(|seq| seq.to_string())).collect();
     let mut text = if series.flat {
         format!("Snapshot Ref.: {name}\t(1.6/1.7 layout)\n")
     } else {
@@ -265,7 +304,10 @@ fn render_series(series: &SeriesInfo) -> String {
         text.push_str("  (no published snapshot)\n");
         return text;
     }
-    text.push_str(&format!("  {:>5}  {:<24}  {:<9}  {:>12}  STATE\n", "SEQ", "CREATED (UTC)", "COMPONENT", "SIZE"));
+    text.push_str(&format!(
+        "  {:>5}  {:<24}  {:<9}  {:>12}  STATE\n",
+        "SEQ", "CREATED (UTC)", "COMPONENT", "SIZE"
+    ));
     for snapshot in &series.snapshots {
         text.push_str(&format!(
             "  {:>5}  {:<24}  {:<9}  {:>12}  {}\n",
@@ -318,20 +360,34 @@ mod tests {
 
     #[test]
     fn flat_and_empty_series_render() {
-        let flat = SeriesInfo { path: PathBuf::from("/b/old.ckpt"), flat: true, snapshots: vec![info(None, Verdict::Legacy)] };
+        let flat = SeriesInfo {
+            path: PathBuf::from("/b/old.ckpt"),
+            flat: true,
+            snapshots: vec![info(None, Verdict::Legacy)],
+        };
         let text = render_series(&flat);
-        assert!(text.starts_with("Snapshot Ref.: old.ckpt\t(1.6/1.7 layout)\nPath: /b/old.ckpt\n"), "{text}");
+        assert!(
+            text.starts_with("Snapshot Ref.: old.ckpt\t(1.6/1.7 layout)\nPath: /b/old.ckpt\n"),
+            "{text}"
+        );
         assert!(text.contains("      -  -                         self               1234  legacy: no opalcrs_manifest.json"), "{text}");
         let empty = SeriesInfo { path: PathBuf::from("/b/e"), flat: false, snapshots: vec![] };
-        assert_eq!(render_series(&empty), "Snapshot Ref.: e\t[]\nPath: /b/e\n  (no published snapshot)\n");
+        assert_eq!(
+            render_series(&empty),
+            "Snapshot Ref.: e\t[]\nPath: /b/e\n  (no published snapshot)\n"
+        );
     }
 
     #[test]
     fn the_new_options_parse() {
-        let args: Vec<String> = ["--verify", "-s", "3", "--json", "s"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> =
+            ["--verify", "-s", "3", "--json", "s"].iter().map(|s| s.to_string()).collect();
         let parsed = super::super::parse(&args, OPTIONS).unwrap();
         assert!(parsed.has("verify") && parsed.has("json"));
-        assert_eq!((parsed.value("s"), parsed.operands.as_slice()), (Some("3"), &["s".to_string()][..]));
+        assert_eq!(
+            (parsed.value("s"), parsed.operands.as_slice()),
+            (Some("3"), &["s".to_string()][..])
+        );
         let parsed = super::super::parse(&["-list".to_string()], OPTIONS).unwrap();
         assert!(parsed.has("list"));
     }

@@ -29,21 +29,37 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 pub const OPTIONS: &[OptionDef] = &[
     OptionDef { names: &["h", "help"], value: None, help: "Show this help" },
-    OptionDef { names: &["v", "verbose"], value: None, help: "Say more about what is restarted, and how" },
+    OptionDef {
+        names: &["v", "verbose"],
+        value: None,
+        help: "Say more about what is restarted, and how",
+    },
     OptionDef {
         names: &["n", "name"],
         value: Some("SERIES"),
-        help: "Series name (default: crs_base_snapshot_name, else slurm_<job id>.ckpt in a Slurm job)",
+        help:
+            "Series name (default: crs_base_snapshot_name, else slurm_<job id>.ckpt in a Slurm job)",
     },
-    OptionDef { names: &["w", "where"], value: Some("DIR"), help: "Directory that holds the series (crs_base_snapshot_dir)" },
+    OptionDef {
+        names: &["w", "where"],
+        value: Some("DIR"),
+        help: "Directory that holds the series (crs_base_snapshot_dir)",
+    },
 ];
 
 const SYNOPSIS: &str = "opal-run [-n SERIES] [-w DIR] [-mca NAME VALUE]... -- COMMAND [ARGS]";
 const TITLE: &str = "Start COMMAND, or restart it from the newest good snapshot of SERIES";
 
 /// The signals passed on to a restored child.
-const FORWARDED: &[libc::c_int] =
-    &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGTERM, libc::SIGCONT];
+const FORWARDED: &[libc::c_int] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTERM,
+    libc::SIGCONT,
+];
 
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,7 +99,9 @@ pub fn main() -> i32 {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let name = match series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env) {
         Some(name) => name,
-        None => return usage_error("no series: give -n SERIES (or set crs_base_snapshot_name, or run inside a Slurm job)"),
+        None => return usage_error(
+            "no series: give -n SERIES (or set crs_base_snapshot_name, or run inside a Slurm job)",
+        ),
     };
     if let Err(e) = snapshot::check_series_name(&name) {
         return fail(e, EXIT_USAGE);
@@ -94,7 +112,10 @@ pub fn main() -> i32 {
     match published(&series) {
         Ok(true) => {}
         Ok(false) => {
-            eprintln!("opal-run: no snapshot in series {}: starting {program} fresh", series.path().display());
+            eprintln!(
+                "opal-run: no snapshot in series {}: starting {program} fresh",
+                series.path().display()
+            );
             return start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca);
         }
         Err(e) => return fail(e, EXIT_USAGE),
@@ -105,7 +126,10 @@ pub fn main() -> i32 {
         // Snapshots, but none that verifies: the work so far is lost, start over.
         Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
             eprintln!("opal-run: warning: {e}");
-            eprintln!("opal-run: no good snapshot in series {}: starting {program} fresh", series.path().display());
+            eprintln!(
+                "opal-run: no good snapshot in series {}: starting {program} fresh",
+                series.path().display()
+            );
             return start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca);
         }
         Err(e) => return fail(e, EXIT_USAGE),
@@ -136,7 +160,10 @@ pub fn main() -> i32 {
             forward_to(pid);
             match wait_for(pid) {
                 Ok(status) => status,
-                Err(e) => fail(Error::io(format!("waiting for restored process {pid}"), e), EXIT_CANNOT_RESTART),
+                Err(e) => fail(
+                    Error::io(format!("waiting for restored process {pid}"), e),
+                    EXIT_CANNOT_RESTART,
+                ),
             }
         }
         Ok(RestartOutcome::Exited(status)) => status,
@@ -160,7 +187,8 @@ fn absolute(dir: &str) -> Result<PathBuf, Error> {
     if path.is_absolute() {
         return Ok(path);
     }
-    let cwd = std::env::current_dir().map_err(|e| Error::io(format!("-w {dir}: the current directory"), e))?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::io(format!("-w {dir}: the current directory"), e))?;
     Ok(cwd.join(path))
 }
 
@@ -174,7 +202,9 @@ fn split_command(args: &[String]) -> (&[String], &[String]) {
         if arg == "--" {
             return (&args[..i], &args[i + 1..]);
         }
-        let Some(name) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|n| !n.is_empty()) else {
+        let Some(name) =
+            arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|n| !n.is_empty())
+        else {
             return (&args[..i], &args[i..]);
         };
         let (name, inline) = match name.split_once('=') {
@@ -184,7 +214,10 @@ fn split_command(args: &[String]) -> (&[String], &[String]) {
         let values: usize = match name {
             "mca" | "gmca" => 2,
             "am" => 1,
-            _ => OPTIONS.iter().find(|o| o.names.contains(&name)).map_or(0, |o| usize::from(o.value.is_some())),
+            _ => OPTIONS
+                .iter()
+                .find(|o| o.names.contains(&name))
+                .map_or(0, |o| usize::from(o.value.is_some())),
         };
         i += 1 + values.saturating_sub(inline);
     }
@@ -194,7 +227,11 @@ fn split_command(args: &[String]) -> (&[String], &[String]) {
 /// The series name: `-n`, else `crs_base_snapshot_name`, else the Slurm job's
 /// (`SLURM_ARRAY_JOB_ID`/`SLURM_ARRAY_TASK_ID` in an array, else `SLURM_JOB_ID`), which
 /// a requeued job keeps.
-fn series_name(option: Option<&str>, parameter: &str, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+fn series_name(
+    option: Option<&str>,
+    parameter: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     if let Some(name) = option {
         return Some(name.to_string());
     }
@@ -211,9 +248,14 @@ fn series_name(option: Option<&str>, parameter: &str, env: impl Fn(&str) -> Opti
 fn published(series: &Series) -> Result<bool, Error> {
     match std::fs::metadata(series.path()) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(format!("cannot use series {}", series.path().display()), e)),
+        Err(e) => {
+            return Err(Error::io(format!("cannot use series {}", series.path().display()), e))
+        }
         Ok(meta) if !meta.is_dir() => {
-            return Err(Error::new(OPAL_ERR_BAD_PARAM, format!("series {} is not a directory", series.path().display())))
+            return Err(Error::new(
+                OPAL_ERR_BAD_PARAM,
+                format!("series {} is not a directory", series.path().display()),
+            ))
         }
         Ok(_) => {}
     }
@@ -222,8 +264,13 @@ fn published(series: &Series) -> Result<bool, Error> {
 
 /// The environment a fresh start adds: the series, the directory when given, and the
 /// `-mca` parameters, as `OMPI_MCA_` variables.
-fn fresh_environment(name: &str, dir: Option<&Path>, mca: &[(String, String)]) -> Vec<(String, OsString)> {
-    let mut env: Vec<(String, OsString)> = mca.iter().map(|(k, v)| (format!("OMPI_MCA_{k}"), v.into())).collect();
+fn fresh_environment(
+    name: &str,
+    dir: Option<&Path>,
+    mca: &[(String, String)],
+) -> Vec<(String, OsString)> {
+    let mut env: Vec<(String, OsString)> =
+        mca.iter().map(|(k, v)| (format!("OMPI_MCA_{k}"), v.into())).collect();
     env.push(("OMPI_MCA_crs_base_snapshot_name".into(), name.into()));
     if let Some(dir) = dir {
         env.push(("OMPI_MCA_crs_base_snapshot_dir".into(), dir.as_os_str().to_owned()));
@@ -233,8 +280,15 @@ fn fresh_environment(name: &str, dir: Option<&Path>, mca: &[(String, String)]) -
 
 /// Replaces this process with the command; returns only when that fails.
 fn start_fresh(argv: &[String], name: &str, dir: Option<&Path>, mca: &[(String, String)]) -> i32 {
-    let error = std::process::Command::new(&argv[0]).args(&argv[1..]).envs(fresh_environment(name, dir, mca)).exec();
-    let exit = if error.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RESTART };
+    let error = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(fresh_environment(name, dir, mca))
+        .exec();
+    let exit = if error.kind() == std::io::ErrorKind::NotFound {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_CANNOT_RESTART
+    };
     eprintln!("opal-run: cannot execute {:?}: {error}", argv[0]);
     exit
 }
@@ -336,14 +390,22 @@ mod tests {
         assert_eq!(series_name(Some("mine"), "param", &slurm).as_deref(), Some("mine"));
         assert_eq!(series_name(None, "param", &slurm).as_deref(), Some("param"));
         assert_eq!(series_name(None, "", &slurm).as_deref(), Some("slurm_812.ckpt"));
-        let array = env_of(&[("SLURM_JOB_ID", "815"), ("SLURM_ARRAY_JOB_ID", "812"), ("SLURM_ARRAY_TASK_ID", "3")]);
+        let array = env_of(&[
+            ("SLURM_JOB_ID", "815"),
+            ("SLURM_ARRAY_JOB_ID", "812"),
+            ("SLURM_ARRAY_TASK_ID", "3"),
+        ]);
         assert_eq!(series_name(None, "", &array).as_deref(), Some("slurm_812_3.ckpt"));
         assert_eq!(series_name(None, "", env_of(&[])), None);
     }
 
     #[test]
     fn a_fresh_start_gets_the_series_the_directory_and_the_parameters() {
-        let env = fresh_environment("s", Some(Path::new("/ckpt")), &[("opal_cr_signal_exit".into(), "1".into())]);
+        let env = fresh_environment(
+            "s",
+            Some(Path::new("/ckpt")),
+            &[("opal_cr_signal_exit".into(), "1".into())],
+        );
         let expected: Vec<(String, OsString)> = vec![
             ("OMPI_MCA_opal_cr_signal_exit".into(), "1".into()),
             ("OMPI_MCA_crs_base_snapshot_name".into(), "s".into()),
@@ -367,7 +429,8 @@ mod tests {
         assert_eq!(parsed.mca, [("x".to_string(), "1".to_string())]);
         assert!(parsed.operands.is_empty());
         // Without --, the command starts at the first word that is not ours.
-        let args = words(&["--name=s", "-v", "-mca", "x", "1", "-am", "f", "prog", "-v", "--", "x"]);
+        let args =
+            words(&["--name=s", "-v", "-mca", "x", "1", "-am", "f", "prog", "-v", "--", "x"]);
         let (ours, command) = split_command(&args);
         assert_eq!((ours.len(), command), (7, &words(&["prog", "-v", "--", "x"])[..]));
         let args = words(&["-n", "s"]);

@@ -91,7 +91,11 @@ impl Sandbox {
 
     /// Starts a program in its own session, output appended to `<dir>/<name>.out`.
     pub fn spawn(&self, mut command: Command, name: &str) -> Child {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.path(&format!("{name}.out"))).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.out")))
+            .unwrap();
         command.stdout(out.try_clone().unwrap()).stderr(out);
         // SAFETY: setsid is async-signal-safe.
         unsafe {
@@ -162,15 +166,22 @@ pub fn stop(child: &mut Child) {
 }
 
 pub fn text(output: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// The `Snapshot Path:` line of opal-checkpoint's output.
 pub fn snapshot_path(output: &Output) -> PathBuf {
     let (stdout, stderr) = text(output);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("Snapshot Path: ")).unwrap_or_else(|| {
-        panic!("no snapshot path; status {:?}\nstdout: {stdout}\nstderr: {stderr}", output.status)
-    });
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("Snapshot Path: ")).unwrap_or_else(|| {
+            panic!(
+                "no snapshot path; status {:?}\nstdout: {stdout}\nstderr: {stderr}",
+                output.status
+            )
+        });
     PathBuf::from(line)
 }
 

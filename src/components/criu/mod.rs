@@ -93,7 +93,11 @@ impl Component for CriuComponent {
         }
         bin.check()?;
         let stdio: Vec<String> = (0..3)
-            .map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string()).unwrap_or_default())
+            .map(|fd| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            })
             .collect();
         std::fs::write(job.dir.join(STDIO_FILE), stdio.join("\n") + "\n")
             .map_err(|e| Error::io(format!("writing {}", job.dir.join(STDIO_FILE).display()), e))?;
@@ -126,7 +130,10 @@ impl Component for CriuComponent {
 
     fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome> {
         let bin = find_binary(&plan.params).map_err(|e| {
-            Error::new(e.code(), format!("snapshot {} needs CRIU to restore: {}", plan.dir.display(), e.message()))
+            Error::new(
+                e.code(),
+                format!("snapshot {} needs CRIU to restore: {}", plan.dir.display(), e.message()),
+            )
         })?;
         check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
@@ -148,7 +155,8 @@ impl Component for CriuComponent {
             inherit_fds: &inherit,
             new_pidns,
         };
-        let restored = restore::restore(&bin, &options).map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
+        let restored = restore::restore(&bin, &options)
+            .map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
             format!(
@@ -168,7 +176,11 @@ impl Component for CriuComponent {
 
 fn file_identity(path: &Path) -> Option<IdentityEntry> {
     let size = std::fs::metadata(path).ok()?.len();
-    Some(IdentityEntry { path: path.display().to_string(), size, build_id: crate::elf::build_id(path) })
+    Some(IdentityEntry {
+        path: path.display().to_string(),
+        size,
+        build_id: crate::elf::build_id(path),
+    })
 }
 
 /// Refuses a restore whose executable or libraries changed since the checkpoint, with
@@ -179,14 +191,24 @@ fn check_identity(dir: &Path) -> Result<()> {
         let changed = match file_identity(Path::new(&recorded.path)) {
             None => "it is gone".to_string(),
             Some(now) if now.build_id != recorded.build_id => {
-                format!("build-id {} is now {}", recorded.build_id.as_deref().unwrap_or("-"), now.build_id.as_deref().unwrap_or("-"))
+                format!(
+                    "build-id {} is now {}",
+                    recorded.build_id.as_deref().unwrap_or("-"),
+                    now.build_id.as_deref().unwrap_or("-")
+                )
             }
-            Some(now) if now.size != recorded.size => format!("size {} is now {}", recorded.size, now.size),
+            Some(now) if now.size != recorded.size => {
+                format!("size {} is now {}", recorded.size, now.size)
+            }
             Some(_) => continue,
         };
         return Err(Error::new(
             crate::codes::OPAL_ERR_NOT_AVAILABLE,
-            format!("cannot restore {}: {} changed since the checkpoint ({changed})", dir.display(), recorded.path),
+            format!(
+                "cannot restore {}: {} changed since the checkpoint ({changed})",
+                dir.display(),
+                recorded.path
+            ),
         ));
     }
     Ok(())
@@ -204,20 +226,29 @@ type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 /// CRIU could name at the next dump. The returned files must stay open until the
 /// restore is done.
 fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
-    let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else { return Ok((Vec::new(), Vec::new())) };
+    let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
+        return Ok((Vec::new(), Vec::new()));
+    };
     let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
         if target.starts_with("pipe:[") || target.starts_with("socket:[") {
             inherit.push((target.to_string(), fd as RawFd));
-        } else if let Some(relative) = target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file()) {
+        } else if let Some(relative) =
+            target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
+        {
             use std::io::{Seek, SeekFrom};
-            let mut file = std::fs::OpenOptions::new()
-                .read(fd == 0)
-                .write(fd != 0)
-                .open(target)
-                .map_err(|e| Error::io(format!("reopening {target} (fd {fd} of the checkpointed process)"), e))?;
+            let mut file =
+                std::fs::OpenOptions::new().read(fd == 0).write(fd != 0).open(target).map_err(
+                    |e| {
+                        Error::io(
+                            format!("reopening {target} (fd {fd} of the checkpointed process)"),
+                            e,
+                        )
+                    },
+                )?;
             if fd != 0 {
-                file.seek(SeekFrom::End(0)).map_err(|e| Error::io(format!("seeking in {target}"), e))?;
+                file.seek(SeekFrom::End(0))
+                    .map_err(|e| Error::io(format!("seeking in {target}"), e))?;
             }
             // CRIU names regular files by their path without the leading slash.
             inherit.push((relative.to_string(), std::os::fd::AsRawFd::as_raw_fd(&file)));
@@ -239,7 +270,8 @@ mod tests {
         assert!(reopened.is_empty());
         let log = dir.join("out.log");
         std::fs::write(&log, "grown").unwrap();
-        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display())).unwrap();
+        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
+            .unwrap();
         assert!(super::stdio_handover(&dir, false).unwrap().0.is_empty());
         let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

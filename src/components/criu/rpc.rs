@@ -387,8 +387,17 @@ impl SwrkCommand {
                 CString::new(entry).ok()
             })
             .collect();
-        let envp = env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        Ok(SwrkCommand { path, _args: args, argv, _env: env, envp, socket, inherit_fds: inherit_fds.to_vec() })
+        let envp =
+            env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        Ok(SwrkCommand {
+            path,
+            _args: args,
+            argv,
+            _env: env,
+            envp,
+            socket,
+            inherit_fds: inherit_fds.to_vec(),
+        })
     }
 }
 
