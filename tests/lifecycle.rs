@@ -9,7 +9,6 @@ use opalcrs::snapshot::{verify, Manifest, Series, Verdict};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
@@ -88,20 +87,7 @@ fn start(sb: &Sandbox, log: &str, args: &[&str], env: &[(&str, &str)]) -> App {
     let from = log_len(&log_path);
     let mut command = sb.command(selfapp());
     command.arg(&log_path).args(args).envs(env.iter().copied());
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(sb.path(&format!("{log}.out")))
-        .unwrap();
-    command.stdout(out.try_clone().unwrap()).stderr(out);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let app = App { child: command.spawn().expect("spawning selfapp") };
+    let app = App { child: sb.spawn(command, log) };
     let ready = format!("init rc=0 pid={} ", app.pid());
     assert!(
         wait_for(LONG, || read_from(&log_path, from).contains(&ready)),

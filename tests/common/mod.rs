@@ -129,8 +129,14 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // Only a process that still carries this sandbox's HOME: a PID the test already
+        // ended may belong to someone else by now.
+        let home = format!("HOME={}", self.dir.display());
         for pid in self.children.lock().unwrap().drain(..) {
-            kill(pid);
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ.split(|&b| b == 0).any(|var| var == home.as_bytes()) {
+                kill(pid);
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
