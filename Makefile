@@ -23,7 +23,8 @@ uninstalled-pc:
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/opal/runtime \
-	    $(DESTDIR)$(PREFIX)/include/opal/mca/crs/base $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc
+	    $(DESTDIR)$(PREFIX)/include/opal/mca/crs/base $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc \
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
 	install -m 0755 $(TARGET)/libopalcrs.so $(DESTDIR)$(PREFIX)/lib/libopalcrs.so.$(VERSION)
 	ln -sf libopalcrs.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libopalcrs.so.0
 	ln -sf libopalcrs.so.0 $(DESTDIR)$(PREFIX)/lib/libopalcrs.so
@@ -34,6 +35,9 @@ install: build
 	install -m 0644 include/opal/mca/crs/crs.h $(DESTDIR)$(PREFIX)/include/opal/mca/crs/
 	install -m 0644 include/opal/mca/crs/base/base.h $(DESTDIR)$(PREFIX)/include/opal/mca/crs/base/
 	install -m 0755 $(TARGET)/opal-checkpoint $(TARGET)/opal-restart $(TARGET)/opal-info $(TARGET)/opal-run $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 man/opal-checkpoint.1 man/opal-restart.1 man/opal-info.1 man/opal-run.1 \
+	    $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 man/opal_crs.7 $(DESTDIR)$(PREFIX)/share/man/man7/
 	test -e $(DESTDIR)$(PREFIX)/etc/openmpi-mca-params.conf || \
 	    printf '# MCA parameters for libopalcrs: one "name = value" per line.\n' > $(DESTDIR)$(PREFIX)/etc/openmpi-mca-params.conf
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' pkgconfig/opalcrs.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/opalcrs.pc

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine: a C compiler,
-# pkg-config (apt), cbindgen pinned to the version the header was made with (cargo),
+# pkg-config, man and groff for the man page tests (apt), cbindgen pinned to the version the header was made with (cargo),
 # and, unless --minimal is given (the demo needs neither), CRIU >= 4
 # (scripts/install-criu.sh) and Slurm with munge (scripts/install-slurm.sh).
 # Idempotent: what is already there is not installed again.
@@ -12,7 +12,7 @@ log() { echo "install-deps: $*" >&2; }
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 
 missing=()
-for tool in cc:gcc pkg-config:pkg-config; do
+for tool in cc:gcc pkg-config:pkg-config man:man-db groff:groff-base; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

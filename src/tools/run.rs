@@ -47,7 +47,7 @@ pub const OPTIONS: &[OptionDef] = &[
     },
 ];
 
-const SYNOPSIS: &str = "opal-run [-n SERIES] [-w DIR] [-mca NAME VALUE]... -- COMMAND [ARGS]";
+const SYNOPSIS: &str = "opal-run [-n SERIES] [-w DIR] [-v] [-mca NAME VALUE]... -- COMMAND [ARGS]";
 const TITLE: &str = "Start COMMAND, or restart it from the newest good snapshot of SERIES";
 
 /// The signals passed on to a restored child.
