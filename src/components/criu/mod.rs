@@ -159,9 +159,15 @@ impl Component for CriuComponent {
             .map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
+            let why = if taken.is_empty() {
+                "crs_criu_pidns=always".to_string()
+            } else {
+                let pids: Vec<String> = taken.iter().map(i32::to_string).collect();
+                format!("PID {} taken", pids.join(", "))
+            };
             format!(
-                "restored into a new PID namespace (PID {} was taken): PID {} outside, {} inside",
-                restored.pid_in_ns, restored.pid, restored.pid_in_ns
+                "restored into a new PID namespace ({why}): PID {} outside, {} inside",
+                restored.pid, restored.pid_in_ns
             )
         });
         if spawn_child {
