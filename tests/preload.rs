@@ -2,26 +2,10 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(10);
-
-/// Builds a c-tests program WITHOUT the library (plain gcc).
-fn plain_cc(source: &str, output: &str, extra: &[&str]) -> PathBuf {
-    let exe = lib_dir().join("c-tests").join(output);
-    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    let status = Command::new("cc")
-        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(repo().join("c-tests").join(source))
-        .args(extra)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cc {source}");
-    exe
-}
 
 fn library() -> String {
     lib_dir().join("libopalcrs.so").display().to_string()
@@ -55,7 +39,7 @@ fn start(
 #[test]
 fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
     let sb = Sandbox::new("preload-self");
-    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let mut app = start(&sb, &exe, &[], &[]);
     std::thread::sleep(Duration::from_millis(200));
     let out = sb.checkpoint(&[&app.id().to_string()]);
@@ -93,7 +77,7 @@ fn a_binary_without_callbacks_is_checkpointed_with_criu() {
         return;
     }
     let sb = Sandbox::new("preload-criu");
-    let exe = plain_cc("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
     let mut app = start(&sb, &exe, &[], &[]);
     std::thread::sleep(Duration::from_millis(300));
     let out = sb.checkpoint(&[&app.id().to_string()]);
@@ -125,7 +109,7 @@ fn a_binary_without_callbacks_is_checkpointed_with_criu() {
 #[test]
 fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
     let sb = Sandbox::new("preload-children");
-    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let pids = sb.path("pids");
     let mut app = start(&sb, &exe, &["--children", pids.to_str().unwrap()], &[]);
     let text_pids = std::fs::read_to_string(&pids).unwrap();
@@ -174,7 +158,7 @@ fn dd_keeps_its_sigusr1_statistics() {
 #[test]
 fn a_bad_parameter_disables_cr_with_a_warning_and_the_program_runs() {
     let sb = Sandbox::new("preload-badparam");
-    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let mut app = start(&sb, &exe, &[], &[("OMPI_MCA_opal_cr_signal", "abc")]);
     assert!(
         wait_until(LONG, || sb.read("app.out").contains("checkpoint/restart disabled")),
@@ -199,7 +183,7 @@ fn open_mpis_own_library_keeps_us_out() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exe = plain_cc("preload_app.c", "preload-app", &["-rdynamic"]);
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let preload = format!("{}:{}", fake.display(), library());
     let mut command = sb.command(&exe);
     command.arg(sb.path("log")).arg(sb.path("state")).env("LD_PRELOAD", preload);

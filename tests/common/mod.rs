@@ -33,28 +33,50 @@ pub fn lib_dir() -> PathBuf {
     dir
 }
 
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+/// Programs built by this test binary, by output name.
+static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Compiles `c-tests/<source>` (warnings are errors) against the tree's headers and
-/// library; cached per output name for the life of the test binary's build dir.
+/// library, once per test binary.
 pub fn cc(source: &str, output: &str, extra: &[&str]) -> PathBuf {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lib = lib_dir();
+    let mut flags = vec![format!("-I{}", repo().join("include").display())];
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    flags.extend([
+        format!("-L{}", lib.display()),
+        "-lopalcrs".into(),
+        "-Wl,--export-dynamic".into(),
+        format!("-Wl,-rpath,{}", lib.display()),
+    ]);
+    compile(source, output, &flags)
+}
+
+/// Compiles `c-tests/<source>` as a program that knows nothing of the library.
+pub fn cc_without_library(source: &str, output: &str, extra: &[&str]) -> PathBuf {
+    compile(source, output, &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+}
+
+/// Each program is compiled once per test binary, since tests running in parallel may
+/// be executing (and checkpointing) it; the file appears by an atomic rename.
+fn compile(source: &str, output: &str, flags: &[String]) -> PathBuf {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, exe)) = built.iter().find(|(name, _)| name == output) {
+        return exe.clone();
+    }
     let out_dir = lib_dir().join("c-tests");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(output);
-    let lib = lib_dir();
+    let partial = out_dir.join(format!(".{output}.{}", std::process::id()));
     let status = Command::new("cc")
         .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g", "-o"])
-        .arg(&exe)
+        .arg(&partial)
         .arg(repo().join("c-tests").join(source))
-        .arg(format!("-I{}", repo().join("include").display()))
-        .args(extra)
-        .arg(format!("-L{}", lib.display()))
-        .args(["-lopalcrs", "-Wl,--export-dynamic"])
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(flags)
         .status()
         .expect("running cc");
     assert!(status.success(), "cc {source} failed");
+    std::fs::rename(&partial, &exe).unwrap();
+    built.push((output.to_string(), exe.clone()));
     exe
 }
 
