@@ -14,27 +14,6 @@ use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(10);
 
-/// Why the tests cannot run here, if they cannot.
-fn not_ready() -> Option<String> {
-    if !is_root() {
-        return Some("not root".into());
-    }
-    match opalcrs::components::criu::binary::find(None) {
-        Ok(found) if found.version.0 >= 4 => None,
-        Ok(found) => Some(format!("{} is CRIU {:?}", found.path.display(), found.version)),
-        Err(e) => Some(e.to_string()),
-    }
-}
-
-macro_rules! require_criu {
-    () => {
-        if let Some(why) = not_ready() {
-            eprintln!("skipped: needs root and CRIU >= 4 ({why})");
-            return;
-        }
-    };
-}
-
 fn plain_counter() -> PathBuf {
     cc("plain_counter.c", "plain_counter", &[])
 }

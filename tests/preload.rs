@@ -11,10 +11,6 @@ fn library() -> String {
     lib_dir().join("libopalcrs.so").display().to_string()
 }
 
-fn criu_available() -> bool {
-    is_root() && opalcrs::components::criu::binary::find(None).is_ok()
-}
-
 fn start(
     sb: &Sandbox,
     exe: &std::path::Path,
@@ -72,10 +68,7 @@ fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
 
 #[test]
 fn a_binary_without_callbacks_is_checkpointed_with_criu() {
-    if !criu_available() {
-        eprintln!("skipped: needs root and CRIU >= 4");
-        return;
-    }
+    require_criu!();
     let sb = Sandbox::new("preload-criu");
     let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
     let mut app = start(&sb, &exe, &[], &[]);

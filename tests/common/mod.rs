@@ -222,3 +222,26 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Why the criu tests cannot run here (not root, no CRIU >= 4), if they cannot.
+pub fn criu_not_ready() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    match opalcrs::components::criu::binary::find(None) {
+        Ok(found) if found.version.0 >= 4 => None,
+        Ok(found) => Some(format!("{} is CRIU {:?}", found.path.display(), found.version)),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Returns from the test, saying why, when the criu tests cannot run here.
+#[macro_export]
+macro_rules! require_criu {
+    () => {
+        if let Some(why) = common::criu_not_ready() {
+            eprintln!("skipped: needs root and CRIU >= 4 ({why})");
+            return;
+        }
+    };
+}
