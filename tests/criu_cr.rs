@@ -622,3 +622,115 @@ fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
     let restarted = format!("rc=0 state=3 pid={pid} dir={}\n", snapshot.display());
     assert!(wait_until(LONG, || sb.read("log").contains(&restarted)), "{}", sb.read("log"));
 }
+
+/// The children of PID, from /proc (its threads' lists).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Starts plain_counter (criu selected, ENV added) in a new PID namespace without a
+/// session of its own, so that its session leader lies outside that namespace, as for
+/// a job started by `unshare --pid --fork` from a shell. The counter is the second
+/// process there, after a shell that waits for it; its files are opened inside the new
+/// mount namespace. Returns the `unshare` child and the counter's PID seen from here.
+fn start_counter_in_foreign_session(sb: &Sandbox, env: &[(&str, &str)]) -> (Child, u32) {
+    let script = r#""$1" "$2" 0 </dev/null >>"$3" 2>&1 & wait"#;
+    let mut command = sb.command("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh"])
+        .arg(plain_counter())
+        .arg(sb.path("count"))
+        .arg(sb.path("app.out"))
+        .env("OMPI_MCA_crs", "criu")
+        .envs(env.iter().copied());
+    // Descriptors inherited from outside would point into the old mount namespace,
+    // which CRIU cannot dump; the test's own descriptors are not the counter's business.
+    // SAFETY: close_range is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+    let child = sb.spawn(command, "unshare");
+    let mut counter = None;
+    let found = wait_until(LONG, || {
+        counter = children(child.id()).first().and_then(|&sh| children(sh).first().copied());
+        counter.is_some()
+    });
+    assert!(found, "no counter under unshare: {}", sb.read("unshare.out"));
+    let counter = counter.unwrap();
+    sb.adopt(counter);
+    let started = wait_until(Duration::from_secs(15), || count_lines(sb).len() >= 2);
+    assert!(started, "plain_counter did not start: {}", sb.read("app.out"));
+    (child, counter)
+}
+
+#[test]
+fn a_process_whose_session_leader_is_outside_its_pid_namespace_is_checkpointed() {
+    require_criu!();
+    let sb = Sandbox::new("criu-foreign-session");
+    let (mut ns, pid) = start_counter_in_foreign_session(&sb, &[]);
+    let (_, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    assert!(snapshot.join("pstree.img").is_file());
+    // The series is named after the PID the process knows, its PID inside.
+    let inner = *ns_pids(pid).last().unwrap();
+    let series = series_name(inner);
+    assert_eq!(snapshot.parent(), Some(sb.path(&series).as_path()));
+    assert!(wait_until(LONG, || count_lines(&sb).len() >= 4));
+    kill(pid);
+    kill_and_reap(&mut ns);
+    let at_kill = count_lines(&sb).last().unwrap().n;
+
+    let (restored, stderr) = restart_fork(&sb, &[&series]);
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+    sb.adopt(init);
+    assert_eq!(ns_pids(restored).last(), Some(&inner), "the restored copy keeps its PID inside");
+    let before = count_lines(&sb).len();
+    assert!(
+        wait_until(LONG, || count_lines(&sb).len() >= before + 3),
+        "the restored copy does not count: {}",
+        sb.read("app.out")
+    );
+    let after = &count_lines(&sb)[before..];
+    assert!(after.iter().all(|c| c.ok && c.pid == inner), "{after:?}");
+    assert!(
+        after[0].n <= at_kill + 1,
+        "restored at {} after being killed at {at_kill}",
+        after[0].n
+    );
+    kill(restored);
+    kill(init);
+    assert!(wait_until(LONG, || !alive(restored) && !alive(init)));
+}
+
+#[test]
+fn without_a_session_of_its_own_the_checkpoint_fails_and_names_the_cause() {
+    require_criu!();
+    let sb = Sandbox::new("criu-foreign-session-kept");
+    let (mut ns, pid) =
+        start_counter_in_foreign_session(&sb, &[("OMPI_MCA_crs_criu_new_session", "0")]);
+    let out = sb.checkpoint(&[&pid.to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(stderr.contains("session leader is outside its PID namespace"), "{stderr}");
+    assert!(stderr.contains("crs_criu_new_session"), "{stderr}");
+    // Nothing is published, and the process counts on.
+    let series = sb.path(&series_name(*ns_pids(pid).last().unwrap()));
+    let published: Vec<_> = std::fs::read_dir(&series)
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).collect()
+        })
+        .unwrap_or_default();
+    assert!(published.is_empty(), "{published:?}");
+    let now = count_lines(&sb).len();
+    assert!(wait_until(LONG, || count_lines(&sb).len() > now + 2));
+    kill(pid);
+    kill_and_reap(&mut ns);
+}

@@ -157,6 +157,13 @@ pub static PARAMS: &[ParamDef] = &[
         "Let CRIU handle a process started from a shell, sharing its session and terminal.",
     ),
     def(
+        "crs_criu_new_session",
+        Bool,
+        "1",
+        "Start a session of its own (setsid) at opal_init when the process's session leader \
+         is outside its PID namespace, which CRIU cannot dump.",
+    ),
+    def(
         "crs_criu_ext_unix_sk",
         Bool,
         "1",
@@ -528,11 +535,12 @@ mod tests {
         expect("crs_self_prefix", Str, "opal_crs_self_user");
         expect("crs_criu_log_level", Int, "2");
         expect("crs_criu_pidns", Kind::Choice(&["auto", "always", "never"]), "auto");
+        expect("crs_criu_new_session", Bool, "1");
         expect("opal_cr_use_thread", Bool, "1");
         expect("opal_cr_thread_sleep_wait", Int, "100");
         expect("opal_cr_signal", Int, "10");
         expect("mca_base_suppress_override_warning", Bool, "0");
-        assert_eq!(PARAMS.len(), 43);
+        assert_eq!(PARAMS.len(), 44);
     }
 
     #[test]

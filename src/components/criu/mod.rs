@@ -50,8 +50,12 @@ impl Component for CriuComponent {
         say("verbosity", &params.int("crs_criu_verbose"));
         say("log_file", &params.str("crs_criu_log"));
         say("log_level", &params.int("crs_criu_log_level"));
-        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running"] {
+        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running", "new_session"]
+        {
             say(flag, &u8::from(params.bool(&format!("crs_criu_{flag}"))));
+        }
+        if params.bool("crs_criu_new_session") && !params.bool("opal_cr_is_tool") {
+            leave_foreign_session();
         }
         log::debug!(target: "crs", "crs:criu: module_init()");
         Ok(())
@@ -177,6 +181,29 @@ impl Component for CriuComponent {
             eprintln!("opal-restart: {note}");
         }
         Ok(RestartOutcome::Exited(restored.wait()?))
+    }
+}
+
+/// CRIU refuses a process whose session leader is outside its PID namespace (its
+/// session ID reads 0 there, as under `unshare --pid --fork` started from a shell), so
+/// such a process could never be checkpointed. Starting a session of its own fixes that
+/// at the price of leaving the outer terminal's job control, hence the parameter.
+fn leave_foreign_session() {
+    // SAFETY: getsid and setsid have no preconditions.
+    if unsafe { libc::getsid(0) } != 0 {
+        return;
+    }
+    if unsafe { libc::setsid() } < 0 {
+        // EPERM: the process leads its process group. The dump then fails with the
+        // reason; nothing is lost by trying.
+        log::warn!(
+            target: "crs",
+            "crs:criu: the session leader is outside this PID namespace and setsid failed ({}); \
+             CRIU will refuse to dump this process",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        log::debug!(target: "crs", "crs:criu: started a session of its own (the old leader was outside this PID namespace)");
     }
 }
 

@@ -193,7 +193,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
     let restored = if opts.new_pidns {
-        restore_in_new_pidns(&context)?
+        restore_in_new_pidns(&context, &pids)?
     } else {
         wait_until_free(&pids, &images.path)?;
         restore_here(&context)?
@@ -263,18 +263,20 @@ enum Step {
     ForkInit,
     MountPrivate,
     MountProc,
+    SetLastPid,
     SpawnCriu,
     SendRequest,
     ReceiveAnswer,
 }
 
 impl Step {
-    const ALL: [Step; 8] = [
+    const ALL: [Step; 9] = [
         Step::Done,
         Step::Unshare,
         Step::ForkInit,
         Step::MountPrivate,
         Step::MountProc,
+        Step::SetLastPid,
         Step::SpawnCriu,
         Step::SendRequest,
         Step::ReceiveAnswer,
@@ -287,6 +289,7 @@ impl Step {
             Step::ForkInit => "fork of the namespace's init",
             Step::MountPrivate => "making / private in the new mount namespace",
             Step::MountProc => "mounting /proc for the new PID namespace",
+            Step::SetLastPid => "moving the new PID namespace's next PID past the image's PIDs",
             Step::SpawnCriu => "starting criu swrk",
             Step::SendRequest => "sending the request to criu swrk",
             Step::ReceiveAnswer => "reading the answer of criu swrk",
@@ -311,6 +314,10 @@ struct PidnsPlan<'a> {
     /// once, so that it holds no descriptor of another thread's work (a pipe whose end
     /// it held open would never see EOF).
     keep: Vec<RawFd>,
+    /// The image's highest PID, in decimal, for the namespace's ns_last_pid: criu swrk
+    /// then gets a PID above all of the image's, which CRIU must recreate (a process
+    /// that ran in a container has small PIDs, 2 among them).
+    last_pid: Vec<u8>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -323,7 +330,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn restore_in_new_pidns(context: &RestoreContext) -> Result<Restored> {
+fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restored> {
+    if pids.contains(&1) {
+        // Our own init holds PID 1 there (a namespace ends with its init).
+        return Err(Error::new(
+            codes::OPAL_ERR_NOT_SUPPORTED,
+            format!(
+                "{}: the checkpointed process was PID 1 of its PID namespace, which cannot be \
+                 restored into a new PID namespace; start the program under a shell or init \
+                 there, so that it is not PID 1",
+                context.what
+            ),
+        ));
+    }
     let (socket, criu_socket) = rpc::socket_pair()?;
     let (report_read, report_write) = pipe()?;
     let (ack_read, ack_write) = pipe()?;
@@ -345,6 +364,7 @@ fn restore_in_new_pidns(context: &RestoreContext) -> Result<Restored> {
         report_write: report_write.as_raw_fd(),
         ack_read: ack_read.as_raw_fd(),
         keep,
+        last_pid: pids.iter().max().copied().unwrap_or(1).to_string().into_bytes(),
     };
     // SAFETY: the child runs run_holder, which only makes system calls on `plan`.
     let holder = unsafe { libc::fork() };
@@ -592,6 +612,17 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
         {
             fail(plan, Step::MountProc, rpc::errno());
         }
+        let last_pid = libc::open(
+            b"/proc/sys/kernel/ns_last_pid\0".as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if last_pid < 0
+            || libc::write(last_pid, plan.last_pid.as_ptr().cast(), plan.last_pid.len())
+                != plan.last_pid.len() as isize
+        {
+            fail(plan, Step::SetLastPid, rpc::errno());
+        }
+        libc::close(last_pid);
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
             Err(errno) => fail(plan, Step::SpawnCriu, errno),
@@ -692,10 +723,53 @@ mod tests {
         let stat = "4242 (a (b) c) S 1 4240 4239 0 -1 4194560 100";
         assert_eq!(group_and_session(stat), Some((4240, 4239)));
         assert_eq!(group_and_session("4242 (x"), None);
-        // Our session ID is in use even when its leader is not a process we can see.
-        // SAFETY: getsid(0) has no preconditions.
-        let sid = unsafe { libc::getsid(0) };
-        assert!(pid_in_use(sid));
+        // A session whose leader has exited: its ID is no process, yet still in use.
+        let mut leader = std::process::Command::new("sh");
+        leader
+            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $$ $!"])
+            .stdout(std::process::Stdio::piped());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut leader, || {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let out = leader.output().unwrap();
+        let pids: Vec<i32> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let (sid, member) = (pids[0], pids[1]);
+        let leader_gone = !Path::new(&format!("/proc/{sid}")).exists();
+        let in_use = pid_in_use(sid);
+        // SAFETY: member is the sleep the shell started; it is ours to end.
+        unsafe { libc::kill(member, libc::SIGKILL) };
+        assert!(leader_gone, "session leader {sid} still there");
+        assert!(in_use, "session {sid} of {member} not seen as in use");
+    }
+
+    #[test]
+    fn an_image_of_a_pid_1_is_refused_for_a_new_pid_namespace() {
+        let dir = rpc::TempDir::new("pid1-image").unwrap();
+        // pid 1, ppid 0, pgid 1, sid 1, threads [1].
+        let root: &[u8] = &[0x08, 0x01, 0x10, 0x00, 0x18, 0x01, 0x20, 0x01, 0x28, 0x01];
+        std::fs::write(dir.path().join("pstree.img"), pstree(&[root])).unwrap();
+        let bin = CriuBinary { path: "/nonexistent/criu".into(), version: (4, 1, 1) };
+        let opts = RestoreOptions {
+            images_dir: dir.path(),
+            log_file: "restore.log",
+            log_level: 2,
+            shell_job: true,
+            ext_unix_sk: false,
+            tcp_established: false,
+            inherit_fds: &[],
+            new_pidns: true,
+        };
+        let err = restore(&bin, &opts).unwrap_err();
+        assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);
+        assert!(err.message().contains("was PID 1 of its PID namespace"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,20 @@ pub fn dump(bin: &CriuBinary, opts: &DumpOptions) -> Result<DumpOutcome> {
             format!("criu dump: bad PID {}", opts.pid),
         ));
     }
+    // Seen from our PID namespace, which for a self-dump is the process's own: CRIU
+    // checks the same thing from inside and fails late with a terse message.
+    // SAFETY: getsid has no preconditions.
+    if unsafe { libc::getsid(opts.pid) } == 0 {
+        return Err(Error::new(
+            codes::OPAL_ERR_NOT_SUPPORTED,
+            format!(
+                "criu dump of process {}: its session leader is outside its PID namespace, and \
+                 CRIU cannot dump such a process; start it in a session of its own (setsid), \
+                 or keep crs_criu_new_session=1 so that opal_init does",
+                opts.pid
+            ),
+        ));
+    }
     let images = ImagesDir::open(opts.images_dir)?;
     check_log_file_name(opts.log_file)?;
     let request = Request {
@@ -735,10 +749,23 @@ mod tests {
         program
     }
 
+    /// Where a test program's session is led from.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Leader {
+        /// The program leads a session of its own.
+        Itself,
+        /// A helper shell leads a fresh session and starts the program in it: a
+        /// session that is visible wherever the tests run, even where their own session
+        /// leader lies outside the PID namespace (getsid() gives 0 there).
+        Helper,
+    }
+
     /// A running `selfdump`: stdin /dev/null, stdout (unless given) and stderr appended
     /// to out.log (O_APPEND: CRIU refuses to restore a regular file that grew otherwise).
     struct Counter {
         child: Child,
+        /// The program itself; `child` is its helper shell when `Leader::Helper`.
+        pid: i32,
         count_file: PathBuf,
         out_log: PathBuf,
     }
@@ -748,33 +775,52 @@ mod tests {
             dir: &Path,
             images: Option<&Path>,
             stdout: Option<Stdio>,
-            session_leader: bool,
+            leader: Leader,
         ) -> Counter {
             let count_file = dir.join("count");
             let out_log = dir.join("out.log");
+            let pid_file = dir.join("counter.pid");
             let log = OpenOptions::new().create(true).append(true).open(&out_log).unwrap();
-            let mut command = Command::new(selfdump_program());
+            let mut command = match leader {
+                Leader::Itself => Command::new(selfdump_program()),
+                Leader::Helper => {
+                    let mut sh = Command::new("sh");
+                    sh.arg("-c")
+                        .arg(r#"pid_file=$1; shift; "$@" & echo $! > "$pid_file"; wait"#)
+                        .arg("sh")
+                        .arg(&pid_file)
+                        .arg(selfdump_program());
+                    sh
+                }
+            };
             command.arg(&count_file).args(images);
             command.stdin(Stdio::null());
             command.stdout(stdout.unwrap_or_else(|| log.try_clone().unwrap().into()));
             command.stderr(log);
-            if session_leader {
-                // SAFETY: setsid is async-signal-safe.
-                unsafe {
-                    command.pre_exec(|| {
-                        if libc::setsid() < 0 {
-                            Err(io::Error::last_os_error())
-                        } else {
-                            Ok(())
-                        }
-                    });
-                }
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                });
             }
-            Counter { child: command.spawn().unwrap(), count_file, out_log }
+            let child = command.spawn().unwrap();
+            let pid = match leader {
+                Leader::Itself => child.id() as i32,
+                Leader::Helper => {
+                    let read = || std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok();
+                    wait_for("the helper shell to start the program", || read().is_some());
+                    read().unwrap()
+                }
+            };
+            Counter { child, pid, count_file, out_log }
         }
 
         fn pid(&self) -> i32 {
-            self.child.id() as i32
+            self.pid
         }
 
         /// The last "N TAG" the program wrote.
@@ -783,6 +829,13 @@ mod tests {
         }
 
         fn kill(&mut self) {
+            if self.child.try_wait().is_ok_and(|status| status.is_some()) {
+                // Reaped: the PID may now be a restored copy's.
+                return;
+            }
+            // SAFETY: self.pid is the program, a child of ours or of our helper shell,
+            // which is alive and waits for it, so the PID cannot have been reused.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -912,7 +965,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, None, true);
+        let mut counter = Counter::start(dir.path(), None, None, Leader::Itself);
         let pid = counter.pid();
         wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
 
@@ -944,7 +997,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let counter = Counter::start(dir.path(), None, None, true);
+        let counter = Counter::start(dir.path(), None, None, Leader::Itself);
         let pid = counter.pid();
         wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
@@ -983,7 +1036,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), Some(&images), None, true);
+        let mut counter = Counter::start(dir.path(), Some(&images), None, Leader::Itself);
         let pid = counter.pid();
         wait_for("the self-dump", || {
             counter.count().is_some_and(|(n, tag)| n >= 2 && tag == "dumped")
@@ -1013,7 +1066,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, Some(Stdio::piped()), true);
+        let mut counter = Counter::start(dir.path(), None, Some(Stdio::piped()), Leader::Itself);
         let pid = counter.pid();
         wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
@@ -1054,7 +1107,7 @@ mod tests {
         let images = images_in(&dir);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let stdout = Stdio::from(OwnedFd::from(theirs));
-        let mut counter = Counter::start(dir.path(), None, Some(stdout), true);
+        let mut counter = Counter::start(dir.path(), None, Some(stdout), Leader::Itself);
         let pid = counter.pid();
         wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let socket = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
@@ -1089,7 +1142,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), Some(&images), None, true);
+        let mut counter = Counter::start(dir.path(), Some(&images), None, Leader::Itself);
         wait_for("the self-dump", || counter.count().is_some_and(|(_, tag)| tag == "dumped"));
 
         let restored = restore::restore(&bin, &restore_options(&images, &[], true));
@@ -1111,7 +1164,7 @@ mod tests {
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
         // Not a session leader and no shell_job: CRIU refuses.
-        let counter = Counter::start(dir.path(), None, None, false);
+        let counter = Counter::start(dir.path(), None, None, Leader::Helper);
         wait_for("the counter to count", || counter.count().is_some());
         let err = dump(&bin, &dump_options(counter.pid(), &images)).unwrap_err();
         assert_eq!(err.code(), codes::OPAL_ERROR);
@@ -1129,7 +1182,7 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, None, false);
+        let mut counter = Counter::start(dir.path(), None, None, Leader::Helper);
         let pid = counter.pid();
         wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let opts = DumpOptions { shell_job: true, ..dump_options(pid, &images) };
