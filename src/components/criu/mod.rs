@@ -95,6 +95,18 @@ impl Component for CriuComponent {
                  in the checkpointed process; run it as root or grant the capabilities",
             ));
         }
+        // CRIU checks this from inside the process and fails late, tersely.
+        // SAFETY: getsid has no preconditions.
+        if unsafe { libc::getsid(0) } == 0 {
+            return Err(Error::new(
+                crate::codes::OPAL_ERR_NOT_SUPPORTED,
+                format!(
+                    "criu dump of process {pid}: its session leader is outside its PID namespace, \
+                     and CRIU cannot dump such a process; start it in a session of its own \
+                     (setsid), or keep crs_criu_new_session=1 so that opal_init does"
+                ),
+            ));
+        }
         bin.check()?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| {

@@ -69,20 +69,6 @@ pub fn dump(bin: &CriuBinary, opts: &DumpOptions) -> Result<DumpOutcome> {
             format!("criu dump: bad PID {}", opts.pid),
         ));
     }
-    // Seen from our PID namespace, which for a self-dump is the process's own: CRIU
-    // checks the same thing from inside and fails late with a terse message.
-    // SAFETY: getsid has no preconditions.
-    if unsafe { libc::getsid(opts.pid) } == 0 {
-        return Err(Error::new(
-            codes::OPAL_ERR_NOT_SUPPORTED,
-            format!(
-                "criu dump of process {}: its session leader is outside its PID namespace, and \
-                 CRIU cannot dump such a process; start it in a session of its own (setsid), \
-                 or keep crs_criu_new_session=1 so that opal_init does",
-                opts.pid
-            ),
-        ));
-    }
     let images = ImagesDir::open(opts.images_dir)?;
     check_log_file_name(opts.log_file)?;
     let request = Request {
