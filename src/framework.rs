@@ -35,6 +35,11 @@ pub struct RestartPlan {
     /// Parameters given to the restart tool (`-mca`), applied on top of the recorded ones.
     pub params: Params,
     pub verbose: bool,
+    /// The snapshot has not been checked against its manifest yet. Only for components
+    /// that [`check while restoring`](Component::checks_while_restoring): the restarted
+    /// program must not run before the check passes, and
+    /// [`RestartOutcome::Rejected`] reports that it failed.
+    pub unchecked: bool,
 }
 
 /// How a restart ended, when it returns at all (an exec does not).
@@ -43,6 +48,9 @@ pub enum RestartOutcome {
     Spawned { pid: i32, note: Option<String> },
     /// The restarted process was waited for; its status (code, or 128+N for signal N).
     Exited(i32),
+    /// The snapshot of an `unchecked` plan failed its check; the restarted program
+    /// never ran and is gone. Says why, as a [`Verdict`](crate::snapshot::Verdict) does.
+    Rejected(String),
 }
 
 pub trait Component: Sync {
@@ -65,6 +73,13 @@ pub trait Component: Sync {
 
     /// Restarts from a snapshot; with `spawn_child` the restarted process is a child.
     fn restart(&self, plan: &RestartPlan, spawn_child: bool) -> Result<RestartOutcome>;
+
+    /// Whether the component can restore a snapshot while it is being checked against
+    /// its manifest, holding the restored program until the check passes: reading a
+    /// large image twice in a row (check, then restore) is what such a restart saves.
+    fn checks_while_restoring(&self) -> bool {
+        false
+    }
 
     /// Files the snapshot depends on (executable, libraries), for the manifest.
     fn identity(&self) -> Vec<crate::snapshot::IdentityEntry> {

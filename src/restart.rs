@@ -37,47 +37,124 @@ pub struct Prepared {
     pub legacy: bool,
 }
 
-pub fn prepare(target: &Target, params: Params, verbose: bool) -> Result<Prepared> {
+/// When a snapshot is checked against its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Before anything restarts; damaged newer snapshots of a series are skipped.
+    First,
+    /// While its component restores it, when the snapshot has a manifest and the
+    /// component [can](Component::checks_while_restoring); otherwise first.
+    WhileRestoring,
+}
+
+pub fn prepare(target: &Target, params: Params, verbose: bool, check: Check) -> Result<Prepared> {
+    if check == Check::WhileRestoring {
+        if let Some(prepared) = prepare_unchecked(target, &params, verbose) {
+            return Ok(prepared);
+        }
+    }
     let resolved = snapshot::resolve(&target.reference, &target.base, target.seq)?;
-    let meta_path = resolved.dir.join(snapshot::METADATA_FILE);
-    let text = std::fs::read_to_string(&meta_path).map_err(|e| {
-        Error::new(
-            OPAL_ERR_NOT_FOUND,
-            format!("snapshot {}: no metadata ({e})", resolved.dir.display()),
-        )
-    })?;
-    let metadata = Metadata::parse(&text);
-    let name = metadata.component.clone().ok_or_else(|| {
-        Error::new(
-            OPAL_ERR_BAD_PARAM,
-            format!("snapshot {}: metadata names no component", resolved.dir.display()),
-        )
-    })?;
-    let component = framework::by_name(&name).ok_or_else(|| {
-        Error::new(
-            OPAL_ERR_NOT_AVAILABLE,
-            format!("snapshot {} was written by component '{name}', which this library does not provide", resolved.dir.display()),
-        )
-    })?;
+    let metadata = read_metadata(&resolved.dir)?;
+    let component = component_of(&resolved.dir, &metadata)?;
     let legacy = matches!(resolved.verdict, snapshot::Verdict::Legacy);
-    let series = resolved
-        .series
-        .as_ref()
-        .map(|s| s.path().to_path_buf())
-        .or_else(|| metadata.series.clone());
+    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf());
     Ok(Prepared {
-        plan: RestartPlan {
-            dir: resolved.dir,
-            metadata,
-            series,
-            seq: resolved.seq,
-            params,
-            verbose,
-        },
+        plan: plan(resolved.dir, metadata, series, resolved.seq, params, verbose, false),
         component,
         skipped: resolved.skipped,
         legacy,
     })
+}
+
+/// The snapshot `target` addresses before any fallback (the newest of a series), not yet
+/// checked, if it has a manifest and its component checks while restoring. Anything
+/// amiss leaves the choice to the checking path, which explains it.
+fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<Prepared> {
+    let located = snapshot::locate(&target.reference, &target.base, target.seq).ok()?;
+    snapshot::Manifest::read(&located.dir).ok()?;
+    let metadata = read_metadata(&located.dir).ok()?;
+    let component = component_of(&located.dir, &metadata).ok()?;
+    if !component.checks_while_restoring() {
+        return None;
+    }
+    let series = located.series.as_ref().map(|s| s.path().to_path_buf());
+    Some(Prepared {
+        plan: plan(located.dir, metadata, series, located.seq, params.clone(), verbose, true),
+        component,
+        skipped: Vec::new(),
+        legacy: false,
+    })
+}
+
+fn read_metadata(dir: &Path) -> Result<Metadata> {
+    let text = std::fs::read_to_string(dir.join(snapshot::METADATA_FILE)).map_err(|e| {
+        Error::new(OPAL_ERR_NOT_FOUND, format!("snapshot {}: no metadata ({e})", dir.display()))
+    })?;
+    Ok(Metadata::parse(&text))
+}
+
+fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static dyn Component> {
+    let name = metadata.component.as_deref().ok_or_else(|| {
+        Error::new(
+            OPAL_ERR_BAD_PARAM,
+            format!("snapshot {}: metadata names no component", dir.display()),
+        )
+    })?;
+    framework::by_name(name).ok_or_else(|| {
+        Error::new(
+            OPAL_ERR_NOT_AVAILABLE,
+            format!("snapshot {} was written by component '{name}', which this library does not provide", dir.display()),
+        )
+    })
+}
+
+fn plan(
+    dir: PathBuf,
+    metadata: Metadata,
+    series: Option<PathBuf>,
+    seq: Option<u64>,
+    params: Params,
+    verbose: bool,
+    unchecked: bool,
+) -> RestartPlan {
+    let series = series.or_else(|| metadata.series.clone());
+    RestartPlan { dir, metadata, series, seq, params, verbose, unchecked }
+}
+
+/// Which step of [`run`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Finding, checking or reading the snapshot.
+    Choose,
+    /// Its records, or its component's restart.
+    Start,
+}
+
+/// Chooses the snapshot, lets `before_start` announce it and say whether the restarted
+/// program is to be a child (`spawn_child`), creates the records and restarts it. A
+/// snapshot checked while it was restored that turns out damaged never ran: the choice
+/// is then made again with every snapshot checked first, which names the damage and,
+/// in a series, falls back to an older good snapshot.
+pub fn run(
+    target: &Target,
+    params: &Params,
+    verbose: bool,
+    before_start: &mut dyn FnMut(&Prepared) -> bool,
+) -> std::result::Result<RestartOutcome, (Step, Error)> {
+    let mut check = Check::WhileRestoring;
+    loop {
+        let prepared =
+            prepare(target, params.clone(), verbose, check).map_err(|e| (Step::Choose, e))?;
+        let spawn_child = before_start(&prepared);
+        apply_records(&prepared.plan.metadata).map_err(|e| (Step::Start, e))?;
+        match prepared.component.restart(&prepared.plan, spawn_child) {
+            Ok(RestartOutcome::Rejected(why)) if check == Check::WhileRestoring => {
+                log::debug!(target: "crs", "crs: {} rejected while restoring: {why}", prepared.plan.dir.display());
+                check = Check::First;
+            }
+            outcome => return outcome.map_err(|e| (Step::Start, e)),
+        }
+    }
 }
 
 /// Creates the directories and files the snapshot's metadata asks for.
@@ -97,7 +174,6 @@ pub fn apply_records(metadata: &Metadata) -> Result<()> {
 
 /// Restarts `target` with default parameters (used by `opal_crs.crs_restart`).
 pub fn restart(target: &Target, spawn_child: bool, verbose: bool) -> Result<RestartOutcome> {
-    let prepared = prepare(target, crate::runtime::load_params(Vec::new())?, verbose)?;
-    apply_records(&prepared.plan.metadata)?;
-    prepared.component.restart(&prepared.plan, spawn_child)
+    let params = crate::runtime::load_params(Vec::new())?;
+    run(target, &params, verbose, &mut |_| spawn_child).map_err(|(_, e)| e)
 }

@@ -734,3 +734,57 @@ fn without_a_session_of_its_own_the_checkpoint_fails_and_names_the_cause() {
     kill(pid);
     kill_and_reap(&mut ns);
 }
+
+#[test]
+fn a_damaged_newest_image_is_rejected_while_restoring_and_the_older_one_restarts() {
+    require_criu!();
+    let sb = Sandbox::new("criu-damaged");
+    let mut app = start_counter(&sb, 16);
+    let pid = app.id();
+    let series = series_name(pid);
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    let count_at_0 = count_lines(&sb).last().unwrap().n;
+    assert!(wait_until(LONG, || count_lines(&sb).last().unwrap().n > count_at_0 + 10));
+    let (_, newest) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    assert_eq!(newest, sb.path(&series).join("1"));
+    kill_and_reap(&mut app);
+
+    // One flipped byte in the middle of the biggest page image of snapshot 1.
+    let pages = std::fs::read_dir(&newest)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&pages, bytes).unwrap();
+
+    let before = count_lines(&sb).len();
+    let (restored, stderr) = restart_fork(&sb, &["-v", &series]);
+    // Snapshot 1 was restored while being checked, found damaged, and the choice made
+    // again with every snapshot checked first.
+    let name = pages.file_name().unwrap().to_string_lossy().into_owned();
+    let order = [
+        format!("restarting {} with component criu", newest.display()),
+        format!("skipping snapshot 1: corrupt: {name}"),
+        format!("restarting {} with component criu", sb.path(&series).join("0").display()),
+    ];
+    let at: Vec<Option<usize>> = order.iter().map(|line| stderr.find(line.as_str())).collect();
+    assert!(at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]), "{stderr}");
+    assert_eq!(restored, pid, "{stderr}");
+    assert!(wait_until(LONG, || count_lines(&sb).len() >= before + 5), "{}", sb.read("app.out"));
+    // One run, from snapshot 0's count, in intact memory: the copy restored from the
+    // damaged image was held stopped and killed before it could count.
+    let after = &count_lines(&sb)[before..];
+    assert!(after.iter().all(|c| c.ok && c.pid == pid), "{after:?}");
+    assert_eq!(runs(after).len(), 1, "{after:?}");
+    assert!(
+        after[0].n <= count_at_0 + 1,
+        "restarted at {} (snapshot 0 at {count_at_0})",
+        after[0].n
+    );
+    kill(restored);
+}

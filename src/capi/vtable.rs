@@ -122,6 +122,10 @@ unsafe extern "C" fn module_restart(
                 OPAL_SUCCESS
             }
             Ok(crate::framework::RestartOutcome::Exited(_)) => OPAL_SUCCESS,
+            Ok(crate::framework::RestartOutcome::Rejected(why)) => {
+                log::error!(target: "crs", "crs_restart: {why}");
+                OPAL_ERROR
+            }
             Err(e) => {
                 log::error!(target: "crs", "crs_restart: {e}");
                 e.code()

@@ -7,7 +7,7 @@ use super::{parse, usage, OptionDef};
 use crate::codes::*;
 use crate::error::Error;
 use crate::framework::RestartOutcome;
-use crate::restart::{self, Target};
+use crate::restart::{self, Step, Target};
 use crate::snapshot::{self, SeriesInfo, SnapshotInfo, Verdict};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -151,30 +151,27 @@ pub fn main() -> i32 {
             Err(e) => fail(e, EXIT_USAGE),
         };
     }
-    let prepared = match restart::prepare(&target, params, verbose) {
-        Ok(p) => p,
-        Err(e) => return fail(e, EXIT_USAGE),
+    let fork = parsed.has("fork");
+    let announce = &mut |prepared: &restart::Prepared| {
+        for (skipped, why) in &prepared.skipped {
+            eprintln!("opal-restart: skipping snapshot {skipped}: {why}");
+        }
+        if prepared.legacy {
+            eprintln!(
+                "opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified",
+                prepared.plan.dir.display()
+            );
+        }
+        if verbose {
+            eprintln!(
+                "opal-restart: restarting {} with component {}",
+                prepared.plan.dir.display(),
+                prepared.component.name()
+            );
+        }
+        fork
     };
-    for (skipped, why) in &prepared.skipped {
-        eprintln!("opal-restart: skipping snapshot {skipped}: {why}");
-    }
-    if prepared.legacy {
-        eprintln!(
-            "opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified",
-            prepared.plan.dir.display()
-        );
-    }
-    if verbose {
-        eprintln!(
-            "opal-restart: restarting {} with component {}",
-            prepared.plan.dir.display(),
-            prepared.component.name()
-        );
-    }
-    if let Err(e) = restart::apply_records(&prepared.plan.metadata) {
-        return fail(e, EXIT_CANNOT_RESTART);
-    }
-    match prepared.component.restart(&prepared.plan, parsed.has("fork")) {
+    match restart::run(&target, &params, verbose, announce) {
         Ok(RestartOutcome::Spawned { pid, note }) => {
             if let Some(note) = note {
                 eprintln!("opal-restart: {note}");
@@ -183,8 +180,10 @@ pub fn main() -> i32 {
             0
         }
         Ok(RestartOutcome::Exited(status)) => status,
-        Err(e) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
-        Err(e) => fail(e, EXIT_CANNOT_RESTART),
+        Ok(RestartOutcome::Rejected(why)) => fail(Error::msg(why), EXIT_CANNOT_RESTART),
+        Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
+        Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
+        Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),
     }
 }
 

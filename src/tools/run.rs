@@ -20,7 +20,7 @@ use super::{parse, usage, OptionDef};
 use crate::codes::*;
 use crate::error::Error;
 use crate::framework::RestartOutcome;
-use crate::restart::{self, Target};
+use crate::restart::{self, Step, Target};
 use crate::snapshot::{self, Series};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -121,38 +121,25 @@ pub fn main() -> i32 {
         Err(e) => return fail(e, EXIT_USAGE),
     }
     let target = Target { reference: name.clone(), base, seq: None };
-    let prepared = match restart::prepare(&target, params, verbose) {
-        Ok(p) => p,
-        // Snapshots, but none that verifies: the work so far is lost, start over.
-        Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
-            eprintln!("opal-run: warning: {e}");
-            eprintln!(
-                "opal-run: no good snapshot in series {}: starting {program} fresh",
-                series.path().display()
-            );
-            return start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca);
+    let announce = &mut |prepared: &restart::Prepared| {
+        for (skipped, why) in &prepared.skipped {
+            eprintln!("opal-run: skipping snapshot {skipped}: {why}");
         }
-        Err(e) => return fail(e, EXIT_USAGE),
+        eprintln!(
+            "opal-run: restarting from snapshot {} of series {} (component {})",
+            prepared.plan.seq.map_or_else(|| "-".to_string(), |seq| seq.to_string()),
+            series.path().display(),
+            prepared.component.name()
+        );
+        // self replaces this process (exec); the others restore a child, which we wait
+        // for and pass signals to.
+        let as_child = prepared.component.name() != "self";
+        if as_child {
+            install_forwarding();
+        }
+        as_child
     };
-    for (skipped, why) in &prepared.skipped {
-        eprintln!("opal-run: skipping snapshot {skipped}: {why}");
-    }
-    eprintln!(
-        "opal-run: restarting from snapshot {} of series {} (component {})",
-        prepared.plan.seq.map_or_else(|| "-".to_string(), |seq| seq.to_string()),
-        series.path().display(),
-        prepared.component.name()
-    );
-    if let Err(e) = restart::apply_records(&prepared.plan.metadata) {
-        return fail(e, EXIT_CANNOT_RESTART);
-    }
-    // self replaces this process (exec); the others restore a child, which we wait for
-    // and pass signals to.
-    let as_child = prepared.component.name() != "self";
-    if as_child {
-        install_forwarding();
-    }
-    match prepared.component.restart(&prepared.plan, as_child) {
+    match restart::run(&target, &params, verbose, announce) {
         Ok(RestartOutcome::Spawned { pid, note }) => {
             if let Some(note) = note {
                 eprintln!("opal-run: {note}");
@@ -167,8 +154,19 @@ pub fn main() -> i32 {
             }
         }
         Ok(RestartOutcome::Exited(status)) => status,
-        Err(e) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
-        Err(e) => fail(e, EXIT_CANNOT_RESTART),
+        Ok(RestartOutcome::Rejected(why)) => fail(Error::msg(why), EXIT_CANNOT_RESTART),
+        // Snapshots, but none that verifies: the work so far is lost, start over.
+        Err((Step::Choose, e)) if e.code() == OPAL_ERR_NOT_FOUND => {
+            eprintln!("opal-run: warning: {e}");
+            eprintln!(
+                "opal-run: no good snapshot in series {}: starting {program} fresh",
+                series.path().display()
+            );
+            start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca)
+        }
+        Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
+        Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
+        Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),
     }
 }
 

@@ -65,6 +65,11 @@ impl Component for CriuComponent {
         true
     }
 
+    /// CRIU can leave the restored task stopped until the check has passed.
+    fn checks_while_restoring(&self) -> bool {
+        true
+    }
+
     /// The executable and every mapped executable library: an image restores only
     /// onto the same files.
     fn identity(&self) -> Vec<IdentityEntry> {
@@ -170,9 +175,33 @@ impl Component for CriuComponent {
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
             inherit_fds: &inherit,
             new_pidns,
+            stopped: plan.unchecked,
         };
-        let restored = restore::restore(&bin, &options)
-            .map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
+        let (restored, verdict) = std::thread::scope(|scope| {
+            // The check reads the images while CRIU does: both are served by one read
+            // from disk, and the restored task waits, stopped, for the verdict.
+            let check = plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir)));
+            let restored = restore::restore(&bin, &options);
+            (restored, check.map(|thread| thread.join()))
+        });
+        let rejection = match verdict {
+            Some(Ok(verdict)) if !verdict.is_usable() => Some(verdict.to_string()),
+            Some(Err(_)) => Some("the snapshot check failed unexpectedly".to_string()),
+            _ => None,
+        };
+        if let Some(why) = rejection {
+            if let Ok(restored) = restored {
+                restored.signal_tree(libc::SIGKILL);
+                let _ = restored.wait();
+            }
+            return Ok(RestartOutcome::Rejected(why));
+        }
+        let restored =
+            restored.map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
+        if plan.unchecked {
+            // The check passed: the whole restored tree may run.
+            restored.signal_tree(libc::SIGCONT);
+        }
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
             let why = if taken.is_empty() {

@@ -50,6 +50,8 @@ pub struct Opts {
     pub external: Vec<String>,
     /// CRIU runs with CAP_CHECKPOINT_RESTORE instead of as root.
     pub unprivileged: bool,
+    /// Restore the tasks stopped (SIGSTOP), before they run any code of their own.
+    pub leave_stopped: bool,
 }
 
 impl Default for Opts {
@@ -67,6 +69,7 @@ impl Default for Opts {
             inherit_fd: Vec::new(),
             external: Vec::new(),
             unprivileged: false,
+            leave_stopped: false,
         }
     }
 }
@@ -122,6 +125,7 @@ mod field {
     pub(crate) const OPTS_EXTERNAL: u32 = 37;
     pub(crate) const OPTS_UNPRIVILEGED: u32 = 67;
     pub(crate) const OPTS_IMAGES_DIR: u32 = 68;
+    pub(crate) const OPTS_LEAVE_STOPPED: u32 = 69;
 
     pub(crate) const INHERIT_FD_KEY: u32 = 1;
     pub(crate) const INHERIT_FD_FD: u32 = 2;
@@ -226,6 +230,7 @@ impl Opts {
         if let Some(dir) = &self.images_dir {
             w.bytes(field::OPTS_IMAGES_DIR, dir.as_bytes());
         }
+        w.flag(field::OPTS_LEAVE_STOPPED, self.leave_stopped);
         w.buf
     }
 }
@@ -431,6 +436,7 @@ mod tests {
                 field::OPTS_LOG_LEVEL => opts.log_level = expect_int(&value, "log_level")?,
                 field::OPTS_LOG_FILE => opts.log_file = Some(text(&value)?),
                 field::OPTS_RST_SIBLING => opts.rst_sibling = flag(&value)?,
+                field::OPTS_LEAVE_STOPPED => opts.leave_stopped = flag(&value)?,
                 field::OPTS_INHERIT_FD => {
                     let mut entry = Reader::new(expect_bytes(&value, "inherit_fd")?);
                     let mut inherit = InheritFd { key: String::new(), fd: -1 };
@@ -503,6 +509,7 @@ mod tests {
             ],
             external: vec!["unix[77]".into(), "unix[78]".into()],
             unprivileged: true,
+            leave_stopped: true,
         }
     }
 

@@ -56,6 +56,9 @@ pub struct RestoreOptions<'a> {
     pub inherit_fds: &'a [(String, RawFd)],
     /// Restore into a fresh PID namespace (needed while the original PIDs are taken).
     pub new_pidns: bool,
+    /// Leave the task stopped (SIGSTOP) before it runs any code of its own; the caller
+    /// continues it (SIGCONT) or kills it.
+    pub stopped: bool,
 }
 
 /// A restored task, our child (directly, or through the namespace holder). Wait for it
@@ -72,6 +75,23 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// Sends `signal` to the restored task and all its descendants, found before the
+    /// first is signalled (a killed parent's children move elsewhere). For a tree
+    /// restored stopped, which cannot fork meanwhile.
+    pub fn signal_tree(&self, signal: c_int) {
+        let mut tree = vec![self.pid];
+        let mut next = 0;
+        while next < tree.len() {
+            tree.extend(children(tree[next]));
+            next += 1;
+        }
+        for pid in tree {
+            // SAFETY: plain kill of a restored task that is ours and not yet reaped
+            // (stopped tasks do not exit).
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Waits until the restored task ends: its exit code, or 128 + N if signal N killed it.
     pub fn wait(self) -> Result<i32> {
         rpc::wait_exit_code(self.waiter)
@@ -171,6 +191,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
             rst_sibling: true,
+            leave_stopped: opts.stopped,
             inherit_fd: opts
                 .inherit_fds
                 .iter()
@@ -453,11 +474,13 @@ fn outer_pid(holder: libc::pid_t, pid_in_ns: i32) -> Result<i32> {
         .ok_or_else(not_found)
 }
 
+/// The children of every thread of `pid`.
 fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<_>>())
         .collect()
 }
 
@@ -766,6 +789,7 @@ mod tests {
             tcp_established: false,
             inherit_fds: &[],
             new_pidns: true,
+            stopped: false,
         };
         let err = restore(&bin, &opts).unwrap_err();
         assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);

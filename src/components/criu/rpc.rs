@@ -905,6 +905,7 @@ mod tests {
             tcp_established: false,
             inherit_fds,
             new_pidns,
+            stopped: false,
         }
     }
 
@@ -973,6 +974,39 @@ mod tests {
             counter.count().is_some_and(|(n, _)| n > at_kill + 2)
         });
         eprintln!("measured: dump {dump_time:?}, restore {restore_time:?} (same namespace)");
+        assert_eq!(running.kill_and_wait(), SIGKILLED);
+    }
+
+    #[test]
+    fn a_task_restored_stopped_runs_only_when_continued() {
+        let Some(bin) = criu_or_skip("a_task_restored_stopped_runs_only_when_continued") else {
+            return;
+        };
+        let dir = TempDir::new("criu-test").unwrap();
+        let images = images_in(&dir);
+        let mut counter = Counter::start(dir.path(), None, None, Leader::Itself);
+        let pid = counter.pid();
+        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
+        assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
+        counter.kill();
+        let (at_kill, _) = counter.count().unwrap();
+        let written = || std::fs::metadata(&counter.count_file).unwrap().modified().unwrap();
+        let last_write = written();
+
+        let opts = RestoreOptions { stopped: true, ..restore_options(&images, &[], false) };
+        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+        };
+        assert_eq!(state(), 'T', "restored task not stopped");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(written(), last_write, "the stopped task counted");
+        // SAFETY: pid is the restored task, ours until reaped.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        wait_for("the continued copy to count on", || {
+            counter.count().is_some_and(|(n, _)| n > at_kill)
+        });
         assert_eq!(running.kill_and_wait(), SIGKILLED);
     }
 
