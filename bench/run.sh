@@ -325,10 +325,13 @@ dump_ref() {
     printf '  %-44s %8s ms  (criu dump %s ms, sync %s ms; CRIU frozen %s ms)\n' "ref:  criu dump --leave-running && sync" \
         "$(ms "${D_REF[-1]}")" "$(ms "${DUMP_ONLY_REF[-1]}")" "$(ms "${SYNC_REF[-1]}")" "$(ms "${F_REF[-1]}")"
 }
-wait_running() { # PID: polls /proc until it runs
-    local i
+wait_running() { # PID: polls /proc until it runs (not stopped: ours restores it stopped)
+    local i stat
     for ((i = 0; i < 60000; i++)); do
-        alive "$1" && return 0
+        if { read -r stat <"/proc/$1/stat"; } 2>/dev/null; then
+            stat=${stat##*) }
+            [[ ${stat:0:1} != [ZXT] ]] && return 0
+        fi
         nap 0.001
     done
     die "PID $1 not running 60 s after the restore"
@@ -418,8 +421,9 @@ printf '%-46s %12s %12s %8s\n' "(c) frozen time (CRIU's stats-dump)" "$(ms "$f_o
 printf '%-46s %12s %12s\n' "image directory size" "$(mib "$size_ours")" "$(mib "$size_ref")"
 echo "(a) ours = the whole 'opal-checkpoint -v PID' command: request, criu swrk dump, fsync of every"
 echo "    file, XXH3-128 of every file, manifest, atomic publish; reference = criu dump + global sync."
-echo "(b) ours = 'opal-restart --fork SERIES' (verifies the manifest hashes, then criu restore) until the"
-echo "    PID runs; reference = 'criu restore -d' until the PID runs. The original PID is free for both."
+echo "(b) ours = 'opal-restart --fork SERIES' (criu restore of a stopped copy while the manifest hashes"
+echo "    are checked, then SIGCONT) until the PID runs; reference = 'criu restore -d' until the PID runs."
+echo "    The original PID is free for both."
 echo "(c) frozen_time from the stats-dump image CRIU writes into each image directory (decoded by"
 echo "    bench/criu_stats.c: crit is not installed): from freezing the task to thawing it."
 summary "3a. dump $MIB MiB (ours / criu dump+sync)" "$(ms "$d_ours") / $(ms "$d_ref") ms" "ratio $(ratio "$d_ours" "$d_ref"), goal <= 1.05" "$(verdict "$(ratio "$d_ours" "$d_ref")" 1.05)"
@@ -439,7 +443,7 @@ printf '  %-58s %8s ms\n' "whole command" "$(ms "$d_ours")"
 echo "reference dump, median:"
 printf '  %-58s %8s ms\n' "criu dump --leave-running" "$(ms "$(median "${DUMP_ONLY_REF[@]}")")"
 printf '  %-58s %8s ms\n' "sync" "$(ms "$(median "${SYNC_REF[@]}")")"
-echo "our restore: what opal-restart does before CRIU's restore (checks every hash):"
+echo "our restore: the check opal-restart runs alongside CRIU's restore (every hash):"
 drop_caches
 t0=${EPOCHREALTIME/./}
 if "$RS" --verify "$SERIES" >"$W/verify.out" 2>&1; then
