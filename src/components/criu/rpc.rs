@@ -805,6 +805,21 @@ mod tests {
             Counter { child, pid, count_file, out_log }
         }
 
+        /// Starts the program without images and waits until it has counted to 3.
+        fn counting(dir: &Path, stdout: Option<Stdio>, leader: Leader) -> Counter {
+            let counter = Counter::start(dir, None, stdout, leader);
+            wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
+            counter
+        }
+
+        /// Dumps the program with `opts`, which must succeed, kills it and returns its
+        /// count at the kill.
+        fn dump_and_kill(&mut self, bin: &CriuBinary, opts: &DumpOptions) -> u64 {
+            assert_eq!(dump(bin, opts).unwrap(), DumpOutcome::Dumped);
+            self.kill();
+            self.count().unwrap().0
+        }
+
         fn pid(&self) -> i32 {
             self.pid
         }
@@ -952,16 +967,13 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, None, Leader::Itself);
+        let mut counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
 
         let started = Instant::now();
-        assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
+        let at_kill = counter.dump_and_kill(&bin, &dump_options(pid, &images));
         let dump_time = started.elapsed();
         assert_eq!(restore::image_pids(&images).unwrap(), [pid]);
-        counter.kill();
-        let (at_kill, _) = counter.count().unwrap();
         assert!(!restore::pid_in_use(pid));
 
         let started = Instant::now();
@@ -984,12 +996,9 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, None, Leader::Itself);
+        let mut counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
-        assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
-        counter.kill();
-        let (at_kill, _) = counter.count().unwrap();
+        let at_kill = counter.dump_and_kill(&bin, &dump_options(pid, &images));
         let written = || std::fs::metadata(&counter.count_file).unwrap().modified().unwrap();
         let last_write = written();
 
@@ -1017,9 +1026,8 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let counter = Counter::start(dir.path(), None, None, Leader::Itself);
+        let counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
 
         let err = restore::restore(&bin, &restore_options(&images, &[], false)).unwrap_err();
@@ -1086,9 +1094,8 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, Some(Stdio::piped()), Leader::Itself);
+        let mut counter = Counter::counting(dir.path(), Some(Stdio::piped()), Leader::Itself);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
         let pipe_key = stdout.to_str().unwrap().to_string();
         assert!(pipe_key.starts_with("pipe:["), "{pipe_key}");
@@ -1127,9 +1134,8 @@ mod tests {
         let images = images_in(&dir);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let stdout = Stdio::from(OwnedFd::from(theirs));
-        let mut counter = Counter::start(dir.path(), None, Some(stdout), Leader::Itself);
+        let mut counter = Counter::counting(dir.path(), Some(stdout), Leader::Itself);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let socket = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
         let socket_key = socket.to_str().unwrap().to_string();
         let inode = socket_key.strip_prefix("socket:[").unwrap().trim_end_matches(']');
@@ -1202,13 +1208,10 @@ mod tests {
         };
         let dir = TempDir::new("criu-test").unwrap();
         let images = images_in(&dir);
-        let mut counter = Counter::start(dir.path(), None, None, Leader::Helper);
+        let mut counter = Counter::counting(dir.path(), None, Leader::Helper);
         let pid = counter.pid();
-        wait_for("the counter to count", || counter.count().is_some_and(|(n, _)| n >= 3));
         let opts = DumpOptions { shell_job: true, ..dump_options(pid, &images) };
-        assert_eq!(dump(&bin, &opts).unwrap(), DumpOutcome::Dumped);
-        counter.kill();
-        let (at_kill, _) = counter.count().unwrap();
+        let at_kill = counter.dump_and_kill(&bin, &opts);
 
         let opts = RestoreOptions { shell_job: true, ..restore_options(&images, &[], false) };
         let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
