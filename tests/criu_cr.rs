@@ -576,6 +576,13 @@ fn a_changed_executable_is_named_before_the_restore() {
         "{manifest}"
     );
     kill_and_reap(&mut app);
+    let out = sb.restart(&["--verify", snapshot.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("\nRestorable here: yes (executable and libraries unchanged)\n"),
+        "{stdout}"
+    );
     // Rebuilt in place: the build-id differs.
     let status = Command::new("cc")
         .args(["-std=gnu11", "-DREBUILT=1", "-o"])
@@ -589,10 +596,16 @@ fn a_changed_executable_is_named_before_the_restore() {
     assert!(status.success());
     let (status, _, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
     assert_eq!(status.code(), Some(126), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} changed since the checkpoint", exe.display())),
-        "{stderr}"
-    );
+    let change = format!("{} changed since the checkpoint (build-id ", exe.display());
+    assert!(stderr.contains(&change), "{stderr}");
+    // --verify: the snapshot is intact (exit 0) but says it cannot be restored here.
+    let out = sb.restart(&["--verify", "--json", snapshot.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["state"], "good", "{stdout}");
+    assert_eq!(report["restorable_here"], false, "{stdout}");
+    assert!(report["identity_change"].as_str().unwrap().starts_with(&change), "{stdout}");
 }
 
 #[test]

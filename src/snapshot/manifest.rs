@@ -54,6 +54,34 @@ pub struct IdentityEntry {
     pub build_id: Option<String>,
 }
 
+impl IdentityEntry {
+    /// The file at `path` as it is now; None if it cannot be read.
+    pub fn of(path: &Path) -> Option<IdentityEntry> {
+        let size = fs::metadata(path).ok()?.len();
+        Some(IdentityEntry {
+            path: path.display().to_string(),
+            size,
+            build_id: crate::elf::build_id(path),
+        })
+    }
+
+    /// How the file differs from this record now, if it does.
+    fn change(&self) -> Option<String> {
+        match IdentityEntry::of(Path::new(&self.path)) {
+            None => Some("it is gone".to_string()),
+            Some(now) if now.build_id != self.build_id => Some(format!(
+                "build-id {} is now {}",
+                self.build_id.as_deref().unwrap_or("-"),
+                now.build_id.as_deref().unwrap_or("-")
+            )),
+            Some(now) if now.size != self.size => {
+                Some(format!("size {} is now {}", self.size, now.size))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 impl FileEntry {
     /// An entry hashed with [`HASH_ALGORITHM`], as [`hash_file`] computes.
     pub fn new(path: String, size: u64, hash: String) -> FileEntry {
@@ -105,6 +133,16 @@ impl Manifest {
     }
 
     /// Reads `<snapshot_dir>/opalcrs_manifest.json`.
+    /// The first recorded executable or library that changed since the checkpoint
+    /// ("PATH changed since the checkpoint (why)"): an image restores only onto the
+    /// same files.
+    pub fn identity_change(&self) -> Option<String> {
+        self.identity.iter().find_map(|recorded| {
+            let why = recorded.change()?;
+            Some(format!("{} changed since the checkpoint ({why})", recorded.path))
+        })
+    }
+
     pub fn read(snapshot_dir: &Path) -> Result<Manifest> {
         let path = snapshot_dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path)

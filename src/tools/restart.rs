@@ -204,10 +204,20 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
         }
         _ => None,
     };
+    // Whether the executable and libraries it records are still the same here; None
+    // when it records none (self snapshots).
+    let identity = snapshot::Manifest::read(&located.dir)
+        .ok()
+        .filter(|manifest| !manifest.identity.is_empty())
+        .map(|manifest| manifest.identity_change());
     let mut out = std::io::stdout().lock();
     if json {
         let mut object = info.to_json();
         object["version"] = 1.into();
+        if let Some(change) = &identity {
+            object["restorable_here"] = change.is_none().into();
+            object["identity_change"] = change.clone().into();
+        }
         object["series"] = located.series.as_ref().map(|s| s.path().display().to_string()).into();
         if let Some(newest_good) = fallback {
             object["newest_good"] = newest_good.into();
@@ -225,6 +235,15 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
         let _ = writeln!(out, "Component: {}", info.component.as_deref().unwrap_or("-"));
         let _ = writeln!(out, "Size: {}", info.size);
         let _ = writeln!(out, "State: {}", state_text(&info.verdict));
+        match &identity {
+            Some(None) => {
+                let _ = writeln!(out, "Restorable here: yes (executable and libraries unchanged)");
+            }
+            Some(Some(change)) => {
+                let _ = writeln!(out, "Restorable here: no: {change}");
+            }
+            None => {}
+        }
         match fallback {
             Some(Some(seq)) => {
                 let _ = writeln!(out, "Newest good: {seq} (a restart of the series takes it)");

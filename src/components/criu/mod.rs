@@ -82,7 +82,7 @@ impl Component for CriuComponent {
             .collect();
         paths.sort_unstable();
         paths.dedup();
-        paths.into_iter().filter_map(|path| file_identity(Path::new(path))).collect()
+        paths.into_iter().filter_map(|path| IdentityEntry::of(Path::new(path))).collect()
     }
 
     fn ends_process(&self, params: &Params) -> bool {
@@ -248,44 +248,17 @@ fn leave_foreign_session() {
     }
 }
 
-fn file_identity(path: &Path) -> Option<IdentityEntry> {
-    let size = std::fs::metadata(path).ok()?.len();
-    Some(IdentityEntry {
-        path: path.display().to_string(),
-        size,
-        build_id: crate::elf::build_id(path),
-    })
-}
-
 /// Refuses a restore whose executable or libraries changed since the checkpoint, with
 /// a message that says which, before CRIU fails on it less clearly.
 fn check_identity(dir: &Path) -> Result<()> {
     let Ok(manifest) = crate::snapshot::Manifest::read(dir) else { return Ok(()) };
-    for recorded in &manifest.identity {
-        let changed = match file_identity(Path::new(&recorded.path)) {
-            None => "it is gone".to_string(),
-            Some(now) if now.build_id != recorded.build_id => {
-                format!(
-                    "build-id {} is now {}",
-                    recorded.build_id.as_deref().unwrap_or("-"),
-                    now.build_id.as_deref().unwrap_or("-")
-                )
-            }
-            Some(now) if now.size != recorded.size => {
-                format!("size {} is now {}", recorded.size, now.size)
-            }
-            Some(_) => continue,
-        };
-        return Err(Error::new(
+    match manifest.identity_change() {
+        None => Ok(()),
+        Some(change) => Err(Error::new(
             crate::codes::OPAL_ERR_NOT_AVAILABLE,
-            format!(
-                "cannot restore {}: {} changed since the checkpoint ({changed})",
-                dir.display(),
-                recorded.path
-            ),
-        ));
+            format!("cannot restore {}: {change}", dir.display()),
+        )),
     }
-    Ok(())
 }
 
 /// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
