@@ -28,6 +28,7 @@ fn main() {
                     ext_unix_sk: false,
                     tcp_established: false,
                     external: &[],
+                    as_user: None,
                 };
                 rpc::dump(&bin, &opts)
             });

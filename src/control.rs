@@ -31,6 +31,10 @@ pub enum Request {
         /// Queue behind a running checkpoint instead of being refused.
         #[serde(default)]
         wait: bool,
+        /// A privileged tool's rendezvous directory: where a process that may not run
+        /// CRIU itself asks the tool to dump it (`components::criu::behalf`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dump_helper: Option<String>,
     },
     /// The result of checkpoint `id`; answered when it is known.
     Result {
@@ -294,6 +298,7 @@ mod tests {
                 name: Some("n".into()),
                 dir: None,
                 wait: false,
+                dump_helper: Some("/tmp/opalcrs-dump-1-ab".into()),
             },
         };
         let text = serde_json::to_string(&request).unwrap();
@@ -303,7 +308,13 @@ mod tests {
             serde_json::from_str(r#"{"v":1,"op":"checkpoint"}"#).unwrap();
         assert_eq!(
             minimal.request,
-            Request::Checkpoint { term: false, name: None, dir: None, wait: false }
+            Request::Checkpoint {
+                term: false,
+                name: None,
+                dir: None,
+                wait: false,
+                dump_helper: None
+            }
         );
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
     }

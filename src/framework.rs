@@ -24,6 +24,9 @@ pub struct CheckpointJob<'a> {
     pub dir: &'a Path,
     /// Metadata to be written into `snapshot_meta.data`; components add their tokens.
     pub metadata: &'a mut Metadata,
+    /// Where a privileged `opal-checkpoint` that sent the request offers to dump the
+    /// process for it, when the process may not run CRIU itself.
+    pub dump_helper: Option<&'a Path>,
 }
 
 /// A snapshot chosen for restart.

@@ -432,7 +432,7 @@ fn a_missing_criu_binary_fails_the_restore_with_126() {
 }
 
 #[test]
-fn a_process_of_another_user_cannot_dump_itself() {
+fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     require_criu!();
     if Command::new("setpriv").arg("--version").output().is_err() {
         eprintln!("skipped: needs root and CRIU >= 4 (and setpriv, which is missing)");
@@ -443,38 +443,85 @@ fn a_process_of_another_user_cannot_dump_itself() {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
     let count = home.join("count");
-    let mut command = sb.command("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(plain_counter())
-        .arg(&count)
-        .arg("1")
-        .current_dir(&home)
-        .env("HOME", &home)
-        // CRIU's failed check log is kept in a temporary directory: keep it in the sandbox.
-        .env("TMPDIR", &home)
-        .env("OMPI_MCA_crs", "criu");
+    let as_nobody = |program: &Path| {
+        let mut command = sb.command("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(program)
+            .current_dir(&home)
+            .env("HOME", &home)
+            // CRIU's failed check log is kept in a temporary directory: keep it here.
+            .env("TMPDIR", &home);
+        command
+    };
+    let mut command = as_nobody(&plain_counter());
+    command.arg(&count).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");
     let pid = app.id();
     let read_counts = || counts(&std::fs::read_to_string(&count).unwrap_or_default());
     assert!(wait_until(LONG, || read_counts().len() >= 2), "{}", sb.read("app.out"));
-    assert_eq!(proc_status(pid, "Uid").unwrap().split_whitespace().next(), Some("65534"));
+    let uid =
+        |pid: u32| proc_status(pid, "Uid").unwrap().split_whitespace().next().map(str::to_string);
+    assert_eq!(uid(pid).as_deref(), Some("65534"));
 
-    let out = sb.checkpoint(&["--timeout", "15", &pid.to_string()]);
+    // Its owner's opal-checkpoint cannot help: the process may not dump itself.
+    let out =
+        as_nobody(&checkpoint_tool()).args(["--timeout", "15", &pid.to_string()]).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
     assert!(stderr.contains("criu") && stderr.contains("may not dump itself"), "{stderr}");
-    assert!(stderr.contains("CAP_CHECKPOINT_RESTORE"), "{stderr}");
+    assert!(
+        stderr.contains("CAP_CHECKPOINT_RESTORE") && stderr.contains("run opal-checkpoint as root"),
+        "{stderr}"
+    );
     let series = home.join(series_name(pid));
     if series.exists() {
         let published = opalcrs::snapshot::Series::at(&series).snapshots().unwrap();
         assert!(published.is_empty(), "published after a failed dump: {published:?}");
     }
-    // The process itself goes on.
     let lines = read_counts().len();
-    assert!(wait_until(LONG, || read_counts().len() > lines + 2));
-    assert!(read_counts().iter().all(|c| c.ok));
-    stop(&mut app);
+    assert!(wait_until(LONG, || read_counts().len() > lines + 2), "the process stopped counting");
+
+    // Root's opal-checkpoint dumps it on its behalf, into its own snapshot, as its files.
+    let offers = || -> Vec<std::ffi::OsString> {
+        let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
+        entries
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with("opalcrs-dump-"))
+            .collect()
+    };
+    let offers_before = offers();
+    let out = sb.checkpoint(&["--timeout", "30", &pid.to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let snapshot = snapshot_path(&out);
+    assert_eq!(snapshot, series.join("0"));
+    let files: Vec<_> = std::fs::read_dir(&snapshot).unwrap().flatten().collect();
+    assert!(files.iter().any(|f| f.file_name() == "pstree.img"), "{files:?}");
+    assert!(!snapshot.join("criu-by-tool").exists());
+    for file in &files {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(file.metadata().unwrap().uid(), 65534, "{}", file.path().display());
+    }
+    assert_eq!(offers(), offers_before, "the rendezvous directory was left behind");
+    let at_checkpoint = read_counts().last().unwrap().n;
+    assert!(wait_until(LONG, || read_counts().last().unwrap().n > at_checkpoint + 2));
+    kill_and_reap(&mut app);
+
+    // Root restores it: the same PID, the same user, counting on from the image.
+    let before = read_counts().len();
+    let (restored, stderr) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    assert_eq!(restored, pid, "{stderr}");
+    assert_eq!(uid(restored).as_deref(), Some("65534"));
+    assert!(wait_until(LONG, || read_counts().len() >= before + 3), "{}", sb.read("app.out"));
+    let after = &read_counts()[before..];
+    assert!(after.iter().all(|c| c.ok && c.pid == pid), "{after:?}");
+    assert!(
+        after[0].n <= at_checkpoint + 1,
+        "restored at {} (checkpoint at {at_checkpoint})",
+        after[0].n
+    );
+    kill(restored);
 }
 
 #[test]

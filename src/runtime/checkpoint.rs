@@ -29,11 +29,20 @@ pub struct Request {
     /// Run the INC and coordination callbacks around the component (false for
     /// `opal_cr_inc_core_ckpt`, whose caller runs the phases itself).
     pub run_callbacks: bool,
+    /// A privileged tool's offer to dump the process (see [`CheckpointJob`]).
+    pub dump_helper: Option<PathBuf>,
 }
 
 impl Request {
     pub fn default_options(origin: Origin) -> Request {
-        Request { term: false, name: None, dir: None, origin, run_callbacks: true }
+        Request {
+            term: false,
+            name: None,
+            dir: None,
+            origin,
+            run_callbacks: true,
+            dump_helper: None,
+        }
     }
 }
 
@@ -195,7 +204,12 @@ fn run_phases(
     if request.run_callbacks {
         callbacks::trigger_user_inc(OMPI_CR_INC_CRS_PRE_CKPT, OMPI_CR_INC_STATE_PREPARE);
     }
-    let mut job = CheckpointJob { params: &rt.params, dir, metadata: &mut metadata };
+    let mut job = CheckpointJob {
+        params: &rt.params,
+        dir,
+        metadata: &mut metadata,
+        dump_helper: request.dump_helper.as_deref(),
+    };
     let outcome = rt.component().checkpoint(&mut job)?;
     Ok((outcome, metadata))
 }

@@ -389,7 +389,7 @@ impl Server {
     /// Answers a request; None when the connection was parked until a result is known.
     fn handle(&mut self, request: control::Request, stream: &UnixStream) -> Option<Reply> {
         match request {
-            control::Request::Checkpoint { term, name, dir, wait } => {
+            control::Request::Checkpoint { term, name, dir, wait, dump_helper } => {
                 if self.rt.component().name() == "none" {
                     return Some(Reply::error(
                         ErrorKind::NotCheckpointable,
@@ -411,6 +411,7 @@ impl Server {
                     dir: dir.map(Into::into),
                     origin: Origin::Tool,
                     run_callbacks: true,
+                    dump_helper: dump_helper.map(Into::into),
                 };
                 let id = self.enqueue(request, None);
                 Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })

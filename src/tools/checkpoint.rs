@@ -4,6 +4,7 @@
 
 use super::{parse, prefix, usage, OptionDef};
 use crate::codes::*;
+use crate::components::criu::behalf;
 use crate::control::{self, CheckpointResult, ErrorKind, Reply, Request};
 use crate::error::Error;
 use std::io::Write;
@@ -284,11 +285,17 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
     let mut progress = Progress { enabled: settings.verbose, start: Instant::now(), last: 0.0 };
     let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
     progress.line(progress.now(), "Requested", "...");
+    // Privileged, we offer to dump a process that may not run CRIU itself.
+    let mut offer = behalf::Offer::new(settings.pid).unwrap_or_else(|e| {
+        log::debug!("no offer to dump: {e}");
+        None
+    });
     let request = Request::Checkpoint {
         term: settings.term,
         name: settings.name.clone(),
         dir: settings.dir.clone(),
         wait: settings.wait,
+        dump_helper: offer.as_ref().map(|o| o.path().display().to_string()),
     };
     let reply = endpoint
         .call(request, remaining(settings.deadline)?)
@@ -302,7 +309,7 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
     let pending_at = progress.now();
     progress.line(pending_at, "Pending", "...");
 
-    let result = wait_for_result(settings, id)?;
+    let result = wait_for_result(settings, id, offer.as_mut())?;
     let series_name = std::path::Path::new(&result.series)
         .file_name()
         .map_or_else(|| result.series.clone(), |n| n.to_string_lossy().into_owned());
@@ -338,9 +345,16 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
 /// Asks for the result of checkpoint `id` until it is known. The process closes its
 /// connections while a whole-process image is taken, so a refused or dropped
 /// connection means "ask again" as long as the process lives.
-fn wait_for_result(settings: &Settings, id: u64) -> Result<CheckpointResult, Failure> {
+fn wait_for_result(
+    settings: &Settings,
+    id: u64,
+    mut offer: Option<&mut behalf::Offer>,
+) -> Result<CheckpointResult, Failure> {
     let mut backoff = Duration::from_micros(500);
     loop {
+        if let Some(offer) = offer.as_deref_mut() {
+            offer.serve();
+        }
         let left = remaining(settings.deadline)?;
         let answer: Result<Reply, String> = match control::locate(settings.pid) {
             Ok(endpoint) => endpoint.call(Request::Result { id }, left).map_err(|e| e.to_string()),

@@ -4,6 +4,7 @@
 //! restored image sees the same call return "restored". `opal-restart` restores the
 //! image as its child, or into a fresh PID namespace when the original PID is taken.
 
+pub mod behalf;
 pub mod binary;
 pub mod proto;
 pub mod restore;
@@ -93,11 +94,13 @@ impl Component for CriuComponent {
         let pid = std::process::id() as i32;
         log::debug!(target: "crs", "crs:criu: checkpoint({pid}, ---)");
         let bin = find_binary(job.params)?;
-        if !binary::privileged() {
+        let privileged = binary::privileged();
+        if !privileged && job.dump_helper.is_none() {
             return Err(Error::new(
                 crate::codes::OPAL_ERR_PERM,
                 "criu: this process may not dump itself: CRIU needs root or CAP_CHECKPOINT_RESTORE (with CAP_SYS_PTRACE) \
-                 in the checkpointed process; run it as root or grant the capabilities",
+                 in the checkpointed process; run it as root or grant the capabilities, or run opal-checkpoint as root, \
+                 which then dumps it",
             ));
         }
         // CRIU checks this from inside the process and fails late, tersely.
@@ -112,7 +115,9 @@ impl Component for CriuComponent {
                 ),
             ));
         }
-        bin.check()?;
+        if privileged {
+            bin.check()?;
+        }
         let stdio: Vec<String> = (0..3)
             .map(|fd| {
                 std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -136,8 +141,29 @@ impl Component for CriuComponent {
             ext_unix_sk: job.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: job.params.bool("crs_criu_tcp_established"),
             external: &[],
+            as_user: None,
         };
-        match rpc::dump(&bin, &options) {
+        let dumped = match job.dump_helper.filter(|_| !privileged) {
+            None => rpc::dump(&bin, &options),
+            Some(rendezvous) => {
+                log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", rendezvous.display());
+                let settings = behalf::Settings {
+                    log_file: options.log_file,
+                    log_level: options.log_level,
+                    shell_job: options.shell_job,
+                    ext_unix_sk: options.ext_unix_sk,
+                    tcp_established: options.tcp_established,
+                };
+                behalf::ask(rendezvous, job.dir, &settings).map(|restored| {
+                    if restored {
+                        rpc::DumpOutcome::Restored
+                    } else {
+                        rpc::DumpOutcome::Dumped
+                    }
+                })
+            }
+        };
+        match dumped {
             Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {

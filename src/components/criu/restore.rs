@@ -269,8 +269,8 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
 }
 
 fn restore_here(context: &RestoreContext) -> Result<Restored> {
-    let response =
-        Session::start(context.bin, Helper::Child, context.inherit_fds)?.call(context.request)?;
+    let response = Session::start(context.bin, Helper::Child, context.inherit_fds, None)?
+        .call(context.request)?;
     let pid = context.restored_pid(&response)?;
     Ok(Restored { pid, pid_in_ns: pid, new_pidns: false, waiter: pid })
 }

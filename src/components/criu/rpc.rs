@@ -49,6 +49,11 @@ pub struct DumpOptions<'a> {
     pub tcp_established: bool,
     /// CRIU `--external` declarations, e.g. `unix[INODE]`.
     pub external: &'a [String],
+    /// Run CRIU as this (uid, gid) with only the capabilities a dump needs (CRIU's
+    /// unprivileged mode): a root tool dumping another user's process, so that CRIU
+    /// may read that process's limits without CAP_SYS_RESOURCE and writes nowhere the
+    /// user could not.
+    pub as_user: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,15 @@ pub fn dump(bin: &CriuBinary, opts: &DumpOptions) -> Result<DumpOutcome> {
         ));
     }
     let images = ImagesDir::open(opts.images_dir)?;
+    dump_into(bin, opts, images)
+}
+
+/// [`dump`] into a directory already open (`opts.images_dir` names it in messages).
+pub(crate) fn dump_into(
+    bin: &CriuBinary,
+    opts: &DumpOptions,
+    images: ImagesDir,
+) -> Result<DumpOutcome> {
     check_log_file_name(opts.log_file)?;
     let request = Request {
         kind: ReqType::DUMP,
@@ -83,7 +97,7 @@ pub fn dump(bin: &CriuBinary, opts: &DumpOptions) -> Result<DumpOutcome> {
             log_level: opts.log_level,
             log_file: Some(opts.log_file.to_string()),
             external: opts.external.to_vec(),
-            unprivileged: unprivileged_mode(),
+            unprivileged: unprivileged_mode() || opts.as_user.is_some(),
             ..Opts::default()
         }),
     }
@@ -96,7 +110,7 @@ pub fn dump(bin: &CriuBinary, opts: &DumpOptions) -> Result<DumpOutcome> {
     );
     let started = Instant::now();
     // Detached helper: it is not our child, so a self-dump's image holds no trace of it.
-    let session = Session::start(bin, Helper::Detached, &[images.fd()])?;
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], opts.as_user)?;
     let images_dir = images.close();
     // A self-dump is frozen inside `call`, waiting for the answer; the restored copy
     // wakes up there too and finds CRIU's "restored" answer on the socket.
@@ -129,7 +143,7 @@ pub(crate) fn check(bin: &CriuBinary) -> Result<()> {
     }
     .encode();
     let started = Instant::now();
-    let session = Session::start(bin, Helper::Child, &[images.fd()])?;
+    let session = Session::start(bin, Helper::Child, &[images.fd()], None)?;
     images.close();
     let response = session.call(&request)?;
     drop(session);
@@ -177,6 +191,11 @@ impl ImagesDir {
         }
         let file = std::fs::File::open(&path).map_err(|e| Error::io(context(), e))?;
         Ok(ImagesDir { path, fd: file.into() })
+    }
+
+    /// A directory opened by the caller; `path` is for messages and the log.
+    pub(crate) fn from_fd(fd: OwnedFd, path: PathBuf) -> ImagesDir {
+        ImagesDir { path, fd }
     }
 
     /// The descriptor the helper must inherit.
@@ -282,9 +301,11 @@ impl Session {
         bin: &CriuBinary,
         helper: Helper,
         inherit_fds: &[RawFd],
+        as_user: Option<(u32, u32)>,
     ) -> Result<Session> {
         let (ours, theirs) = socket_pair()?;
-        let command = SwrkCommand::new(bin, theirs.as_raw_fd(), inherit_fds)?;
+        let mut command = SwrkCommand::new(bin, theirs.as_raw_fd(), inherit_fds)?;
+        command.as_user = as_user;
         // SAFETY: `command` is fully prepared; spawn_swrk only makes system calls in the
         // forked children.
         let spawned = unsafe { spawn_swrk(&command, helper) };
@@ -366,6 +387,8 @@ pub(crate) struct SwrkCommand {
     /// The helper's end of the socket pair.
     socket: RawFd,
     inherit_fds: Vec<RawFd>,
+    /// See [`DumpOptions::as_user`].
+    pub(crate) as_user: Option<(u32, u32)>,
 }
 
 impl SwrkCommand {
@@ -397,6 +420,7 @@ impl SwrkCommand {
             envp,
             socket,
             inherit_fds: inherit_fds.to_vec(),
+            as_user: None,
         })
     }
 }
@@ -562,10 +586,66 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
                 libc::_exit(HELPER_FAILED);
             }
         }
+        if let Some((uid, gid)) = command.as_user {
+            if let Err(errno) = become_user_keeping_dump_caps(uid, gid) {
+                write_errno(status_write, errno);
+                libc::_exit(HELPER_FAILED);
+            }
+        }
         libc::execve(command.path.as_ptr(), command.argv.as_ptr(), command.envp.as_ptr());
         write_errno(status_write, errno());
         libc::_exit(HELPER_FAILED);
     }
+}
+
+/// Capabilities a CRIU dump in unprivileged mode needs.
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// Becomes `uid`/`gid` (no supplementary groups) keeping CAP_SYS_PTRACE and
+/// CAP_CHECKPOINT_RESTORE, also across exec (ambient), and nothing else. Async-signal-
+/// safe: system calls only.
+///
+/// # Safety
+/// Only in a freshly forked child about to exec.
+unsafe fn become_user_keeping_dump_caps(uid: u32, gid: u32) -> std::result::Result<(), c_int> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let check = |rc: c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
+    // SAFETY: plain system calls on this child's own credentials; the structures are
+    // laid out as capset(2) expects.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
+            let word = &mut data[(cap / 32) as usize];
+            let bit = 1 << (cap % 32);
+            word.effective |= bit;
+            word.permitted |= bit;
+            word.inheritable |= bit;
+        }
+        let header = CapHeader { version: VERSION_3, pid: 0 };
+        check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as c_int)?;
+        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
+            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+            check(libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes`; Err(errno). Async-signal-safe.
@@ -903,6 +983,7 @@ mod tests {
             ext_unix_sk: false,
             tcp_established: false,
             external: &[],
+            as_user: None,
         }
     }
 

@@ -1,0 +1,359 @@
+//! A criu dump taken by a privileged `opal-checkpoint` for a process that may not run
+//! CRIU itself (design §4, "Privileges"): root checkpointing a user's process.
+//!
+//! The tool offers a rendezvous directory with its request: a fresh directory of its
+//! own, handed to the process's owner. When the process reaches its checkpoint phase
+//! it writes `request.json` there (where its snapshot is being written, with the CRIU
+//! options its parameters give) and waits, polling, for `done`. The tool dumps the
+//! process into that snapshot and writes `done` ("ok" or the error); the process goes
+//! on. A restored copy wakes up in the same polling loop; its start time
+//! (/proc/self/stat), which CRIU cannot restore, tells it from the original.
+//!
+//! CRIU runs as the process's owner with only the capabilities a dump needs (its
+//! unprivileged mode): it then writes nowhere that user could not, and reads the
+//! process's limits without CAP_SYS_RESOURCE, which root may lack. What the tool itself
+//! does in directories the user controls goes through descriptors opened without
+//! following symbolic links, and only in a directory owned by the process's owner.
+
+use super::binary::CriuBinary;
+use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
+use crate::codes;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const REQUEST_FILE: &str = "request.json";
+const DONE_FILE: &str = "done";
+/// How long the process waits for the tool's dump.
+const PATIENCE: Duration = Duration::from_secs(600);
+const POLL: Duration = Duration::from_millis(5);
+
+/// What the process asks the tool to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct DumpRequest {
+    /// The snapshot being written, where the images go.
+    snapshot: PathBuf,
+    log_file: String,
+    log_level: i32,
+    shell_job: bool,
+    ext_unix_sk: bool,
+    tcp_established: bool,
+}
+
+/// The dump options the process's parameters give, apart from PID and directory.
+pub struct Settings<'a> {
+    pub log_file: &'a str,
+    pub log_level: i32,
+    pub shell_job: bool,
+    pub ext_unix_sk: bool,
+    pub tcp_established: bool,
+}
+
+/// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
+fn own_start_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Process side: asks the tool behind `rendezvous` to dump this process into
+/// `snapshot`, and waits. Ok(true) in a restored copy, Ok(false) in the original once
+/// the images are in `snapshot`.
+pub fn ask(rendezvous: &Path, snapshot: &Path, settings: &Settings) -> Result<bool> {
+    let started = own_start_time()
+        .ok_or_else(|| Error::msg("criu: cannot read this process's start time"))?;
+    let request = DumpRequest {
+        snapshot: snapshot.to_path_buf(),
+        log_file: settings.log_file.to_string(),
+        log_level: settings.log_level,
+        shell_job: settings.shell_job,
+        ext_unix_sk: settings.ext_unix_sk,
+        tcp_established: settings.tcp_established,
+    };
+    let text = serde_json::to_string(&request).expect("a request serialises");
+    let staging = rendezvous.join(".request.json");
+    std::fs::write(&staging, text)
+        .and_then(|()| std::fs::rename(&staging, rendezvous.join(REQUEST_FILE)))
+        .map_err(|e| {
+            Error::io(format!("criu: asking the tool to dump through {}", rendezvous.display()), e)
+        })?;
+    let since = Instant::now();
+    let answer = loop {
+        // First, before anything on disk: a restored copy sees the original's answer.
+        if own_start_time() != Some(started) {
+            return Ok(true);
+        }
+        match std::fs::read_to_string(rendezvous.join(DONE_FILE)) {
+            Ok(answer) => break answer,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("criu: reading the tool's answer in {}", rendezvous.display()),
+                    e,
+                ))
+            }
+        }
+        if !rendezvous.is_dir() || since.elapsed() > PATIENCE {
+            return Err(Error::new(
+                codes::OPAL_ERR_TIMEOUT,
+                format!(
+                    "criu: the opal-checkpoint that offered to dump this process did not (in {} s)",
+                    since.elapsed().as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    };
+    if answer != "ok" {
+        return Err(Error::msg(answer));
+    }
+    Ok(false)
+}
+
+/// Tool side: a rendezvous directory offered to process `pid`, removed when dropped.
+pub struct Offer {
+    pid: i32,
+    owner: (u32, u32),
+    path: PathBuf,
+    dir: OwnedFd,
+    served: bool,
+}
+
+impl Offer {
+    /// A fresh directory under the system's temporary directory, given to the owner
+    /// of process `pid`; None when this process may not run CRIU, or `pid` belongs to
+    /// root (which runs CRIU itself).
+    pub fn new(pid: i32) -> Result<Option<Offer>> {
+        let owner = owner_of(pid)?;
+        if owner.0 == 0 || !super::binary::privileged() {
+            return Ok(None);
+        }
+        let base = std::env::temp_dir();
+        let mut attempt = 0u64;
+        let path = loop {
+            let path = base.join(format!(
+                "opalcrs-dump-{}-{:016x}",
+                std::process::id(),
+                random() ^ attempt
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1
+                }
+                Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+            }
+        };
+        let dir = open_dir_at(None, &path)?;
+        // SAFETY: fchown on a descriptor we own.
+        if unsafe { libc::fchown(dir.as_raw_fd(), owner.0, owner.1) } != 0 {
+            let err = std::io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&path);
+            return Err(Error::io(format!("giving {} to uid {}", path.display(), owner.0), err));
+        }
+        Ok(Some(Offer { pid, owner, path, dir, served: false }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Dumps the process if it has asked and was not served yet (CRIU is found in
+    /// `PATH` or the usual places).
+    pub fn serve(&mut self) {
+        if self.served {
+            return;
+        }
+        let Some(text) = read_at(&self.dir, REQUEST_FILE) else { return };
+        let answer = match serde_json::from_str::<DumpRequest>(&text) {
+            Ok(request) => {
+                match super::binary::find(None).and_then(|bin| self.dump(&bin, &request)) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.message().to_string(),
+                }
+            }
+            Err(e) => format!("criu: the process's dump request is not valid: {e}"),
+        };
+        // O_EXCL and O_NOFOLLOW: nothing planted there is followed or overwritten.
+        let owner = self.owner;
+        let written = create_at(&self.dir, DONE_FILE).and_then(|mut file| {
+            file.write_all(answer.as_bytes()).map_err(|e| Error::io("writing the answer", e))?;
+            // The process must read it. SAFETY: fchown on a descriptor we own.
+            if unsafe { libc::fchown(file.as_raw_fd(), owner.0, owner.1) } != 0 {
+                return Err(Error::io(
+                    "giving the answer to the process",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            log::warn!("cannot answer process {}: {e}", self.pid);
+        }
+        self.served = true;
+    }
+
+    fn dump(&self, bin: &CriuBinary, request: &DumpRequest) -> Result<()> {
+        let snapshot = open_dir_at(None, &request.snapshot)?;
+        let stat = fstat(&snapshot)?;
+        if stat.st_uid != self.owner.0 {
+            return Err(Error::new(
+                codes::OPAL_ERR_PERM,
+                format!(
+                    "criu: refusing to dump into {}: it belongs to uid {}, not to the process's owner {}",
+                    request.snapshot.display(),
+                    stat.st_uid,
+                    self.owner.0
+                ),
+            ));
+        }
+        let images = ImagesDir::from_fd(snapshot, request.snapshot.clone());
+        let options = DumpOptions {
+            pid: self.pid,
+            images_dir: &request.snapshot,
+            log_file: &request.log_file,
+            log_level: request.log_level,
+            leave_running: true,
+            shell_job: request.shell_job,
+            ext_unix_sk: request.ext_unix_sk,
+            tcp_established: request.tcp_established,
+            external: &[],
+            as_user: Some(self.owner),
+        };
+        match rpc::dump_into(bin, &options, images)? {
+            DumpOutcome::Dumped => Ok(()),
+            DumpOutcome::Restored => Err(Error::msg("criu: the tool was restored in its own dump")),
+        }
+    }
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        // remove_dir_all does not follow symbolic links.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Real uid and gid of process `pid`.
+fn owner_of(pid: i32) -> Result<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| Error::io(format!("process {pid}"), e))?;
+    let first = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    };
+    match (first("Uid:"), first("Gid:")) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(Error::msg(format!("process {pid}: no Uid/Gid in its status"))),
+    }
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}
+
+/// Opens a directory (relative to `at` if given) without following a symbolic link in
+/// its last component.
+fn open_dir_at(at: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd> {
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        Error::new(codes::OPAL_ERR_BAD_PARAM, format!("{}: NUL in path", path.display()))
+    })?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let base = at.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: openat with a C string we own; the result is checked.
+    let fd = unsafe { libc::openat(base, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::io(
+            format!("opening directory {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat(fd: &OwnedFd) -> Result<libc::stat> {
+    // SAFETY: stat is plain old data, filled in by fstat.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor we own into our buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        return Err(Error::io("fstat", std::io::Error::last_os_error()));
+    }
+    Ok(stat)
+}
+
+fn open_file_at(dir: &OwnedFd, name: &str, flags: i32) -> Option<File> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: openat with a C string we own; the result is checked.
+    let fd: RawFd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    // SAFETY: a new descriptor owned by nobody else.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
+/// A small regular file of the directory, read without following links.
+fn read_at(dir: &OwnedFd, name: &str) -> Option<String> {
+    let file = open_file_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn create_at(dir: &OwnedFd, name: &str) -> Result<File> {
+    open_file_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+        .ok_or_else(|| Error::io(format!("creating {name}"), std::io::Error::last_os_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_read_and_stable() {
+        let first = own_start_time().unwrap();
+        assert!(first > 0);
+        assert_eq!(own_start_time(), Some(first));
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let request = DumpRequest {
+            snapshot: "/home/u/opal_snapshot_7.ckpt/.tmp-0-7-ab".into(),
+            log_file: "criu.log".into(),
+            log_level: 2,
+            shell_job: true,
+            ext_unix_sk: true,
+            tcp_established: false,
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn the_owner_of_a_process_is_read_from_proc() {
+        // SAFETY: getuid/getgid have no preconditions.
+        let ours = unsafe { (libc::getuid(), libc::getgid()) };
+        assert_eq!(owner_of(std::process::id() as i32).unwrap(), ours);
+        assert!(owner_of(i32::MAX).is_err());
+    }
+}
