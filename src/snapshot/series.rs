@@ -398,7 +398,7 @@ fn temp_name(seq: u64, writer_pid: i32) -> String {
 /// Distinct per call (the hasher keys come from the OS and advance per instance; the
 /// clock separates a restored copy of a process from its original). Uniqueness is all
 /// that is needed: the sequence number already tells writers apart.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u128(
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos()),

@@ -135,17 +135,17 @@ impl Offer {
             return Ok(None);
         }
         let base = std::env::temp_dir();
-        let mut attempt = 0u64;
+        let mut attempts = 0;
         let path = loop {
             let path = base.join(format!(
                 "opalcrs-dump-{}-{:016x}",
                 std::process::id(),
-                random() ^ attempt
+                crate::snapshot::series::random_u64()
             ));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => break path,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
-                    attempt += 1
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1
                 }
                 Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
             }
@@ -254,13 +254,6 @@ fn owner_of(pid: i32) -> Result<(u32, u32)> {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
         _ => Err(Error::msg(format!("process {pid}: no Uid/Gid in its status"))),
     }
-}
-
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    hasher.finish()
 }
 
 /// Opens a directory (relative to `at` if given) without following a symbolic link in
