@@ -126,7 +126,19 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let child = command.spawn().expect("spawning a test program");
+        // ETXTBSY: a program the test has just written (a copy) stays "busy" while a
+        // child forked meanwhile by a parallel test still holds the write descriptor,
+        // until that child execs.
+        let mut tries = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.expect("spawning a test program"),
+            }
+        };
         self.children.lock().unwrap().push(child.id());
         child
     }
