@@ -508,7 +508,13 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     assert!(wait_until(LONG, || read_counts().last().unwrap().n > at_checkpoint + 2));
     kill_and_reap(&mut app);
 
-    // Root restores it: the same PID, the same user, counting on from the image.
+    // Its owner may not restore it either; root does: the same PID, the same user,
+    // counting on from the image.
+    let mut restart = as_nobody(&restart_tool());
+    let out = restart.args(["--fork", series.to_str().unwrap()]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("needs root or CAP_CHECKPOINT_RESTORE"), "{stderr}");
     let before = read_counts().len();
     let (restored, stderr) = restart_fork(&sb, &[series.to_str().unwrap()]);
     assert_eq!(restored, pid, "{stderr}");

@@ -182,6 +182,16 @@ impl Component for CriuComponent {
                 format!("snapshot {} needs CRIU to restore: {}", plan.dir.display(), e.message()),
             )
         })?;
+        if !binary::privileged() {
+            return Err(Error::new(
+                crate::codes::OPAL_ERR_PERM,
+                format!(
+                    "cannot restore {}: a CRIU restore needs root or CAP_CHECKPOINT_RESTORE \
+                     (with CAP_SYS_PTRACE); run opal-restart as root",
+                    plan.dir.display()
+                ),
+            ));
+        }
         check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
