@@ -47,34 +47,24 @@ struct DumpRequest {
     tcp_established: bool,
 }
 
-/// The dump options the process's parameters give, apart from PID and directory.
-pub struct Settings<'a> {
-    pub log_file: &'a str,
-    pub log_level: i32,
-    pub shell_job: bool,
-    pub ext_unix_sk: bool,
-    pub tcp_established: bool,
-}
-
 /// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
 fn own_start_time() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Process side: asks the tool behind `rendezvous` to dump this process into
-/// `snapshot`, and waits. Ok(true) in a restored copy, Ok(false) in the original once
-/// the images are in `snapshot`.
-pub fn ask(rendezvous: &Path, snapshot: &Path, settings: &Settings) -> Result<bool> {
+/// Process side: asks the tool behind `rendezvous` to dump this process with `opts`
+/// (its PID and `as_user` are the tool's to set), and waits for it.
+pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
     let started = own_start_time()
         .ok_or_else(|| Error::msg("criu: cannot read this process's start time"))?;
     let request = DumpRequest {
-        snapshot: snapshot.to_path_buf(),
-        log_file: settings.log_file.to_string(),
-        log_level: settings.log_level,
-        shell_job: settings.shell_job,
-        ext_unix_sk: settings.ext_unix_sk,
-        tcp_established: settings.tcp_established,
+        snapshot: opts.images_dir.to_path_buf(),
+        log_file: opts.log_file.to_string(),
+        log_level: opts.log_level,
+        shell_job: opts.shell_job,
+        ext_unix_sk: opts.ext_unix_sk,
+        tcp_established: opts.tcp_established,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -87,7 +77,7 @@ pub fn ask(rendezvous: &Path, snapshot: &Path, settings: &Settings) -> Result<bo
     let answer = loop {
         // First, before anything on disk: a restored copy sees the original's answer.
         if own_start_time() != Some(started) {
-            return Ok(true);
+            return Ok(DumpOutcome::Restored);
         }
         match std::fs::read_to_string(rendezvous.join(DONE_FILE)) {
             Ok(answer) => break answer,
@@ -113,7 +103,7 @@ pub fn ask(rendezvous: &Path, snapshot: &Path, settings: &Settings) -> Result<bo
     if answer != "ok" {
         return Err(Error::msg(answer));
     }
-    Ok(false)
+    Ok(DumpOutcome::Dumped)
 }
 
 /// Tool side: a rendezvous directory offered to process `pid`, removed when dropped.

@@ -147,20 +147,7 @@ impl Component for CriuComponent {
             None => rpc::dump(&bin, &options),
             Some(rendezvous) => {
                 log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", rendezvous.display());
-                let settings = behalf::Settings {
-                    log_file: options.log_file,
-                    log_level: options.log_level,
-                    shell_job: options.shell_job,
-                    ext_unix_sk: options.ext_unix_sk,
-                    tcp_established: options.tcp_established,
-                };
-                behalf::ask(rendezvous, job.dir, &settings).map(|restored| {
-                    if restored {
-                        rpc::DumpOutcome::Restored
-                    } else {
-                        rpc::DumpOutcome::Dumped
-                    }
-                })
+                behalf::ask(rendezvous, &options)
             }
         };
         match dumped {
