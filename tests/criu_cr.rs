@@ -443,18 +443,28 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
     let count = home.join("count");
-    let as_nobody = |program: &Path| {
+    // What nobody runs is copied into the sandbox (its library as the soname).
+    for (program, name) in [
+        (plain_counter(), "plain_counter"),
+        (lib_dir().join("libopalcrs.so"), "libopalcrs.so.0"),
+        (checkpoint_tool(), "opal-checkpoint"),
+        (restart_tool(), "opal-restart"),
+    ] {
+        sb.copy_for_others(&program, name);
+    }
+    let as_nobody = |program: &str| {
         let mut command = sb.command("setpriv");
         command
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(program)
+            .arg(sb.path(program))
             .current_dir(&home)
             .env("HOME", &home)
+            .env("LD_LIBRARY_PATH", &sb.dir)
             // CRIU's failed check log is kept in a temporary directory: keep it here.
             .env("TMPDIR", &home);
         command
     };
-    let mut command = as_nobody(&plain_counter());
+    let mut command = as_nobody("plain_counter");
     command.arg(&count).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");
     let pid = app.id();
@@ -466,7 +476,7 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
 
     // Its owner's opal-checkpoint cannot help: the process may not dump itself.
     let out =
-        as_nobody(&checkpoint_tool()).args(["--timeout", "15", &pid.to_string()]).output().unwrap();
+        as_nobody("opal-checkpoint").args(["--timeout", "15", &pid.to_string()]).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
     assert!(stderr.contains("criu") && stderr.contains("may not dump itself"), "{stderr}");
@@ -510,7 +520,7 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
 
     // Its owner may not restore it either; root does: the same PID, the same user,
     // counting on from the image.
-    let mut restart = as_nobody(&restart_tool());
+    let mut restart = as_nobody("opal-restart");
     let out = restart.args(["--fork", series.to_str().unwrap()]).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(126), "{stdout}{stderr}");

@@ -143,6 +143,16 @@ impl Sandbox {
         child
     }
 
+    /// A copy of `program` in the sandbox under `name`, for another user to run: the
+    /// build tree need not be open to other users. Copied by cp, so that no descriptor
+    /// of ours open for writing can keep it "busy" (ETXTBSY) when it is executed.
+    pub fn copy_for_others(&self, program: &std::path::Path, name: &str) -> PathBuf {
+        let copy = self.path(name);
+        let copied = Command::new("cp").arg(program).arg(&copy).status().unwrap();
+        assert!(copied.success(), "cp {} {}", program.display(), copy.display());
+        copy
+    }
+
     /// Remembers a PID that the test did not spawn itself (e.g. a restarted process).
     pub fn adopt(&self, pid: u32) {
         self.children.lock().unwrap().push(pid);
