@@ -173,12 +173,16 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // Only a process that still carries this sandbox's HOME: a PID the test already
-        // ended may belong to someone else by now.
+        // Only a process that still carries this sandbox's HOME (or a HOME inside it): a
+        // PID the test already ended may belong to someone else by now.
         let home = format!("HOME={}", self.dir.display());
+        let inside = format!("{home}/");
         for pid in self.children.lock().unwrap().drain(..) {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            if environ.split(|&b| b == 0).any(|var| var == home.as_bytes()) {
+            if environ
+                .split(|&b| b == 0)
+                .any(|var| var == home.as_bytes() || var.starts_with(inside.as_bytes()))
+            {
                 kill(pid);
             }
         }
