@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building and testing need on a fresh Debian machine: a C compiler,
-# pkg-config, man and groff for the man page tests (apt), cbindgen pinned to the version the header was made with (cargo),
-# and, unless --minimal is given (the demo needs neither), CRIU >= 4
-# (scripts/install-criu.sh) and Slurm with munge (scripts/install-slurm.sh).
+# Installs what building and testing need on a fresh Debian machine: a C compiler and
+# pkg-config (apt); and, unless --minimal is given (the demo needs none of it), man and
+# groff for the man page tests (apt), cbindgen pinned to the version the header was made
+# with (cargo), CRIU >= 4 (scripts/install-criu.sh) and Slurm with munge
+# (scripts/install-slurm.sh).
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,10 @@ full=1
 log() { echo "install-deps: $*" >&2; }
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 
+tools=(cc:gcc pkg-config:pkg-config)
+[ $full = 1 ] && tools+=(man:man-db groff:groff-base)
 missing=()
-for tool in cc:gcc pkg-config:pkg-config man:man-db groff:groff-base; do
+for tool in "${tools[@]}"; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -22,14 +25,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-CBINDGEN_VERSION=0.27.0
-TOOLS=${OPALCRS_TOOLS:-/opt/opalcrs-tools}
-if ! "$TOOLS/bin/cbindgen" --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
-    log "installing cbindgen $CBINDGEN_VERSION into $TOOLS"
-    cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION" --root "$TOOLS"
-fi
-
 if [ $full = 1 ]; then
+    CBINDGEN_VERSION=0.27.0
+    TOOLS=${OPALCRS_TOOLS:-/opt/opalcrs-tools}
+    if ! "$TOOLS/bin/cbindgen" --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
+        log "installing cbindgen $CBINDGEN_VERSION into $TOOLS"
+        cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION" --root "$TOOLS"
+    fi
     bash scripts/install-criu.sh "${CRIU_PREFIX:-/opt/criu}"
     bash scripts/install-slurm.sh
 fi
