@@ -19,16 +19,8 @@ fn main() {
         Some(images_dir) => {
             let outcome = binary::find(None).and_then(|bin| {
                 let opts = rpc::DumpOptions {
-                    pid: std::process::id() as i32,
-                    images_dir: Path::new(images_dir),
-                    log_file: "dump.log",
                     log_level: 4,
-                    leave_running: true,
-                    shell_job: false,
-                    ext_unix_sk: false,
-                    tcp_established: false,
-                    external: &[],
-                    as_user: None,
+                    ..rpc::DumpOptions::new(std::process::id() as i32, Path::new(images_dir))
                 };
                 rpc::dump(&bin, &opts)
             });

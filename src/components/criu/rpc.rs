@@ -56,6 +56,25 @@ pub struct DumpOptions<'a> {
     pub as_user: Option<(u32, u32)>,
 }
 
+impl<'a> DumpOptions<'a> {
+    /// Process `pid` into `images_dir`, left running, logged to `dump.log` at CRIU's
+    /// default level, with every other option off.
+    pub fn new(pid: i32, images_dir: &'a Path) -> Self {
+        DumpOptions {
+            pid,
+            images_dir,
+            log_file: "dump.log",
+            log_level: super::proto::DEFAULT_LOG_LEVEL,
+            leave_running: true,
+            shell_job: false,
+            ext_unix_sk: false,
+            tcp_established: false,
+            external: &[],
+            as_user: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DumpOutcome {
     /// The images are written; this is still the original process.
@@ -973,18 +992,7 @@ mod tests {
     }
 
     fn dump_options(pid: i32, images_dir: &Path) -> DumpOptions<'_> {
-        DumpOptions {
-            pid,
-            images_dir,
-            log_file: "dump.log",
-            log_level: LOG_LEVEL,
-            leave_running: true,
-            shell_job: false,
-            ext_unix_sk: false,
-            tcp_established: false,
-            external: &[],
-            as_user: None,
-        }
+        DumpOptions { log_level: LOG_LEVEL, ..DumpOptions::new(pid, images_dir) }
     }
 
     fn restore_options<'a>(
@@ -1003,6 +1011,15 @@ mod tests {
             new_pidns,
             stopped: false,
         }
+    }
+
+    /// CRIU, a temporary directory and an empty `images` directory in it; None (the test
+    /// is skipped, saying why) without root or CRIU.
+    fn criu_setup(test: &str) -> Option<(CriuBinary, TempDir, PathBuf)> {
+        let bin = criu_or_skip(test)?;
+        let dir = TempDir::new("criu-test").unwrap();
+        let images = images_in(&dir);
+        Some((bin, dir, images))
     }
 
     fn images_in(dir: &TempDir) -> PathBuf {
@@ -1043,11 +1060,9 @@ mod tests {
 
     #[test]
     fn dump_kill_restore_in_same_namespace() {
-        let Some(bin) = criu_or_skip("dump_kill_restore_in_same_namespace") else {
+        let Some((bin, dir, images)) = criu_setup("dump_kill_restore_in_same_namespace") else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
 
@@ -1072,11 +1087,11 @@ mod tests {
 
     #[test]
     fn a_task_restored_stopped_runs_only_when_continued() {
-        let Some(bin) = criu_or_skip("a_task_restored_stopped_runs_only_when_continued") else {
+        let Some((bin, dir, images)) =
+            criu_setup("a_task_restored_stopped_runs_only_when_continued")
+        else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
         let at_kill = counter.dump_and_kill(&bin, &dump_options(pid, &images));
@@ -1102,11 +1117,11 @@ mod tests {
 
     #[test]
     fn restore_while_original_runs_needs_new_pid_namespace() {
-        let Some(bin) = criu_or_skip("restore_while_original_runs_needs_new_pid_namespace") else {
+        let Some((bin, dir, images)) =
+            criu_setup("restore_while_original_runs_needs_new_pid_namespace")
+        else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let counter = Counter::counting(dir.path(), None, Leader::Itself);
         let pid = counter.pid();
         assert_eq!(dump(&bin, &dump_options(pid, &images)).unwrap(), DumpOutcome::Dumped);
@@ -1140,11 +1155,10 @@ mod tests {
 
     #[test]
     fn self_dump_restored_copy_learns_it_was_restored() {
-        let Some(bin) = criu_or_skip("self_dump_restored_copy_learns_it_was_restored") else {
+        let Some((bin, dir, images)) = criu_setup("self_dump_restored_copy_learns_it_was_restored")
+        else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::start(dir.path(), Some(&images), None, Leader::Itself);
         let pid = counter.pid();
         wait_for("the self-dump", || {
@@ -1170,11 +1184,10 @@ mod tests {
 
     #[test]
     fn stdout_pipe_is_handed_over_with_inherit_fd() {
-        let Some(bin) = criu_or_skip("stdout_pipe_is_handed_over_with_inherit_fd") else {
+        let Some((bin, dir, images)) = criu_setup("stdout_pipe_is_handed_over_with_inherit_fd")
+        else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::counting(dir.path(), Some(Stdio::piped()), Leader::Itself);
         let pid = counter.pid();
         let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
@@ -1208,11 +1221,9 @@ mod tests {
     #[test]
     fn stdout_socket_is_declared_external_and_handed_over() {
         let test = "stdout_socket_is_declared_external_and_handed_over";
-        let Some(bin) = criu_or_skip(test) else {
+        let Some((bin, dir, images)) = criu_setup(test) else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let stdout = Stdio::from(OwnedFd::from(theirs));
         let mut counter = Counter::counting(dir.path(), Some(stdout), Leader::Itself);
@@ -1244,11 +1255,9 @@ mod tests {
 
     #[test]
     fn self_dump_restored_beside_its_original() {
-        let Some(bin) = criu_or_skip("self_dump_restored_beside_its_original") else {
+        let Some((bin, dir, images)) = criu_setup("self_dump_restored_beside_its_original") else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::start(dir.path(), Some(&images), None, Leader::Itself);
         wait_for("the self-dump", || counter.count().is_some_and(|(_, tag)| tag == "dumped"));
 
@@ -1265,11 +1274,9 @@ mod tests {
 
     #[test]
     fn dump_failure_names_criu_error_and_log() {
-        let Some(bin) = criu_or_skip("dump_failure_names_criu_error_and_log") else {
+        let Some((bin, dir, images)) = criu_setup("dump_failure_names_criu_error_and_log") else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         // Not a session leader and no shell_job: CRIU refuses.
         let counter = Counter::start(dir.path(), None, None, Leader::Helper);
         wait_for("the counter to count", || counter.count().is_some());
@@ -1284,11 +1291,9 @@ mod tests {
     #[test]
     fn shell_job_dumps_and_restores_a_process_of_our_session() {
         let test = "shell_job_dumps_and_restores_a_process_of_our_session";
-        let Some(bin) = criu_or_skip(test) else {
+        let Some((bin, dir, images)) = criu_setup(test) else {
             return;
         };
-        let dir = TempDir::new("criu-test").unwrap();
-        let images = images_in(&dir);
         let mut counter = Counter::counting(dir.path(), None, Leader::Helper);
         let pid = counter.pid();
         let opts = DumpOptions { shell_job: true, ..dump_options(pid, &images) };
