@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(10);
@@ -57,82 +57,6 @@ fn start_counter(sb: &Sandbox, mib: u32) -> Child {
 
 fn series_name(pid: u32) -> String {
     format!("opal_snapshot_{pid}.ckpt")
-}
-
-/// `opal-checkpoint ARGS` that must succeed; returns its stdout and the snapshot path.
-fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> (String, PathBuf) {
-    let out = sb.checkpoint(args);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "opal-checkpoint {args:?}: {:?}\n{stdout}{stderr}", out.status);
-    (stdout, snapshot_path(&out))
-}
-
-/// SIGKILLs our child, reaps it and waits until its PID has left /proc.
-fn kill_and_reap(child: &mut Child) {
-    let pid = child.id();
-    stop(child);
-    let gone = wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists());
-    assert!(gone, "process {pid} still in /proc after SIGKILL and wait");
-}
-
-/// `opal-restart ARGS` with stdout and stderr in files (a restored process, or the
-/// helpers of a new PID namespace, may hold them open); returns status, stdout, stderr.
-fn run_restart(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, String) {
-    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
-    let mut child = sb
-        .command(restart_tool())
-        .args(args)
-        .stdout(File::create(&out_file).unwrap())
-        .stderr(File::create(&err_file).unwrap())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
-        stop(&mut child);
-        panic!(
-            "opal-restart {args:?} did not end: {}",
-            std::fs::read_to_string(&err_file).unwrap_or_default()
-        )
-    });
-    (
-        status,
-        std::fs::read_to_string(&out_file).unwrap(),
-        std::fs::read_to_string(&err_file).unwrap(),
-    )
-}
-
-/// `opal-restart --fork ARGS` that must succeed; returns the printed PID and stderr.
-fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
-    let mut all = vec!["--fork"];
-    all.extend_from_slice(args);
-    let (status, stdout, stderr) = run_restart(sb, &all);
-    assert!(status.success(), "opal-restart {all:?}: {status:?}\n{stdout}{stderr}");
-    let pid = stdout
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
-    sb.adopt(pid);
-    (pid, stderr)
-}
-
-/// Waits up to `limit` for a child to end.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A field of /proc/PID/status, e.g. "PPid" or "NSpid".
-fn proc_status(pid: u32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let prefix = format!("{field}:");
-    status.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.trim().to_string())
 }
 
 fn ns_pids(pid: u32) -> Vec<u32> {
@@ -450,7 +374,7 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
         (checkpoint_tool(), "opal-checkpoint"),
         (restart_tool(), "opal-restart"),
     ] {
-        sb.copy_for_others(&program, name);
+        sb.copy_program(&program, name);
     }
     let as_nobody = |program: &str| {
         let mut command = sb.command("setpriv");
@@ -622,8 +546,7 @@ fn a_changed_executable_is_named_before_the_restore() {
     require_criu!();
     let sb = Sandbox::new("criu-identity");
     // A private copy of the program, so changing it disturbs no other test.
-    let exe = sb.path("plain_counter");
-    std::fs::copy(plain_counter(), &exe).unwrap();
+    let exe = sb.copy_program(&plain_counter(), "plain_counter");
     let mut command = sb.command(&exe);
     command.arg(sb.path("count")).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");

@@ -97,30 +97,6 @@ fn start(sb: &Sandbox, log: &str, args: &[&str], env: &[(&str, &str)]) -> App {
     app
 }
 
-/// `opal-restart --fork ARGS`: the restarted process and opal-restart's stderr. Both
-/// outputs go to files: the restarted child inherits them.
-fn restart_fork(sb: &Sandbox, args: &[&str]) -> (Restarted, String) {
-    let (out, err) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
-    let status = sb
-        .command(restart_tool())
-        .arg("--fork")
-        .args(args)
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    let (stdout, stderr) = (fs::read_to_string(&out).unwrap(), fs::read_to_string(&err).unwrap());
-    assert!(status.success(), "opal-restart --fork {args:?} failed: {status:?}\n{stdout}{stderr}");
-    let pid = stdout.trim().parse().unwrap_or_else(|_| panic!("--fork printed {stdout:?}"));
-    (Restarted(pid), stderr)
-}
-
-fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let out = sb.checkpoint(args);
-    assert!(out.status.success(), "opal-checkpoint {args:?}: {:?}", text(&out));
-    snapshot_path(&out)
-}
-
 /// The published snapshots of a series; none while the series does not exist yet.
 fn seqs(series: &Path) -> Vec<u64> {
     if !series.exists() {
@@ -206,7 +182,7 @@ fn three_good_snapshots(sb: &Sandbox) -> PathBuf {
     for seq in 0..3 {
         // Distinct counter values, so a restart shows which snapshot it loaded.
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(checkpoint_ok(sb, &[&app.arg()]), series.join(seq.to_string()));
+        assert_eq!(checkpoint_ok(sb, &[&app.arg()]).1, series.join(seq.to_string()));
     }
     app.kill();
     let values: BTreeSet<i64> =
@@ -446,7 +422,8 @@ fn corrupt_snapshots_are_reported_and_skipped_at_restart() {
 
         // A restart of the series skips it, says why, and restarts snapshot 1.
         let from = log_len(&sb.path("log"));
-        let (restarted, stderr) = restart_fork(&sb, &[case]);
+        let (pid, stderr) = restart_fork(&sb, &[case]);
+        let restarted = Restarted(pid);
         assert!(
             stderr.contains(&format!("skipping snapshot 2: corrupt: state: {reason}")),
             "{case}: {stderr}"
@@ -471,7 +448,7 @@ fn keep_retains_the_newest_and_a_failed_checkpoint_removes_nothing() {
     let app = start(&sb, "log", &["--fail-at", "6"], &env);
     let series = sb.path("kept");
     for seq in 0..5 {
-        assert_eq!(checkpoint_ok(&sb, &[&app.arg()]), series.join(seq.to_string()));
+        assert_eq!(checkpoint_ok(&sb, &[&app.arg()]).1, series.join(seq.to_string()));
     }
     assert_eq!(entries(&series), [".lock", "3", "4"]);
 
@@ -486,7 +463,7 @@ fn keep_retains_the_newest_and_a_failed_checkpoint_removes_nothing() {
     }
 
     // The next one succeeds and prunes again.
-    assert_eq!(checkpoint_ok(&sb, &[&app.arg()]), series.join("5"));
+    assert_eq!(checkpoint_ok(&sb, &[&app.arg()]).1, series.join("5"));
     assert_eq!(entries(&series), [".lock", "4", "5"]);
     assert!(verify(&series.join("5")) == Verdict::Good);
 }
@@ -692,7 +669,8 @@ fn killing_the_program_or_the_tool_never_publishes_a_broken_snapshot() {
             assert_eq!(out.status.code(), Some(0), "trial {trial}: {:?}", text(&out));
             assert!(text(&out).0.contains(&format!("\nSeq: {newest}\n")), "{:?}", text(&out));
             let from = log_len(&log);
-            let (restarted, stderr) = restart_fork(&sb, &["faults"]);
+            let (pid, stderr) = restart_fork(&sb, &["faults"]);
+            let restarted = Restarted(pid);
             assert!(!stderr.contains("skipping"), "{stderr}");
             assert_restarted_from(&sb, "log", from, &series.join(newest.to_string()));
             drop(restarted);

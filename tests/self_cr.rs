@@ -364,7 +364,7 @@ fn another_user_is_refused() {
     let out = sb
         .command("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(sb.copy_for_others(&checkpoint_tool(), "opal-checkpoint"))
+        .arg(sb.copy_program(&checkpoint_tool(), "opal-checkpoint"))
         .arg(app.id().to_string())
         .output()
         .unwrap();

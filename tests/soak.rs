@@ -6,9 +6,8 @@
 
 mod common;
 use common::*;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(10);
@@ -19,12 +18,6 @@ struct Figures {
     fds: usize,
     rss_kib: u64,
     threads: u64,
-}
-
-fn proc_status(pid: u32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let prefix = format!("{field}:");
-    status.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.trim().to_string())
 }
 
 fn figures(pid: u32) -> Figures {
@@ -60,14 +53,6 @@ fn check_series(series: &Path, keep: usize) {
         let verdict = opalcrs::snapshot::verify(&opened.snapshot_dir(seq));
         assert_eq!(verdict, opalcrs::snapshot::Verdict::Good, "snapshot {seq}");
     }
-}
-
-/// `opal-checkpoint ARGS` that must succeed; returns the snapshot path.
-fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let out = sb.checkpoint(args);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "opal-checkpoint {args:?}: {:?}\n{stdout}{stderr}", out.status);
-    snapshot_path(&out)
 }
 
 /// Makes this test process the reaper of its descendants' orphans. PID 1 here does not
@@ -110,55 +95,6 @@ fn end_restored(pid: u32) {
         !alive(pid) && proc_status(pid, "PPid").map_or(true, |parent| parent != me)
     });
     assert!(ended, "process {pid} not ended after SIGKILL: {:?}", proc_status(pid, "State"));
-}
-
-/// SIGKILLs our child, reaps it and waits until its PID has left /proc.
-fn kill_and_reap(child: &mut Child) {
-    let pid = child.id();
-    stop(child);
-    let gone = wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists());
-    assert!(gone, "process {pid} still in /proc after SIGKILL and wait");
-}
-
-/// Waits up to `limit` for a child to end.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `opal-restart --fork ARGS` with stdout and stderr in files (the restored process
-/// may hold them open) that must succeed; returns the printed PID and stderr.
-fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
-    let mut all = vec!["--fork"];
-    all.extend_from_slice(args);
-    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
-    let mut child = sb
-        .command(restart_tool())
-        .args(&all)
-        .stdout(File::create(&out_file).unwrap())
-        .stderr(File::create(&err_file).unwrap())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
-        stop(&mut child);
-        panic!("opal-restart {all:?} did not end: {}", sb.read("restart.stderr"))
-    });
-    let (stdout, stderr) = (sb.read("restart.stdout"), sb.read("restart.stderr"));
-    assert!(status.success(), "opal-restart {all:?}: {status:?}\n{stdout}{stderr}");
-    let pid = stdout
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
-    sb.adopt(pid);
-    (pid, stderr)
 }
 
 fn print_figures(what: &str, start: Figures, warm: Figures, end: Figures, took: Duration) {
@@ -334,7 +270,7 @@ fn threads_self_callback_saves_and_restores_every_counter() {
     let program = cc("soak_threads.c", "soak_threads", &["-lpthread"]);
     let mut app = start_threads(&sb, &program, &[]);
     let pid = app.id();
-    let snapshot = checkpoint_ok(&sb, &[&pid.to_string()]);
+    let snapshot = checkpoint_ok(&sb, &[&pid.to_string()]).1;
     let state = numbers(&std::fs::read_to_string(snapshot.join("state")).unwrap());
     assert_eq!(state.len(), 5, "{state:?}");
     assert_eq!(state[..4].iter().sum::<i64>(), state[4], "inconsistent save {state:?}");

@@ -126,27 +126,16 @@ impl Sandbox {
                 Ok(())
             });
         }
-        // ETXTBSY: a program the test has just written (a copy) stays "busy" while a
-        // child forked meanwhile by a parallel test still holds the write descriptor,
-        // until that child execs.
-        let mut tries = 0;
-        let child = loop {
-            match command.spawn() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                spawned => break spawned.expect("spawning a test program"),
-            }
-        };
+        let child = command.spawn().expect("spawning a test program");
         self.children.lock().unwrap().push(child.id());
         child
     }
 
-    /// A copy of `program` in the sandbox under `name`, for another user to run: the
-    /// build tree need not be open to other users. Copied by cp, so that no descriptor
-    /// of ours open for writing can keep it "busy" (ETXTBSY) when it is executed.
-    pub fn copy_for_others(&self, program: &std::path::Path, name: &str) -> PathBuf {
+    /// A copy of `program` in the sandbox under `name` (which another user may run: the
+    /// build tree need not be open to other users). Copied by cp: a descriptor of ours
+    /// open for writing, inherited by a child another test forks meanwhile, would keep
+    /// the copy "busy" (ETXTBSY) when it is executed.
+    pub fn copy_program(&self, program: &std::path::Path, name: &str) -> PathBuf {
         let copy = self.path(name);
         let copied = Command::new("cp").arg(program).arg(&copy).status().unwrap();
         assert!(copied.success(), "cp {} {}", program.display(), copy.display());
@@ -270,4 +259,82 @@ macro_rules! require_criu {
             return;
         }
     };
+}
+
+/// `opal-checkpoint ARGS` that must succeed; returns its stdout and the snapshot path.
+pub fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> (String, PathBuf) {
+    let out = sb.checkpoint(args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "opal-checkpoint {args:?}: {:?}\n{stdout}{stderr}", out.status);
+    (stdout, snapshot_path(&out))
+}
+
+/// SIGKILLs our child, reaps it and waits until its PID has left /proc.
+pub fn kill_and_reap(child: &mut Child) {
+    let pid = child.id();
+    stop(child);
+    let gone = wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(gone, "process {pid} still in /proc after SIGKILL and wait");
+}
+
+/// `opal-restart ARGS` with stdout and stderr in files (a restored process, or the
+/// helpers of a new PID namespace, may hold them open); returns status, stdout, stderr.
+pub fn run_restart(sb: &Sandbox, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
+    let mut child = sb
+        .command(restart_tool())
+        .args(args)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
+        stop(&mut child);
+        panic!(
+            "opal-restart {args:?} did not end: {}",
+            std::fs::read_to_string(&err_file).unwrap_or_default()
+        )
+    });
+    (
+        status,
+        std::fs::read_to_string(&out_file).unwrap(),
+        std::fs::read_to_string(&err_file).unwrap(),
+    )
+}
+
+/// `opal-restart --fork ARGS` that must succeed; returns the printed PID and stderr.
+pub fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
+    let mut all = vec!["--fork"];
+    all.extend_from_slice(args);
+    let (status, stdout, stderr) = run_restart(sb, &all);
+    assert!(status.success(), "opal-restart {all:?}: {status:?}\n{stdout}{stderr}");
+    let pid = stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
+    sb.adopt(pid);
+    (pid, stderr)
+}
+
+/// Waits up to `limit` for a child to end.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A field of /proc/PID/status, e.g. "PPid" or "NSpid".
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let prefix = format!("{field}:");
+    status.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.trim().to_string())
 }
