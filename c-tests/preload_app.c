@@ -8,31 +8,18 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "say.h"
 
 static volatile long counter;
-static int log_fd = -1;
 static const char *state_path;
 static char restart_line[8192];
 static int constructor_ran;
 
 __attribute__((constructor)) static void own_constructor(void) { constructor_ran = 1; }
-
-static void say(const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    line[n++] = '\n';
-    if (log_fd >= 0 && write(log_fd, line, (size_t)n) < 0)
-        _exit(90);
-}
 
 #ifndef NO_CALLBACKS
 /* The restart callback runs before main, so it finds LOG and STATE itself. */

@@ -18,32 +18,19 @@
 #include <opal/runtime/opal_cr.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "say.h"
 
 static atomic_long counter;
 static atomic_int in_init;
-static int log_fd = -1;
 static char restart_cmd_line[8192];
 static int null_cmd, slow_ms;
 static long fail_at = -1;
 static atomic_long checkpoint_calls;
-
-static void say(const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    line[n++] = '\n';
-    if (write(log_fd, line, (size_t)n) < 0)
-        _exit(90);
-}
 
 static int save(char **restart_cmd, const char *who)
 {

@@ -14,31 +14,18 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "say.h"
 
 #define WORKERS 4
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long counts[WORKERS];
 static long total;
-static int log_fd = -1;
 static char restart_cmd_line[8192];
-
-static void say(const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    line[n++] = '\n';
-    if (write(log_fd, line, (size_t)n) < 0)
-        _exit(90);
-}
 
 #ifndef SOAK_NO_SELF
 int opal_crs_self_user_checkpoint(char **restart_cmd)
