@@ -338,3 +338,84 @@ pub fn proc_status(pid: u32, field: &str) -> Option<String> {
     let prefix = format!("{field}:");
     status.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.trim().to_string())
 }
+
+/// A user that exists for one test: made by `useradd` (a group of its own, no home
+/// created), removed with its group by `userdel` when dropped. None when not root or
+/// when `useradd` is missing.
+pub struct TempUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TempUser {
+    pub fn create(tag: &str) -> Option<TempUser> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if !is_root() {
+            return None;
+        }
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("oct{tag}{}x{serial}", std::process::id());
+        let made = Command::new("useradd")
+            .args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin"])
+            .args(["--home-dir", "/nonexistent", &name])
+            .status()
+            .ok()?;
+        assert!(made.success(), "useradd {name}");
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, &name]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        Some(TempUser { uid: id("-u"), gid: id("-g"), name })
+    }
+
+    /// `program` run as this user (real and effective ids, its groups) in `sb`'s
+    /// environment, with HOME set to `home`.
+    pub fn command(
+        &self,
+        sb: &Sandbox,
+        program: impl AsRef<std::ffi::OsStr>,
+        home: &std::path::Path,
+    ) -> Command {
+        let mut command = sb.command("setpriv");
+        command
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg(program)
+            .current_dir(home)
+            .env("HOME", home);
+        command
+    }
+
+    /// A directory in `sb` that this user owns (mode 0700).
+    pub fn home_in(&self, sb: &Sandbox) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let home = sb.path(&self.name);
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(self.uid), Some(self.gid)).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        home
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        // Any process still running as the user (the test failed half-way) would make
+        // userdel refuse; only this test's processes have its uid.
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let uid = proc_status(pid, "Uid");
+            if uid.and_then(|u| u.split_whitespace().next().map(str::to_string))
+                == Some(self.uid.to_string())
+            {
+                kill(pid);
+            }
+        }
+        let _ = wait_until(Duration::from_secs(5), || {
+            Command::new("userdel").arg(&self.name).status().is_ok_and(|s| s.success())
+        });
+    }
+}
