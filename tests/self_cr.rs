@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -646,4 +647,146 @@ fn a_checkpoint_whose_state_does_not_fit_on_the_disk_fails() {
     let (_, next) = checkpoint_ok(&sb, &["-w", dir, &pid]);
     assert_eq!(next, series.join("1"));
     stop(&mut app);
+}
+
+/// Runs `tool` with `args` (bytes, not necessarily UTF-8) in the sandbox.
+fn run_tool(
+    sb: &Sandbox,
+    tool: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    sb.command(tool).args(args).output().unwrap()
+}
+
+/// Asserts that `out` is a refusal with exit `code` whose message contains `needle`.
+fn assert_refused(out: &std::process::Output, what: &str, code: i32, needle: &str) {
+    let (stdout, stderr) = text(out);
+    assert_ne!(out.status.code(), Some(101), "{what} panicked: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "{what}: {stdout}{stderr}");
+    assert!(stderr.contains(needle), "{what}: {needle:?} not in {stderr:?}");
+}
+
+#[test]
+fn every_tool_refuses_bad_input_with_its_usage_code_and_a_message() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new("tool-args");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let pid = app.id().to_string();
+    let pid = OsStr::new(&pid);
+    let bad = OsStr::from_bytes(b"x\xffy");
+    let long = "n".repeat(100_000);
+    let long = OsStr::new(&long);
+    let missing = sb.path("no-such-file.conf");
+    let missing = missing.as_os_str();
+    let s = |text: &'static str| OsStr::new(text);
+    let utf8 = "not valid UTF-8";
+    let keep = [s("-mca"), s("crs_base_snapshot_keep"), s("banana")];
+    let bad_keep = "bad value \"banana\" for parameter crs_base_snapshot_keep";
+    let no_file = "cannot read parameter file";
+    let too_long = "longer than 255 bytes";
+
+    let checkpoint = checkpoint_tool();
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("-n"), bad, pid], utf8),
+        (vec![s("-w"), bad, pid], utf8),
+        (vec![bad], utf8),
+        ([&keep[..], &[pid]].concat(), bad_keep),
+        (vec![s("-am"), missing, pid], no_file),
+        (vec![s("-n"), long, pid], too_long),
+        (vec![s("-w"), long, pid], "longer than 4095 bytes (PATH_MAX)"),
+        (vec![s("--timeout"), s("nan"), pid], "--timeout"),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(
+            &run_tool(&sb, &checkpoint, args),
+            &format!("opal-checkpoint {args:?}"),
+            1,
+            needle,
+        );
+    }
+    // None of them reached the process.
+    assert!(!sb.path(&format!("opal_snapshot_{}.ckpt", app.id())).exists());
+    // A timeout too long for the clock is no limit, not a panic.
+    let out = run_tool(&sb, &checkpoint, &[s("--timeout"), s("1e30"), pid]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+
+    let garbage = sb.path("garbage");
+    std::fs::create_dir_all(&garbage).unwrap();
+    std::fs::write(garbage.join("snapshot_meta.data"), b"\x89\xff\x00 not metadata \xfe").unwrap();
+    let restart = restart_tool();
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![bad], utf8),
+        (vec![s("-w"), bad, s("series")], utf8),
+        ([&keep[..], &[s("series")]].concat(), bad_keep),
+        (vec![s("-am"), missing, s("series")], no_file),
+        (vec![s("--verify"), bad], utf8),
+        (vec![long], "File name too long"),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(
+            &run_tool(&sb, &restart, args),
+            &format!("opal-restart {args:?}"),
+            125,
+            needle,
+        );
+    }
+    // --verify of something a restart refuses is not "good".
+    let out = run_tool(&sb, &restart, &[s("--verify"), garbage.as_os_str()]);
+    assert_refused(&out, "opal-restart --verify garbage", 1, "");
+    assert!(text(&out).0.contains("State: corrupt: snapshot_meta.data"), "{:?}", text(&out));
+
+    let run = PathBuf::from(env!("CARGO_BIN_EXE_opal-run"));
+    let w = [s("-w"), sb.dir.as_os_str()];
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        ([&w[..], &[s("-n"), bad, s("--"), s("true")]].concat(), utf8),
+        (vec![s("-w"), bad, s("-n"), s("series"), s("--"), s("true")], utf8),
+        ([&w[..], &[s("-n"), long, s("--"), s("true")]].concat(), too_long),
+        ([&w[..], &keep[..], &[s("-n"), s("series"), s("--"), s("true")]].concat(), bad_keep),
+        (
+            [&w[..], &[s("-am"), missing, s("-n"), s("series"), s("--"), s("true")]].concat(),
+            no_file,
+        ),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(&run_tool(&sb, &run, args), &format!("opal-run {args:?}"), 125, needle);
+    }
+    // The command and its arguments are passed on as bytes.
+    let out = run_tool(
+        &sb,
+        &run,
+        &[
+            &w[..],
+            &[
+                s("-n"),
+                s("series"),
+                s("--"),
+                s("sh"),
+                s("-c"),
+                s("printf %s \"$1\" > arg"),
+                s("sh"),
+                bad,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(std::fs::read(sb.path("arg")).unwrap(), bad.as_bytes());
+
+    let info = PathBuf::from(env!("CARGO_BIN_EXE_opal-info"));
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("--param"), bad, s("all")], utf8),
+        (keep.to_vec(), bad_keep),
+        (vec![s("-am"), missing], no_file),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(&run_tool(&sb, &info, args), &format!("opal-info {args:?}"), 1, needle);
+    }
+    // A variable of the environment that is not UTF-8 is none of the tools' business.
+    let out = sb.command(&info).env("OPALCRS_TEST_BYTES", bad).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    // One of ours that is not is refused.
+    let out = sb.command(&info).env("OMPI_MCA_crs_base_snapshot_dir", bad).output().unwrap();
+    assert_refused(&out, "opal-info with bytes in a parameter", 1, "expected UTF-8 text");
 }
