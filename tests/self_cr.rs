@@ -548,7 +548,7 @@ fn a_checkpoint_callback_that_returns_an_error_fails_the_checkpoint() {
 }
 
 #[test]
-fn a_failing_registered_callback_fails_api_and_signal_checkpoints() {
+fn a_failing_callback_fails_api_signal_and_interval_checkpoints() {
     let sb = Sandbox::new("self-callback-error-api");
     // opalcrs_checkpoint() returns the error to the program.
     let mut app = start(&sb, &selfapp(), &["--register", "--api", "3", "--error-at", "1"], &[]);
@@ -577,6 +577,16 @@ fn a_failing_registered_callback_fails_api_and_signal_checkpoints() {
     assert!(verify_all(&series).is_empty());
     assert!(still_counts(&sb));
     assert!(alive(app.id()));
+    stop(&mut app);
+
+    // The interval: a warning, and the next interval's checkpoint is number 0.
+    let sb = Sandbox::new("self-callback-error-interval");
+    let env = [("OMPI_MCA_opal_cr_checkpoint_interval", "1")];
+    let mut app = start(&sb, &selfapp(), &["--error-at", "1"], &env);
+    assert!(wait_until(LONG, || sb.read("app.out").contains(warning)), "{}", sb.read("app.out"));
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(wait_until(LONG, || series.join("0").exists()), "{}", sb.read("log"));
+    assert_eq!(verify_all(&series)[0], opalcrs::snapshot::Verdict::Good);
     stop(&mut app);
 }
 
