@@ -12,6 +12,10 @@
  *   --null-cmd    the checkpoint callback gives no restart command
  *   --slow MS     the checkpoint callback takes MS milliseconds
  *   --fail-at N   the checkpoint callback gives no restart command on its Nth call only
+ *   --error-at N  the checkpoint callback gives a restart command but returns OPAL_ERROR
+ *                 on its Nth call only
+ *   --state-bytes N  the state file also holds N bytes of padding; the callback returns
+ *                 OPAL_ERROR (with a restart command) when the state cannot be written
  *   --limit N     exit 0 after count N
  * The restart command is this program with the same arguments. */
 #include <opal/runtime/opal.h>
@@ -29,8 +33,25 @@ static atomic_long counter;
 static atomic_int in_init;
 static char restart_cmd_line[8192];
 static int null_cmd, slow_ms;
-static long fail_at = -1;
+static long fail_at = -1, error_at = -1, state_bytes;
 static atomic_long checkpoint_calls;
+
+/* Writes the counter and the padding; 0 when any of it could not be written (the
+ * partial file is then removed, giving back its space). */
+static int write_state(const char *path, long value)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return 0;
+    int ok = fprintf(f, "%ld\n", value) > 0;
+    for (long i = 0; ok && i < state_bytes; i++)
+        ok = fputc('.', f) != EOF;
+    ok = fflush(f) == 0 && ok;
+    ok = fclose(f) == 0 && ok;
+    if (!ok)
+        unlink(path);
+    return ok;
+}
 
 static int save(char **restart_cmd, const char *who)
 {
@@ -39,17 +60,21 @@ static int save(char **restart_cmd, const char *who)
     long value = atomic_load(&counter);
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/state", opalcrs_snapshot_dir());
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return OPAL_ERROR;
-    fprintf(f, "%ld\n", value);
-    fclose(f);
+    int saved = write_state(path, value);
     long call = atomic_fetch_add(&checkpoint_calls, 1) + 1;
     say("checkpoint %s value=%ld dir=%s", who, value, opalcrs_snapshot_dir());
     if (call == fail_at)
         say("checkpoint call %ld fails", call);
     else if (!null_cmd)
         *restart_cmd = strdup(restart_cmd_line);
+    if (!saved) {
+        say("checkpoint call %ld could not write its state", call);
+        return OPAL_ERROR;
+    }
+    if (call == error_at) {
+        say("checkpoint call %ld returns OPAL_ERROR", call);
+        return OPAL_ERROR;
+    }
     return OPAL_SUCCESS;
 }
 
@@ -128,6 +153,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--slow") && i + 1 < argc) slow_ms = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--limit") && i + 1 < argc) limit = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--fail-at") && i + 1 < argc) fail_at = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--error-at") && i + 1 < argc) error_at = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--state-bytes") && i + 1 < argc) state_bytes = atol(argv[i + 1]);
     }
     if (registered)
         register_callbacks();

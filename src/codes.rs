@@ -79,3 +79,45 @@ pub const OMPI_CR_INC_STATE_ERROR: opal_cr_user_inc_callback_state_t = 3;
 pub const OPAL_CR_DONE: c_int = 0;
 pub const OPAL_CR_ACK: c_int = 1;
 pub const OPAL_CR_CHECKPOINT: c_int = 2;
+
+/// The constant's name of an OPAL return code, e.g. `OPAL_ERROR` for -1.
+pub fn code_name(code: c_int) -> Option<&'static str> {
+    Some(match code {
+        OPAL_SUCCESS => "OPAL_SUCCESS",
+        OPAL_ERROR => "OPAL_ERROR",
+        OPAL_ERR_OUT_OF_RESOURCE => "OPAL_ERR_OUT_OF_RESOURCE",
+        OPAL_ERR_TEMP_OUT_OF_RESOURCE => "OPAL_ERR_TEMP_OUT_OF_RESOURCE",
+        OPAL_ERR_RESOURCE_BUSY => "OPAL_ERR_RESOURCE_BUSY",
+        OPAL_ERR_BAD_PARAM => "OPAL_ERR_BAD_PARAM",
+        OPAL_ERR_FATAL => "OPAL_ERR_FATAL",
+        OPAL_ERR_NOT_IMPLEMENTED => "OPAL_ERR_NOT_IMPLEMENTED",
+        OPAL_ERR_NOT_SUPPORTED => "OPAL_ERR_NOT_SUPPORTED",
+        OPAL_ERR_INTERUPTED => "OPAL_ERR_INTERUPTED",
+        OPAL_ERR_WOULD_BLOCK => "OPAL_ERR_WOULD_BLOCK",
+        OPAL_ERR_IN_ERRNO => "OPAL_ERR_IN_ERRNO",
+        OPAL_ERR_UNREACH => "OPAL_ERR_UNREACH",
+        OPAL_ERR_NOT_FOUND => "OPAL_ERR_NOT_FOUND",
+        OPAL_EXISTS => "OPAL_EXISTS",
+        OPAL_ERR_TIMEOUT => "OPAL_ERR_TIMEOUT",
+        OPAL_ERR_NOT_AVAILABLE => "OPAL_ERR_NOT_AVAILABLE",
+        OPAL_ERR_PERM => "OPAL_ERR_PERM",
+        OPAL_ERR_VALUE_OUT_OF_BOUNDS => "OPAL_ERR_VALUE_OUT_OF_BOUNDS",
+        OPAL_ERR_FILE_READ_FAILURE => "OPAL_ERR_FILE_READ_FAILURE",
+        OPAL_ERR_FILE_WRITE_FAILURE => "OPAL_ERR_FILE_WRITE_FAILURE",
+        OPAL_ERR_FILE_OPEN_FAILURE => "OPAL_ERR_FILE_OPEN_FAILURE",
+        OPAL_ERR_NOT_INITIALIZED => "OPAL_ERR_NOT_INITIALIZED",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_their_constant_names() {
+        assert_eq!(code_name(OPAL_ERROR), Some("OPAL_ERROR"));
+        assert_eq!(code_name(OPAL_ERR_NOT_INITIALIZED), Some("OPAL_ERR_NOT_INITIALIZED"));
+        assert_eq!(code_name(1), None);
+    }
+}

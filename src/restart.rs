@@ -86,14 +86,14 @@ fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<
     })
 }
 
-fn read_metadata(dir: &Path) -> Result<Metadata> {
+pub(crate) fn read_metadata(dir: &Path) -> Result<Metadata> {
     let text = std::fs::read_to_string(dir.join(snapshot::METADATA_FILE)).map_err(|e| {
         Error::new(OPAL_ERR_NOT_FOUND, format!("snapshot {}: no metadata ({e})", dir.display()))
     })?;
     Ok(Metadata::parse(&text))
 }
 
-fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static dyn Component> {
+pub(crate) fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static dyn Component> {
     let name = metadata.component.as_deref().ok_or_else(|| {
         Error::new(
             OPAL_ERR_BAD_PARAM,

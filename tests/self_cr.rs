@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -492,4 +493,310 @@ fn parameters_given_to_the_restart_win_over_the_recorded_ones() {
         vars.iter().filter(|v| v.starts_with("OMPI_MCA_crs_base_snapshot_keep=")).collect();
     assert_eq!(keep.last().map(|v| **v), Some("OMPI_MCA_crs_base_snapshot_keep=7"), "{keep:?}");
     assert!(!vars.iter().any(|v| v.starts_with("OMPI_MCA_opal_cr_is_tool")));
+}
+
+/// Names in a series directory that are temporaries (`.tmp-*`).
+fn temporaries(series: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(series)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect()
+}
+
+/// Waits until the program's counter passes the one it shows now.
+fn still_counts(sb: &Sandbox) -> bool {
+    let now = last_count(&sb.read("log"));
+    wait_until(LONG, || last_count(&sb.read("log")) > now)
+}
+
+#[test]
+fn a_checkpoint_callback_that_returns_an_error_fails_the_checkpoint() {
+    let sb = Sandbox::new("self-callback-error");
+    let mut app = start(&sb, &selfapp(), &["--error-at", "2"], &[]);
+    let pid = app.id().to_string();
+    let series = sb.path(&format!("opal_snapshot_{pid}.ckpt"));
+    let (_, first) = checkpoint_ok(&sb, &[&pid]);
+    let first_state = std::fs::read(first.join("state")).unwrap();
+
+    // The callback sets a restart command and returns OPAL_ERROR.
+    let out = sb.checkpoint(&[&pid]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "self: checkpoint callback opal_crs_self_user_checkpoint returned -1 (OPAL_ERROR)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("Snapshot Ref."), "{stdout}");
+    assert!(sb.read("log").contains("checkpoint call 2 returns OPAL_ERROR"));
+    // Nothing published, the earlier snapshot untouched, no temporary left behind.
+    assert_eq!(verify_all(&series), [opalcrs::snapshot::Verdict::Good]);
+    assert_eq!(std::fs::read(first.join("state")).unwrap(), first_state);
+    assert_eq!(temporaries(&series), Vec::<String>::new());
+    // The program goes on; as in the original, the continue callback follows only a
+    // checkpoint that succeeded.
+    assert!(still_counts(&sb), "{}", sb.read("log"));
+    assert_eq!(sb.read("log").matches("continue default").count(), 1, "{}", sb.read("log"));
+
+    // The next checkpoint succeeds and takes the number the failed one had.
+    let (_, next) = checkpoint_ok(&sb, &[&pid]);
+    assert_eq!(next, series.join("1"));
+    assert_eq!(verify_all(&series).len(), 2);
+    stop(&mut app);
+}
+
+#[test]
+fn a_failing_callback_fails_api_signal_and_interval_checkpoints() {
+    let sb = Sandbox::new("self-callback-error-api");
+    // opalcrs_checkpoint() returns the error to the program.
+    let mut app = start(&sb, &selfapp(), &["--register", "--api", "3", "--error-at", "1"], &[]);
+    assert!(wait_until(LONG, || sb.read("log").contains("api rc=")), "{}", sb.read("log"));
+    assert!(sb.read("log").contains("api rc=-1 state=7"), "{}", sb.read("log"));
+    assert!(
+        sb.read("app.out").contains("registered checkpoint callback returned -1 (OPAL_ERROR)"),
+        "{}",
+        sb.read("app.out")
+    );
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(verify_all(&series).is_empty());
+    assert!(still_counts(&sb));
+    stop(&mut app);
+
+    // The signal: a warning, no snapshot, and the process does not exit (not even with
+    // opal_cr_signal_exit=1, which is for a published snapshot).
+    let sb = Sandbox::new("self-callback-error-signal");
+    let mut app =
+        start(&sb, &selfapp(), &["--error-at", "1"], &[("OMPI_MCA_opal_cr_signal_exit", "1")]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(app.id() as i32, libc::SIGUSR1) };
+    let warning = "warning: cr: checkpoint failed: self: checkpoint callback opal_crs_self_user_checkpoint returned -1 (OPAL_ERROR)";
+    assert!(wait_until(LONG, || sb.read("app.out").contains(warning)), "{}", sb.read("app.out"));
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(verify_all(&series).is_empty());
+    assert!(still_counts(&sb));
+    assert!(alive(app.id()));
+    stop(&mut app);
+
+    // The interval: a warning, and the next interval's checkpoint is number 0.
+    let sb = Sandbox::new("self-callback-error-interval");
+    let env = [("OMPI_MCA_opal_cr_checkpoint_interval", "1")];
+    let mut app = start(&sb, &selfapp(), &["--error-at", "1"], &env);
+    assert!(wait_until(LONG, || sb.read("app.out").contains(warning)), "{}", sb.read("app.out"));
+    let series = sb.path(&format!("opal_snapshot_{}.ckpt", app.id()));
+    assert!(wait_until(LONG, || series.join("0").exists()), "{}", sb.read("log"));
+    assert_eq!(verify_all(&series)[0], opalcrs::snapshot::Verdict::Good);
+    stop(&mut app);
+}
+
+/// A tmpfs of `size` mounted at `path` for one test; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs on {}", path.display());
+        Tmpfs(path)
+    }
+
+    /// Bytes free for files.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs on a NUL-terminated path into a zeroed struct.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_checkpoint_whose_state_does_not_fit_on_the_disk_fails() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let sb = Sandbox::new("self-disk-full");
+    let disk = Tmpfs::mount(sb.path("disk"), "1m");
+    let dir = disk.0.to_str().unwrap();
+    let mut app = start(&sb, &selfapp(), &["--state-bytes", "200000"], &[]);
+    let pid = app.id().to_string();
+    let series = disk.0.join(format!("opal_snapshot_{pid}.ckpt"));
+    let (_, first) = checkpoint_ok(&sb, &["-w", dir, &pid]);
+    let first_state = std::fs::read(first.join("state")).unwrap();
+
+    // Leave 64 KiB: room for the metadata and manifest, not for the 200 KB state.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; (disk.free() - 65536) as usize]).unwrap();
+    let out = sb.checkpoint(&["-w", dir, &pid]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("checkpoint callback opal_crs_self_user_checkpoint returned -1"),
+        "{stderr}"
+    );
+    assert!(sb.read("log").contains("checkpoint call 2 could not write its state"));
+    assert_eq!(verify_all(&series), [opalcrs::snapshot::Verdict::Good]);
+    assert_eq!(std::fs::read(first.join("state")).unwrap(), first_state);
+    assert_eq!(temporaries(&series), Vec::<String>::new());
+    assert!(still_counts(&sb));
+
+    // With room again the series goes on at the next number.
+    std::fs::remove_file(&filler).unwrap();
+    let (_, next) = checkpoint_ok(&sb, &["-w", dir, &pid]);
+    assert_eq!(next, series.join("1"));
+    stop(&mut app);
+}
+
+/// Runs `tool` with `args` (bytes, not necessarily UTF-8) in the sandbox.
+fn run_tool(
+    sb: &Sandbox,
+    tool: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    sb.command(tool).args(args).output().unwrap()
+}
+
+/// Asserts that `out` is a refusal with exit `code` whose message contains `needle`.
+fn assert_refused(out: &std::process::Output, what: &str, code: i32, needle: &str) {
+    let (stdout, stderr) = text(out);
+    assert_ne!(out.status.code(), Some(101), "{what} panicked: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "{what}: {stdout}{stderr}");
+    assert!(stderr.contains(needle), "{what}: {needle:?} not in {stderr:?}");
+}
+
+#[test]
+fn every_tool_refuses_bad_input_with_its_usage_code_and_a_message() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new("tool-args");
+    let mut app = start(&sb, &selfapp(), &[], &[]);
+    let pid = app.id().to_string();
+    let pid = OsStr::new(&pid);
+    let bad = OsStr::from_bytes(b"x\xffy");
+    let long = "n".repeat(100_000);
+    let long = OsStr::new(&long);
+    let missing = sb.path("no-such-file.conf");
+    let missing = missing.as_os_str();
+    let s = |text: &'static str| OsStr::new(text);
+    let utf8 = "not valid UTF-8";
+    let keep = [s("-mca"), s("crs_base_snapshot_keep"), s("banana")];
+    let bad_keep = "bad value \"banana\" for parameter crs_base_snapshot_keep";
+    let no_file = "cannot read parameter file";
+    let too_long = "longer than 255 bytes";
+
+    let checkpoint = checkpoint_tool();
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("-n"), bad, pid], utf8),
+        (vec![s("-w"), bad, pid], utf8),
+        (vec![bad], utf8),
+        ([&keep[..], &[pid]].concat(), bad_keep),
+        (vec![s("-am"), missing, pid], no_file),
+        (vec![s("-n"), long, pid], too_long),
+        (vec![s("-w"), long, pid], "longer than 4095 bytes (PATH_MAX)"),
+        (vec![s("--timeout"), s("nan"), pid], "--timeout"),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(
+            &run_tool(&sb, &checkpoint, args),
+            &format!("opal-checkpoint {args:?}"),
+            1,
+            needle,
+        );
+    }
+    // None of them reached the process.
+    assert!(!sb.path(&format!("opal_snapshot_{}.ckpt", app.id())).exists());
+    // A timeout too long for the clock is no limit, not a panic.
+    let out = run_tool(&sb, &checkpoint, &[s("--timeout"), s("1e30"), pid]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+
+    let garbage = sb.path("garbage");
+    std::fs::create_dir_all(&garbage).unwrap();
+    std::fs::write(garbage.join("snapshot_meta.data"), b"\x89\xff\x00 not metadata \xfe").unwrap();
+    let restart = restart_tool();
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![bad], utf8),
+        (vec![s("-w"), bad, s("series")], utf8),
+        ([&keep[..], &[s("series")]].concat(), bad_keep),
+        (vec![s("-am"), missing, s("series")], no_file),
+        (vec![s("--verify"), bad], utf8),
+        (vec![long], "File name too long"),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(
+            &run_tool(&sb, &restart, args),
+            &format!("opal-restart {args:?}"),
+            125,
+            needle,
+        );
+    }
+    // --verify of something a restart refuses is not "good".
+    let out = run_tool(&sb, &restart, &[s("--verify"), garbage.as_os_str()]);
+    assert_refused(&out, "opal-restart --verify garbage", 1, "");
+    assert!(text(&out).0.contains("State: corrupt: snapshot_meta.data"), "{:?}", text(&out));
+
+    let run = PathBuf::from(env!("CARGO_BIN_EXE_opal-run"));
+    let w = [s("-w"), sb.dir.as_os_str()];
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        ([&w[..], &[s("-n"), bad, s("--"), s("true")]].concat(), utf8),
+        (vec![s("-w"), bad, s("-n"), s("series"), s("--"), s("true")], utf8),
+        ([&w[..], &[s("-n"), long, s("--"), s("true")]].concat(), too_long),
+        ([&w[..], &keep[..], &[s("-n"), s("series"), s("--"), s("true")]].concat(), bad_keep),
+        (
+            [&w[..], &[s("-am"), missing, s("-n"), s("series"), s("--"), s("true")]].concat(),
+            no_file,
+        ),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(&run_tool(&sb, &run, args), &format!("opal-run {args:?}"), 125, needle);
+    }
+    // The command and its arguments are passed on as bytes.
+    let out = run_tool(
+        &sb,
+        &run,
+        &[
+            &w[..],
+            &[
+                s("-n"),
+                s("series"),
+                s("--"),
+                s("sh"),
+                s("-c"),
+                s("printf %s \"$1\" > arg"),
+                s("sh"),
+                bad,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(std::fs::read(sb.path("arg")).unwrap(), bad.as_bytes());
+
+    let info = PathBuf::from(env!("CARGO_BIN_EXE_opal-info"));
+    let cases: Vec<(Vec<&OsStr>, &str)> = vec![
+        (vec![s("--param"), bad, s("all")], utf8),
+        (keep.to_vec(), bad_keep),
+        (vec![s("-am"), missing], no_file),
+    ];
+    for (args, needle) in &cases {
+        assert_refused(&run_tool(&sb, &info, args), &format!("opal-info {args:?}"), 1, needle);
+    }
+    // A variable of the environment that is not UTF-8 is none of the tools' business.
+    let out = sb.command(&info).env("OPALCRS_TEST_BYTES", bad).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    // One of ours that is not is refused.
+    let out = sb.command(&info).env("OMPI_MCA_crs_base_snapshot_dir", bad).output().unwrap();
+    assert_refused(&out, "opal-info with bytes in a parameter", 1, "expected UTF-8 text");
 }

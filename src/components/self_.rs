@@ -109,21 +109,33 @@ impl Component for SelfComponent {
         let checkpoint = callbacks.checkpoint.ok_or_else(|| {
             Error::new(OPAL_ERROR, format!("self: no {prefix}_checkpoint callback"))
         })?;
+        let who = if callbacks::read().self_checkpoint.is_some() {
+            "registered checkpoint callback".to_string()
+        } else {
+            format!("checkpoint callback {prefix}_checkpoint")
+        };
         let mut restart_cmd: *mut libc::c_char = std::ptr::null_mut();
         // SAFETY: the program's checkpoint callback; it may set restart_cmd to a malloc'ed string.
-        unsafe { checkpoint(&mut restart_cmd) };
-        if restart_cmd.is_null() {
-            return Err(Error::new(
+        let rc = unsafe { checkpoint(&mut restart_cmd) };
+        // The string is ours to free whatever the callback returned.
+        let command = (!restart_cmd.is_null()).then(|| {
+            // SAFETY: a NUL-terminated string from malloc, handed over to us.
+            unsafe {
+                let text = CStr::from_ptr(restart_cmd).to_string_lossy().into_owned();
+                libc::free(restart_cmd.cast());
+                text
+            }
+        });
+        if rc != OPAL_SUCCESS {
+            let name = code_name(rc).map_or_else(String::new, |name| format!(" ({name})"));
+            return Err(Error::new(OPAL_ERROR, format!("self: {who} returned {rc}{name}")));
+        }
+        let command = command.ok_or_else(|| {
+            Error::new(
                 OPAL_ERROR,
                 format!("self: {prefix}_checkpoint returned no restart command: set *restart_cmd to a malloc'ed command line"),
-            ));
-        }
-        // SAFETY: a NUL-terminated string from malloc, handed over to us.
-        let command = unsafe {
-            let text = CStr::from_ptr(restart_cmd).to_string_lossy().into_owned();
-            libc::free(restart_cmd.cast());
-            text
-        };
+            )
+        })?;
         if command.trim().is_empty() || command.contains('\n') {
             return Err(Error::new(
                 OPAL_ERROR,

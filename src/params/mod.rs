@@ -30,7 +30,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-const ENV_PREFIX: &str = "OMPI_MCA_";
+pub(crate) const ENV_PREFIX: &str = "OMPI_MCA_";
 /// Launchers mark where an environment value really came from with
 /// `OMPI_MCA_SOURCE_<name>=COMMAND_LINE` or `=FILE:<path>`.
 const ENV_SOURCE_PREFIX: &str = "OMPI_MCA_SOURCE_";

@@ -114,10 +114,6 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
             series.path().join(seq.to_string())
         }
         CheckpointOutcome::Continue => {
-            let text = metadata.render()?;
-            std::fs::write(pending.dir.join(crate::snapshot::METADATA_FILE), text).map_err(
-                |e| Error::io(format!("writing metadata in {}", pending.dir.display()), e),
-            )?;
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
@@ -126,13 +122,18 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
                 host: crate::output::hostname(),
                 identity: component.identity(),
             };
-            match pending.publish(options) {
+            // A snapshot whose metadata cannot be written fails like any other step:
+            // the temporary goes, and the program hears of the failure.
+            let published = write_metadata(&pending.dir, &metadata).and_then(|()| {
+                pending.publish(options).map_err(|e| e.context("publishing the snapshot"))
+            });
+            match published {
                 Ok(published) => published.path,
                 Err(e) => {
                     if request.run_callbacks {
                         recover(OPAL_CRS_ERROR);
                     }
-                    return Err(e.context("publishing the snapshot"));
+                    return Err(e);
                 }
             }
         }
@@ -166,6 +167,12 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         finished_ms,
         established_ms,
     })
+}
+
+fn write_metadata(dir: &std::path::Path, metadata: &Metadata) -> Result<()> {
+    let text = metadata.render()?;
+    std::fs::write(dir.join(crate::snapshot::METADATA_FILE), text)
+        .map_err(|e| Error::io(format!("writing metadata in {}", dir.display()), e))
 }
 
 /// Phase one and the component's checkpoint; returns the outcome and the metadata.

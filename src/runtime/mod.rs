@@ -90,8 +90,23 @@ pub fn sysconfdir() -> PathBuf {
 
 /// Reads the parameters of this process from its environment and files.
 pub fn load_params(cmdline: Vec<(String, String)>) -> Result<Params> {
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            (Ok(name), Err(value)) if name.starts_with(params::ENV_PREFIX) => {
+                let parameter = &name[params::ENV_PREFIX.len()..];
+                return Err(Error::new(
+                    OPAL_ERR_BAD_PARAM,
+                    format!("bad value {value:?} for parameter {parameter} (from environment {name}): expected UTF-8 text"),
+                ));
+            }
+            // Not text, and not one of ours: no parameter reads it.
+            _ => {}
+        }
+    }
     let inputs = params::Inputs {
-        env: std::env::vars().collect(),
+        env,
         cmdline,
         home: std::env::var_os("HOME").map(PathBuf::from),
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),

@@ -36,8 +36,19 @@ pub struct Series {
 }
 
 /// Checks a series name as given by `crs_base_snapshot_name` or `opal-checkpoint -n`:
-/// one path component, not `.` or `..`, no `..` anywhere, no NUL.
+/// one path component, not `.` or `..`, no `..` anywhere, no NUL, at most NAME_MAX bytes.
 pub fn check_series_name(name: &str) -> Result<()> {
+    const NAME_MAX: usize = 255;
+    if name.len() > NAME_MAX {
+        let start: String = name.chars().take(32).collect();
+        return Err(Error::new(
+            codes::OPAL_ERR_BAD_PARAM,
+            format!(
+                "invalid snapshot name \"{start}…\" ({} bytes): it is longer than {NAME_MAX} bytes (NAME_MAX)",
+                name.len()
+            ),
+        ));
+    }
     let why = if name.is_empty() {
         "it is empty"
     } else if name.contains('/') {
@@ -575,12 +586,13 @@ mod tests {
 
     #[test]
     fn series_names_are_checked() {
-        for bad in ["", "a/b", "/abs", ".", "..", "a..b", "..x", "a\0b"] {
+        let long = "n".repeat(256);
+        for bad in ["", "a/b", "/abs", ".", "..", "a..b", "..x", "a\0b", &long] {
             let err = check_series_name(bad).unwrap_err();
             assert_eq!(err.code(), codes::OPAL_ERR_BAD_PARAM, "{bad:?}");
             assert!(err.message().contains("invalid snapshot name"), "{err}");
         }
-        for good in ["opal_snapshot_42.ckpt", ".hidden", "a.b", "x"] {
+        for good in ["opal_snapshot_42.ckpt", ".hidden", "a.b", "x", &long[1..]] {
             check_series_name(good).unwrap();
         }
         let base = TempDir::new();

@@ -24,6 +24,9 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef { names: &["l", "list"], value: None, help: "List each snapshot of SERIES (no PID), or of every series in -w DIR: seq, time, component, size, state" },
 ];
 
+/// Linux's limit on a path, with its NUL.
+const PATH_MAX: usize = 4096;
+
 pub(crate) const EXIT_OK: i32 = 0;
 pub(crate) const EXIT_USAGE: i32 = 1;
 pub(crate) const EXIT_NO_PROCESS: i32 = 2;
@@ -79,8 +82,10 @@ struct Settings {
 }
 
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let argv0 = std::env::args().next().unwrap_or_else(|| "opal-checkpoint".into());
+    let args = super::args();
+    let argv0 = std::env::args_os()
+        .next()
+        .map_or_else(|| "opal-checkpoint".into(), |a| a.to_string_lossy().into_owned());
     let synopsis = "opal-checkpoint [options] PID | opal-checkpoint --list [options] [SERIES]";
     let title = "Open PAL Single Process Checkpoint Tool";
     let parsed = match parse(&args, OPTIONS) {
@@ -121,17 +126,27 @@ pub fn main() -> i32 {
             return EXIT_USAGE;
         }
     };
-    let timeout = match parsed.value("timeout").map(str::parse::<f64>) {
+    // 0 or less is no limit, and so is a time beyond what the clock can count.
+    let deadline = match parsed.value("timeout").map(str::parse::<f64>) {
         None => None,
-        Some(Ok(seconds)) if seconds > 0.0 && seconds.is_finite() => {
-            Some(Duration::from_secs_f64(seconds))
-        }
-        Some(Ok(_)) => None,
-        Some(Err(_)) => {
+        Some(Ok(seconds)) if !seconds.is_nan() => Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .and_then(|t| Instant::now().checked_add(t)),
+        Some(_) => {
             eprintln!("{argv0}: command line error (--timeout takes a number of seconds)");
             return EXIT_USAGE;
         }
     };
+    // The tool's own parameters are checked like every tool's, though only
+    // crs_base_snapshot_dir matters to it.
+    if let Err(e) = crate::runtime::load_params(parsed.mca.clone()) {
+        return report_failure(json, pid, Failure::new(EXIT_USAGE, e.message()));
+    }
+    // Checked here as the process would, and before a request carries it.
+    if let Some(Err(e)) = parsed.value("n").map(crate::snapshot::check_series_name) {
+        return report_failure(json, pid, Failure::new(EXIT_USAGE, e.message()));
+    }
     // `-w` is the original's binding of crs_base_snapshot_dir; `-mca` may set it too.
     let dir = parsed
         .value("w")
@@ -148,6 +163,13 @@ pub fn main() -> i32 {
             Ok(cwd) if !d.starts_with('/') => cwd.join(&d).display().to_string(),
             _ => d,
         });
+    // PATH_MAX counts the terminating NUL.
+    if let Some(dir) = dir.as_ref().filter(|d| d.len() >= PATH_MAX) {
+        let start: String = dir.chars().take(32).collect();
+        let message =
+            format!("directory \"{start}…\" is longer than {} bytes (PATH_MAX)", PATH_MAX - 1);
+        return report_failure(json, pid, Failure::new(EXIT_USAGE, message));
+    }
     let settings = Settings {
         pid,
         verbose: parsed.has("v"),
@@ -157,7 +179,7 @@ pub fn main() -> i32 {
         wait: parsed.has("wait"),
         name: parsed.value("n").map(str::to_string),
         dir,
-        deadline: timeout.map(|t| Instant::now() + t),
+        deadline,
     };
     let result = if parsed.has("status") { status(&settings) } else { checkpoint(&settings) };
     match result {

@@ -57,7 +57,7 @@ pub fn render(params: &Params, framework: &str, component: &str, parsable: bool)
 }
 
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = super::args();
     let title = "Open PAL checkpoint/restart information (libopalcrs)";
     let parsed = match parse(&args, OPTIONS) {
         Ok(p) => p,

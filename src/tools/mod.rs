@@ -7,6 +7,7 @@ pub mod info;
 pub mod restart;
 pub mod run;
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 
 /// One option of a tool: its names (without dashes), whether it takes a value, and help.
@@ -63,22 +64,35 @@ impl Parsed {
     }
 }
 
+/// The tool's arguments, without its name, as the bytes they are.
+pub fn args() -> Vec<OsString> {
+    std::env::args_os().skip(1).collect()
+}
+
+/// `arg` as text; names, paths and values travel in text (metadata, the control
+/// protocol, parameters), so other bytes are refused, naming `what` they were.
+fn utf8(arg: &OsStr, what: impl FnOnce() -> String) -> Result<&str, UsageError> {
+    arg.to_str().ok_or_else(|| UsageError(format!("{} {arg:?} is not valid UTF-8", what())))
+}
+
 /// Parses arguments against `options` plus the MCA options. Long names may be written
 /// with one or two dashes; `--name=value` works for options with a value.
-pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, UsageError> {
+pub fn parse(args: &[OsString], options: &'static [OptionDef]) -> Result<Parsed, UsageError> {
     let mut parsed = Parsed::default();
     let mut i = 0;
     while i < args.len() {
-        let arg = &args[i];
+        let arg = utf8(&args[i], || "argument".into())?;
         i += 1;
         if arg == "--" {
-            parsed.operands.extend(args[i..].iter().cloned());
+            for operand in &args[i..] {
+                parsed.operands.push(utf8(operand, || "operand".into())?.to_string());
+            }
             break;
         }
         let Some(stripped) =
             arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|s| !s.is_empty())
         else {
-            parsed.operands.push(arg.clone());
+            parsed.operands.push(arg.to_string());
             continue;
         };
         let (name, inline) = match stripped.split_once('=') {
@@ -86,12 +100,10 @@ pub fn parse(args: &[String], options: &'static [OptionDef]) -> Result<Parsed, U
             None => (stripped, None),
         };
         let mut take = |what: &str| -> Result<String, UsageError> {
-            let value = args
-                .get(i)
-                .cloned()
-                .ok_or_else(|| UsageError(format!("option {arg} needs {what}")))?;
+            let value =
+                args.get(i).ok_or_else(|| UsageError(format!("option {arg} needs {what}")))?;
             i += 1;
-            Ok(value)
+            Ok(utf8(value, || format!("option {arg}: {what}"))?.to_string())
         };
         match name {
             "mca" | "gmca" => {
@@ -161,8 +173,8 @@ mod tests {
         OptionDef { names: &["n", "name"], value: Some("NAME"), help: "" },
     ];
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
     }
 
     #[test]
@@ -195,5 +207,22 @@ mod tests {
         assert!(parse(&args(&["-n"]), OPTS).unwrap_err().0.contains("-n needs NAME"));
         assert!(parse(&args(&["-mca", "x"]), OPTS).unwrap_err().0.contains("needs a value"));
         assert!(parse(&args(&["-v=1"]), OPTS).unwrap_err().0.contains("takes no value"));
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_are_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = OsStr::from_bytes(b"a\xffb").to_os_string();
+        let refused = |list: Vec<OsString>| parse(&list, OPTS).unwrap_err().0;
+        assert_eq!(
+            refused(vec!["-n".into(), bad.clone()]),
+            r#"option -n: NAME "a\xFFb" is not valid UTF-8"#
+        );
+        assert_eq!(refused(vec![bad.clone()]), r#"argument "a\xFFb" is not valid UTF-8"#);
+        assert_eq!(
+            refused(vec!["--".into(), bad.clone()]),
+            r#"operand "a\xFFb" is not valid UTF-8"#
+        );
+        assert!(refused(vec!["-mca".into(), "x".into(), bad]).contains("a value"));
     }
 }

@@ -35,7 +35,7 @@ pub(crate) const EXIT_VERIFY_CORRUPT: i32 = 1;
 pub(crate) const EXIT_VERIFY_INCOMPLETE: i32 = 2;
 
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = super::args();
     let synopsis = "opal-restart [options] SNAPSHOT | opal-restart [options] -l DIR -r REF\n       opal-restart --verify [options] SNAPSHOT | opal-restart --list [options] [SERIES]";
     let title = "Open PAL Single Process Restart Tool";
     let parsed = match parse(&args, OPTIONS) {
@@ -191,7 +191,18 @@ pub fn main() -> i32 {
 /// the newest, without falling back to an older one) and returns the exit code.
 fn verify(target: &Target, json: bool) -> Result<i32, Error> {
     let located = snapshot::locate(&target.reference, &target.base, target.seq)?;
-    let info = SnapshotInfo::inspect(&located.dir, located.seq);
+    let mut info = SnapshotInfo::inspect(&located.dir, located.seq);
+    // A snapshot whose metadata a restart cannot use is no good either.
+    if info.verdict.is_usable() {
+        let usable = restart::read_metadata(&located.dir)
+            .and_then(|metadata| restart::component_of(&located.dir, &metadata));
+        if let Err(e) = usable {
+            info.verdict = Verdict::Corrupt {
+                file: snapshot::METADATA_FILE.to_string(),
+                reason: e.message().to_string(),
+            };
+        }
+    }
     let code = match info.verdict {
         Verdict::Good | Verdict::Legacy => EXIT_VERIFY_GOOD,
         Verdict::Corrupt { .. } => EXIT_VERIFY_CORRUPT,
@@ -398,15 +409,15 @@ mod tests {
 
     #[test]
     fn the_new_options_parse() {
-        let args: Vec<String> =
-            ["--verify", "-s", "3", "--json", "s"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<std::ffi::OsString> =
+            ["--verify", "-s", "3", "--json", "s"].iter().map(Into::into).collect();
         let parsed = super::super::parse(&args, OPTIONS).unwrap();
         assert!(parsed.has("verify") && parsed.has("json"));
         assert_eq!(
             (parsed.value("s"), parsed.operands.as_slice()),
             (Some("3"), &["s".to_string()][..])
         );
-        let parsed = super::super::parse(&["-list".to_string()], OPTIONS).unwrap();
+        let parsed = super::super::parse(&["-list".into()], OPTIONS).unwrap();
         assert!(parsed.has("list"));
     }
 }

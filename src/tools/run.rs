@@ -62,21 +62,20 @@ const FORWARDED: &[libc::c_int] = &[
 ];
 
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = super::args();
     let (ours, command) = split_command(&args);
-    let mut parsed = match parse(ours, OPTIONS) {
+    let parsed = match parse(ours, OPTIONS) {
         Ok(p) => p,
         Err(e) => return usage_error(&e.0),
     };
     if !parsed.operands.is_empty() {
         return usage_error(&format!("unexpected {:?} before the command", parsed.operands[0]));
     }
-    parsed.operands = command.to_vec();
     if parsed.has("h") {
         print!("{}", usage(SYNOPSIS, TITLE, OPTIONS));
         return 0;
     }
-    let Some(program) = parsed.operands.first() else {
+    let Some(program) = command.first().map(|p| p.to_string_lossy()) else {
         return usage_error("no command given");
     };
     let verbose = parsed.has("v");
@@ -116,7 +115,7 @@ pub fn main() -> i32 {
                 "opal-run: no snapshot in series {}: starting {program} fresh",
                 series.path().display()
             );
-            return start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca);
+            return start_fresh(command, &name, dir.as_deref(), &parsed.mca);
         }
         Err(e) => return fail(e, EXIT_USAGE),
     }
@@ -162,7 +161,7 @@ pub fn main() -> i32 {
                 "opal-run: no good snapshot in series {}: starting {program} fresh",
                 series.path().display()
             );
-            start_fresh(&parsed.operands, &name, dir.as_deref(), &parsed.mca)
+            start_fresh(command, &name, dir.as_deref(), &parsed.mca)
         }
         Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
         Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
@@ -193,10 +192,11 @@ fn absolute(dir: &str) -> Result<PathBuf, Error> {
 /// Splits the arguments into ours and the command: the command starts after `--`, or
 /// at the first word that is neither an option nor an option's value, so that
 /// `opal-run -n s prog -v` does not take the program's `-v` for its own.
-fn split_command(args: &[String]) -> (&[String], &[String]) {
+fn split_command(args: &[OsString]) -> (&[OsString], &[OsString]) {
     let mut i = 0;
     while i < args.len() {
-        let arg = args[i].as_str();
+        // Bytes that are not text never name one of our options; parse() refuses them.
+        let arg = args[i].to_string_lossy();
         if arg == "--" {
             return (&args[..i], &args[i + 1..]);
         }
@@ -277,7 +277,7 @@ fn fresh_environment(
 }
 
 /// Replaces this process with the command; returns only when that fails.
-fn start_fresh(argv: &[String], name: &str, dir: Option<&Path>, mca: &[(String, String)]) -> i32 {
+fn start_fresh(argv: &[OsString], name: &str, dir: Option<&Path>, mca: &[(String, String)]) -> i32 {
     let error = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .envs(fresh_environment(name, dir, mca))
@@ -413,8 +413,8 @@ mod tests {
         assert_eq!(fresh_environment("s", None, &[]).len(), 1);
     }
 
-    fn words(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn words(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
     }
 
     #[test]
