@@ -8,11 +8,11 @@
 use crate::codes::*;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const NAME_PREFIX: &str = "opalcrs.";
@@ -140,6 +140,73 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::i
         ));
     }
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A request being received by a server that must not wait for any one client: the
+/// stream is non-blocking and the whole line must arrive before `deadline`.
+pub struct PendingRequest {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+/// What a [`PendingRequest`] has received so far.
+#[derive(Debug)]
+pub enum Received {
+    /// Not a whole line yet.
+    Partial,
+    /// A whole line, decoded, or why it cannot be.
+    Request(std::result::Result<RequestEnvelope, String>),
+    /// The client went away before sending anything.
+    Gone,
+}
+
+impl PendingRequest {
+    pub fn new(stream: UnixStream, deadline: Instant) -> std::io::Result<PendingRequest> {
+        stream.set_nonblocking(true)?;
+        Ok(PendingRequest { stream, line: Vec::new(), deadline })
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Reads what has arrived, without blocking.
+    pub fn receive(&mut self) -> Received {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.line.iter().position(|&b| b == b'\n') {
+                let decoded = serde_json::from_slice(&self.line[..end])
+                    .map_err(|e| format!("unreadable request: {e}"));
+                return Received::Request(decoded);
+            }
+            if self.line.len() as u64 > MAX_LINE {
+                return Received::Request(Err(format!(
+                    "request longer than {MAX_LINE} bytes (is a name or path that long?)"
+                )));
+            }
+            match (&self.stream).read(&mut chunk) {
+                Ok(0) if self.line.is_empty() => return Received::Gone,
+                Ok(0) => {
+                    return Received::Request(Err(
+                        "unreadable request: the connection closed before its end of line".into(),
+                    ))
+                }
+                Ok(n) => self.line.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Received::Partial,
+                Err(_) => return Received::Gone,
+            }
+        }
+    }
 }
 
 pub fn write_message<T: Serialize>(mut stream: &UnixStream, message: &T) -> std::io::Result<()> {
@@ -317,6 +384,38 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
+    }
+
+    fn pending(client_sends: &[u8]) -> (UnixStream, PendingRequest) {
+        let (client, server) = UnixStream::pair().unwrap();
+        (&client).write_all(client_sends).unwrap();
+        (client, PendingRequest::new(server, Instant::now()).unwrap())
+    }
+
+    #[test]
+    fn a_pending_request_is_decoded_once_its_line_is_complete() {
+        let (client, mut request) = pending(br#"{"v":1,"#);
+        assert!(matches!(request.receive(), Received::Partial));
+        (&client).write_all(b"\"op\":\"status\"}\n").unwrap();
+        match request.receive() {
+            Received::Request(Ok(envelope)) => assert_eq!(envelope.request, Request::Status),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pending_request_reports_garbage_overlong_cut_and_silent_clients() {
+        let (_client, mut garbage) = pending(b"{nonsense\n");
+        assert!(matches!(garbage.receive(), Received::Request(Err(e)) if e.contains("unreadable")));
+        let (_client, mut long) = pending(&vec![b' '; MAX_LINE as usize + 10]);
+        assert!(matches!(long.receive(), Received::Request(Err(e)) if e.contains("longer than")));
+        let (client, mut cut) = pending(b"{\"v\":1");
+        drop(client);
+        assert!(matches!(cut.receive(), Received::Request(Err(e)) if e.contains("end of line")));
+        let (client, mut silent) = pending(b"");
+        assert!(matches!(silent.receive(), Received::Partial));
+        drop(client);
+        assert!(matches!(silent.receive(), Received::Gone));
     }
 
     #[test]
