@@ -99,7 +99,7 @@ pub struct CheckpointResult {
 pub struct Status {
     pub pid: i32,
     pub component: String,
-    /// "idle" or "running".
+    /// "idle" or "checkpointing".
     pub state: String,
     pub series: Option<String>,
     pub last_seq: Option<u64>,
@@ -261,7 +261,8 @@ pub struct Endpoint {
 }
 
 /// Finds the control socket of `pid`. Errors: OPAL_ERR_NOT_FOUND (no such process),
-/// OPAL_ERR_PERM (not ours to inspect), OPAL_ERR_NOT_AVAILABLE (no libopalcrs socket).
+/// OPAL_ERR_PERM (not ours to inspect), OPAL_ERR_RESOURCE_BUSY (closed while the
+/// process is dumped), OPAL_ERR_NOT_AVAILABLE (no libopalcrs socket).
 pub fn locate(pid: i32) -> Result<Endpoint> {
     if pid <= 0 {
         return Err(Error::new(OPAL_ERR_BAD_PARAM, format!("invalid PID {pid}")));
@@ -281,7 +282,8 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             format!("no such process: {pid} has exited (zombie)"),
         ));
     }
-    let fds = std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
+    // Readable only for the process's owner and root.
+    std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
             Error::new(
                 OPAL_ERR_PERM,
@@ -291,8 +293,32 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} ({e})"))
         }
     })?;
+    let not_ours = || {
+        Error::new(
+            OPAL_ERR_NOT_AVAILABLE,
+            format!("process {pid} is not a libopalcrs process (no control socket: not linked with libopalcrs, C/R disabled, or opal_init not called)"),
+        )
+    };
+    // The dump marker is set before the socket closes and cleared after it reopens, so
+    // "no socket, then no marker" means the socket reopened meanwhile: look again.
+    for _ in 0..3 {
+        if let Some(name) = listening_name(pid)? {
+            return Ok(Endpoint { pid, uid, name });
+        }
+        if being_dumped(pid) {
+            return Err(Error::new(
+                OPAL_ERR_RESOURCE_BUSY,
+                format!("a checkpoint of process {pid} is in progress (its control socket is closed while it is dumped)"),
+            ));
+        }
+    }
+    Err(not_ours())
+}
+
+/// The abstract name of the control socket `pid` listens on, if any.
+fn listening_name(pid: i32) -> Result<Option<String>> {
     let mut inodes = std::collections::HashSet::new();
-    for entry in fds.flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
         if let Ok(target) = std::fs::read_link(entry.path()) {
             let target = target.to_string_lossy();
             if let Some(ino) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
@@ -300,28 +326,62 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             }
         }
     }
-    let not_ours = || {
-        Error::new(
-            OPAL_ERR_NOT_AVAILABLE,
-            format!("process {pid} is not a libopalcrs process (no control socket: not linked with libopalcrs, C/R disabled, or opal_init not called)"),
-        )
-    };
     if inodes.is_empty() {
-        return Err(not_ours());
+        return Ok(None);
     }
-    let table = std::fs::read_to_string(format!("{proc_dir}/net/unix"))
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix"))
         .map_err(|e| Error::io("reading /proc/net/unix", e))?;
     // Columns: Num RefCount Protocol Flags Type St Inode [Path]; abstract names start with '@'.
-    let found = table.lines().skip(1).find_map(|line| {
+    Ok(table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (flags, inode, path) = (cols.get(3)?, cols.get(6)?, cols.get(7)?);
         let listening = u32::from_str_radix(flags, 16).ok()? & 0x10000 != 0;
         let name = path.strip_prefix('@')?;
         (listening && name.starts_with(NAME_PREFIX) && inodes.contains(*inode))
             .then(|| name.to_string())
-    });
-    let name = found.ok_or_else(not_ours)?;
-    Ok(Endpoint { pid, uid, name })
+    }))
+}
+
+/// The name of the thread that runs a whole-process dump while the process's control
+/// socket is closed for it: a tool that finds no socket but this thread knows that a
+/// checkpoint is in progress. A thread's name is the process's own (no other user can
+/// set it), costs CRIU nothing, and is given back before the socket reopens, in the
+/// original and in a restored copy alike.
+pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
+
+/// Whether a thread of `pid` carries [`DUMP_THREAD_NAME`].
+fn being_dumped(pid: i32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.into_iter().any(|task| {
+        std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end_matches('\n') == DUMP_THREAD_NAME)
+    })
+}
+
+/// The calling thread carries [`DUMP_THREAD_NAME`] until this is dropped.
+pub struct DumpMarker {
+    previous: [u8; 16],
+}
+
+impl DumpMarker {
+    pub fn set() -> DumpMarker {
+        let mut previous = [0u8; 16];
+        let name = std::ffi::CString::new(DUMP_THREAD_NAME).expect("no NUL in the name");
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into our buffer; PR_SET_NAME
+        // reads a NUL-terminated string of at most 16 bytes.
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, previous.as_mut_ptr());
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        }
+        DumpMarker { previous }
+    }
+}
+
+impl Drop for DumpMarker {
+    fn drop(&mut self) {
+        // SAFETY: the NUL-terminated name PR_GET_NAME gave.
+        unsafe { libc::prctl(libc::PR_SET_NAME, self.previous.as_ptr()) };
+    }
 }
 
 impl Endpoint {
@@ -424,13 +484,38 @@ mod tests {
         assert_eq!(locate(i32::MAX).unwrap_err().code(), OPAL_ERR_NOT_FOUND);
     }
 
+    /// Tests that look at this process's own sockets and thread names.
+    static OWN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_socket_is_found_from_the_pid_only_once_bound() {
+        let _alone = OWN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id() as i32;
         // Nothing else in this test binary binds a control socket.
         assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_NOT_AVAILABLE);
         let (_listener, name) = bind(pid).unwrap();
         let endpoint = locate(pid).unwrap();
         assert_eq!(endpoint.name, name);
+    }
+
+    #[test]
+    fn a_process_without_its_socket_is_busy_while_a_thread_carries_the_dump_name() {
+        let _alone = OWN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id() as i32;
+        let (marked, released) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let marker = DumpMarker::set();
+                marked.wait();
+                released.wait();
+                drop(marker);
+                marked.wait();
+            });
+            marked.wait();
+            assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_RESOURCE_BUSY);
+            released.wait();
+            marked.wait();
+            assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_NOT_AVAILABLE);
+        });
     }
 }

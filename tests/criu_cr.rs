@@ -794,3 +794,42 @@ fn a_damaged_newest_image_is_rejected_while_restoring_and_the_older_one_restarts
     );
     kill(restored);
 }
+
+/// Issue 12, finding 8: while CRIU dumps a process its control socket is closed (CRIU
+/// cannot dump a connection to an outside process). Meanwhile another `opal-checkpoint`
+/// learns that a checkpoint is in progress (exit 5), `--status` says "checkpointing",
+/// and `--wait` waits and then takes its own snapshot.
+#[test]
+fn requests_during_a_dump_learn_it_is_in_progress() {
+    require_criu!();
+    let sb = Sandbox::new("criu-busy");
+    let mut app = start_counter(&sb, 512);
+    let pid = app.id().to_string();
+    let tool = |args: &[&str]| {
+        sb.command(checkpoint_tool())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = tool(&["--timeout", "60", &pid]);
+    let closed = wait_until(LONG, || opalcrs::control::locate(app.id() as i32).is_err());
+    assert!(closed, "the control socket was never closed for the dump");
+
+    let second = sb.checkpoint(&["--timeout", "10", &pid]);
+    let status = sb.checkpoint(&["--status", &pid]);
+    let waiting = tool(&["--wait", "--timeout", "60", &pid]);
+    let first = first.wait_with_output().unwrap();
+    let (second_out, second_err) = text(&second);
+    let (status_out, status_err) = text(&status);
+    assert_eq!(second.status.code(), Some(5), "{second_out}{second_err}");
+    assert!(second_err.contains("in progress"), "{second_err}");
+    assert!(status.status.success(), "{status_out}{status_err}");
+    assert!(status_out.contains("State: checkpointing"), "{status_out}");
+    assert!(text(&first).0.starts_with("Snapshot Ref.:   0 "), "{:?}", text(&first));
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{:?}", text(&waited));
+    assert!(text(&waited).0.starts_with("Snapshot Ref.:   1 "), "{:?}", text(&waited));
+    kill_and_reap(&mut app);
+}

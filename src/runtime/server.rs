@@ -109,9 +109,14 @@ impl Shared {
         }
     }
 
+    /// Worker side: returns once the listener has its socket again.
     fn reopen(&self) {
-        self.control.lock().quiet = Quiet::Reopen;
+        let mut control = self.control.lock();
+        control.quiet = Quiet::Reopen;
         self.changed.notify_all();
+        while control.quiet != Quiet::Open {
+            self.changed.wait(&mut control);
+        }
     }
 
     fn finished(&self, id: u64, result: JobResult) {
@@ -303,8 +308,9 @@ impl Server {
                 while control.quiet == Quiet::Closed {
                     shared.changed.wait(&mut control);
                 }
-                control.quiet = Quiet::Open;
                 self.reopen_listener();
+                control.quiet = Quiet::Open;
+                shared.changed.notify_all();
             }
             (
                 std::mem::take(&mut control.finished),
@@ -357,8 +363,7 @@ impl Server {
 
     /// Takes every waiting connection, then serves what has arrived on any of them.
     fn accept_all(&mut self) {
-        loop {
-            let Some(listener) = &self.listener else { break };
+        while let Some(listener) = &self.listener {
             match listener.accept() {
                 Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -485,7 +490,7 @@ impl Server {
                     status: Some(Status {
                         pid: current_pid(),
                         component: self.rt.component().name().to_string(),
-                        state: if self.busy() { "running" } else { "idle" }.to_string(),
+                        state: if self.busy() { "checkpointing" } else { "idle" }.to_string(),
                         series: last.as_ref().map(|l| l.0.display().to_string()),
                         last_seq: last.as_ref().map(|l| l.1),
                         last_path: last.as_ref().map(|l| l.2.display().to_string()),
@@ -550,6 +555,8 @@ impl Server {
         let (rt, shared, id, request) = (self.rt.clone(), self.shared.clone(), job.id, job.request);
         let spawned = std::thread::Builder::new().name("opalcrs-ckpt".into()).spawn(move || {
             let quiet = rt.component().needs_quiet_connections();
+            // Tools that find no socket meanwhile learn "in progress" from the marker.
+            let marker = quiet.then(control::DumpMarker::set);
             if quiet {
                 shared.quiet_down();
             }
@@ -557,6 +564,7 @@ impl Server {
             if quiet {
                 shared.reopen();
             }
+            drop(marker);
             shared.finished(id, result);
         });
         if let Err(e) = spawned {
@@ -568,6 +576,7 @@ impl Server {
     fn run_job_inline(&mut self, job: Job) {
         self.running = Some((job.id, job.request.origin, job.api));
         let quiet = self.rt.component().needs_quiet_connections();
+        let marker = quiet.then(control::DumpMarker::set);
         if quiet {
             self.close_connections();
         }
@@ -575,6 +584,7 @@ impl Server {
         if quiet {
             self.reopen_listener();
         }
+        drop(marker);
         self.finish(job.id, result);
     }
 
