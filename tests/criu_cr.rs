@@ -833,3 +833,101 @@ fn requests_during_a_dump_learn_it_is_in_progress() {
     assert!(text(&waited).0.starts_with("Snapshot Ref.:   1 "), "{:?}", text(&waited));
     kill_and_reap(&mut app);
 }
+
+/// The rendezvous directories that root's opal-checkpoint `tool` offered.
+fn offers_of(tool: u32) -> Vec<PathBuf> {
+    let prefix = format!("opalcrs-dump-{tool}-");
+    let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
+    entries
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Issue 12, finding 9: root's opal-checkpoint, dumping a user's process on its
+/// behalf, is killed at several points after the process has asked for the dump (before
+/// and while CRIU runs). Within about 2 s the process gives the checkpoint up, removes
+/// the rendezvous directory and is idle, and the next checkpoint succeeds.
+#[test]
+fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
+    require_criu!();
+    let Some(user) = TempUser::create("rdv") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("criu-behalf-killed");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&plain_counter(), "plain_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let count = home.join("count");
+    let mut command = user.command(&sb, &program, &home);
+    command
+        .arg(&count)
+        .arg("256")
+        .env("OMPI_MCA_crs", "criu")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(command, "app");
+    // Where the dump was when the tool died: CRIU runs as the user.
+    let criu_runs = || {
+        let entries = std::fs::read_dir("/proc").unwrap().flatten();
+        entries.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+                && proc_status(p, "Uid").is_some_and(|u| u.starts_with(&user.uid.to_string()))
+        })
+    };
+    let pid = app.id();
+    let read_counts = || counts(&std::fs::read_to_string(&count).unwrap_or_default());
+    assert!(wait_until(LONG, || read_counts().len() >= 2), "{}", sb.read("app.out"));
+    let idle = || {
+        let endpoint = opalcrs::control::locate(pid as i32).ok()?;
+        let reply =
+            endpoint.call(opalcrs::control::Request::Status, Duration::from_secs(1)).ok()?;
+        Some(reply.status?.state == "idle")
+    };
+
+    let mut released_after = Vec::new();
+    for delay_ms in [0, 20, 50, 100, 200, 400] {
+        let mut tool = sb
+            .command(checkpoint_tool())
+            .args(["--timeout", "60", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let tool_pid = tool.id();
+        let asked = wait_until(LONG, || {
+            offers_of(tool_pid).iter().any(|offer| offer.join("request.json").exists())
+        });
+        assert!(asked, "the process never asked root's tool for its dump");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let answered = offers_of(tool_pid).iter().any(|offer| offer.join("done").exists());
+        let during = if answered {
+            "answered"
+        } else if criu_runs() {
+            "criu"
+        } else {
+            "asked"
+        };
+        kill_and_reap(&mut tool);
+        let killed = Instant::now();
+        let released = wait_until(Duration::from_secs(5), || {
+            offers_of(tool_pid).is_empty() && idle() == Some(true)
+        });
+        released_after.push((delay_ms, during, killed.elapsed()));
+        assert!(
+            released,
+            "killed {delay_ms} ms into the dump: still held (offers {:?}, idle {:?}); {}",
+            offers_of(tool_pid),
+            idle(),
+            sb.read("app.out")
+        );
+        checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
+    }
+    eprintln!("(ms after the request, the dump then, released after): {released_after:?}");
+    assert!(
+        released_after.iter().all(|(_, _, t)| *t < Duration::from_millis(2500)),
+        "{released_after:?}"
+    );
+    kill_and_reap(&mut app);
+}

@@ -459,7 +459,10 @@ impl Server {
                     dir: dir.map(Into::into),
                     origin: Origin::Tool,
                     run_callbacks: true,
-                    dump_helper: dump_helper.map(Into::into),
+                    dump_helper: dump_helper.map(|rendezvous| {
+                        let tool = control::peer_cred(stream).map_or(0, |cred| cred.pid);
+                        crate::components::criu::behalf::DumpHelper::new(rendezvous.into(), tool)
+                    }),
                 };
                 let id = self.enqueue(request, None);
                 Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })
