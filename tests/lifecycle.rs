@@ -742,13 +742,36 @@ fn slow_or_silent_clients_do_not_delay_a_real_checkpoint() {
     let (with_silent, out) = timed_checkpoint(&sb, &app);
     let silent_ok = out.status.success();
     drop(silent);
+
+    // A client that keeps opening silent connections while the real request runs.
+    let stop = AtomicBool::new(false);
+    let (flooded, out) = std::thread::scope(|scope| {
+        let (endpoint, stop) = (&endpoint, &stop);
+        scope.spawn(move || {
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(stream) = endpoint.connect(Duration::from_secs(30)) {
+                    open.push_back(stream);
+                }
+                if open.len() > 1000 {
+                    open.pop_front();
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = timed_checkpoint(&sb, &app);
+        stop.store(true, Ordering::SeqCst);
+        measured
+    });
+    let flooded_ok = out.status.success();
     eprintln!(
         "checkpoint alone {normal:?}; with 3 trickling clients {trickled:?} (ok {trickled_ok}); \
-         with 1000 silent connections {with_silent:?} (ok {silent_ok})"
+         with 1000 silent connections {with_silent:?} (ok {silent_ok}); \
+         while a client opens connections without end {flooded:?} (ok {flooded_ok})"
     );
-    assert!(trickled_ok && silent_ok, "{:?}", text(&out));
+    assert!(trickled_ok && silent_ok && flooded_ok, "{:?}", text(&out));
     let bound = normal + Duration::from_secs(1);
-    assert!(trickled < bound && with_silent < bound, "delayed beyond {bound:?}");
+    assert!(trickled < bound && with_silent < bound && flooded < bound, "delayed beyond {bound:?}");
     // The process still serves.
     checkpoint_ok(&sb, &[&app.arg()]);
 }

@@ -377,8 +377,9 @@ impl Server {
         self.serve_pending();
     }
 
-    /// A new connection of an allowed peer waits (without blocking anyone) for its
-    /// request; past the bound the oldest connection is closed.
+    /// A new connection of an allowed peer is served at once if its request is there
+    /// (a tool sends it as it connects), else waits for it without blocking anyone;
+    /// past the bound the oldest waiting connection is closed.
     fn admit(&mut self, stream: UnixStream) {
         // SAFETY: geteuid has no preconditions.
         let own_uid = unsafe { libc::geteuid() };
@@ -395,7 +396,7 @@ impl Server {
             return;
         }
         match PendingRequest::new(stream, Instant::now() + REQUEST_DEADLINE) {
-            Ok(request) => self.pending.push_back(request),
+            Ok(request) => self.serve(request, Instant::now()),
             Err(e) => log::warn!(target: "cr", "cr: cannot serve a control connection: {e}"),
         }
         while self.pending.len() + self.waiters.len() > MAX_CONNECTIONS {
@@ -410,27 +411,38 @@ impl Server {
     /// deadline.
     fn serve_pending(&mut self) {
         let now = Instant::now();
-        for mut request in std::mem::take(&mut self.pending) {
-            let reply = match request.receive() {
-                Received::Partial if now < request.deadline() => {
-                    self.pending.push_back(request);
-                    continue;
-                }
-                Received::Partial => Some(Reply::error(
-                    ErrorKind::BadRequest,
-                    format!("no complete request within {} s", REQUEST_DEADLINE.as_secs()),
-                )),
-                Received::Gone => None,
-                Received::Request(Err(why)) => Some(Reply::error(ErrorKind::BadRequest, why)),
-                Received::Request(Ok(envelope)) if envelope.v != PROTOCOL_VERSION => Some(Reply::error(
-                    ErrorKind::BadRequest,
-                    format!("protocol version {} not supported (this process speaks {PROTOCOL_VERSION})", envelope.v),
-                )),
-                Received::Request(Ok(envelope)) => self.handle(envelope.request, request.stream()),
-            };
-            if let Some(reply) = reply {
-                answer(request.stream(), &reply);
+        for request in std::mem::take(&mut self.pending) {
+            self.serve(request, now);
+        }
+    }
+
+    /// Answers a connection whose request is complete (or late, or bad); keeps it
+    /// waiting otherwise.
+    fn serve(&mut self, mut request: PendingRequest, now: Instant) {
+        let reply = match request.receive() {
+            Received::Partial if now < request.deadline() => {
+                self.pending.push_back(request);
+                return;
             }
+            Received::Partial => Some(Reply::error(
+                ErrorKind::BadRequest,
+                format!("no complete request within {} s", REQUEST_DEADLINE.as_secs()),
+            )),
+            Received::Gone => None,
+            Received::Request(Err(why)) => Some(Reply::error(ErrorKind::BadRequest, why)),
+            Received::Request(Ok(envelope)) if envelope.v != PROTOCOL_VERSION => {
+                Some(Reply::error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "protocol version {} not supported (this process speaks {PROTOCOL_VERSION})",
+                        envelope.v
+                    ),
+                ))
+            }
+            Received::Request(Ok(envelope)) => self.handle(envelope.request, request.stream()),
+        };
+        if let Some(reply) = reply {
+            answer(request.stream(), &reply);
         }
     }
 
