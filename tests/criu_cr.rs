@@ -417,9 +417,12 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     assert!(wait_until(LONG, || read_counts().len() > lines + 2), "the process stopped counting");
 
     // Root's opal-checkpoint dumps it on its behalf, into its own snapshot, as its files.
+    // Offers are given to the process's owner (other tests make offers to other users).
     let offers = || -> Vec<std::ffi::OsString> {
+        use std::os::unix::fs::MetadataExt;
         let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
         entries
+            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == 65534))
             .map(|e| e.file_name())
             .filter(|n| n.to_string_lossy().starts_with("opalcrs-dump-"))
             .collect()
