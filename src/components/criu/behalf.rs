@@ -64,28 +64,39 @@ fn own_start_time() -> Option<u64> {
 }
 
 /// A privileged tool's offer as the process holds it: where to ask, and which process
-/// offered (PID and start time), to notice when it is gone.
+/// offered, to notice when it is gone.
 #[derive(Debug, Clone)]
 pub struct DumpHelper {
     pub rendezvous: PathBuf,
-    tool: Option<(i32, u64)>,
+    /// The tool's PID and its start time (None: it had already ended when its request
+    /// was read); no PID when the tool cannot be watched.
+    tool: Option<(i32, Option<u64>)>,
 }
 
 impl DumpHelper {
-    /// `tool_pid` is the requesting peer's PID (SO_PEERCRED), read while its connection
-    /// is open; 0 when the tool lives outside this PID namespace, which then cannot be
-    /// watched (the process waits for it as long as the rendezvous directory exists).
+    /// `tool_pid` is the requesting peer's PID (SO_PEERCRED), read while its request is
+    /// served; 0 when the tool lives outside this PID namespace, which then cannot be
+    /// watched (the process waits for it as long as the rendezvous directory exists),
+    /// as when /proc hides it (`hidepid`).
     pub fn new(rendezvous: PathBuf, tool_pid: i32) -> DumpHelper {
-        let tool = (tool_pid > 0)
-            .then(|| start_time(&tool_pid.to_string()).map(|started| (tool_pid, started)))
-            .flatten();
+        let tool = match start_time(&tool_pid.to_string()) {
+            _ if tool_pid <= 0 => None,
+            Some(started) => Some((tool_pid, Some(started))),
+            // SAFETY: signal 0 only asks whether the PID exists.
+            None if unsafe { libc::kill(tool_pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Some((tool_pid, None))
+            }
+            None => None,
+        };
         DumpHelper { rendezvous, tool }
     }
 
-    /// The tool's PID, if it lived when it offered and has gone since.
+    /// The tool's PID, if it has gone since it offered (or before its offer was read).
     fn tool_gone(&self) -> Option<i32> {
         let (pid, started) = self.tool?;
-        (start_time(&pid.to_string()) != Some(started)).then_some(pid)
+        (started.is_none() || start_time(&pid.to_string()) != started).then_some(pid)
     }
 
     /// Gives the checkpoint up: the tool that would dump the process is gone.
@@ -394,6 +405,9 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(theirs.tool_gone(), Some(child.id() as i32));
+        // A tool that ended before its offer was read is gone from the start.
+        let late = DumpHelper::new(rendezvous.clone(), child.id() as i32);
+        assert_eq!(late.tool_gone(), Some(child.id() as i32));
         let opts = DumpOptions::new(1, Path::new("/nonexistent"));
         let error = ask(&theirs, &opts).unwrap_err();
         assert!(error.message().contains("is gone"), "{error}");
