@@ -254,22 +254,51 @@ fn locate(settings: &Settings) -> Result<control::Endpoint, Failure> {
     }
 }
 
+/// Sends one request. A connection refused or closed before the answer (the socket
+/// closed for a dump meanwhile, or the connection was dropped among too many) is sent
+/// again to the socket found anew, which says "in progress" while a dump lasts.
+fn send(
+    settings: &Settings,
+    mut endpoint: control::Endpoint,
+    request: Request,
+) -> Result<Reply, Failure> {
+    use std::io::ErrorKind::*;
+    let mut attempts = 0;
+    loop {
+        match endpoint.call(request.clone(), remaining(settings.deadline)?) {
+            Err(e)
+                if attempts < 3
+                    && matches!(
+                        e.kind(),
+                        ConnectionRefused | ConnectionReset | BrokenPipe | UnexpectedEof
+                    ) =>
+            {
+                attempts += 1;
+                endpoint = locate(settings)?;
+            }
+            answered => return answered.map_err(|e| unanswered(settings.pid, &e)),
+        }
+    }
+}
+
 fn status(settings: &Settings) -> Result<(), Failure> {
-    let status = match control::locate(settings.pid) {
-        // Nothing else can be asked while the socket is closed for a dump.
-        Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY => control::Status {
-            pid: settings.pid,
-            component: "(not known while the process is dumped)".into(),
-            state: "checkpointing".into(),
-            series: None,
-            last_seq: None,
-            last_path: None,
-        },
-        located => {
-            let reply = located
-                .map_err(Failure::from_locate)?
-                .call(Request::Status, remaining(settings.deadline)?)
-                .map_err(|e| unanswered(settings.pid, &e))?;
+    // Nothing else can be asked while the socket is closed for a dump.
+    let dumped = || control::Status {
+        pid: settings.pid,
+        component: "(not known while the process is dumped)".into(),
+        state: "checkpointing".into(),
+        series: None,
+        last_seq: None,
+        last_path: None,
+    };
+    let reply =
+        match locate(settings).and_then(|endpoint| send(settings, endpoint, Request::Status)) {
+            Err(failure) if failure.exit == EXIT_IN_PROGRESS => None,
+            reply => Some(reply?),
+        };
+    let status = match reply {
+        None => dumped(),
+        Some(reply) => {
             if let Some(error) = &reply.error {
                 return Err(Failure::from_reply(error));
             }
@@ -324,9 +353,7 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
         wait: settings.wait,
         dump_helper: offer.as_ref().map(|o| o.path().display().to_string()),
     };
-    let reply = endpoint
-        .call(request, remaining(settings.deadline)?)
-        .map_err(|e| unanswered(settings.pid, &e))?;
+    let reply = send(settings, endpoint, request)?;
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }
