@@ -914,10 +914,14 @@ fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
         };
         kill_and_reap(&mut tool);
         let killed = Instant::now();
+        // CRIU, not the tool's child, finishes a dump it started; the process is frozen
+        // until then. What counts is how soon after that the process lets go.
+        assert!(wait_until(Duration::from_secs(10), || !criu_runs()), "CRIU did not end");
+        let criu_done = Instant::now();
         let released = wait_until(Duration::from_secs(5), || {
             offers_of(tool_pid).is_empty() && idle() == Some(true)
         });
-        released_after.push((delay_ms, during, killed.elapsed()));
+        released_after.push((delay_ms, during, criu_done - killed, criu_done.elapsed()));
         assert!(
             released,
             "killed {delay_ms} ms into the dump: still held (offers {:?}, idle {:?}); {}",
@@ -927,9 +931,12 @@ fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
         );
         checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
     }
-    eprintln!("(ms after the request, the dump then, released after): {released_after:?}");
+    eprintln!(
+        "(tool killed ms after the request, the dump then, CRIU still ran for, released after \
+         that): {released_after:?}"
+    );
     assert!(
-        released_after.iter().all(|(_, _, t)| *t < Duration::from_millis(2500)),
+        released_after.iter().all(|(_, _, _, t)| *t < Duration::from_secs(2)),
         "{released_after:?}"
     );
     kill_and_reap(&mut app);
