@@ -26,7 +26,7 @@ pub struct CheckpointJob<'a> {
     pub metadata: &'a mut Metadata,
     /// Where a privileged `opal-checkpoint` that sent the request offers to dump the
     /// process for it, when the process may not run CRIU itself.
-    pub dump_helper: Option<&'a Path>,
+    pub dump_helper: Option<&'a crate::components::criu::behalf::DumpHelper>,
 }
 
 /// A snapshot chosen for restart.

@@ -417,9 +417,12 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     assert!(wait_until(LONG, || read_counts().len() > lines + 2), "the process stopped counting");
 
     // Root's opal-checkpoint dumps it on its behalf, into its own snapshot, as its files.
+    // Offers are given to the process's owner (other tests make offers to other users).
     let offers = || -> Vec<std::ffi::OsString> {
+        use std::os::unix::fs::MetadataExt;
         let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
         entries
+            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == 65534))
             .map(|e| e.file_name())
             .filter(|n| n.to_string_lossy().starts_with("opalcrs-dump-"))
             .collect()
@@ -793,4 +796,148 @@ fn a_damaged_newest_image_is_rejected_while_restoring_and_the_older_one_restarts
         after[0].n
     );
     kill(restored);
+}
+
+/// Issue 12, finding 8: while CRIU dumps a process its control socket is closed (CRIU
+/// cannot dump a connection to an outside process). Meanwhile another `opal-checkpoint`
+/// learns that a checkpoint is in progress (exit 5), `--status` says "checkpointing",
+/// and `--wait` waits and then takes its own snapshot.
+#[test]
+fn requests_during_a_dump_learn_it_is_in_progress() {
+    require_criu!();
+    let sb = Sandbox::new("criu-busy");
+    let mut app = start_counter(&sb, 512);
+    let pid = app.id().to_string();
+    let tool = |args: &[&str]| {
+        sb.command(checkpoint_tool())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = tool(&["--timeout", "60", &pid]);
+    let closed = wait_until(LONG, || opalcrs::control::locate(app.id() as i32).is_err());
+    assert!(closed, "the control socket was never closed for the dump");
+
+    let second = sb.checkpoint(&["--timeout", "10", &pid]);
+    let status = sb.checkpoint(&["--status", &pid]);
+    let waiting = tool(&["--wait", "--timeout", "60", &pid]);
+    let first = first.wait_with_output().unwrap();
+    let (second_out, second_err) = text(&second);
+    let (status_out, status_err) = text(&status);
+    assert_eq!(second.status.code(), Some(5), "{second_out}{second_err}");
+    assert!(second_err.contains("in progress"), "{second_err}");
+    assert!(status.status.success(), "{status_out}{status_err}");
+    assert!(status_out.contains("State: checkpointing"), "{status_out}");
+    assert!(text(&first).0.starts_with("Snapshot Ref.:   0 "), "{:?}", text(&first));
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{:?}", text(&waited));
+    assert!(text(&waited).0.starts_with("Snapshot Ref.:   1 "), "{:?}", text(&waited));
+    kill_and_reap(&mut app);
+}
+
+/// The rendezvous directories that root's opal-checkpoint `tool` offered.
+fn offers_of(tool: u32) -> Vec<PathBuf> {
+    let prefix = format!("opalcrs-dump-{tool}-");
+    let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
+    entries
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Issue 12, finding 9: root's opal-checkpoint, dumping a user's process on its
+/// behalf, is killed at several points after the process has asked for the dump (before
+/// and while CRIU runs). Within about 2 s the process gives the checkpoint up, removes
+/// the rendezvous directory and is idle, and the next checkpoint succeeds.
+#[test]
+fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
+    require_criu!();
+    let Some(user) = TempUser::create("rdv") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("criu-behalf-killed");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&plain_counter(), "plain_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let count = home.join("count");
+    let mut command = user.command(&sb, &program, &home);
+    command
+        .arg(&count)
+        .arg("256")
+        .env("OMPI_MCA_crs", "criu")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(command, "app");
+    // Where the dump was when the tool died: CRIU runs as the user.
+    let criu_runs = || {
+        let entries = std::fs::read_dir("/proc").unwrap().flatten();
+        entries.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+                && proc_status(p, "Uid").is_some_and(|u| u.starts_with(&user.uid.to_string()))
+        })
+    };
+    let pid = app.id();
+    let read_counts = || counts(&std::fs::read_to_string(&count).unwrap_or_default());
+    assert!(wait_until(LONG, || read_counts().len() >= 2), "{}", sb.read("app.out"));
+    let idle = || {
+        let endpoint = opalcrs::control::locate(pid as i32).ok()?;
+        let reply =
+            endpoint.call(opalcrs::control::Request::Status, Duration::from_secs(1)).ok()?;
+        Some(reply.status?.state == "idle")
+    };
+
+    let mut released_after = Vec::new();
+    for delay_ms in [0, 20, 50, 100, 200, 400] {
+        let mut tool = sb
+            .command(checkpoint_tool())
+            .args(["--timeout", "60", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let tool_pid = tool.id();
+        let asked = wait_until(LONG, || {
+            offers_of(tool_pid).iter().any(|offer| offer.join("request.json").exists())
+        });
+        assert!(asked, "the process never asked root's tool for its dump");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let answered = offers_of(tool_pid).iter().any(|offer| offer.join("done").exists());
+        let during = if answered {
+            "answered"
+        } else if criu_runs() {
+            "criu"
+        } else {
+            "asked"
+        };
+        kill_and_reap(&mut tool);
+        let killed = Instant::now();
+        // CRIU, not the tool's child, finishes a dump it started; the process is frozen
+        // until then. What counts is how soon after that the process lets go.
+        assert!(wait_until(Duration::from_secs(10), || !criu_runs()), "CRIU did not end");
+        let criu_done = Instant::now();
+        let released = wait_until(Duration::from_secs(5), || {
+            offers_of(tool_pid).is_empty() && idle() == Some(true)
+        });
+        released_after.push((delay_ms, during, criu_done - killed, criu_done.elapsed()));
+        assert!(
+            released,
+            "killed {delay_ms} ms into the dump: still held (offers {:?}, idle {:?}); {}",
+            offers_of(tool_pid),
+            idle(),
+            sb.read("app.out")
+        );
+        checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
+    }
+    eprintln!(
+        "(tool killed ms after the request, the dump then, CRIU still ran for, released after \
+         that): {released_after:?}"
+    );
+    assert!(
+        released_after.iter().all(|(_, _, _, t)| *t < Duration::from_secs(2)),
+        "{released_after:?}"
+    );
+    kill_and_reap(&mut app);
 }

@@ -693,3 +693,85 @@ fn killing_the_program_or_the_tool_never_publishes_a_broken_snapshot() {
     assert_eq!(stats.broken, 0, "{stats:#?}");
     assert!(stats.trials >= 100 && stats.restarts >= 5, "{stats:#?}");
 }
+
+/// `opal-checkpoint --timeout 20 PID`: how long it took and whether it succeeded.
+fn timed_checkpoint(sb: &Sandbox, app: &App) -> (Duration, Output) {
+    let began = Instant::now();
+    let out = sb.checkpoint(&["--timeout", "20", &app.arg()]);
+    (began.elapsed(), out)
+}
+
+/// Issue 12, finding 7: a client of the same user that trickles its request (one byte
+/// every 1.5 s), or a thousand that connect and say nothing, must not hold up a real
+/// request to the process.
+#[test]
+fn slow_or_silent_clients_do_not_delay_a_real_checkpoint() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = Sandbox::new("lifecycle-stall");
+    let app = start(&sb, "log", &[], &[]);
+    let (normal, out) = timed_checkpoint(&sb, &app);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let endpoint = opalcrs::control::locate(app.pid() as i32).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let (trickled, out) = std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let (endpoint, stop) = (&endpoint, &stop);
+            scope.spawn(move || {
+                let stream = endpoint.connect(Duration::from_secs(30)).unwrap();
+                while !stop.load(Ordering::SeqCst) && (&stream).write_all(b" ").is_ok() {
+                    let pause = Instant::now();
+                    while !stop.load(Ordering::SeqCst)
+                        && pause.elapsed() < Duration::from_millis(1500)
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = timed_checkpoint(&sb, &app);
+        stop.store(true, Ordering::SeqCst);
+        measured
+    });
+    let trickled_ok = out.status.success();
+
+    let silent: Vec<_> =
+        (0..1000).map(|_| endpoint.connect(Duration::from_secs(30)).unwrap()).collect();
+    let (with_silent, out) = timed_checkpoint(&sb, &app);
+    let silent_ok = out.status.success();
+    drop(silent);
+
+    // A client that keeps opening silent connections while the real request runs.
+    let stop = AtomicBool::new(false);
+    let (flooded, out) = std::thread::scope(|scope| {
+        let (endpoint, stop) = (&endpoint, &stop);
+        scope.spawn(move || {
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(stream) = endpoint.connect(Duration::from_secs(30)) {
+                    open.push_back(stream);
+                }
+                if open.len() > 1000 {
+                    open.pop_front();
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = timed_checkpoint(&sb, &app);
+        stop.store(true, Ordering::SeqCst);
+        measured
+    });
+    let flooded_ok = out.status.success();
+    eprintln!(
+        "checkpoint alone {normal:?}; with 3 trickling clients {trickled:?} (ok {trickled_ok}); \
+         with 1000 silent connections {with_silent:?} (ok {silent_ok}); \
+         while a client opens connections without end {flooded:?} (ok {flooded_ok})"
+    );
+    assert!(trickled_ok && silent_ok && flooded_ok, "{:?}", text(&out));
+    let bound = normal + Duration::from_secs(1);
+    assert!(trickled < bound && with_silent < bound && flooded < bound, "delayed beyond {bound:?}");
+    // The process still serves.
+    checkpoint_ok(&sb, &[&app.arg()]);
+}

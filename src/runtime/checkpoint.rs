@@ -30,7 +30,7 @@ pub struct Request {
     /// `opal_cr_inc_core_ckpt`, whose caller runs the phases itself).
     pub run_callbacks: bool,
     /// A privileged tool's offer to dump the process (see [`CheckpointJob`]).
-    pub dump_helper: Option<PathBuf>,
+    pub dump_helper: Option<crate::components::criu::behalf::DumpHelper>,
 }
 
 impl Request {
@@ -215,7 +215,7 @@ fn run_phases(
         params: &rt.params,
         dir,
         metadata: &mut metadata,
-        dump_helper: request.dump_helper.as_deref(),
+        dump_helper: request.dump_helper.as_ref(),
     };
     let outcome = rt.component().checkpoint(&mut job)?;
     Ok((outcome, metadata))

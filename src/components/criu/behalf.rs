@@ -7,7 +7,11 @@
 //! options its parameters give) and waits, polling, for `done`. The tool dumps the
 //! process into that snapshot and writes `done` ("ok" or the error); the process goes
 //! on. A restored copy wakes up in the same polling loop; its start time
-//! (/proc/self/stat), which CRIU cannot restore, tells it from the original.
+//! (/proc/self/stat), which CRIU cannot restore, tells it from the original. The process
+//! also watches the tool (its PID from the request's connection, and that process's
+//! start time): if the tool dies, the process gives the checkpoint up at once and
+//! removes the rendezvous directory. It holds no descriptor of the tool meanwhile (a
+//! pidfd or a connection would be dumped with it).
 //!
 //! CRIU runs as the process's owner with only the capabilities a dump needs (its
 //! unprivileged mode): it then writes nowhere that user could not, and reads the
@@ -34,6 +38,8 @@ const DONE_FILE: &str = "done";
 /// How long the process waits for the tool's dump.
 const PATIENCE: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(5);
+/// How often the process looks whether the tool still lives.
+const TOOL_CHECK: Duration = Duration::from_millis(200);
 
 /// What the process asks the tool to do.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,15 +53,73 @@ struct DumpRequest {
     tcp_established: bool,
 }
 
-/// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
-fn own_start_time() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// Field 22 of /proc/`pid`/stat: when that process (image) started, in clock ticks.
+fn start_time(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Process side: asks the tool behind `rendezvous` to dump this process with `opts`
-/// (its PID and `as_user` are the tool's to set), and waits for it.
-pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
+fn own_start_time() -> Option<u64> {
+    start_time("self")
+}
+
+/// A privileged tool's offer as the process holds it: where to ask, and which process
+/// offered, to notice when it is gone.
+#[derive(Debug, Clone)]
+pub struct DumpHelper {
+    pub rendezvous: PathBuf,
+    /// The tool's PID and its start time (None: it had already ended when its request
+    /// was read); no PID when the tool cannot be watched.
+    tool: Option<(i32, Option<u64>)>,
+}
+
+impl DumpHelper {
+    /// `tool_pid` is the requesting peer's PID (SO_PEERCRED), read while its request is
+    /// served; 0 when the tool lives outside this PID namespace, which then cannot be
+    /// watched (the process waits for it as long as the rendezvous directory exists),
+    /// as when /proc hides it (`hidepid`).
+    pub fn new(rendezvous: PathBuf, tool_pid: i32) -> DumpHelper {
+        let tool = match start_time(&tool_pid.to_string()) {
+            _ if tool_pid <= 0 => None,
+            Some(started) => Some((tool_pid, Some(started))),
+            // SAFETY: signal 0 only asks whether the PID exists.
+            None if unsafe { libc::kill(tool_pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Some((tool_pid, None))
+            }
+            None => None,
+        };
+        DumpHelper { rendezvous, tool }
+    }
+
+    /// The tool's PID, if it has gone since it offered (or before its offer was read).
+    fn tool_gone(&self) -> Option<i32> {
+        let (pid, started) = self.tool?;
+        (started.is_none() || start_time(&pid.to_string()) != started).then_some(pid)
+    }
+
+    /// Gives the checkpoint up: the tool that would dump the process is gone.
+    fn abandon(&self, tool: i32) -> Error {
+        // remove_dir_all does not follow symbolic links.
+        let _ = std::fs::remove_dir_all(&self.rendezvous);
+        Error::new(
+            codes::OPAL_ERR_TIMEOUT,
+            format!(
+                "criu: the opal-checkpoint (PID {tool}) that offered to dump this process is gone; \
+                 checkpoint abandoned"
+            ),
+        )
+    }
+}
+
+/// Process side: asks the tool behind `helper` to dump this process with `opts` (its
+/// PID and `as_user` are the tool's to set), and waits for it.
+pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
+    let rendezvous = helper.rendezvous.as_path();
+    if let Some(tool) = helper.tool_gone() {
+        return Err(helper.abandon(tool));
+    }
     let started = own_start_time()
         .ok_or_else(|| Error::msg("criu: cannot read this process's start time"))?;
     let request = DumpRequest {
@@ -74,6 +138,7 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
             Error::io(format!("criu: asking the tool to dump through {}", rendezvous.display()), e)
         })?;
     let since = Instant::now();
+    let mut tool_checked = since;
     let answer = loop {
         // First, before anything on disk: a restored copy sees the original's answer.
         if own_start_time() != Some(started) {
@@ -89,6 +154,12 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
                 ))
             }
         }
+        if tool_checked.elapsed() >= TOOL_CHECK {
+            if let Some(tool) = helper.tool_gone() {
+                return Err(helper.abandon(tool));
+            }
+            tool_checked = Instant::now();
+        }
         if !rendezvous.is_dir() || since.elapsed() > PATIENCE {
             return Err(Error::new(
                 codes::OPAL_ERR_TIMEOUT,
@@ -100,6 +171,8 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
         }
         std::thread::sleep(POLL);
     };
+    // The offer is used up: a tool killed from here on leaves nothing behind.
+    let _ = std::fs::remove_dir_all(rendezvous);
     if answer != "ok" {
         return Err(Error::msg(answer));
     }
@@ -316,6 +389,31 @@ mod tests {
         let first = own_start_time().unwrap();
         assert!(first > 0);
         assert_eq!(own_start_time(), Some(first));
+    }
+
+    #[test]
+    fn a_helper_notices_that_its_tool_is_gone_and_removes_the_rendezvous() {
+        let rendezvous =
+            std::env::temp_dir().join(format!("opalcrs-test-rdv-{}", std::process::id()));
+        std::fs::create_dir_all(&rendezvous).unwrap();
+        let ours = DumpHelper::new(rendezvous.clone(), std::process::id() as i32);
+        assert_eq!(ours.tool_gone(), None);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let theirs = DumpHelper::new(rendezvous.clone(), child.id() as i32);
+        assert!(theirs.tool.is_some());
+        assert_eq!(theirs.tool_gone(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(theirs.tool_gone(), Some(child.id() as i32));
+        // A tool that ended before its offer was read is gone from the start.
+        let late = DumpHelper::new(rendezvous.clone(), child.id() as i32);
+        assert_eq!(late.tool_gone(), Some(child.id() as i32));
+        let opts = DumpOptions::new(1, Path::new("/nonexistent"));
+        let error = ask(&theirs, &opts).unwrap_err();
+        assert!(error.message().contains("is gone"), "{error}");
+        assert!(!rendezvous.exists());
+        // A tool outside our PID namespace (PID 0) cannot be watched.
+        assert_eq!(DumpHelper::new(rendezvous, 0).tool_gone(), None);
     }
 
     #[test]

@@ -145,9 +145,9 @@ impl Component for CriuComponent {
         };
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
-            Some(rendezvous) => {
-                log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", rendezvous.display());
-                behalf::ask(rendezvous, &options)
+            Some(helper) => {
+                log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", helper.rendezvous.display());
+                behalf::ask(helper, &options)
             }
         };
         match dumped {
