@@ -10,8 +10,8 @@ pub mod series;
 
 pub use list::{list_dir, list_series, SeriesInfo, SnapshotInfo};
 pub use manifest::{
-    hash_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, HASH_ALGORITHM, MANIFEST_FILE,
-    MANIFEST_FORMAT,
+    hash_file, restore_log_name, verify, verify_sizes, FileEntry, IdentityEntry, Manifest, Verdict,
+    HASH_ALGORITHM, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 pub use metadata::{extract_expected_component, read_token, Metadata, METADATA_FILE};
 pub use series::{

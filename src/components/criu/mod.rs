@@ -188,7 +188,7 @@ impl Component for CriuComponent {
             _ => !taken.is_empty(),
         };
         let (inherit, _reopened) = stdio_handover(&plan.dir, !new_pidns)?;
-        let log_file = format!("restore-{}.log", std::process::id());
+        let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
             log_file: &log_file,
