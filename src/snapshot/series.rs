@@ -118,14 +118,19 @@ impl Series {
     /// The newest snapshot that a restart may use (see [`Verdict::is_usable`]), with every
     /// newer one that was skipped and why.
     pub fn newest_good(&self) -> Result<Option<(u64, Skipped)>> {
-        let scan = self.scan_newest_good()?;
+        let scan = self.scan_newest_good(&[])?;
         Ok(scan.found.map(|(seq, _)| (seq, scan.skipped)))
     }
 
-    /// Verifies snapshots from the newest down until one is usable.
-    pub(crate) fn scan_newest_good(&self) -> Result<NewestGood> {
+    /// Verifies snapshots from the newest down until one is usable; those in `excluded`
+    /// are skipped for the reason given there.
+    pub(crate) fn scan_newest_good(&self, excluded: &[(u64, String)]) -> Result<NewestGood> {
         let mut skipped = Vec::new();
         for seq in self.snapshots()?.into_iter().rev() {
+            if let Some((_, why)) = excluded.iter().find(|(number, _)| *number == seq) {
+                skipped.push((seq, why.clone()));
+                continue;
+            }
             let verdict = verify(&self.snapshot_dir(seq));
             if verdict.is_usable() {
                 return Ok(NewestGood { found: Some((seq, verdict)), skipped });
