@@ -825,6 +825,21 @@ fn relist(snapshot: &Path, file: &Path, hash: bool) {
     manifest.write_to(snapshot).unwrap();
 }
 
+/// Processes whose command line names `path` (criu swrk calls itself "criu: restore
+/// --rpc -D DIR" while it restores DIR).
+fn restoring(path: &Path) -> Vec<u32> {
+    let needle = path.to_str().unwrap().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|window| window == needle)
+        })
+        .collect()
+}
+
 /// Finding 6 of issue 12: whatever is wrong with the newest snapshot of a criu series,
 /// the restart falls back to the older good one, says why, and does not hang; with only
 /// the damaged snapshot it fails with a clear error.
@@ -953,7 +968,27 @@ fn a_damaged_criu_snapshot_of_any_kind_falls_back_to_the_older_good_one() {
         assert!(stderr.contains(why.as_str()), "{case}: {stderr}");
         assert!(took < Duration::from_secs(12), "{case}: took {took:?}");
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{case}: something runs");
+        assert_eq!(restoring(&copy), Vec::<u32>::new(), "{case}: CRIU left behind");
         table.push(format!("{case} alone: exit {expected} in {took:.1?}"));
     }
+    // A stalled restore into a new PID namespace ends with the namespace.
+    let copy = sb.path("stalling-relisted");
+    let (status, stdout, stderr) = run_restart(
+        &sb,
+        &[
+            "-s",
+            "1",
+            "-mca",
+            "crs_criu_restore_timeout",
+            "2",
+            "-mca",
+            "crs_criu_pidns",
+            "always",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("made no progress in 2 s"), "{stderr}");
+    assert_eq!(restoring(&copy), Vec::<u32>::new(), "CRIU left behind in a PID namespace");
     eprintln!("fallback per damage:\n{}", table.join("\n"));
 }

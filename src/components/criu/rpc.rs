@@ -1087,6 +1087,20 @@ mod tests {
     }
 
     #[test]
+    fn readable_before_waits_until_the_deadline_at_most() {
+        let (ours, theirs) = socket_pair().unwrap();
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(80));
+        assert!(!readable_before(ours.as_raw_fd(), deadline).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        send_message(theirs.as_raw_fd(), b"answer").unwrap();
+        assert!(readable_before(ours.as_raw_fd(), deadline).unwrap(), "data counts");
+        let (ours, theirs) = socket_pair().unwrap();
+        drop(theirs);
+        assert!(readable_before(ours.as_raw_fd(), None).unwrap(), "so does a closed peer");
+    }
+
+    #[test]
     fn wait_status_becomes_one_exit_code() {
         assert_eq!(exit_code(3 << 8), 3, "exited with 3");
         assert_eq!(exit_code(libc::SIGKILL), SIGKILLED, "killed by SIGKILL");
