@@ -956,6 +956,9 @@ fn a_damaged_criu_snapshot_of_any_kind_falls_back_to_the_older_good_one() {
         assert!(count_lines(&sb)[before..].iter().all(|c| c.ok && c.pid == pid), "{case}");
         kill(restored);
         assert!(wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists()), "{case}");
+        // What the restore left in snapshot 0 (CRIU's stats-restore) does not damage it.
+        let verdict = opalcrs::snapshot::verify(&copy.join("0"));
+        assert_eq!(verdict, opalcrs::snapshot::Verdict::Good, "{case}");
         table.push(format!("{case}: snapshot 0 in {took:.1?} ({})", skipped.trim()));
 
         // Alone, the damaged snapshot is refused, in bounded time, saying why.
