@@ -993,5 +993,16 @@ fn a_damaged_criu_snapshot_of_any_kind_falls_back_to_the_older_good_one() {
     assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
     assert!(stderr.contains("made no progress in 2 s"), "{stderr}");
     assert_eq!(restoring(&copy), Vec::<u32>::new(), "CRIU left behind in a PID namespace");
+
+    // A failure that is not the snapshot's (its PID taken, no new namespace allowed)
+    // ends the restart: no older snapshot is taken instead.
+    let (running, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    assert_eq!(running, pid);
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-v", "-mca", "crs_criu_pidns", "never", series.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("still in use"), "{stderr}");
+    assert!(!stderr.contains("skipping") && !stderr.contains("/0 with"), "{stderr}");
+    kill(running);
     eprintln!("fallback per damage:\n{}", table.join("\n"));
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -263,8 +263,8 @@ fn check(snapshot_dir: &Path, hashes: bool) -> Verdict {
             return Verdict::Corrupt { file: entry.path.clone(), reason };
         }
     }
-    if let Some(file) = first_unlisted(snapshot_dir, &manifest) {
-        return Verdict::Corrupt { file, reason: "not listed in the manifest".to_string() };
+    if let Some((file, reason)) = first_unlisted(snapshot_dir, &manifest) {
+        return Verdict::Corrupt { file, reason };
     }
     if hashes {
         for entry in &manifest.files {
@@ -324,8 +324,9 @@ pub fn restore_log_name(pid: u32) -> String {
 
 /// The first entry under `snapshot_dir` (sorted, depth first) that the manifest does not
 /// account for: a file it does not list, a directory that holds no listed file, a
-/// symbolic link or any other kind of file. Links are not followed.
-fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<String> {
+/// symbolic link or any other kind of file; or a directory that cannot be listed. Links
+/// are not followed. `(entry, why)`.
+fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<(String, String)> {
     let listed: HashSet<&str> = manifest.files.iter().map(|entry| entry.path.as_str()).collect();
     let parents: HashSet<&str> = manifest
         .files
@@ -334,29 +335,39 @@ fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<String> {
         .collect();
     let mut pending = vec![(snapshot_dir.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return Some(if prefix.is_empty() { ".".to_string() } else { prefix });
-        };
-        let mut entries: Vec<_> = entries.flatten().collect();
+        let mut entries =
+            match fs::read_dir(&dir).and_then(|entries| entries.collect::<io::Result<Vec<_>>>()) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    let name = if prefix.is_empty() { ".".to_string() } else { prefix };
+                    return Some((name, format!("cannot be listed: {e}")));
+                }
+            };
         entries.sort_by_key(|entry| entry.file_name());
         let mut subdirs = Vec::new();
         for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            // A name that is not UTF-8 is never listed (a manifest's paths are UTF-8).
+            let (name, utf8) = match entry.file_name().into_string() {
+                Ok(name) => (name, true),
+                Err(raw) => (raw.to_string_lossy().into_owned(), false),
+            };
             let relative =
                 if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-            let accounted = match entry.file_type() {
-                Ok(kind) if kind.is_file() => {
-                    listed.contains(relative.as_str())
-                        || prefix.is_empty() && (name == MANIFEST_FILE || is_restore_output(&name))
-                }
-                Ok(kind) if kind.is_dir() && parents.contains(relative.as_str()) => {
-                    subdirs.push((entry.path(), relative.clone()));
-                    true
-                }
-                _ => false,
-            };
+            let accounted = utf8
+                && match entry.file_type() {
+                    Ok(kind) if kind.is_file() => {
+                        listed.contains(relative.as_str())
+                            || prefix.is_empty()
+                                && (name == MANIFEST_FILE || is_restore_output(&name))
+                    }
+                    Ok(kind) if kind.is_dir() && parents.contains(relative.as_str()) => {
+                        subdirs.push((entry.path(), relative.clone()));
+                        true
+                    }
+                    _ => false,
+                };
             if !accounted {
-                return Some(relative);
+                return Some((relative, "not listed in the manifest".to_string()));
             }
         }
         pending.extend(subdirs.into_iter().rev());
@@ -454,6 +465,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::*;
     use crate::snapshot::test_support::TempDir;
+    use std::os::unix::ffi::OsStrExt;
 
     /// A snapshot directory with metadata, a payload file and a manifest of both.
     fn snapshot(payload: &[u8]) -> TempDir {
@@ -688,6 +700,21 @@ mod tests {
             assert_eq!(verify(dir.path()), expected, "{name}");
             assert_eq!(verify_sizes(dir.path()), expected, "{name}");
         }
+        // A name that is not UTF-8, even one that reads like a listed file's.
+        let dir = snapshot(b"payload bytes");
+        let listed = "images/pages\u{FFFD}.img";
+        fs::write(dir.path().join(listed), b"").unwrap();
+        rewrite_manifest(dir.path(), |value| {
+            let entry = serde_json::json!({"path": listed, "size": 0, "hash": "99aa06d3014798d86001c324468d497f", "algorithm": HASH_ALGORITHM});
+            value["files"].as_array_mut().unwrap().push(entry);
+        });
+        assert_eq!(verify(dir.path()), Verdict::Good);
+        let raw = std::ffi::OsStr::from_bytes(b"pages\xff.img");
+        fs::write(dir.path().join("images").join(raw), b"").unwrap();
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Corrupt { file: listed.into(), reason: "not listed in the manifest".into() }
+        );
         // What a restore itself leaves in the snapshot it restored is not part of it.
         let dir = snapshot(b"payload bytes");
         fs::write(dir.path().join("stats-restore"), b"s").unwrap();
