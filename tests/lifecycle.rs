@@ -524,6 +524,41 @@ fn a_numbered_snapshot_with_a_hole_in_its_manifest_is_corrupt_and_skipped() {
     }
 }
 
+/// What a manifest cannot list (here a symbolic link put into the snapshot while the
+/// checkpoint callback writes it) fails the checkpoint instead of publishing a snapshot
+/// that would never verify.
+#[test]
+fn a_checkpoint_whose_snapshot_holds_a_link_fails_and_publishes_nothing() {
+    let sb = Sandbox::new("lifecycle-unlistable");
+    let app = start(&sb, "log", &["--slow", "1500"], &[("OMPI_MCA_crs_base_snapshot_name", "job")]);
+    let series = sb.path("job");
+    let mut tool = sb.command(checkpoint_tool());
+    tool.arg(app.arg());
+    let temporary = || {
+        let listing = fs::read_dir(&series).ok()?;
+        listing
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
+            .map(|e| e.path())
+    };
+    let linked = std::thread::scope(|scope| {
+        let checkpoint = scope.spawn(move || tool.output().unwrap());
+        assert!(wait_for(LONG, || temporary().is_some()), "no temporary in {}", series.display());
+        std::os::unix::fs::symlink("/etc/passwd", temporary().unwrap().join("link")).unwrap();
+        checkpoint.join().unwrap()
+    });
+    let (stdout, stderr) = text(&linked);
+    assert_eq!(linked.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("link: not a regular file or directory cannot be listed in the manifest"),
+        "{stderr}"
+    );
+    assert_eq!(seqs(&series), Vec::<u64>::new());
+    // The program goes on, and its next checkpoint is good.
+    let (_, snapshot) = checkpoint_ok(&sb, &[&app.arg()]);
+    assert_eq!(verify(&snapshot), Verdict::Good);
+}
+
 #[test]
 fn keep_retains_the_newest_and_a_failed_checkpoint_removes_nothing() {
     let sb = Sandbox::new("lifecycle-keep");
