@@ -51,8 +51,9 @@ pub enum RestartOutcome {
     Spawned { pid: i32, note: Option<String> },
     /// The restarted process was waited for; its status (code, or 128+N for signal N).
     Exited(i32),
-    /// The snapshot of an `unchecked` plan failed its check; the restarted program
-    /// never ran and is gone. Says why, as a [`Verdict`](crate::snapshot::Verdict) does.
+    /// The snapshot is at fault: an `unchecked` plan's snapshot failed its check, or its
+    /// restore stalled on it. The restarted program never ran and is gone. Says why, as
+    /// a [`Verdict`](crate::snapshot::Verdict) does.
     Rejected(String),
 }
 

@@ -941,3 +941,215 @@ fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
     );
     kill_and_reap(&mut app);
 }
+
+/// The biggest page image of a criu snapshot.
+fn biggest_pages(snapshot: &Path) -> PathBuf {
+    std::fs::read_dir(snapshot)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path()
+}
+
+fn truncate_to_half(file: &Path) {
+    let len = std::fs::metadata(file).unwrap().len();
+    File::options().write(true).open(file).unwrap().set_len(len / 2).unwrap();
+}
+
+/// Makes the manifest of `snapshot` agree with `file` as it is now (size, and the hash
+/// too with `hash`): damage that only a restore can find.
+fn relist(snapshot: &Path, file: &Path, hash: bool) {
+    let mut manifest = opalcrs::snapshot::Manifest::read(snapshot).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let entry = manifest.files.iter_mut().find(|entry| entry.path == name).unwrap();
+    let (size, digest) = opalcrs::snapshot::hash_file(file).unwrap();
+    entry.size = size;
+    if hash {
+        entry.hash = digest;
+    }
+    manifest.write_to(snapshot).unwrap();
+}
+
+/// Processes whose command line names `path` (criu swrk calls itself "criu: restore
+/// --rpc -D DIR" while it restores DIR).
+fn restoring(path: &Path) -> Vec<u32> {
+    let needle = path.to_str().unwrap().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|window| window == needle)
+        })
+        .collect()
+}
+
+/// Finding 6 of issue 12: whatever is wrong with the newest snapshot of a criu series,
+/// the restart falls back to the older good one, says why, and does not hang; with only
+/// the damaged snapshot it fails with a clear error.
+#[test]
+fn a_damaged_criu_snapshot_of_any_kind_falls_back_to_the_older_good_one() {
+    require_criu!();
+    let sb = Sandbox::new("criu-fallback");
+    let mut app = start_counter(&sb, 16);
+    let pid = app.id();
+    let series = sb.path(&series_name(pid));
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    let (_, newest) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    assert_eq!(newest, series.join("1"));
+    kill_and_reap(&mut app);
+    let pages_name = biggest_pages(&newest).file_name().unwrap().to_string_lossy().into_owned();
+    let core_name = std::fs::read_dir(&newest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("core-"))
+        .unwrap();
+
+    type Damage = fn(&Path);
+    // (case, damage of snapshot 1, why it is skipped)
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "truncated-pages",
+            |dir| truncate_to_half(&biggest_pages(dir)),
+            format!("corrupt: {pages_name}: size "),
+        ),
+        (
+            "missing-pstree",
+            |dir| std::fs::remove_file(dir.join("pstree.img")).unwrap(),
+            "corrupt: pstree.img: missing".to_string(),
+        ),
+        (
+            "missing-core",
+            |dir| {
+                let core = std::fs::read_dir(dir)
+                    .unwrap()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with("core-"))
+                    .unwrap();
+                std::fs::remove_file(core.path()).unwrap()
+            },
+            format!("corrupt: {core_name}: missing"),
+        ),
+        (
+            "flipped-pages",
+            |dir| {
+                let pages = biggest_pages(dir);
+                let mut bytes = std::fs::read(&pages).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x5a;
+                std::fs::write(&pages, bytes).unwrap();
+            },
+            format!("corrupt: {pages_name}: xxh3-128 "),
+        ),
+        (
+            "extra-file",
+            |dir| std::fs::write(dir.join("extra.img"), b"x").unwrap(),
+            "corrupt: extra.img: not listed in the manifest".to_string(),
+        ),
+        (
+            "missing-manifest",
+            |dir| std::fs::remove_file(dir.join("opalcrs_manifest.json")).unwrap(),
+            "corrupt: opalcrs_manifest.json: missing".to_string(),
+        ),
+        // Truncated, and the manifest's size made to agree: CRIU gets to read it (and
+        // stalls); the check that runs beside it names the damage.
+        (
+            "stalling-pages",
+            |dir| {
+                let pages = biggest_pages(dir);
+                truncate_to_half(&pages);
+                relist(dir, &pages, false);
+            },
+            format!("corrupt: {pages_name}: xxh3-128 "),
+        ),
+        // The same with the hash made to agree too: only the restore's time limit finds it.
+        (
+            "stalling-relisted",
+            |dir| {
+                let pages = biggest_pages(dir);
+                truncate_to_half(&pages);
+                relist(dir, &pages, true);
+            },
+            "made no progress in 3 s".to_string(),
+        ),
+    ];
+    let mut table = Vec::new();
+    for (case, damage, why) in &cases {
+        let copy = sb.path(case);
+        let copied = Command::new("cp").arg("-a").arg(&series).arg(&copy).status().unwrap();
+        assert!(copied.success());
+        damage(&copy.join("1"));
+        let copy_arg = copy.to_str().unwrap();
+
+        let started = Instant::now();
+        let before = count_lines(&sb).len();
+        let (status, stdout, stderr) =
+            run_restart(&sb, &["--fork", "-v", "-mca", "crs_criu_restore_timeout", "3", copy_arg]);
+        let took = started.elapsed();
+        assert!(status.success(), "{case}: {status:?}\n{stdout}{stderr}");
+        let restored: u32 = stdout.trim().parse().unwrap();
+        sb.adopt(restored);
+        let skipped = stderr.lines().find(|l| l.contains("skipping snapshot 1: ")).unwrap_or("");
+        assert!(skipped.contains(why.as_str()), "{case}: {stderr}");
+        let restarted = format!("restarting {} with component criu", copy.join("0").display());
+        assert!(stderr.contains(&restarted), "{case}: {stderr}");
+        assert_eq!(restored, pid, "{case}: {stderr}");
+        assert!(took < Duration::from_secs(12), "{case}: took {took:?}");
+        assert!(wait_until(LONG, || count_lines(&sb).len() >= before + 3), "{case}");
+        assert!(count_lines(&sb)[before..].iter().all(|c| c.ok && c.pid == pid), "{case}");
+        kill(restored);
+        assert!(wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists()), "{case}");
+        // What the restore left in snapshot 0 (CRIU's stats-restore) does not damage it.
+        let verdict = opalcrs::snapshot::verify(&copy.join("0"));
+        assert_eq!(verdict, opalcrs::snapshot::Verdict::Good, "{case}");
+        table.push(format!("{case}: snapshot 0 in {took:.1?} ({})", skipped.trim()));
+
+        // Alone, the damaged snapshot is refused, in bounded time, saying why.
+        let started = Instant::now();
+        let (status, stdout, stderr) =
+            run_restart(&sb, &["-s", "1", "-mca", "crs_criu_restore_timeout", "3", copy_arg]);
+        let took = started.elapsed();
+        let expected = if *case == "stalling-relisted" { 126 } else { 125 };
+        assert_eq!(status.code(), Some(expected), "{case}: {stdout}{stderr}");
+        assert!(stderr.contains(why.as_str()), "{case}: {stderr}");
+        assert!(took < Duration::from_secs(12), "{case}: took {took:?}");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{case}: something runs");
+        assert_eq!(restoring(&copy), Vec::<u32>::new(), "{case}: CRIU left behind");
+        table.push(format!("{case} alone: exit {expected} in {took:.1?}"));
+    }
+    // A stalled restore into a new PID namespace ends with the namespace.
+    let copy = sb.path("stalling-relisted");
+    let (status, stdout, stderr) = run_restart(
+        &sb,
+        &[
+            "-s",
+            "1",
+            "-mca",
+            "crs_criu_restore_timeout",
+            "2",
+            "-mca",
+            "crs_criu_pidns",
+            "always",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("made no progress in 2 s"), "{stderr}");
+    assert_eq!(restoring(&copy), Vec::<u32>::new(), "CRIU left behind in a PID namespace");
+
+    // A failure that is not the snapshot's (its PID taken, no new namespace allowed)
+    // ends the restart: no older snapshot is taken instead.
+    let (running, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    assert_eq!(running, pid);
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-v", "-mca", "crs_criu_pidns", "never", series.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("still in use"), "{stderr}");
+    assert!(!stderr.contains("skipping") && !stderr.contains("/0 with"), "{stderr}");
+    kill(running);
+    eprintln!("fallback per damage:\n{}", table.join("\n"));
+}

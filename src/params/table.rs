@@ -184,6 +184,13 @@ pub static PARAMS: &[ParamDef] = &[
         "Whether a CRIU restore runs in a fresh PID namespace: \
          auto (when needed), always or never.",
     ),
+    def(
+        "crs_criu_restore_timeout",
+        Int,
+        "30",
+        "Seconds a CRIU restore may take before it is killed and reported (the restart then \
+         falls back to an older snapshot); 0 waits without limit.",
+    ),
     def("opal_cr_verbose", Int, "0", "Verbosity of the C/R runtime's messages; 0 is quiet."),
     def(
         "opal_cr_use_thread",
@@ -386,6 +393,7 @@ fn int_range(name: &str) -> (i64, i64) {
     match name {
         "opal_cr_signal" => (0, 64),
         "crs_base_snapshot_keep"
+        | "crs_criu_restore_timeout"
         | "opal_cr_checkpoint_interval"
         | "opal_cr_thread_sleep_check"
         | "opal_cr_thread_sleep_wait" => (0, i64::MAX),
@@ -536,11 +544,13 @@ mod tests {
         expect("crs_criu_log_level", Int, "2");
         expect("crs_criu_pidns", Kind::Choice(&["auto", "always", "never"]), "auto");
         expect("crs_criu_new_session", Bool, "1");
+        expect("crs_criu_restore_timeout", Int, "30");
+        assert!(!lookup("crs_criu_restore_timeout").unwrap().accepts("-1"));
         expect("opal_cr_use_thread", Bool, "1");
         expect("opal_cr_thread_sleep_wait", Int, "100");
         expect("opal_cr_signal", Int, "10");
         expect("mca_base_suppress_override_warning", Bool, "0");
-        assert_eq!(PARAMS.len(), 44);
+        assert_eq!(PARAMS.len(), 45);
     }
 
     #[test]

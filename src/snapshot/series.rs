@@ -129,14 +129,19 @@ impl Series {
     /// The newest snapshot that a restart may use (see [`Verdict::is_usable`]), with every
     /// newer one that was skipped and why.
     pub fn newest_good(&self) -> Result<Option<(u64, Skipped)>> {
-        let scan = self.scan_newest_good()?;
+        let scan = self.scan_newest_good(&[])?;
         Ok(scan.found.map(|(seq, _)| (seq, scan.skipped)))
     }
 
-    /// Verifies snapshots from the newest down until one is usable.
-    pub(crate) fn scan_newest_good(&self) -> Result<NewestGood> {
+    /// Verifies snapshots from the newest down until one is usable; those in `excluded`
+    /// are skipped for the reason given there.
+    pub(crate) fn scan_newest_good(&self, excluded: &[(u64, String)]) -> Result<NewestGood> {
         let mut skipped = Vec::new();
         for seq in self.snapshots()?.into_iter().rev() {
+            if let Some((_, why)) = excluded.iter().find(|(number, _)| *number == seq) {
+                skipped.push((seq, why.clone()));
+                continue;
+            }
             let verdict = verify(&self.snapshot_dir(seq));
             if verdict.is_usable() {
                 return Ok(NewestGood { found: Some((seq, verdict)), skipped });
@@ -526,14 +531,35 @@ impl Payload {
                     if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
                 if kind.is_dir() {
                     dirs.push((entry.path(), relative));
-                } else if kind.is_file() && relative != MANIFEST_FILE {
-                    files.push((relative, entry.path()));
+                } else if kind.is_file() {
+                    if relative != MANIFEST_FILE {
+                        files.push((relative, entry.path()));
+                    }
+                } else {
+                    return Err(unlistable(&relative, "not a regular file or directory"));
                 }
             }
+        }
+        // A directory is listed through the files in it: an empty one cannot be (the
+        // deepest is named).
+        if let Some((_, relative)) =
+            dirs.iter().skip(1).rev().find(|(_, dir)| {
+                !files.iter().any(|(file, _)| file.starts_with(&format!("{dir}/")))
+            })
+        {
+            return Err(unlistable(relative, "an empty directory"));
         }
         files.sort();
         Ok(Payload { dirs: dirs.into_iter().map(|(dir, _)| dir).collect(), files })
     }
+}
+
+/// A snapshot may hold only what its manifest can list (anything else makes it corrupt).
+fn unlistable(relative: &str, what: &str) -> Error {
+    Error::new(
+        codes::OPAL_ERR_BAD_PARAM,
+        format!("cannot publish the snapshot: {relative}: {what} cannot be listed in the manifest"),
+    )
 }
 
 #[cfg(test)]
@@ -761,7 +787,6 @@ mod tests {
         fs::write(pending.dir.join(METADATA_FILE), "# PID: 1\n").unwrap();
         fs::create_dir_all(pending.dir.join("a/b")).unwrap();
         fs::write(pending.dir.join("a/b/core.img"), vec![7u8; 3000]).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", pending.dir.join("link")).unwrap();
         let options = PublishOptions {
             fsync: true,
             identity: vec![IdentityEntry {
@@ -778,6 +803,32 @@ mod tests {
         assert_eq!(listed, vec![("a/b/core.img", 3000), (METADATA_FILE, 9)]);
         assert_eq!(manifest.identity[0].build_id.as_deref(), Some("ab"));
         assert_eq!(verify(&published.path), Verdict::Good);
+    }
+
+    /// A verified snapshot holds only what its manifest lists, so a temporary holding
+    /// anything else is not published as good.
+    #[test]
+    fn publish_refuses_what_a_manifest_cannot_list() {
+        let base = TempDir::new();
+        let series = Series::open(base.path(), "s").unwrap();
+        type Add = fn(&Path);
+        let extras: [(&str, Add); 2] = [
+            ("link", |dir| std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap()),
+            ("a/empty", |dir| fs::create_dir_all(dir.join("a/empty")).unwrap()),
+        ];
+        for (name, add) in extras {
+            let pending = series.begin(own_pid()).unwrap();
+            let temporary = pending.dir.clone();
+            fs::write(pending.dir.join(METADATA_FILE), "# PID: 1\n").unwrap();
+            add(&pending.dir);
+            let err = pending.publish(publish_options(0)).unwrap_err();
+            assert!(
+                err.message().contains(&format!("{name}: ")) && err.message().contains("manifest"),
+                "{err}"
+            );
+            assert!(!temporary.exists(), "{name}");
+        }
+        assert_eq!(series.snapshots().unwrap(), Vec::<u64>::new());
     }
 
     #[test]
@@ -854,6 +905,7 @@ mod tests {
         assert_eq!(seq, 0);
         let reasons: Vec<(u64, &str)> =
             skipped.iter().map(|(seq, why)| (*seq, why.split(':').next().unwrap())).collect();
-        assert_eq!(reasons, vec![(2, "corrupt"), (1, "incomplete")]);
+        assert_eq!(reasons, vec![(2, "corrupt"), (1, "corrupt")]);
+        assert!(skipped[1].1.contains(MANIFEST_FILE), "{skipped:?}");
     }
 }

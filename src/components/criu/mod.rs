@@ -188,7 +188,7 @@ impl Component for CriuComponent {
             _ => !taken.is_empty(),
         };
         let (inherit, _reopened) = stdio_handover(&plan.dir, !new_pidns)?;
-        let log_file = format!("restore-{}.log", std::process::id());
+        let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
             log_file: &log_file,
@@ -199,6 +199,10 @@ impl Component for CriuComponent {
             inherit_fds: &inherit,
             new_pidns,
             stopped: plan.unchecked,
+            timeout: match plan.params.int("crs_criu_restore_timeout") {
+                0 => None,
+                seconds => Some(std::time::Duration::from_secs(seconds.unsigned_abs())),
+            },
         };
         let (restored, verdict) = std::thread::scope(|scope| {
             // The check reads the images while CRIU does: both are served by one read
@@ -207,9 +211,13 @@ impl Component for CriuComponent {
             let restored = restore::restore(&bin, &options);
             (restored, check.map(|thread| thread.join()))
         });
-        let rejection = match verdict {
-            Some(Ok(verdict)) if !verdict.is_usable() => Some(verdict.to_string()),
-            Some(Err(_)) => Some("the snapshot check failed unexpectedly".to_string()),
+        // The snapshot's fault: damage its check found, or a restore that stalled on it.
+        let rejection = match (verdict, &restored) {
+            (Some(Ok(verdict)), _) if !verdict.is_usable() => Some(verdict.to_string()),
+            (Some(Err(_)), _) => Some("the snapshot check failed unexpectedly".to_string()),
+            (_, Err(e)) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => {
+                Some(e.message().to_string())
+            }
             _ => None,
         };
         if let Some(why) = rejection {

@@ -59,6 +59,9 @@ pub struct RestoreOptions<'a> {
     /// Leave the task stopped (SIGSTOP) before it runs any code of its own; the caller
     /// continues it (SIGCONT) or kills it.
     pub stopped: bool,
+    /// How long CRIU may take to restore; then it and what it restored so far are
+    /// killed, and the error has code OPAL_ERR_TIMEOUT. None: no limit.
+    pub timeout: Option<Duration>,
 }
 
 /// A restored task, our child (directly, or through the namespace holder). Wait for it
@@ -79,13 +82,7 @@ impl Restored {
     /// first is signalled (a killed parent's children move elsewhere). For a tree
     /// restored stopped, which cannot fork meanwhile.
     pub fn signal_tree(&self, signal: c_int) {
-        let mut tree = vec![self.pid];
-        let mut next = 0;
-        while next < tree.len() {
-            tree.extend(children(tree[next]));
-            next += 1;
-        }
-        for pid in tree {
+        for pid in tree(self.pid) {
             // SAFETY: plain kill of a restored task that is ours and not yet reaped
             // (stopped tasks do not exit).
             unsafe { libc::kill(pid, signal) };
@@ -97,6 +94,17 @@ impl Restored {
         rpc::wait_exit_code(self.waiter)
             .map_err(|e| Error::io(format!("waiting for restored process {}", self.pid), e))
     }
+}
+
+/// `root` and all its descendants, parents before their children.
+fn tree(root: i32) -> Vec<i32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children(tree[next]));
+        next += 1;
+    }
+    tree
 }
 
 /// Whether this PID is allocated in our namespace: a process or thread (a zombie
@@ -210,6 +218,8 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         inherit_fds: &fds,
         what: format!("restore of {}", images.path.display()),
         log: images.path.join(opts.log_file),
+        timeout: opts.timeout,
+        deadline: opts.timeout.map(|limit| Instant::now() + limit),
     };
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
@@ -217,7 +227,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         restore_in_new_pidns(&context, &pids)?
     } else {
         wait_until_free(&pids, &images.path)?;
-        restore_here(&context)?
+        restore_here(&context, pids[0])?
     };
     drop(images);
     debug!("crs:criu: restored {restored:?} after {:?}", started.elapsed());
@@ -230,9 +240,26 @@ struct RestoreContext<'a> {
     inherit_fds: &'a [RawFd],
     what: String,
     log: PathBuf,
+    timeout: Option<Duration>,
+    /// When the restore must have finished.
+    deadline: Option<Instant>,
 }
 
 impl RestoreContext<'_> {
+    /// The error of a restore that did not finish in time (after what it started was
+    /// killed).
+    fn stalled(&self) -> Error {
+        let seconds = self.timeout.unwrap_or_default().as_secs_f64();
+        Error::new(
+            codes::OPAL_ERR_TIMEOUT,
+            format!(
+                "criu {} made no progress in {seconds} s (crs_criu_restore_timeout); CRIU and \
+                 what it had restored were killed",
+                self.what
+            ),
+        )
+    }
+
     /// The restored root's PID from CRIU's answer, or the failure.
     fn restored_pid(&self, response: &Response) -> Result<i32> {
         rpc::expect_kind(response, ReqType::RESTORE)?;
@@ -268,9 +295,21 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
     }
 }
 
-fn restore_here(context: &RestoreContext) -> Result<Restored> {
-    let response = Session::start(context.bin, Helper::Child, context.inherit_fds, None)?
-        .call(context.request)?;
+/// Restores in our PID namespace; `root` is the image's root task, which CRIU recreates
+/// with its PID as our child.
+fn restore_here(context: &RestoreContext, root: i32) -> Result<Restored> {
+    let session = Session::start(context.bin, Helper::Child, context.inherit_fds, None)?;
+    let left = context.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+    let response = match session.call_within(context.request, left) {
+        Err(e) if e.code() == codes::OPAL_ERR_TIMEOUT => {
+            // CRIU is killed: nothing adds to the tree any more.
+            kill_partial_restore(root);
+            drop(session);
+            return Err(context.stalled());
+        }
+        answer => answer?,
+    };
+    drop(session);
     let pid = context.restored_pid(&response)?;
     Ok(Restored { pid, pid_in_ns: pid, new_pidns: false, waiter: pid })
 }
@@ -399,7 +438,25 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     // Only the init keeps these; the report pipe then ends when the init has reported.
     drop((socket, criu_socket, report_write, ack_read));
     let mut report = Vec::new();
-    let read = File::from(report_read).read_to_end(&mut report);
+    let report_read = File::from(report_read);
+    match rpc::readable_before(report_read.as_raw_fd(), context.deadline) {
+        Ok(true) => {}
+        Ok(false) => {
+            // The namespace ends with its init, and everything in it (CRIU included).
+            let doomed = children(holder).first().copied().unwrap_or(holder);
+            // SAFETY: plain kill of our child or its child, not yet reaped.
+            unsafe { libc::kill(doomed, libc::SIGKILL) };
+            drop(ack_write);
+            let _ = rpc::wait_exit_code(holder);
+            return Err(context.stalled());
+        }
+        Err(e) => {
+            drop(ack_write);
+            let _ = rpc::wait_exit_code(holder);
+            return Err(Error::io("waiting for the restore helper's report", e));
+        }
+    }
+    let read = (&report_read).read_to_end(&mut report);
     let found = read
         .map_err(|e| Error::io("reading the restore helper's report", e))
         .and_then(|_| parse_report(context, &report))
@@ -457,6 +514,23 @@ fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
             context.what
         ))),
     }
+}
+
+/// Kills what a stalled restore in our namespace created: the root task, if it is our
+/// child (CRIU got to create it), and its descendants; reaps the root.
+fn kill_partial_restore(root: i32) {
+    let own = std::process::id() as i32;
+    let parent = std::fs::read_to_string(format!("/proc/{root}/stat"))
+        .ok()
+        .and_then(|stat| stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse().ok());
+    if parent != Some(own) {
+        return;
+    }
+    for pid in tree(root) {
+        // SAFETY: plain kill of our unreaped child and its descendants, found just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = rpc::wait_exit_code(root);
 }
 
 /// The restored task's PID in our namespace: the child of the holder's init whose
@@ -790,6 +864,7 @@ mod tests {
             inherit_fds: &[],
             new_pidns: true,
             stopped: false,
+            timeout: None,
         };
         let err = restore(&bin, &opts).unwrap_err();
         assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);

@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Room for one answer of CRIU (they are a few hundred bytes).
 pub(crate) const RESPONSE_CAPACITY: usize = 16 * 1024;
@@ -336,9 +336,28 @@ impl Session {
 
     /// Sends one request and returns CRIU's answer.
     pub(crate) fn call(&self, request: &[u8]) -> Result<Response> {
+        self.call_within(request, None)
+    }
+
+    /// [`call`](Session::call) that waits at most `limit` for the answer: then the
+    /// helper, if it is our child, is killed, and the error has code OPAL_ERR_TIMEOUT.
+    pub(crate) fn call_within(&self, request: &[u8], limit: Option<Duration>) -> Result<Response> {
+        let deadline = limit.map(|limit| Instant::now() + limit);
         let fd = self.socket.as_raw_fd();
         send_message(fd, request)
             .map_err(|errno| exchange_error("sending the request to", errno))?;
+        let answered = readable_before(fd, deadline)
+            .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
+        if !answered {
+            if let Some(pid) = self.helper_pid {
+                // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            return Err(Error::new(
+                codes::OPAL_ERR_TIMEOUT,
+                format!("criu swrk did not answer in {limit:?}"),
+            ));
+        }
         let mut buffer = vec![0u8; RESPONSE_CAPACITY];
         let len = receive_message(fd, &mut buffer)
             .map_err(|errno| exchange_error("reading the answer of", errno))?;
@@ -683,6 +702,34 @@ pub(crate) fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::result::Result<(), 
     Ok(())
 }
 
+/// Waits until `fd` can be read from (data, or its other end closed), until `deadline`
+/// at most; Ok(false) when the deadline came first.
+pub(crate) fn readable_before(fd: RawFd, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up, so that a wait never ends just before the deadline.
+                left.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int
+            }
+        };
+        let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) } {
+            n if n > 0 => return Ok(true),
+            0 if deadline.is_some_and(|deadline| Instant::now() >= deadline) => return Ok(false),
+            0 => {}
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
 /// Sends one message on the seqpacket socket. Async-signal-safe.
 pub(crate) fn send_message(fd: RawFd, message: &[u8]) -> std::result::Result<(), c_int> {
     loop {
@@ -1010,6 +1057,7 @@ mod tests {
             inherit_fds,
             new_pidns,
             stopped: false,
+            timeout: None,
         }
     }
 
@@ -1036,6 +1084,20 @@ mod tests {
             .trim()
             .parse()
             .ok()
+    }
+
+    #[test]
+    fn readable_before_waits_until_the_deadline_at_most() {
+        let (ours, theirs) = socket_pair().unwrap();
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(80));
+        assert!(!readable_before(ours.as_raw_fd(), deadline).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        send_message(theirs.as_raw_fd(), b"answer").unwrap();
+        assert!(readable_before(ours.as_raw_fd(), deadline).unwrap(), "data counts");
+        let (ours, theirs) = socket_pair().unwrap();
+        drop(theirs);
+        assert!(readable_before(ours.as_raw_fd(), None).unwrap(), "so does a closed peer");
     }
 
     #[test]
