@@ -1,0 +1,198 @@
+//! Acting on a snapshot never gives it more privilege than its owner has: root restarts
+//! another user's snapshot as that user, and nobody else may restart it at all. Run as
+//! root against throw-away users the tests create and remove.
+
+mod common;
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A flat (1.6/1.7 layout) snapshot `<home>/<name>` with `metadata`, owned by `user`
+/// as if the user had written it.
+fn forged_snapshot(user: &TempUser, home: &Path, name: &str, metadata: &str) -> PathBuf {
+    let dir = home.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("snapshot_meta.data"), metadata).unwrap();
+    for path in [&dir, &dir.join("snapshot_meta.data")] {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    dir
+}
+
+/// The first line of `id -u` and the groups of `id -G` a command wrote.
+fn ids(path: &Path) -> (u32, Vec<u32>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let uid = lines.next().unwrap().trim().parse().unwrap();
+    let groups = lines.next().unwrap().split_whitespace().map(|g| g.parse().unwrap()).collect();
+    (uid, groups)
+}
+
+#[test]
+fn root_runs_what_a_users_snapshot_asks_for_as_that_user() {
+    let Some(user) = TempUser::create("run") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("privilege-run");
+    let home = user.home_in(&sb);
+    let ids_file = home.join("ids");
+    let touched = home.join("touched");
+    let made = home.join("made/deeper");
+    let snapshot = forged_snapshot(
+        &user,
+        &home,
+        "evil.ckpt",
+        &format!(
+            "# PID: 1\n# OPAL CRS Component: self\n# MKDIR: {}\n# TOUCH: {}\n# CONTEXT: /bin/sh -c \"id -u > {}; id -G >> {}\"\n",
+            made.display(),
+            touched.display(),
+            ids_file.display(),
+            ids_file.display()
+        ),
+    );
+    let (status, stdout, stderr) = run_restart(&sb, &[snapshot.to_str().unwrap()]);
+    assert!(status.success(), "{status:?}\n{stdout}{stderr}");
+    assert_eq!(ids(&ids_file), (user.uid, vec![user.gid]), "{stderr}");
+    for created in [&touched, &made] {
+        let owner = std::fs::metadata(created).unwrap().uid();
+        assert_eq!(owner, user.uid, "{} made by uid {owner}", created.display());
+    }
+
+    // A record that points where only root may write fails the restart before the
+    // command runs, and creates nothing.
+    let closed = sb.path("root-only");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let second_ids = home.join("ids2");
+    for record in ["MKDIR", "TOUCH"] {
+        let target = closed.join(format!("by-{record}"));
+        let snapshot = forged_snapshot(
+            &user,
+            &home,
+            &format!("into-root-{record}.ckpt"),
+            &format!(
+                "# PID: 1\n# OPAL CRS Component: self\n# {record}: {}\n# CONTEXT: /bin/sh -c \"id -u > {}\"\n",
+                target.display(),
+                second_ids.display()
+            ),
+        );
+        let (status, _, stderr) = run_restart(&sb, &[snapshot.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(126), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot create {}: Permission denied", target.display())),
+            "{stderr}"
+        );
+        assert!(!target.exists() && !second_ids.exists(), "{record} was carried out as root");
+    }
+
+    // The recorded preload library is loaded as the user too.
+    let library = home.join("report_euid.so");
+    let euid_file = home.join("preload-euid");
+    let source = sb.path("report_euid.c");
+    std::fs::write(
+        &source,
+        format!(
+            "#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void report(void) {{\n  FILE *f = fopen(\"{}\", \"w\");\n  if (f) {{ fprintf(f, \"%d\\n\", (int)geteuid()); fclose(f); }}\n}}\n",
+            euid_file.display()
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let snapshot = forged_snapshot(
+        &user,
+        &home,
+        "preload.ckpt",
+        &format!(
+            "# PID: 1\n# OPAL CRS Component: self\n# OPALCRS Preload: {}\n# CONTEXT: /bin/true\n",
+            library.display()
+        ),
+    );
+    let (status, _, stderr) = run_restart(&sb, &[snapshot.to_str().unwrap()]);
+    assert!(status.success(), "{stderr}");
+    let euid = std::fs::read_to_string(&euid_file).unwrap();
+    assert_eq!(euid.trim(), user.uid.to_string(), "the preload library ran with euid {euid}");
+}
+
+#[test]
+fn an_honest_user_snapshot_restarts_as_its_user_through_both_tools() {
+    let Some(user) = TempUser::create("honest") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("privilege-honest");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&cc("selfapp.c", "selfapp", &[]), "selfapp");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let log = home.join("app.log");
+    let mut command = user.command(&sb, &program, &home);
+    command.arg(&log).env("LD_LIBRARY_PATH", &sb.dir);
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let counting = || std::fs::read_to_string(&log).unwrap_or_default().contains("count");
+    assert!(wait_until(Duration::from_secs(10), counting), "{}", sb.read("app.out"));
+    // Root's tool asks; the process writes its snapshot itself, as its user.
+    let (_, path) =
+        checkpoint_ok(&sb, &["-w", home.to_str().unwrap(), "-n", "s", &pid.to_string()]);
+    assert_eq!(std::fs::metadata(&path).unwrap().uid(), user.uid);
+    kill_and_reap(&mut app);
+
+    let series = home.join("s");
+    let (restarted, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    let uids = proc_status(restarted, "Uid").unwrap();
+    assert_eq!(uids, format!("{0}\t{0}\t{0}\t{0}", user.uid), "opal-restart ran it as {uids}");
+    kill(restarted);
+
+    // opal-run restarts the series too, as its user.
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    let mut run = sb.command(PathBuf::from(env!("CARGO_BIN_EXE_opal-run")));
+    run.env("LD_LIBRARY_PATH", &sb.dir)
+        .args(["-w", home.to_str().unwrap(), "-n", "s", "--"])
+        .arg(&program)
+        .arg(&log);
+    let mut job = sb.spawn(run, "run");
+    let restarted_again =
+        || std::fs::read_to_string(&log).unwrap_or_default()[before..].contains("restart");
+    assert!(wait_until(Duration::from_secs(10), restarted_again), "{}", sb.read("run.out"));
+    let uids = proc_status(job.id(), "Uid").unwrap();
+    assert_eq!(uids, format!("{0}\t{0}\t{0}\t{0}", user.uid), "opal-run ran it as {uids}");
+    stop(&mut job);
+}
+
+#[test]
+fn nobody_but_its_owner_and_root_restarts_a_snapshot() {
+    let Some(user) = TempUser::create("other") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("privilege-other");
+    let home = user.home_in(&sb);
+    let marker = sb.path("ran");
+    let roots = sb.path("roots.ckpt");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::write(
+        roots.join("snapshot_meta.data"),
+        format!(
+            "# PID: 1\n# OPAL CRS Component: self\n# CONTEXT: /bin/touch {}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let tool = sb.copy_program(&restart_tool(), "opal-restart");
+    let out = user.command(&sb, &tool, &home).arg(&roots).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "{stdout}{stderr}");
+    let expected = format!(
+        "refusing snapshot {}: it belongs to uid 0; only that user or root may restart it",
+        roots.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!marker.exists());
+}
