@@ -196,3 +196,102 @@ fn nobody_but_its_owner_and_root_restarts_a_snapshot() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!marker.exists());
 }
+
+/// Protobuf varint of `n`.
+fn varint(mut n: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    while n >= 0x80 {
+        bytes.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    bytes.push(n as u8);
+    bytes
+}
+
+/// Rewrites uid, euid, suid and fsuid of the `creds` in a CRIU `core-<pid>.img` from `uid`
+/// to 0, keeping every length: 0 is written as a varint as long as `uid`'s.
+fn forge_root_creds(core: &Path, uid: u32, gid: u32) {
+    let mut bytes = std::fs::read(core).unwrap();
+    let (u, g) = (varint(uid), varint(gid));
+    // creds_entry: uid = 1, gid = 2, euid = 3, egid = 4, suid = 5, sgid = 6, fsuid = 7,
+    // fsgid = 8 (CRIU images/creds.proto).
+    let mut needle = Vec::new();
+    for field in 1..=8u8 {
+        needle.push(field << 3);
+        needle.extend(if field % 2 == 1 { &u } else { &g });
+    }
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("creds in the image");
+    let mut zero = vec![0x80; u.len()];
+    *zero.last_mut().unwrap() = 0;
+    let mut offset = at;
+    for field in 1..=8u8 {
+        offset += 1;
+        let len = if field % 2 == 1 { u.len() } else { g.len() };
+        if field % 2 == 1 {
+            bytes[offset..offset + len].copy_from_slice(&zero);
+        }
+        offset += len;
+    }
+    std::fs::write(core, bytes).unwrap();
+}
+
+#[test]
+fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
+    require_criu!();
+    let Some(user) = TempUser::create("criu") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("privilege-criu");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&cc("plain_counter.c", "plain_counter", &[]), "plain_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let count = home.join("count");
+    let mut command = user.command(&sb, &program, &home);
+    command
+        .arg(&count)
+        .arg("1")
+        .env("OMPI_MCA_crs", "criu")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let lines = || std::fs::read_to_string(&count).unwrap_or_default().lines().count();
+    assert!(wait_until(Duration::from_secs(10), || lines() >= 2), "{}", sb.read("app.out"));
+    // Root's tool dumps it for its user, into the user's snapshot.
+    let (_, snapshot) = checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
+    assert_eq!(std::fs::metadata(&snapshot).unwrap().uid(), user.uid);
+    kill_and_reap(&mut app);
+
+    // The user rewrites the image's uid to 0 and makes the manifest agree, then (second
+    // round) deletes it instead.
+    let core = snapshot.join(format!("core-{pid}.img"));
+    forge_root_creds(&core, user.uid, user.gid);
+    let manifest_file = snapshot.join(opalcrs::snapshot::MANIFEST_FILE);
+    let mut manifest = opalcrs::snapshot::Manifest::read(&snapshot).unwrap();
+    let name = core.file_name().unwrap().to_str().unwrap();
+    let entry = manifest.files.iter_mut().find(|f| f.path == name).unwrap();
+    (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&core).unwrap();
+    manifest.write_to(&snapshot).unwrap();
+    for round in ["manifest rewritten", "manifest deleted"] {
+        if round == "manifest deleted" {
+            std::fs::remove_file(&manifest_file).unwrap();
+        }
+        let series = snapshot.parent().unwrap().to_str().unwrap();
+        let (status, stdout, stderr) = run_restart(&sb, &["--fork", series]);
+        if status.success() {
+            let restored: u32 = stdout.trim().parse().unwrap();
+            sb.adopt(restored);
+            let uids = proc_status(restored, "Uid").unwrap_or_default();
+            kill(restored);
+            assert_eq!(
+                uids,
+                format!("{0}\t{0}\t{0}\t{0}", user.uid),
+                "{round}: restored as {uids}\n{stderr}"
+            );
+        } else {
+            assert!(status.code() == Some(126) || status.code() == Some(125), "{round}: {stderr}");
+            assert!(!alive(pid), "{round}: a failed restore left process {pid}");
+        }
+    }
+}
