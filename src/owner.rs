@@ -11,6 +11,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Capabilities CRIU may keep when it runs as a user (linux/capability.h).
+pub const CAP_SETPCAP: u32 = 8;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
 /// A user as a process running for them needs it: ids, supplementary groups, home.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -53,6 +58,11 @@ impl Owner {
             name: Some(name.to_string_lossy().into_owned()),
             home: Some(PathBuf::from(OsStr::from_bytes(home.to_bytes()))),
         }
+    }
+
+    /// `uid` with group `gid` and no supplementary groups.
+    pub fn without_groups(uid: u32, gid: u32) -> Owner {
+        Owner { uid, gid, groups: Vec::new(), name: None, home: None }
     }
 
     /// The owner of snapshot `dir`, and of the series that holds it when there is one:
@@ -115,6 +125,51 @@ impl Owner {
             }
             if self.uid != 0 && libc::setresuid(0, 0, 0) == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+        }
+        Ok(())
+    }
+
+    /// Becomes the owner like [`become_owner`](Self::become_owner) but keeps
+    /// `capabilities` (effective, permitted, inheritable and ambient, so also across
+    /// exec) and no other: how CRIU runs in its unprivileged mode for a root tool.
+    /// Async-signal-safe (system calls only); Err(errno).
+    pub fn become_keeping(&self, capabilities: &[u32]) -> std::result::Result<(), libc::c_int> {
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct CapData {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM);
+        let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
+        // SAFETY: plain system calls on this process's own credentials; the structures
+        // are laid out as capset(2) expects.
+        unsafe {
+            check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setresgid(self.gid, self.gid, self.gid))?;
+            check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+            for &cap in capabilities {
+                let word = &mut data[(cap / 32) as usize];
+                let bit = 1 << (cap % 32);
+                word.effective |= bit;
+                word.permitted |= bit;
+                word.inheritable |= bit;
+            }
+            let header = CapHeader { version: VERSION_3, pid: 0 };
+            check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
+            for &cap in capabilities {
+                let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+                check(libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0))?;
             }
         }
         Ok(())

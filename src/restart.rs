@@ -82,7 +82,16 @@ fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<
         return None;
     }
     Some(Prepared {
-        plan: plan(located.dir, metadata, series, located.seq, owner, params.clone(), verbose, true),
+        plan: plan(
+            located.dir,
+            metadata,
+            series,
+            located.seq,
+            owner,
+            params.clone(),
+            verbose,
+            true,
+        ),
         component,
         skipped: Vec::new(),
         legacy: false,
