@@ -128,6 +128,7 @@ fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static dyn Componen
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one plain constructor, called twice
 fn plan(
     dir: PathBuf,
     metadata: Metadata,

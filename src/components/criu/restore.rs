@@ -912,6 +912,23 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_groups_of_a_core_image() {
+        // creds: uid 1000, gid 1000, groups 27 and 1000; in thread_core, in core_entry.
+        let creds: &[u8] = &[0x08, 0xe8, 0x07, 0x10, 0xe8, 0x07, 0x70, 27, 0x70, 0xe8, 0x07];
+        let thread = [&[0x52, creds.len() as u8][..], creds].concat();
+        let entry = [&[0x08, 0x01, 0x2a, thread.len() as u8][..], &thread].concat();
+        let mut image = Vec::new();
+        image.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        image.extend_from_slice(&CORE_MAGIC.to_le_bytes());
+        image.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        image.extend_from_slice(&entry);
+        assert_eq!(parse_core_groups(&image).unwrap(), [27, 1000]);
+        image[4] ^= 1;
+        assert!(parse_core_groups(&image).unwrap_err().message().contains("wrong magic"));
+        assert!(parse_core_groups(&image[..10]).is_err());
+    }
+
+    #[test]
     fn missing_images_are_a_clear_error() {
         let err = image_pids(Path::new("/nonexistent/images")).unwrap_err();
         assert!(err.message().contains("no CRIU images in /nonexistent/images"), "{err}");
