@@ -208,22 +208,27 @@ fn varint(mut n: u32) -> Vec<u8> {
     bytes
 }
 
-/// Rewrites uid, euid, suid and fsuid of the `creds` in a CRIU `core-<pid>.img` from `uid`
-/// to 0, keeping every length: 0 is written as a varint as long as `uid`'s.
-fn forge_root_creds(core: &Path, uid: u32, gid: u32) {
-    let mut bytes = std::fs::read(core).unwrap();
+/// The creds of a CRIU `core-<pid>.img`: where they start in `bytes` and the varints of
+/// the user's uid and gid they hold, as `uid = 1, gid = 2, euid = 3, egid = 4, suid = 5,
+/// sgid = 6, fsuid = 7, fsgid = 8` (CRIU images/creds.proto), then `cap_inh = 9`.
+fn find_creds(bytes: &[u8], uid: u32, gid: u32) -> (usize, Vec<u8>, Vec<u8>, usize) {
     let (u, g) = (varint(uid), varint(gid));
-    // creds_entry: uid = 1, gid = 2, euid = 3, egid = 4, suid = 5, sgid = 6, fsuid = 7,
-    // fsgid = 8 (CRIU images/creds.proto).
     let mut needle = Vec::new();
     for field in 1..=8u8 {
         needle.push(field << 3);
         needle.extend(if field % 2 == 1 { &u } else { &g });
     }
     let at = bytes.windows(needle.len()).position(|w| w == needle).expect("creds in the image");
+    (at, u, g, at + needle.len())
+}
+
+/// Rewrites uid, euid, suid and fsuid of the creds in `core` from `uid` to 0, keeping
+/// every length: 0 is written as a varint as long as `uid`'s.
+fn forge_root_creds(core: &Path, uid: u32, gid: u32) {
+    let mut bytes = std::fs::read(core).unwrap();
+    let (mut offset, u, g, _) = find_creds(&bytes, uid, gid);
     let mut zero = vec![0x80; u.len()];
     *zero.last_mut().unwrap() = 0;
-    let mut offset = at;
     for field in 1..=8u8 {
         offset += 1;
         let len = if field % 2 == 1 { u.len() } else { g.len() };
@@ -235,19 +240,35 @@ fn forge_root_creds(core: &Path, uid: u32, gid: u32) {
     std::fs::write(core, bytes).unwrap();
 }
 
-#[test]
-fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
-    require_criu!();
-    let Some(user) = TempUser::create("criu") else {
-        eprintln!("skipped: needs root and useradd");
-        return;
-    };
-    let sb = Sandbox::new("privilege-criu");
+/// Gives the task of `core` the inheritable capability CAP_CHOWN (its first `cap_inh`
+/// word from 0 to 1, one byte either way).
+fn forge_inheritable_capability(core: &Path, uid: u32, gid: u32) {
+    let mut bytes = std::fs::read(core).unwrap();
+    let (_, _, _, after) = find_creds(&bytes, uid, gid);
+    assert_eq!(bytes[after..after + 2], [9 << 3, 0], "cap_inh follows fsgid");
+    bytes[after + 1] = 1;
+    std::fs::write(core, bytes).unwrap();
+}
+
+/// Makes the manifest of `snapshot` agree with its `file` as it is now.
+fn make_manifest_agree(snapshot: &Path, file: &Path) {
+    let mut manifest = opalcrs::snapshot::Manifest::read(snapshot).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let entry = manifest.files.iter_mut().find(|f| f.path == name).unwrap();
+    (entry.size, entry.hash) = opalcrs::snapshot::hash_file(file).unwrap();
+    manifest.write_to(snapshot).unwrap();
+}
+
+/// A counter of a throw-away user dumped by root's tool into the user's snapshot, and
+/// killed: the user, the sandbox, the snapshot and the PID.
+fn dumped_user_counter(tag: &str) -> Option<(TempUser, Sandbox, PathBuf, u32)> {
+    let user = TempUser::create(tag)?;
+    let sb = Sandbox::new(&format!("privilege-{tag}"));
     let home = user.home_in(&sb);
     let program = sb.copy_program(&cc("plain_counter.c", "plain_counter", &[]), "plain_counter");
     sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
     let count = home.join("count");
-    // Its output is the user's, so that only the image's credentials stand in the way.
+    // Its output is the user's, so that only the image stands in the way of a restore.
     let out = sb.path("app.out");
     std::fs::write(&out, "").unwrap();
     std::os::unix::fs::chown(&out, Some(user.uid), Some(user.gid)).unwrap();
@@ -262,10 +283,19 @@ fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
     let pid = app.id();
     let lines = || std::fs::read_to_string(&count).unwrap_or_default().lines().count();
     assert!(wait_until(Duration::from_secs(10), || lines() >= 2), "{}", sb.read("app.out"));
-    // Root's tool dumps it for its user, into the user's snapshot.
     let (_, snapshot) = checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
     assert_eq!(std::fs::metadata(&snapshot).unwrap().uid(), user.uid);
     kill_and_reap(&mut app);
+    Some((user, sb, snapshot, pid))
+}
+
+#[test]
+fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
+    require_criu!();
+    let Some((user, sb, snapshot, pid)) = dumped_user_counter("criu") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
     let series = snapshot.parent().unwrap().to_str().unwrap();
 
     // As it is, it comes back as its user, with the user's groups and no capability.
@@ -279,21 +309,24 @@ fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
     assert_eq!(caps, "0000000000000000");
     assert!(wait_until(Duration::from_secs(10), || !alive(restored)));
 
-    // The user rewrites the image's uid to 0 and makes the manifest agree, then (second
-    // round) deletes it instead.
+    // The user rewrites the image's uid to 0 and makes the manifest agree; then deletes
+    // the manifest instead; then root restores into a new PID namespace.
     let core = snapshot.join(format!("core-{pid}.img"));
     forge_root_creds(&core, user.uid, user.gid);
-    let manifest_file = snapshot.join(opalcrs::snapshot::MANIFEST_FILE);
-    let mut manifest = opalcrs::snapshot::Manifest::read(&snapshot).unwrap();
-    let name = core.file_name().unwrap().to_str().unwrap();
-    let entry = manifest.files.iter_mut().find(|f| f.path == name).unwrap();
-    (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&core).unwrap();
-    manifest.write_to(&snapshot).unwrap();
-    for round in ["manifest rewritten", "manifest deleted"] {
+    make_manifest_agree(&snapshot, &core);
+    let rounds: [(&str, &[&str]); 3] = [
+        ("manifest rewritten", &[]),
+        ("manifest deleted", &[]),
+        ("new PID namespace", &["-mca", "crs_criu_pidns", "always"]),
+    ];
+    for (round, options) in rounds {
         if round == "manifest deleted" {
-            std::fs::remove_file(&manifest_file).unwrap();
+            std::fs::remove_file(snapshot.join(opalcrs::snapshot::MANIFEST_FILE)).unwrap();
         }
-        let (status, stdout, stderr) = run_restart(&sb, &["--fork", series]);
+        let mut args = vec!["--fork"];
+        args.extend_from_slice(options);
+        args.push(series);
+        let (status, stdout, stderr) = run_restart(&sb, &args);
         if status.success() {
             let restored: u32 = stdout.trim().parse().unwrap();
             sb.adopt(restored);
@@ -310,4 +343,32 @@ fn a_users_criu_image_rewritten_to_uid_0_never_restores_as_root() {
             assert!(stderr.contains("Unable to set real, effective and saved user ID"), "{stderr}");
         }
     }
+}
+
+#[test]
+fn a_users_criu_image_that_asks_for_a_capability_is_killed_before_it_runs() {
+    require_criu!();
+    let Some((user, sb, snapshot, pid)) = dumped_user_counter("caps") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let count = sb.path(&user.name).join("count");
+    let core = snapshot.join(format!("core-{pid}.img"));
+    forge_inheritable_capability(&core, user.uid, user.gid);
+    make_manifest_agree(&snapshot, &core);
+    let before = std::fs::read_to_string(&count).unwrap();
+    let series = snapshot.parent().unwrap().to_str().unwrap();
+    let (status, stdout, stderr) = run_restart(&sb, &["--fork", series]);
+    if let Ok(restored) = stdout.trim().parse::<u32>() {
+        sb.adopt(restored);
+        let caps = proc_status(restored, "CapInh").unwrap_or_default();
+        kill(restored);
+        panic!("restored with inheritable capabilities {caps}: {status:?}\n{stderr}");
+    }
+    assert_eq!(status.code(), Some(126), "{stderr}");
+    let expected = format!("restored process {pid} holds capabilities (CapInh: 0000000000000001)");
+    assert!(stderr.contains(&expected), "{stderr}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), before, "the refused process ran");
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)), "process {pid} left");
 }
