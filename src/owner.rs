@@ -12,9 +12,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Capabilities CRIU may keep when it runs as a user (linux/capability.h).
-pub const CAP_SETPCAP: u32 = 8;
-pub const CAP_SYS_PTRACE: u32 = 19;
-pub const CAP_CHECKPOINT_RESTORE: u32 = 40;
+pub(crate) const CAP_SETPCAP: u32 = 8;
+pub(crate) const CAP_SYS_PTRACE: u32 = 19;
+pub(crate) const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// A user as a process running for them needs it: ids, supplementary groups, home.
 #[derive(Debug, Clone, PartialEq, Eq)]
