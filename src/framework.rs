@@ -35,6 +35,8 @@ pub struct RestartPlan {
     pub metadata: Metadata,
     pub series: Option<PathBuf>,
     pub seq: Option<u64>,
+    /// Whose snapshot it is: what it asks for runs as this user (README, "Security model").
+    pub owner: crate::owner::Owner,
     /// Parameters given to the restart tool (`-mca`), applied on top of the recorded ones.
     pub params: Params,
     pub verbose: bool,

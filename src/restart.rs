@@ -5,6 +5,7 @@
 use crate::codes::*;
 use crate::error::{Error, Result};
 use crate::framework::{self, Component, RestartOutcome, RestartPlan};
+use crate::owner::Owner;
 use crate::params::Params;
 use crate::snapshot::{self, Metadata};
 use std::path::{Path, PathBuf};
@@ -64,12 +65,13 @@ pub fn prepare(
     }
     let resolved =
         snapshot::resolve_excluding(&target.reference, &target.base, target.seq, failed)?;
+    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf());
+    let owner = owner_of(&resolved.dir, series.as_deref())?;
     let metadata = read_metadata(&resolved.dir)?;
     let component = component_of(&resolved.dir, &metadata)?;
     let legacy = matches!(resolved.verdict, snapshot::Verdict::Legacy);
-    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf());
     Ok(Prepared {
-        plan: plan(resolved.dir, metadata, series, resolved.seq, params, verbose, false),
+        plan: plan(resolved.dir, metadata, series, resolved.seq, owner, params, verbose, false),
         component,
         skipped: resolved.skipped,
         legacy,
@@ -85,18 +87,36 @@ fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<
     if snapshot::verify_sizes(&located.dir) != snapshot::Verdict::Good {
         return None;
     }
+    let series = located.series.as_ref().map(|s| s.path().to_path_buf());
+    let owner = owner_of(&located.dir, series.as_deref()).ok()?;
     let metadata = read_metadata(&located.dir).ok()?;
     let component = component_of(&located.dir, &metadata).ok()?;
     if !component.checks_while_restoring() {
         return None;
     }
-    let series = located.series.as_ref().map(|s| s.path().to_path_buf());
     Some(Prepared {
-        plan: plan(located.dir, metadata, series, located.seq, params.clone(), verbose, true),
+        plan: plan(
+            located.dir,
+            metadata,
+            series,
+            located.seq,
+            owner,
+            params.clone(),
+            verbose,
+            true,
+        ),
         component,
         skipped: Vec::new(),
         legacy: false,
     })
+}
+
+/// The snapshot's owner (of its series too, the one found on disk, never the one its
+/// metadata names), when the caller may act on it.
+fn owner_of(dir: &Path, series: Option<&Path>) -> Result<Owner> {
+    let owner = Owner::of_snapshot(dir, series)?;
+    owner.check_caller(dir)?;
+    Ok(owner)
 }
 
 pub(crate) fn read_metadata(dir: &Path) -> Result<Metadata> {
@@ -121,17 +141,19 @@ pub(crate) fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static d
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one plain constructor, called twice
 fn plan(
     dir: PathBuf,
     metadata: Metadata,
     series: Option<PathBuf>,
     seq: Option<u64>,
+    owner: Owner,
     params: Params,
     verbose: bool,
     unchecked: bool,
 ) -> RestartPlan {
     let series = series.or_else(|| metadata.series.clone());
-    RestartPlan { dir, metadata, series, seq, params, verbose, unchecked }
+    RestartPlan { dir, metadata, series, seq, owner, params, verbose, unchecked }
 }
 
 /// Which step of [`run`] failed.
@@ -165,7 +187,7 @@ pub fn run(
         let prepared = prepare(target, params.clone(), verbose, check, &failed)
             .map_err(|e| (Step::Choose, e))?;
         let spawn_child = before_start(&prepared);
-        apply_records(&prepared.plan.metadata).map_err(|e| (Step::Start, e))?;
+        apply_records(&prepared.plan).map_err(|e| (Step::Start, e))?;
         let why = match prepared.component.restart(&prepared.plan, spawn_child) {
             Ok(RestartOutcome::Rejected(why)) => why,
             outcome => return outcome.map_err(|e| (Step::Start, e)),
@@ -185,19 +207,11 @@ pub fn run(
     }
 }
 
-/// Creates the directories and files the snapshot's metadata asks for.
-pub fn apply_records(metadata: &Metadata) -> Result<()> {
-    for dir in &metadata.mkdir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("# MKDIR: {dir}"), e))?;
-    }
-    for file in &metadata.touch {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(file))
-            .map_err(|e| Error::io(format!("# TOUCH: {file}"), e))?;
-    }
-    Ok(())
+/// Creates the directories and files the snapshot's metadata asks for, as its owner.
+pub fn apply_records(plan: &RestartPlan) -> Result<()> {
+    let paths = |records: &[String]| records.iter().map(PathBuf::from).collect::<Vec<_>>();
+    let (dirs, files) = (paths(&plan.metadata.mkdir), paths(&plan.metadata.touch));
+    plan.owner.create_as_owner(&dirs, &files)
 }
 
 /// Restarts `target` with default parameters (used by `opal_crs.crs_restart`).

@@ -388,6 +388,9 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
             .env("TMPDIR", &home);
         command
     };
+    // Its output is nobody's: root's restore reopens no file of another user for it.
+    std::fs::write(sb.path("app.out"), "").unwrap();
+    std::os::unix::fs::chown(sb.path("app.out"), Some(65534), Some(65534)).unwrap();
     let mut command = as_nobody("plain_counter");
     command.arg(&count).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");

@@ -187,7 +187,9 @@ impl Component for CriuComponent {
             "never" => false,
             _ => !taken.is_empty(),
         };
-        let (inherit, _reopened) = stdio_handover(&plan.dir, !new_pidns)?;
+        let as_owner = plan.owner.needs_switch().then_some(&plan.owner);
+        let (inherit, _reopened) =
+            stdio_handover(&plan.dir, !new_pidns, as_owner.map(|owner| owner.uid))?;
         let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
@@ -198,11 +200,13 @@ impl Component for CriuComponent {
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
             inherit_fds: &inherit,
             new_pidns,
-            stopped: plan.unchecked,
+            // Another user's restored tree is checked before it runs.
+            stopped: plan.unchecked || as_owner.is_some(),
             timeout: match plan.params.int("crs_criu_restore_timeout") {
                 0 => None,
                 seconds => Some(std::time::Duration::from_secs(seconds.unsigned_abs())),
             },
+            as_owner,
         };
         let (restored, verdict) = std::thread::scope(|scope| {
             // The check reads the images while CRIU does: both are served by one read
@@ -229,8 +233,18 @@ impl Component for CriuComponent {
         }
         let restored =
             restored.map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
-        if plan.unchecked {
-            // The check passed: the whole restored tree may run.
+        if let Some(owner) = as_owner {
+            if let Err(why) = restored.runs_as(owner.uid, owner.gid) {
+                restored.signal_tree(libc::SIGKILL);
+                let _ = restored.wait();
+                return Err(Error::new(
+                    crate::codes::OPAL_ERR_PERM,
+                    format!("refusing snapshot {}: {why}", plan.dir.display()),
+                ));
+            }
+        }
+        if plan.unchecked || as_owner.is_some() {
+            // The checks passed: the whole restored tree may run.
             restored.signal_tree(libc::SIGCONT);
         }
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
@@ -301,9 +315,11 @@ type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 /// that grew after the dump unless it was opened with O_APPEND). Terminals CRIU
 /// reopens itself. Files are not reopened for a restore into a fresh PID namespace:
 /// that one gets its own mount namespace, where a file opened out here has no mount
-/// CRIU could name at the next dump. The returned files must stay open until the
+/// CRIU could name at the next dump. Root restoring a snapshot of `owner` (another
+/// user) reopens only a file of that user, without following a link: any other is left
+/// to CRIU, which runs as the user. The returned files must stay open until the
 /// restore is done.
-fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
+fn stdio_handover(dir: &Path, reopen_files: bool, owner: Option<u32>) -> Result<Handover> {
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -315,15 +331,24 @@ fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
             target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
         {
             use std::io::{Seek, SeekFrom};
-            let mut file =
-                std::fs::OpenOptions::new().read(fd == 0).write(fd != 0).open(target).map_err(
-                    |e| {
-                        Error::io(
-                            format!("reopening {target} (fd {fd} of the checkpointed process)"),
-                            e,
-                        )
-                    },
-                )?;
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            let mut options = std::fs::OpenOptions::new();
+            options.read(fd == 0).write(fd != 0);
+            if owner.is_some() {
+                options.custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK);
+            }
+            let opened = options.open(target).and_then(|file| Ok((file.metadata()?, file)));
+            let mut file = match (opened, owner) {
+                (Ok((meta, _)), Some(uid)) if meta.uid() != uid || !meta.is_file() => continue,
+                (Err(_), Some(_)) => continue,
+                (Ok((_, file)), _) => file,
+                (Err(e), None) => {
+                    return Err(Error::io(
+                        format!("reopening {target} (fd {fd} of the checkpointed process)"),
+                        e,
+                    ))
+                }
+            };
             if fd != 0 {
                 file.seek(SeekFrom::End(0))
                     .map_err(|e| Error::io(format!("seeking in {target}"), e))?;
@@ -343,15 +368,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
+        let (handover, reopened) = super::stdio_handover(&dir, true, None).unwrap();
         assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
         assert!(reopened.is_empty());
         let log = dir.join("out.log");
         std::fs::write(&log, "grown").unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
             .unwrap();
-        assert!(super::stdio_handover(&dir, false).unwrap().0.is_empty());
-        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
+        assert!(super::stdio_handover(&dir, false, None).unwrap().0.is_empty());
+        let (handover, reopened) = super::stdio_handover(&dir, true, None).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(handover.len(), 1);
         assert_eq!(handover[0].0, log.display().to_string()[1..]);

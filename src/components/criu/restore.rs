@@ -22,6 +22,7 @@ use super::proto::{InheritFd, Opts, Reader, ReqType, Request, Response, Value};
 use super::rpc::{self, Helper, ImagesDir, Session, SwrkCommand, HELPER_FAILED};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::owner::{Owner, CAP_CHECKPOINT_RESTORE, CAP_SETPCAP, CAP_SYS_PTRACE};
 use log::debug;
 use std::ffi::{c_int, c_uint};
 use std::fs::File;
@@ -38,6 +39,17 @@ const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// First two words of `pstree.img` (criu/include/magic.h).
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
+const CORE_MAGIC: u32 = 0x5505_3847;
+/// `core_entry.thread_core` (images/core.proto), `thread_core_entry.creds`,
+/// `creds_entry.groups` (images/creds.proto).
+const CORE_THREAD_CORE: u32 = 5;
+const THREAD_CORE_CREDS: u32 = 10;
+const CREDS_GROUPS: u32 = 14;
+
+/// Capabilities CRIU keeps when it restores as a user. CAP_SETPCAP: CRIU trims the
+/// bounding set to the image's, which needs it whenever that set was not full; it also
+/// lets CRIU give the tasks inheritable capabilities, which [`Restored::runs_as`] refuses.
+const RESTORE_CAPABILITIES: &[u32] = &[CAP_SETPCAP, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE];
 /// `PstreeEntry` fields (images/pstree.proto).
 const PSTREE_PID: u32 = 1;
 const PSTREE_THREADS: u32 = 5;
@@ -62,6 +74,10 @@ pub struct RestoreOptions<'a> {
     /// How long CRIU may take to restore; then it and what it restored so far are
     /// killed, and the error has code OPAL_ERR_TIMEOUT. None: no limit.
     pub timeout: Option<Duration>,
+    /// Run CRIU as this user with only the capabilities a restore needs (its
+    /// unprivileged mode): root restoring another user's images, which then cannot ask
+    /// for more than that user has (README, "Security model").
+    pub as_owner: Option<&'a Owner>,
 }
 
 /// A restored task, our child (directly, or through the namespace holder). Wait for it
@@ -87,6 +103,45 @@ impl Restored {
             // (stopped tasks do not exit).
             unsafe { libc::kill(pid, signal) };
         }
+    }
+
+    /// Whether every thread of the restored tree (stopped) runs as `uid`/`gid` in all
+    /// four ids and holds no capability, inheritable ones included; Err says which not.
+    pub fn runs_as(&self, uid: u32, gid: u32) -> std::result::Result<(), String> {
+        let mut tree = vec![self.pid];
+        let mut next = 0;
+        while next < tree.len() {
+            tree.extend(children(tree[next]));
+            next += 1;
+        }
+        let threads = tree.iter().flat_map(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+            tasks.flatten().map(move |task| (*pid, task.path().join("status")))
+        });
+        for (pid, path) in threads {
+            let status = std::fs::read_to_string(&path)
+                .map_err(|e| format!("restored process {pid}: {e}"))?;
+            let field = |name: &str| {
+                status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("")
+            };
+            let all = |value: &str, id: u32| value.split_whitespace().all(|v| v == id.to_string());
+            if !all(field("Uid:"), uid) || !all(field("Gid:"), gid) {
+                return Err(format!(
+                    "restored process {pid} has uid {} gid {}, not its owner's {uid}/{gid}",
+                    field("Uid:"),
+                    field("Gid:")
+                ));
+            }
+            for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+                if u64::from_str_radix(field(caps), 16) != Ok(0) {
+                    return Err(format!(
+                        "restored process {pid} holds capabilities ({caps} {})",
+                        field(caps)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the restored task ends: its exit code, or 128 + N if signal N killed it.
@@ -174,6 +229,54 @@ fn parse_pstree(bytes: &[u8]) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Who CRIU runs as to restore `owner`'s images: the owner, with the supplementary
+/// groups the root task had (`core-<pid>.img`) that the owner still has. CRIU, without
+/// CAP_SETGID, restores no other list, so a task never gets a group its owner lacks,
+/// and one that had fewer groups than its owner now has comes back with those.
+fn criu_credentials(owner: &Owner, images_dir: &Path, root_pid: i32) -> Result<Owner> {
+    let path = images_dir.join(format!("core-{root_pid}.img"));
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("{}", path.display()), e))?;
+    let recorded = parse_core_groups(&bytes).map_err(|e| e.context(path.display()))?;
+    let groups = recorded.into_iter().filter(|g| owner.groups.contains(g)).collect();
+    Ok(Owner { groups, ..owner.clone() })
+}
+
+/// The supplementary groups in the `creds` of a `core-<pid>.img`.
+fn parse_core_groups(bytes: &[u8]) -> Result<Vec<u32>> {
+    let bad = |what: &str| {
+        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU core image: {what}"))
+    };
+    let word = |at: usize| -> Option<u32> {
+        bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(CORE_MAGIC) {
+        return Err(bad("wrong magic"));
+    }
+    let len = word(8).ok_or_else(|| bad("no entry"))? as usize;
+    let entry = bytes.get(12..12 + len).ok_or_else(|| bad("truncated entry"))?;
+    let field = |message: &[u8], number: u32| -> Result<Option<Vec<u8>>> {
+        let mut reader = Reader::new(message);
+        while let Some((found, value)) = reader.next_field()? {
+            if let (true, Value::Bytes(inner)) = (found == number, value) {
+                return Ok(Some(inner.to_vec()));
+            }
+        }
+        Ok(None)
+    };
+    let thread = field(entry, CORE_THREAD_CORE)?.ok_or_else(|| bad("no thread_core"))?;
+    let creds = field(&thread, THREAD_CORE_CREDS)?.ok_or_else(|| bad("no creds"))?;
+    let mut groups = Vec::new();
+    let mut reader = Reader::new(&creds);
+    while let Some((number, value)) = reader.next_field()? {
+        match (number, value) {
+            (CREDS_GROUPS, Value::Varint(group)) => groups.push(group as u32),
+            (CREDS_GROUPS, _) => return Err(bad("packed or malformed groups")),
+            _ => {}
+        }
+    }
+    Ok(groups)
+}
+
 /// Restores the images; the restored task becomes our child (see `Restored`).
 pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
     let images = ImagesDir::open(opts.images_dir)?;
@@ -205,11 +308,17 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
                 .iter()
                 .map(|(key, fd)| InheritFd { key: key.clone(), fd: *fd })
                 .collect(),
-            unprivileged: rpc::unprivileged_mode(),
+            unprivileged: rpc::unprivileged_mode() || opts.as_owner.is_some(),
             ..Opts::default()
         }),
     }
     .encode();
+    let as_user = match opts.as_owner {
+        Some(owner) => {
+            Some((criu_credentials(owner, &images.path, pids[0])?, RESTORE_CAPABILITIES))
+        }
+        None => None,
+    };
     let mut fds = vec![images.fd()];
     fds.extend(opts.inherit_fds.iter().map(|&(_, fd)| fd));
     let context = RestoreContext {
@@ -220,6 +329,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         log: images.path.join(opts.log_file),
         timeout: opts.timeout,
         deadline: opts.timeout.map(|limit| Instant::now() + limit),
+        as_user,
     };
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
@@ -243,6 +353,7 @@ struct RestoreContext<'a> {
     timeout: Option<Duration>,
     /// When the restore must have finished.
     deadline: Option<Instant>,
+    as_user: Option<(Owner, &'static [u32])>,
 }
 
 impl RestoreContext<'_> {
@@ -298,7 +409,8 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
 /// Restores in our PID namespace; `root` is the image's root task, which CRIU recreates
 /// with its PID as our child.
 fn restore_here(context: &RestoreContext, root: i32) -> Result<Restored> {
-    let session = Session::start(context.bin, Helper::Child, context.inherit_fds, None)?;
+    let as_user = context.as_user.clone();
+    let session = Session::start(context.bin, Helper::Child, context.inherit_fds, as_user)?;
     let left = context.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
     let response = match session.call_within(context.request, left) {
         Err(e) if e.code() == codes::OPAL_ERR_TIMEOUT => {
@@ -416,8 +528,10 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     keep.retain(|&fd| fd > libc::STDERR_FILENO);
     keep.sort_unstable();
     keep.dedup();
+    let mut swrk = SwrkCommand::new(context.bin, criu_socket.as_raw_fd(), context.inherit_fds)?;
+    swrk.as_user = context.as_user.clone();
     let plan = PidnsPlan {
-        swrk: SwrkCommand::new(context.bin, criu_socket.as_raw_fd(), context.inherit_fds)?,
+        swrk,
         socket: socket.as_raw_fd(),
         criu_socket: criu_socket.as_raw_fd(),
         request: context.request,
@@ -865,10 +979,28 @@ mod tests {
             new_pidns: true,
             stopped: false,
             timeout: None,
+            as_owner: None,
         };
         let err = restore(&bin, &opts).unwrap_err();
         assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);
         assert!(err.message().contains("was PID 1 of its PID namespace"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_groups_of_a_core_image() {
+        // creds: uid 1000, gid 1000, groups 27 and 1000; in thread_core, in core_entry.
+        let creds: &[u8] = &[0x08, 0xe8, 0x07, 0x10, 0xe8, 0x07, 0x70, 27, 0x70, 0xe8, 0x07];
+        let thread = [&[0x52, creds.len() as u8][..], creds].concat();
+        let entry = [&[0x08, 0x01, 0x2a, thread.len() as u8][..], &thread].concat();
+        let mut image = Vec::new();
+        image.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        image.extend_from_slice(&CORE_MAGIC.to_le_bytes());
+        image.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        image.extend_from_slice(&entry);
+        assert_eq!(parse_core_groups(&image).unwrap(), [27, 1000]);
+        image[4] ^= 1;
+        assert!(parse_core_groups(&image).unwrap_err().message().contains("wrong magic"));
+        assert!(parse_core_groups(&image[..10]).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::binary::CriuBinary;
 use super::proto::{Opts, ReqType, Request, Response};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::owner::Owner;
 use log::debug;
 use std::ffi::{c_char, c_int, CString, OsString};
 use std::io;
@@ -129,7 +130,9 @@ pub(crate) fn dump_into(
     );
     let started = Instant::now();
     // Detached helper: it is not our child, so a self-dump's image holds no trace of it.
-    let session = Session::start(bin, Helper::Detached, &[images.fd()], opts.as_user)?;
+    let as_user =
+        opts.as_user.map(|(uid, gid)| (Owner::without_groups(uid, gid), DUMP_CAPABILITIES));
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], as_user)?;
     let images_dir = images.close();
     // A self-dump is frozen inside `call`, waiting for the answer; the restored copy
     // wakes up there too and finds CRIU's "restored" answer on the socket.
@@ -320,7 +323,7 @@ impl Session {
         bin: &CriuBinary,
         helper: Helper,
         inherit_fds: &[RawFd],
-        as_user: Option<(u32, u32)>,
+        as_user: Option<(Owner, &'static [u32])>,
     ) -> Result<Session> {
         let (ours, theirs) = socket_pair()?;
         let mut command = SwrkCommand::new(bin, theirs.as_raw_fd(), inherit_fds)?;
@@ -425,8 +428,9 @@ pub(crate) struct SwrkCommand {
     /// The helper's end of the socket pair.
     socket: RawFd,
     inherit_fds: Vec<RawFd>,
-    /// See [`DumpOptions::as_user`].
-    pub(crate) as_user: Option<(u32, u32)>,
+    /// Run CRIU as this user with only these capabilities (its unprivileged mode): see
+    /// [`DumpOptions::as_user`] and [`RestoreOptions::as_owner`](super::restore::RestoreOptions).
+    pub(crate) as_user: Option<(Owner, &'static [u32])>,
 }
 
 impl SwrkCommand {
@@ -624,8 +628,8 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
                 libc::_exit(HELPER_FAILED);
             }
         }
-        if let Some((uid, gid)) = command.as_user {
-            if let Err(errno) = become_user_keeping_dump_caps(uid, gid) {
+        if let Some((owner, capabilities)) = &command.as_user {
+            if let Err(errno) = owner.become_keeping(capabilities) {
                 write_errno(status_write, errno);
                 libc::_exit(HELPER_FAILED);
             }
@@ -637,54 +641,8 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
 }
 
 /// Capabilities a CRIU dump in unprivileged mode needs.
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_CHECKPOINT_RESTORE: u32 = 40;
-
-/// Becomes `uid`/`gid` (no supplementary groups) keeping CAP_SYS_PTRACE and
-/// CAP_CHECKPOINT_RESTORE, also across exec (ambient), and nothing else. Async-signal-
-/// safe: system calls only.
-///
-/// # Safety
-/// Only in a freshly forked child about to exec.
-unsafe fn become_user_keeping_dump_caps(uid: u32, gid: u32) -> std::result::Result<(), c_int> {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let check = |rc: c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
-    // SAFETY: plain system calls on this child's own credentials; the structures are
-    // laid out as capset(2) expects.
-    unsafe {
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(gid, gid, gid))?;
-        check(libc::setresuid(uid, uid, uid))?;
-        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
-            let word = &mut data[(cap / 32) as usize];
-            let bit = 1 << (cap % 32);
-            word.effective |= bit;
-            word.permitted |= bit;
-            word.inheritable |= bit;
-        }
-        let header = CapHeader { version: VERSION_3, pid: 0 };
-        check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as c_int)?;
-        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
-            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
-            check(libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0))?;
-        }
-    }
-    Ok(())
-}
+const DUMP_CAPABILITIES: &[u32] =
+    &[crate::owner::CAP_SYS_PTRACE, crate::owner::CAP_CHECKPOINT_RESTORE];
 
 /// Writes all of `bytes`; Err(errno). Async-signal-safe.
 pub(crate) fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::result::Result<(), c_int> {
@@ -1058,6 +1016,7 @@ mod tests {
             new_pidns,
             stopped: false,
             timeout: None,
+            as_owner: None,
         }
     }
 
