@@ -115,9 +115,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         }
         CheckpointOutcome::Continue => {
             let text = metadata.render()?;
-            std::fs::write(pending.dir.join(crate::snapshot::METADATA_FILE), text).map_err(
-                |e| Error::io(format!("writing metadata in {}", pending.dir.display()), e),
-            )?;
+            pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes())?;
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
