@@ -1,0 +1,80 @@
+//! The snapshot store as root against another user (issue 12, finding 3): a root
+//! checkpoint writes into no directory another user owns or can swap, and says why.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn selfapp() -> std::path::PathBuf {
+    cc("selfapp.c", "selfapp", &[])
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// opal-checkpoint of `pid` that must be refused because of `path`, owned by `user`;
+/// the process is left running and can still be checkpointed into its own directory.
+fn assert_refused(sb: &Sandbox, app: &mut std::process::Child, path: &Path, user: &TempUser) {
+    let pid = app.id().to_string();
+    let out = sb.checkpoint(&[&pid]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(stderr.contains("refusing series"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is owned by uid {}", path.display(), user.uid))
+            || stderr.contains(&format!("it is owned by uid {}", user.uid)),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(alive(app.id()), "the process died: {}", sb.read("app.out"));
+    let mine = sb.path("mine");
+    let (_, snapshot) = checkpoint_ok(sb, &["-w", mine.to_str().unwrap(), &pid]);
+    assert!(snapshot.starts_with(&mine), "{}", snapshot.display());
+}
+
+#[test]
+fn root_refuses_a_series_another_user_planted_in_a_shared_directory() {
+    let Some(attacker) = TempUser::create("plant") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("store-planted");
+    // As /tmp: root's, writable by everyone, sticky.
+    let shared = sb.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut app = start(
+        &sb,
+        &selfapp(),
+        &[],
+        &[("OMPI_MCA_crs_base_snapshot_dir", shared.to_str().unwrap())],
+    );
+    let series = shared.join(format!("opal_snapshot_{}.ckpt", app.id()));
+    let home = attacker.home_in(&sb);
+    let planted =
+        attacker.command(&sb, "mkdir", &home).arg("-m0755").arg(&series).status().unwrap();
+    assert!(planted.success());
+    assert_refused(&sb, &mut app, &series, &attacker);
+    assert!(entries(&series).is_empty(), "written into the planted series: {:?}", entries(&series));
+    stop(&mut app);
+}
+
+#[test]
+fn root_refuses_a_base_directory_another_user_owns() {
+    let Some(attacker) = TempUser::create("base") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("store-base");
+    let base = attacker.home_in(&sb);
+    let mut app =
+        start(&sb, &selfapp(), &[], &[("OMPI_MCA_crs_base_snapshot_dir", base.to_str().unwrap())]);
+    assert_refused(&sb, &mut app, &base, &attacker);
+    assert!(entries(&base).is_empty(), "written into their directory: {:?}", entries(&base));
+    stop(&mut app);
+}
