@@ -78,3 +78,34 @@ fn root_refuses_a_base_directory_another_user_owns() {
     assert!(entries(&base).is_empty(), "written into their directory: {:?}", entries(&base));
     stop(&mut app);
 }
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_process_restored_with_its_writers_pid_removes_what_that_writer_left() {
+    require_criu!();
+    let sb = Sandbox::new("store-stale");
+    let mut app = start(&sb, &selfapp(), &[], &[("OMPI_MCA_crs", "criu")]);
+    let pid = app.id();
+    // With criu the control socket opens once the component is checked.
+    let counting = || last_count(&sb.read("log")).unwrap_or(0) >= 2;
+    assert!(wait_until(std::time::Duration::from_secs(10), counting), "{}", sb.read("app.out"));
+    let (_, first) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    let series = first.parent().unwrap().to_path_buf();
+    // What the process leaves when it is killed while writing its next snapshot.
+    let left = series.join(format!(".tmp-1-{pid}-{}-00ff", start_time(pid)));
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("pages-1.img"), vec![0u8; 4096]).unwrap();
+    kill_and_reap(&mut app);
+    let (restored, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    let inner_pid = proc_status(restored, "NSpid").unwrap();
+    assert!(inner_pid.ends_with(&pid.to_string()), "restored as {inner_pid}, not {pid}");
+    let (_, next) = checkpoint_ok(&sb, &[&restored.to_string()]);
+    assert_eq!(next, series.join("1"));
+    assert!(!left.exists(), "{} is still there", left.display());
+    kill(restored);
+}
