@@ -1604,10 +1604,8 @@ mod tests {
         assert!(fs::symlink_metadata(series.snapshot_dir(0)).is_err());
     }
 
-    /// Field 22 of /proc/self/stat.
     fn own_start_time() -> u64 {
-        let stat = fs::read_to_string("/proc/self/stat").unwrap();
-        stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap()
+        start_time(own_pid()).unwrap()
     }
 
     #[test]
@@ -1615,10 +1613,6 @@ mod tests {
         let base = TempDir::new();
         let series = Series::open(base.path(), "s").unwrap();
         let live_writer = LiveProcess::spawn();
-        let start = |pid: i32| -> u64 {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap()
-        };
         // Our PID with another start time: what a process restored by CRIU with the
         // PID of the writer it was dumped from finds.
         let not_its_writer =
@@ -1626,7 +1620,7 @@ mod tests {
         let live = series.path().join(format!(
             ".tmp-4-{}-{}-abcd",
             live_writer.pid(),
-            start(live_writer.pid())
+            start_time(live_writer.pid()).unwrap()
         ));
         for dir in [&not_its_writer, &live] {
             fs::create_dir(dir).unwrap();

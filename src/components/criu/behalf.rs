@@ -49,8 +49,7 @@ struct DumpRequest {
 
 /// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
 fn own_start_time() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
+    crate::snapshot::series::start_time(std::process::id() as i32)
 }
 
 /// Process side: asks the tool behind `rendezvous` to dump this process with `opts`
