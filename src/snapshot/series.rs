@@ -203,10 +203,15 @@ impl Series {
             let create_failed =
                 |e| Error::io(format!("cannot create snapshot directory {}", created.display()), e);
             series.mkdir(OsStr::new(&name), 0o700).map_err(create_failed)?;
-            let temp_id = series
-                .subdir(OsStr::new(&name))
-                .and_then(|temp| temp.identity())
-                .map_err(create_failed)?;
+            let temp_id = match series.subdir(OsStr::new(&name)).and_then(|temp| temp.identity()) {
+                Ok(temp_id) => temp_id,
+                Err(e) => {
+                    // Swapped at once: what has the name is not ours to write into, and
+                    // would count as a live writer's temporary for as long as we run.
+                    remove_tree(&series, OsStr::new(&name), &created);
+                    return Err(create_failed(e));
+                }
+            };
             (seq, name, temp_id, stale)
         };
         // Deleting can take long (GiB of images), so it happens after the lock is released;
@@ -382,6 +387,8 @@ impl PendingSnapshot {
             self.check_unchanged(&series)?;
             match series.rename_noreplace(OsStr::new(&self.name), OsStr::new(&seq_name)) {
                 Ok(()) => {}
+                // Moved away between the check and the rename.
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.replaced()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     return Err(Error::new(
                         codes::OPAL_EXISTS,
@@ -1509,13 +1516,26 @@ mod tests {
         assert_eq!(publish_snapshot(&series, b"x", 0).path, base.path().join("real/sub/s/0"));
     }
 
-    /// Replaces every `.tmp-*` directory of `series` by a symbolic link to `victim`
-    /// (the original is moved aside, as an attacker would) until `stop` is set; returns
-    /// how many it replaced.
-    fn swap_temporaries(series: &Path, victim: &Path, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    /// While `armed`, replaces every `.tmp-*` directory of `series` by a symbolic link to
+    /// `victim` (the original is moved aside, as an attacker would), until `stop` is set;
+    /// returns how many it replaced.
+    fn swap_temporaries(
+        series: &Path,
+        victim: &Path,
+        armed: &std::sync::atomic::AtomicBool,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> u64 {
         use std::sync::atomic::Ordering;
         let mut swapped = 0;
+        let mut pass = 0u64;
         while !stop.load(Ordering::Relaxed) {
+            if !armed.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+                continue;
+            }
+            // Varying pauses, so that the swap lands in every step of a checkpoint.
+            pass += 1;
+            std::thread::sleep(std::time::Duration::from_micros(pass % 7 * 30));
             for entry in fs::read_dir(series).unwrap().flatten() {
                 let name = entry.file_name().into_string().unwrap();
                 if !name.starts_with(".tmp-") || entry.file_type().map_or(true, |t| t.is_symlink())
@@ -1540,7 +1560,7 @@ mod tests {
         let series = Series::open(base.path(), "s").unwrap();
         let victim = base.path().join("victim");
         fs::create_dir(&victim).unwrap();
-        let stop = AtomicBool::new(false);
+        let (armed, stop) = (AtomicBool::new(false), AtomicBool::new(false));
         let (mut published, mut failed) = (0u64, 0u64);
         /// Stops the attacker also when an assertion fails, so that the scope ends.
         struct StopOnDrop<'a>(&'a AtomicBool);
@@ -1550,9 +1570,11 @@ mod tests {
             }
         }
         let swapped = std::thread::scope(|scope| {
-            let attacker = scope.spawn(|| swap_temporaries(series.path(), &victim, &stop));
+            let attacker = scope.spawn(|| swap_temporaries(series.path(), &victim, &armed, &stop));
             let _stop = StopOnDrop(&stop);
-            for _ in 0..300 {
+            for round in 0..300 {
+                // Two rounds in three under attack, so that both outcomes occur.
+                armed.store(round % 3 != 0, Ordering::Relaxed);
                 let Ok(pending) = series.begin(own_pid()) else {
                     failed += 1;
                     continue;
