@@ -109,3 +109,55 @@ fn a_process_restored_with_its_writers_pid_removes_what_that_writer_left() {
     assert!(!left.exists(), "{} is still there", left.display());
     kill(restored);
 }
+
+#[test]
+fn a_temporary_swapped_for_a_link_during_the_callback_fails_the_checkpoint() {
+    let sb = Sandbox::new("store-swap");
+    let victim = sb.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let mut app = start(&sb, &selfapp(), &["--slow", "600"], &[]);
+    let pid = app.id().to_string();
+    let series = sb.path(&format!("opal_snapshot_{pid}.ckpt"));
+    let tool = sb.spawn(
+        {
+            let mut command = sb.command(checkpoint_tool());
+            command.arg(&pid);
+            command
+        },
+        "tool",
+    );
+    // While the callback sleeps: the temporary moved aside, a link to the victim in its place.
+    let temporary = || {
+        std::fs::read_dir(&series)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|path| path.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+    };
+    assert!(wait_until(std::time::Duration::from_secs(5), || temporary().is_some()));
+    let swapped = temporary().unwrap();
+    std::fs::rename(&swapped, sb.path("aside")).unwrap();
+    std::os::unix::fs::symlink(&victim, &swapped).unwrap();
+    let mut tool = tool;
+    let status = wait_exit(&mut tool, std::time::Duration::from_secs(10)).unwrap();
+    let output = sb.read("tool.out");
+    assert_eq!(status.code(), Some(6), "{output}");
+    assert!(output.contains("was replaced"), "{output}");
+    // The callback writes its state by path, through the link; the store wrote nothing
+    // there and published nothing.
+    let written = entries(&victim);
+    assert!(
+        written.iter().all(|name| name == "state"),
+        "the store wrote into the victim: {written:?}"
+    );
+    assert!(std::fs::symlink_metadata(series.join("0")).is_err(), "{:?}", entries(&series));
+    assert!(
+        std::fs::symlink_metadata(&swapped).is_err(),
+        "the link was left: {:?}",
+        entries(&series)
+    );
+    assert!(wait_until(std::time::Duration::from_secs(5), || sb
+        .read("log")
+        .contains("continue default")));
+    stop(&mut app);
+}

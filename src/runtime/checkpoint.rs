@@ -115,7 +115,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         }
         CheckpointOutcome::Continue => {
             let text = metadata.render()?;
-            pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes())?;
+            let written = pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes());
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
@@ -124,7 +124,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
                 host: crate::output::hostname(),
                 identity: component.identity(),
             };
-            match pending.publish(options) {
+            match written.and_then(|()| pending.publish(options)) {
                 Ok(published) => published.path,
                 Err(e) => {
                     if request.run_callbacks {
