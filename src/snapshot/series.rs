@@ -78,15 +78,8 @@ impl Series {
     /// too is refused another user's series).
     pub fn open(base: &Path, name: &str) -> Result<Series> {
         check_series_name(name)?;
-        let base = if base.is_absolute() {
-            base.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| Error::io("cannot read the working directory", e))?
-                .join(base)
-        };
         let shown = base.join(name);
-        let (parent, real_base) = walk(&base, true, &shown)?;
+        let (parent, real_base) = walk(base, true, &shown)?;
         let path = real_base.join(name);
         match parent.dir.mkdir(OsStr::new(name), 0o700) {
             Ok(()) => {}
@@ -633,12 +626,12 @@ struct Walked {
     path: PathBuf,
 }
 
-/// Opens the directory `path` (absolute) one component at a time from `/`, without
-/// trusting anything another user controls: each directory on the way must pass
-/// [`check_ancestor`], and a symbolic link is followed only when root or this user owns
-/// it (it lies in a directory that passed). With `create`, missing directories are made
-/// (mode 0700). `series` names what the walk is for, in messages. Returns the directory
-/// and its real path.
+/// Opens the directory `path` (a relative one from the working directory) one component
+/// at a time from `/`, without trusting anything another user controls: each directory
+/// on the way must pass [`check_ancestor`], and a symbolic link is followed only when
+/// root or this user owns it (it lies in a directory that passed). With `create`,
+/// missing directories are made (mode 0700). `series` names what the walk is for, in
+/// messages. Returns the directory and its real path.
 fn walk(path: &Path, create: bool, series: &Path) -> Result<(Walked, PathBuf)> {
     let refuse = |why: String| {
         Error::new(codes::OPAL_ERR_PERM, format!("refusing series {}: {why}", series.display()))
@@ -653,7 +646,13 @@ fn walk(path: &Path, create: bool, series: &Path) -> Result<(Walked, PathBuf)> {
         check_ancestor(&st, Path::new("/")).map_err(refuse)?;
         Ok(Walked { dir, path: PathBuf::from("/") })
     };
-    let mut todo = components(path);
+    let mut todo = if path.is_absolute() {
+        components(path)
+    } else {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the working directory", e))?;
+        components(&cwd.join(path))
+    };
     let mut current = root()?;
     let mut above: Vec<Walked> = Vec::new();
     let mut links = 0;
@@ -1514,6 +1513,12 @@ mod tests {
         let series = Series::open(&base.path().join("link/./sub/../sub"), "s").unwrap();
         assert_eq!(series.path(), base.path().join("real/sub/s"));
         assert_eq!(publish_snapshot(&series, b"x", 0).path, base.path().join("real/sub/s/0"));
+        // The same from the working directory.
+        let up: PathBuf =
+            std::env::current_dir().unwrap().components().skip(1).map(|_| "..").collect();
+        let relative = up.join(base.path().strip_prefix("/").unwrap()).join("link/sub");
+        assert_eq!(Series::open(&relative, "s").unwrap(), series);
+        assert_eq!(Series::at(&relative.join("s")).begin(own_pid()).unwrap().seq, 1);
     }
 
     /// While `armed`, replaces every `.tmp-*` directory of `series` by a symbolic link to
