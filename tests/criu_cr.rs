@@ -365,7 +365,9 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     let sb = Sandbox::new("criu-nobody");
     let home = sb.path("nobody");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Its own home: a series in a directory anyone may write is refused.
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let count = home.join("count");
     // What nobody runs is copied into the sandbox (its library as the soname).
     for (program, name) in [

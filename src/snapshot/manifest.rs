@@ -151,12 +151,18 @@ impl Manifest {
         Manifest::from_json(&text).map_err(|e| e.context(path.display()))
     }
 
-    /// Writes `<snapshot_dir>/opalcrs_manifest.json` (mode 0600, replacing any).
-    pub fn write_to(&self, snapshot_dir: &Path) -> Result<()> {
-        let path = snapshot_dir.join(MANIFEST_FILE);
+    /// The text of [`MANIFEST_FILE`].
+    pub fn to_json(&self) -> Result<String> {
         let mut text = serde_json::to_string_pretty(self)
             .map_err(|e| Error::msg(format!("cannot encode manifest: {e}")))?;
         text.push('\n');
+        Ok(text)
+    }
+
+    /// Writes `<snapshot_dir>/opalcrs_manifest.json` (mode 0600, replacing any).
+    pub fn write_to(&self, snapshot_dir: &Path) -> Result<()> {
+        let path = snapshot_dir.join(MANIFEST_FILE);
+        let text = self.to_json()?;
         OpenOptions::new()
             .write(true)
             .create(true)

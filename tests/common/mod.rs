@@ -261,6 +261,29 @@ macro_rules! require_criu {
     };
 }
 
+/// Starts a self test program (c-tests/selfapp.c) with `args`, logging to `<sandbox>/log`,
+/// waits until it counts, returns the child.
+pub fn start(
+    sb: &Sandbox,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut command = sb.command(program);
+    command.arg(sb.path("log")).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = sb.spawn(command, "app");
+    let ready = format!("init rc=0 pid={} ", child.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || sb.read("log").contains(&ready)),
+        "program did not start: {}",
+        sb.read("app.out")
+    );
+    child
+}
+
 /// `opal-checkpoint ARGS` that must succeed; returns its stdout and the snapshot path.
 pub fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> (String, PathBuf) {
     let out = sb.checkpoint(args);

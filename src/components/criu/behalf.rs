@@ -23,6 +23,7 @@ use super::binary::CriuBinary;
 use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::snapshot::series::start_time;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
@@ -53,14 +54,9 @@ struct DumpRequest {
     tcp_established: bool,
 }
 
-/// Field 22 of /proc/`pid`/stat: when that process (image) started, in clock ticks.
-fn start_time(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
+/// When this process (image) started; see [`start_time`].
 fn own_start_time() -> Option<u64> {
-    start_time("self")
+    start_time(std::process::id() as i32)
 }
 
 /// A privileged tool's offer as the process holds it: where to ask, and which process
@@ -79,7 +75,7 @@ impl DumpHelper {
     /// watched (the process waits for it as long as the rendezvous directory exists),
     /// as when /proc hides it (`hidepid`).
     pub fn new(rendezvous: PathBuf, tool_pid: i32) -> DumpHelper {
-        let tool = match start_time(&tool_pid.to_string()) {
+        let tool = match start_time(tool_pid) {
             _ if tool_pid <= 0 => None,
             Some(started) => Some((tool_pid, Some(started))),
             // SAFETY: signal 0 only asks whether the PID exists.
@@ -96,7 +92,7 @@ impl DumpHelper {
     /// The tool's PID, if it has gone since it offered (or before its offer was read).
     fn tool_gone(&self) -> Option<i32> {
         let (pid, started) = self.tool?;
-        (started.is_none() || start_time(&pid.to_string()) != started).then_some(pid)
+        (started.is_none() || start_time(pid) != started).then_some(pid)
     }
 
     /// Gives the checkpoint up: the tool that would dump the process is gone.
