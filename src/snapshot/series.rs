@@ -364,9 +364,16 @@ impl PendingSnapshot {
         });
         let files = files?;
         flushed?;
-        let manifest =
-            Manifest::new(&options.component, options.pid, &options.host, files, options.identity)
-                .to_json()?;
+        let dirs = payload.dirs.iter().map(|(_, relative)| relative.clone()).collect();
+        let manifest = Manifest::new(
+            &options.component,
+            options.pid,
+            &options.host,
+            files,
+            dirs,
+            options.identity,
+        )
+        .to_json()?;
         let manifest_path = self.dir.join(MANIFEST_FILE);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         temp.open_file(OsStr::new(MANIFEST_FILE), flags, 0o600)
@@ -1125,15 +1132,6 @@ impl Payload {
             }
             dirs.extend(found);
         }
-        // A directory is listed through the files in it: an empty one cannot be (the
-        // deepest is named).
-        if let Some((_, relative)) = dirs
-            .iter()
-            .rev()
-            .find(|(_, dir)| !files.iter().any(|(file, _)| file.starts_with(&format!("{dir}/"))))
-        {
-            return Err(unlistable(relative, "an empty directory"));
-        }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Payload { dirs, files })
     }
@@ -1407,7 +1405,13 @@ mod tests {
         type Add = fn(&Path);
         let extras: [(&str, Add); 2] = [
             ("link", |dir| std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap()),
-            ("a/empty", |dir| fs::create_dir_all(dir.join("a/empty")).unwrap()),
+            ("fifo", |dir| {
+                let path =
+                    std::ffi::CString::new(dir.join("fifo").into_os_string().into_encoded_bytes())
+                        .unwrap();
+                // SAFETY: a NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            }),
         ];
         for (name, add) in extras {
             let pending = series.begin(own_pid()).unwrap();
@@ -1422,6 +1426,25 @@ mod tests {
             assert!(!temporary.exists(), "{name}");
         }
         assert_eq!(series.snapshots().unwrap(), Vec::<u64>::new());
+    }
+
+    /// A callback may leave an empty directory: the manifest lists directories, so it is
+    /// checked like the files (and one that goes missing makes the snapshot corrupt).
+    #[test]
+    fn an_empty_directory_is_listed_and_checked() {
+        let base = TempDir::new();
+        let series = Series::open(base.path(), "s").unwrap();
+        let pending = series.begin(own_pid()).unwrap();
+        fs::write(pending.dir.join(METADATA_FILE), "# PID: 1\n").unwrap();
+        fs::create_dir_all(pending.dir.join("a/empty")).unwrap();
+        let published = pending.publish(publish_options(0)).unwrap();
+        assert_eq!(Manifest::read(&published.path).unwrap().dirs, vec!["a", "a/empty"]);
+        assert_eq!(verify(&published.path), Verdict::Good);
+        fs::remove_dir(published.path.join("a/empty")).unwrap();
+        assert_eq!(
+            verify(&published.path),
+            Verdict::Corrupt { file: "a/empty".into(), reason: "missing".into() }
+        );
     }
 
     #[test]
