@@ -622,16 +622,6 @@ fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
     assert!(wait_until(LONG, || sb.read("log").contains(&restarted)), "{}", sb.read("log"));
 }
 
-/// The children of PID, from /proc (its threads' lists).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
-        .collect()
-}
-
 /// Starts plain_counter (criu selected, ENV added) in a new PID namespace without a
 /// session of its own, so that its session leader lies outside that namespace, as for
 /// a job started by `unshare --pid --fork` from a shell. The counter is the second
