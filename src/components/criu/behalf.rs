@@ -16,7 +16,7 @@
 //! following symbolic links, and only in a directory owned by the process's owner.
 
 use super::binary::CriuBinary;
-use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
+use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir, LockMethod};
 use crate::codes;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,8 @@ struct DumpRequest {
     shell_job: bool,
     ext_unix_sk: bool,
     tcp_established: bool,
+    file_locks: bool,
+    network_lock: Option<LockMethod>,
 }
 
 /// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
@@ -65,6 +67,8 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
         shell_job: opts.shell_job,
         ext_unix_sk: opts.ext_unix_sk,
         tcp_established: opts.tcp_established,
+        file_locks: opts.file_locks,
+        network_lock: opts.network_lock,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -213,6 +217,8 @@ impl Offer {
             shell_job: request.shell_job,
             ext_unix_sk: request.ext_unix_sk,
             tcp_established: request.tcp_established,
+            file_locks: request.file_locks,
+            network_lock: request.network_lock,
             external: &[],
             as_user: Some(self.owner),
         };
@@ -327,6 +333,8 @@ mod tests {
             shell_job: true,
             ext_unix_sk: true,
             tcp_established: false,
+            file_locks: true,
+            network_lock: Some(LockMethod::Auto),
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);

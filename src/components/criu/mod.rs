@@ -6,6 +6,7 @@
 
 pub mod behalf;
 pub mod binary;
+pub mod net;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -51,10 +52,17 @@ impl Component for CriuComponent {
         say("verbosity", &params.int("crs_criu_verbose"));
         say("log_file", &params.str("crs_criu_log"));
         say("log_level", &params.int("crs_criu_log_level"));
-        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running", "new_session"]
-        {
+        for flag in [
+            "tcp_established",
+            "file_locks",
+            "shell_job",
+            "ext_unix_sk",
+            "leave_running",
+            "new_session",
+        ] {
             say(flag, &u8::from(params.bool(&format!("crs_criu_{flag}"))));
         }
+        say("network_lock", &params.choice("crs_criu_network_lock"));
         if params.bool("crs_criu_new_session") && !params.bool("opal_cr_is_tool") {
             leave_foreign_session();
         }
@@ -118,6 +126,7 @@ impl Component for CriuComponent {
         if privileged {
             bin.check()?;
         }
+        let network_lock = network_lock(job.params, pid)?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| {
                 std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -140,6 +149,8 @@ impl Component for CriuComponent {
             shell_job: job.params.bool("crs_criu_shell_job"),
             ext_unix_sk: job.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: job.params.bool("crs_criu_tcp_established"),
+            file_locks: job.params.bool("crs_criu_file_locks"),
+            network_lock,
             external: &[],
             as_user: None,
         };
@@ -196,6 +207,7 @@ impl Component for CriuComponent {
             shell_job: plan.params.bool("crs_criu_shell_job"),
             ext_unix_sk: plan.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
+            file_locks: plan.params.bool("crs_criu_file_locks"),
             inherit_fds: &inherit,
             new_pidns,
             stopped: plan.unchecked,
@@ -246,6 +258,39 @@ impl Component for CriuComponent {
         }
         Ok(RestartOutcome::Exited(restored.wait()?))
     }
+}
+
+/// How the dump of `pid`'s tree locks the network: as `crs_criu_network_lock` says, where
+/// `auto` leaves CRIU's default when there is no connection to lock. A connection with
+/// `crs_criu_tcp_established=0` is refused here, by name (CRIU's own error names none).
+fn network_lock(params: &Params, pid: i32) -> Result<Option<rpc::LockMethod>> {
+    use proto::NetworkLock;
+    let choice = params.choice("crs_criu_network_lock");
+    let tcp_established = params.bool("crs_criu_tcp_established");
+    if choice != "auto" && tcp_established {
+        // Nothing to look for: the connections, if any, are dumped as asked.
+        return Ok(Some(rpc::LockMethod::Fixed(match choice {
+            "nftables" => NetworkLock::Nftables,
+            "iptables" => NetworkLock::Iptables,
+            _ => NetworkLock::Skip,
+        })));
+    }
+    let connections = net::tcp_connections(pid);
+    if connections.is_empty() {
+        return Ok(None);
+    }
+    if !tcp_established {
+        let named: Vec<String> = connections.iter().map(|c| c.to_string()).collect();
+        return Err(Error::new(
+            crate::codes::OPAL_ERR_NOT_SUPPORTED,
+            format!(
+                "criu dump of process {pid}: it has TCP connections ({}) and crs_criu_tcp_established=0; \
+                 set crs_criu_tcp_established=1 to checkpoint them",
+                named.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(rpc::LockMethod::Auto))
 }
 
 /// CRIU refuses a process whose session leader is outside its PID namespace (its
