@@ -329,7 +329,7 @@ fn check_identity(dir: &Path) -> Result<()> {
     }
 }
 
-/// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
+/// CRIU `inherit_fd` keys with our descriptors, and the files opened or copied for them.
 type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 
 /// What to hand the restored process for fds 0–2: our own stdio where it had pipes
@@ -347,7 +347,14 @@ fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
     let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
         if target.starts_with("pipe:[") || target.starts_with("socket:[") {
-            inherit.push((target.to_string(), fd as RawFd));
+            // A copy above 2: CRIU closes an inherited descriptor once it has stored it,
+            // and a shell-job restore then fails on its own stdin.
+            // SAFETY: fds 0-2 of this process stay open while it runs.
+            let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) }
+                .try_clone_to_owned()
+                .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
+            inherit.push((target.to_string(), std::os::fd::AsRawFd::as_raw_fd(&copy)));
+            reopened.push(std::fs::File::from(copy));
         } else if let Some(relative) =
             target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
         {
@@ -375,14 +382,30 @@ fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
 
 #[cfg(test)]
 mod tests {
+    /// Device and inode of what `fd` refers to.
+    fn same_file_id(fd: i32) -> (u64, u64) {
+        // SAFETY: fstat into a zeroed struct.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut stat) }, 0, "fd {fd}");
+        (stat.st_dev, stat.st_ino)
+    }
+
     #[test]
     fn pipes_sockets_and_regular_files_are_handed_over() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
-        assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
-        assert!(reopened.is_empty());
+        let (handover, copies) = super::stdio_handover(&dir, true).unwrap();
+        let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
+        // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).
+        for ((_, fd), ours) in handover.iter().zip([1, 2]) {
+            assert!(*fd > 2, "{handover:?}");
+            let (copy, original) = (same_file_id(*fd), same_file_id(ours));
+            assert_eq!(copy, original, "fd {fd} is not a copy of fd {ours}");
+        }
+        assert_eq!(copies.len(), 2);
+        drop(copies);
         let log = dir.join("out.log");
         std::fs::write(&log, "grown").unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
