@@ -390,6 +390,46 @@ mod tests {
         (stat.st_dev, stat.st_ino)
     }
 
+    fn params(settings: &[(&str, &str)]) -> crate::params::Params {
+        let mut params = crate::params::Params::defaults();
+        for (name, value) in settings {
+            params.set(name, value, crate::params::Source::CommandLine).unwrap();
+        }
+        params
+    }
+
+    #[test]
+    fn a_chosen_network_lock_is_passed_as_chosen() {
+        use super::proto::NetworkLock;
+        use super::rpc::LockMethod;
+        let own = std::process::id() as i32;
+        for (choice, method) in [
+            ("nftables", NetworkLock::Nftables),
+            ("iptables", NetworkLock::Iptables),
+            ("skip", NetworkLock::Skip),
+        ] {
+            let chosen = super::network_lock(&params(&[("crs_criu_network_lock", choice)]), own);
+            assert_eq!(chosen.unwrap(), Some(LockMethod::Fixed(method)), "{choice}");
+        }
+    }
+
+    #[test]
+    fn without_tcp_established_a_connection_is_refused_by_name_and_none_is_fine() {
+        let refusing = params(&[("crs_criu_tcp_established", "0")]);
+        let mut idle = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let verdict = super::network_lock(&refusing, idle.id() as i32);
+        let _ = idle.kill();
+        let _ = idle.wait();
+        assert_eq!(verdict.unwrap(), None, "a process without connections");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let err = super::network_lock(&refusing, std::process::id() as i32).unwrap_err();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert!(err.message().contains(&format!("{local} -> {remote}")), "{err}");
+        assert!(err.message().contains("set crs_criu_tcp_established=1"), "{err}");
+    }
+
     #[test]
     fn pipes_sockets_and_regular_files_are_handed_over() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
