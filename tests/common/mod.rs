@@ -351,6 +351,17 @@ pub fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// PID and all its descendants, parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children(tree[next]));
+        next += 1;
+    }
+    tree
+}
+
 /// Waits up to `limit` for a child to end.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();

@@ -20,7 +20,7 @@
 //! following symbolic links, and only in a directory owned by the process's owner.
 
 use super::binary::CriuBinary;
-use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
+use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir, LockMethod};
 use crate::codes;
 use crate::error::{Error, Result};
 use crate::snapshot::series::start_time;
@@ -52,6 +52,8 @@ struct DumpRequest {
     shell_job: bool,
     ext_unix_sk: bool,
     tcp_established: bool,
+    file_locks: bool,
+    network_lock: Option<LockMethod>,
 }
 
 /// When this process (image) started; see [`start_time`].
@@ -125,6 +127,8 @@ pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
         shell_job: opts.shell_job,
         ext_unix_sk: opts.ext_unix_sk,
         tcp_established: opts.tcp_established,
+        file_locks: opts.file_locks,
+        network_lock: opts.network_lock,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -282,6 +286,8 @@ impl Offer {
             shell_job: request.shell_job,
             ext_unix_sk: request.ext_unix_sk,
             tcp_established: request.tcp_established,
+            file_locks: request.file_locks,
+            network_lock: request.network_lock,
             external: &[],
             as_user: Some(self.owner),
         };
@@ -421,6 +427,8 @@ mod tests {
             shell_job: true,
             ext_unix_sk: true,
             tcp_established: false,
+            file_locks: true,
+            network_lock: Some(LockMethod::Auto),
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);

@@ -63,6 +63,7 @@ pub struct RestoreOptions<'a> {
     pub shell_job: bool,
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
+    pub file_locks: bool,
     /// Files of the image replaced by our descriptors, e.g. `("pipe:[1234]", 1)` hands
     /// our stdout to the task in place of the pipe it had when dumped.
     pub inherit_fds: &'a [(String, RawFd)],
@@ -301,6 +302,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
             shell_job: opts.shell_job,
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
+            file_locks: opts.file_locks,
             rst_sibling: true,
             leave_stopped: opts.stopped,
             inherit_fd: opts
@@ -975,6 +977,7 @@ mod tests {
             shell_job: true,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
             inherit_fds: &[],
             new_pidns: true,
             stopped: false,
