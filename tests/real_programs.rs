@@ -70,22 +70,11 @@ fn start(sb: &Sandbox, mut command: Command, stdout: &Path) -> Child {
     child
 }
 
-/// PID and all its descendants.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut next = 0;
-    while next < all.len() {
-        all.extend(children(all[next]));
-        next += 1;
-    }
-    all
-}
-
 /// SIGKILLs the process group our child leads (the tree it started), reaps the child and
 /// waits until every process of the tree has left /proc, so that the restore finds the
 /// tree's PIDs free.
 fn kill_tree(child: &mut Child) {
-    let members = tree(child.id());
+    let members = process_tree(child.id());
     // SAFETY: kill of the process group of a child this test started in its own session.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     kill_and_reap(child);
@@ -100,7 +89,7 @@ fn kill_tree(child: &mut Child) {
 fn restored_within(tool: &mut Child, exe: &Path, since: Instant) -> Option<Duration> {
     let tool_pid = tool.id();
     let running = || {
-        tree(tool_pid).into_iter().skip(1).any(|pid| {
+        process_tree(tool_pid).into_iter().skip(1).any(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
                 && proc_status(pid, "State").is_some_and(|s| !s.starts_with('T'))
         })
@@ -245,7 +234,7 @@ fn sha256sum_progress(root: u32, output: &[u8]) -> u64 {
     if !output.is_empty() {
         return PIPELINE_BYTES;
     }
-    let reader = tree(root).into_iter().find(|pid| {
+    let reader = process_tree(root).into_iter().find(|pid| {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sha256sum")
     });
     let io = reader.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok());
