@@ -138,3 +138,192 @@ fn xz_with_stdin_and_stdout_in_regular_files_restores_at_their_offsets() {
         "no line about the cut: {stderr}"
     );
 }
+
+#[test]
+fn xz_writing_its_own_output_file_is_cut_back_and_finishes_identical() {
+    require_criu!();
+    let sb = Sandbox::new("files-xz-k");
+    let input = make_input(&sb, "in.txt");
+    let mut uninterrupted = reference(&sb, &input);
+    let out = sb.path("in.txt.xz");
+    let mut xz = spawn_xz(
+        &sb,
+        &["-9", "-T1", "-k", &input.display().to_string()],
+        Stdio::null(),
+        Stdio::from(File::create(sb.path("xz.out")).unwrap()),
+    );
+    let pid = xz.id();
+    grows_past(&out, 200_000, "xz did not start writing");
+    let took = timed_checkpoint(&sb, pid);
+    let at_checkpoint = size(&out);
+    grows_past(&out, at_checkpoint + 100_000, "xz did not go on after the checkpoint");
+    let at_kill = size(&out);
+    kill_and_reap(&mut xz);
+
+    // Restored as opal-restart's child, waited for: its exit status is xz's.
+    let started = Instant::now();
+    let (status, stdout, stderr) = run_restart(&sb, &[&series(pid)]);
+    eprintln!(
+        "xz -k in: checkpoint {:.2} s, restore and rest of the run {:.2} s",
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "opal-restart: {status:?}\n{stdout}{stderr}");
+    let cut: Vec<&str> = stderr.lines().filter(|l| l.contains(" cut ")).collect();
+    assert_eq!(cut.len(), 1, "one line about the cut expected: {stderr}");
+    assert!(
+        cut[0].starts_with(&format!("opal-restart: cut {} back from {at_kill} to ", out.display()))
+            && cut[0].ends_with(" bytes (written after the checkpoint)"),
+        "{stderr}"
+    );
+    assert!(uninterrupted.wait().unwrap().success());
+    assert_identical(&out, &sb.path("reference.xz"));
+}
+
+#[test]
+fn xz_restored_into_a_fresh_pid_namespace_finishes_identical() {
+    require_criu!();
+    let sb = Sandbox::new("files-xz-pidns");
+    let input = make_input(&sb, "in.txt");
+    let mut uninterrupted = reference(&sb, &input);
+    let out = sb.path("out.xz");
+    let mut xz = spawn_xz(
+        &sb,
+        &["-9", "-T1"],
+        Stdio::from(File::open(&input).unwrap()),
+        Stdio::from(File::create(&out).unwrap()),
+    );
+    let pid = xz.id();
+    grows_past(&out, 200_000, "xz did not start writing");
+    let took = timed_checkpoint(&sb, pid);
+    grows_past(&out, size(&out) + 100_000, "xz did not go on after the checkpoint");
+    kill_and_reap(&mut xz);
+
+    let started = Instant::now();
+    let (restored, stderr) = restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", &series(pid)]);
+    eprintln!(
+        "xz <in >out, new PID namespace: checkpoint {:.2} s, restore {:.2} s",
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert!(stderr.contains(&format!("cut {} back", out.display())), "{stderr}");
+    wait_gone(restored);
+    assert!(uninterrupted.wait().unwrap().success());
+    assert_identical(&out, &sb.path("reference.xz"));
+}
+
+/// criu_stdout_counter (linked with the library, criu selected) with its count file
+/// (which it opens `O_APPEND`) and its stdout (not append) in the sandbox; checkpointed
+/// once after two counts, then left to run until both files grew, and killed.
+/// Returns its PID and the size of stdout at the checkpoint.
+fn counter_checkpointed_and_killed(sb: &Sandbox) -> (u32, u64) {
+    let program = cc("criu_stdout_counter.c", "criu_stdout_counter", &[]);
+    let mut command = sb.command(program);
+    command
+        .arg(sb.path("count"))
+        .env("OMPI_MCA_crs", "criu")
+        .stdout(Stdio::from(File::create(sb.path("stdout.txt")).unwrap()))
+        .stderr(Stdio::from(File::create(sb.path("stderr.txt")).unwrap()));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut app = command.spawn().unwrap();
+    let pid = app.id();
+    sb.adopt(pid);
+    let counting = wait_until(LONG, || sb.read("count").lines().count() >= 2);
+    assert!(counting, "the counter does not count: {}", sb.read("stderr.txt"));
+    checkpoint_ok(sb, &[&pid.to_string()]);
+    let at_checkpoint = size(&sb.path("stdout.txt"));
+    grows_past(&sb.path("stdout.txt"), at_checkpoint + 30, "stdout after the checkpoint");
+    kill_and_reap(&mut app);
+    (pid, at_checkpoint)
+}
+
+#[test]
+fn an_append_only_log_keeps_what_was_added_after_the_checkpoint() {
+    require_criu!();
+    let sb = Sandbox::new("files-append");
+    let (pid, stdout_at_checkpoint) = counter_checkpointed_and_killed(&sb);
+    let marker = "job killed: node failure, restarting";
+    writeln!(File::options().append(true).open(sb.path("count")).unwrap(), "{marker}").unwrap();
+    let before_restore = sb.read("count");
+    let stdout_at_kill = size(&sb.path("stdout.txt"));
+
+    let (restored, stderr) = restart_fork(&sb, &[&series(pid)]);
+    assert_eq!(restored, pid);
+    let count = sb.path("count");
+    assert!(!stderr.contains(&format!("cut {} ", count.display())), "{stderr}");
+    let stdout = sb.path("stdout.txt");
+    // CRIU recorded the size when it froze the counter, before the tool returned.
+    let prefix = format!("cut {} back from {stdout_at_kill} to ", stdout.display());
+    let recorded: u64 = stderr
+        .split_once(&prefix)
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no line about cutting stdout.txt: {stderr}"));
+    assert!(recorded > 0 && recorded <= stdout_at_checkpoint, "{stderr}");
+    let appended = wait_until(LONG, || sb.read("count").len() > before_restore.len() + 20);
+    assert!(appended, "the restored counter does not append");
+    kill(restored);
+    let log = sb.read("count");
+    assert!(log.starts_with(&before_restore), "the log lost what was added: {log}");
+    let after: Vec<&str> = log[before_restore.len()..].lines().collect();
+    assert!(after.iter().all(|l| l.ends_with(&format!(" {pid} ok"))), "{after:?}");
+    // Standard output goes on where it was at the checkpoint: no gap, no repeat.
+    let printed = sb.read("stdout.txt");
+    let numbers: Vec<u64> = printed
+        .split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n')?.strip_prefix("stdout ")?.parse().ok())
+        .collect();
+    assert!(numbers.len() > 3, "{printed:?}");
+    assert!(numbers.iter().enumerate().all(|(i, &n)| n == i as u64 + 1), "{printed:?}");
+}
+
+/// `opal-restart SERIES ARGS` that must be refused with 126 and a message with `what`.
+fn refused(sb: &Sandbox, pid: u32, args: &[&str], what: &str) {
+    let mut all = args.to_vec();
+    let series = series(pid);
+    all.push(&series);
+    let started = Instant::now();
+    let (status, stdout, stderr) = run_restart(sb, &all);
+    assert_eq!(status.code(), Some(126), "{all:?} not refused: {stdout}{stderr}");
+    assert!(stderr.contains(what), "{all:?}: expected {what:?} in: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "slow refusal");
+    assert!(!alive(pid), "a refused restore left process {pid}");
+}
+
+#[test]
+fn a_file_missing_replaced_shrunk_or_grown_with_cutting_off_is_refused_by_name() {
+    require_criu!();
+    let sb = Sandbox::new("files-refused");
+    let (pid, _) = counter_checkpointed_and_killed(&sb);
+    let stdout = sb.path("stdout.txt");
+    let kept = sb.path("stdout.kept");
+    std::fs::hard_link(&stdout, &kept).unwrap();
+    let name = stdout.display().to_string();
+
+    std::fs::remove_file(&stdout).unwrap();
+    refused(&sb, pid, &[], &format!("{name} is missing"));
+
+    std::fs::copy(&kept, &stdout).unwrap();
+    refused(&sb, pid, &[], &format!("{name} was replaced since the checkpoint"));
+    std::fs::rename(&kept, &stdout).unwrap();
+
+    let grown = size(&stdout);
+    refused(
+        &sb,
+        pid,
+        &["-mca", "crs_criu_truncate_grown", "0"],
+        &format!("{name} grew since the checkpoint"),
+    );
+    assert_eq!(size(&stdout), grown, "a refused restore changed the file");
+
+    let (ino, _) = (std::fs::metadata(&stdout).unwrap().ino(), ());
+    File::options().write(true).open(&stdout).unwrap().set_len(3).unwrap();
+    assert_eq!(std::fs::metadata(&stdout).unwrap().ino(), ino);
+    refused(&sb, pid, &[], &format!("{name} shrank since the checkpoint"));
+}
