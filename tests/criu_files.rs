@@ -327,3 +327,66 @@ fn a_file_missing_replaced_shrunk_or_grown_with_cutting_off_is_refused_by_name()
     assert_eq!(std::fs::metadata(&stdout).unwrap().ino(), ino);
     refused(&sb, pid, &[], &format!("{name} shrank since the checkpoint"));
 }
+
+#[test]
+fn root_cuts_a_users_grown_file_back_only_as_that_user() {
+    require_criu!();
+    let Some(user) = TempUser::create("files") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("files-owner");
+    let home = user.home_in(&sb);
+    let program = cc("criu_stdout_counter.c", "criu_stdout_counter", &[]);
+    let program = sb.copy_program(&program, "criu_stdout_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let stdout = home.join("stdout.txt");
+    // The user's shell opens its stdout and stderr: files of the user's.
+    let shell =
+        format!("exec \"$@\" > '{}' 2>> '{}'", stdout.display(), home.join("err").display());
+    let mut as_user = user.command(&sb, "sh", &home);
+    as_user
+        .args(["-c", &shell, "sh"])
+        .arg(&program)
+        .arg(home.join("count"))
+        .env("OMPI_MCA_crs", "criu")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(as_user, "app");
+    let pid = app.id();
+    let counting = wait_until(LONG, || size(&stdout) > 20);
+    assert!(counting, "the user's counter does not print: {}", sb.read("app.out"));
+    let (_, snapshot) = checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
+    let series = snapshot.parent().unwrap().display().to_string();
+    let at_checkpoint = size(&stdout);
+    grows_past(&stdout, at_checkpoint + 30, "stdout after the checkpoint");
+    kill_and_reap(&mut app);
+    let at_kill = size(&stdout);
+
+    // The user may not write the file (root could): the cut, done as the user, fails.
+    std::fs::set_permissions(&stdout, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let (status, out, err) = run_restart(&sb, &["--fork", &series]);
+    assert_eq!(status.code(), Some(126), "{out}{err}");
+    assert!(
+        err.contains(&format!("cannot cut {} back from {at_kill} to ", stdout.display()))
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert_eq!(size(&stdout), at_kill, "the file was changed");
+
+    std::fs::set_permissions(&stdout, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (restored, err) = restart_fork(&sb, &[&series]);
+    assert!(err.contains(&format!("cut {} back from {at_kill} to ", stdout.display())), "{err}");
+    assert_eq!(
+        proc_status(restored, "Uid").unwrap().split_whitespace().next(),
+        Some(&*user.uid.to_string())
+    );
+    let printed = || std::fs::read_to_string(&stdout).unwrap_or_default();
+    assert!(wait_until(LONG, || printed().len() as u64 > at_kill + 20), "{}", printed());
+    kill(restored);
+    let numbers: Vec<u64> = printed()
+        .split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n')?.strip_prefix("stdout ")?.parse().ok())
+        .collect();
+    assert!(numbers.iter().enumerate().all(|(i, &n)| n == i as u64 + 1), "{}", printed());
+}
