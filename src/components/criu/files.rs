@@ -25,8 +25,10 @@ use std::path::Path;
 /// The record in a snapshot, listed (and so checked) by its manifest like the images.
 pub const OPEN_FILES: &str = "open-files.json";
 
-/// Second words of `files.img` and `remap-fpath.img` (criu/include/magic.h).
+/// Second words of `files.img`, `fdinfo-N.img` and `remap-fpath.img`
+/// (criu/include/magic.h).
 const FILES_MAGIC: u32 = 0x5630_3138;
+const FDINFO_MAGIC: u32 = 0x5621_3732;
 const REMAP_FPATH_MAGIC: u32 = 0x5913_3954;
 /// `file_entry` (images/fdinfo.proto): its type, and the regular file in it.
 const FILE_TYPE: u32 = 1;
@@ -39,6 +41,8 @@ const REG_POS: u32 = 3;
 const REG_NAME: u32 = 6;
 const REG_SIZE: u32 = 8;
 const REG_EXT: u32 = 9;
+/// `fdinfo_entry.id`: the file a descriptor refers to.
+const FDINFO_ID: u32 = 1;
 /// `remap_file_path_entry.orig_id`: a file CRIU restores from a copy or link of its own.
 const REMAP_ORIG_ID: u32 = 1;
 
@@ -124,13 +128,15 @@ fn parse_files(bytes: &[u8]) -> Result<Vec<RegEntry>> {
     Ok(found)
 }
 
-/// The ids of files CRIU restores through a remap (an unlinked or hidden file).
-fn parse_remaps(bytes: &[u8]) -> Result<Vec<u32>> {
+/// The values of the integer field `field` in every entry of an image: the file ids
+/// of an `fdinfo-N.img` (files open through a descriptor), the ids of the files of a
+/// `remap-fpath.img` (unlinked or hidden ones CRIU restores from its own copy or link).
+fn parse_ids(bytes: &[u8], magic: u32, field: u32) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for entry in image_entries(bytes, REMAP_FPATH_MAGIC)? {
+    for entry in image_entries(bytes, magic)? {
         let mut reader = Reader::new(entry);
         while let Some((number, value)) = reader.next_field()? {
-            if number == REMAP_ORIG_ID {
+            if number == field {
                 ids.extend(value.as_u64().map(|id| id as u32));
             }
         }
@@ -138,17 +144,24 @@ fn parse_remaps(bytes: &[u8]) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Groups the entries CRIU checks by size into one record per path; `identify` gives
-/// a path's device and inode now (None: not a regular file, left to CRIU).
+/// Groups the entries CRIU checks by size that a descriptor refers to (`open`) into
+/// one record per path; `identify` gives a path's device and inode now (None: not a
+/// regular file, left to CRIU). Files only mapped (the executable, libraries) are left
+/// to CRIU and the identity check.
 fn group(
     entries: &[RegEntry],
+    open: &[u32],
     remapped: &[u32],
     identify: impl Fn(&str) -> Option<(u64, u64)>,
 ) -> Vec<OpenFile> {
     let mut files: Vec<OpenFile> = Vec::new();
     for entry in entries {
         let Some(size) = entry.size else { continue };
-        if entry.external || remapped.contains(&entry.id) || !entry.name.starts_with('/') {
+        if entry.external
+            || !open.contains(&entry.id)
+            || remapped.contains(&entry.id)
+            || !entry.name.starts_with('/')
+        {
             continue;
         }
         let append_only = entry.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
@@ -181,12 +194,23 @@ pub fn record(images_dir: &Path) -> Result<()> {
     };
     let entries = parse_files(&read("files.img")?)
         .map_err(|e| e.context(images_dir.join("files.img").display()))?;
+    let ids_in = |name: &str, magic: u32, field: u32| {
+        parse_ids(&read(name)?, magic, field)
+            .map_err(|e| e.context(images_dir.join(name).display()))
+    };
+    let mut open = Vec::new();
+    let listing = std::fs::read_dir(images_dir)
+        .map_err(|e| Error::io(format!("listing {}", images_dir.display()), e))?;
+    for name in listing.flatten().filter_map(|entry| entry.file_name().into_string().ok()) {
+        if name.starts_with("fdinfo-") && name.ends_with(".img") {
+            open.extend(ids_in(&name, FDINFO_MAGIC, FDINFO_ID)?);
+        }
+    }
     let remapped = match std::fs::metadata(images_dir.join("remap-fpath.img")) {
-        Ok(_) => parse_remaps(&read("remap-fpath.img")?)
-            .map_err(|e| e.context(images_dir.join("remap-fpath.img").display()))?,
+        Ok(_) => ids_in("remap-fpath.img", REMAP_FPATH_MAGIC, REMAP_ORIG_ID)?,
         Err(_) => Vec::new(),
     };
-    let files = group(&entries, &remapped, |path| {
+    let files = group(&entries, &open, &remapped, |path| {
         std::fs::symlink_metadata(path)
             .ok()
             .filter(|meta| meta.is_file())
@@ -217,9 +241,10 @@ pub fn read_checked(dir: &Path) -> std::result::Result<Vec<OpenFile>, String> {
 }
 
 /// A file as it is now, as far as the restore cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Now {
     Missing,
+    Unreadable(String),
     NotRegular,
     File { dev: u64, ino: u64, size: u64 },
 }
@@ -228,7 +253,7 @@ impl Now {
     fn of(path: &str) -> Now {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Now::Missing,
-            Err(_) => Now::NotRegular,
+            Err(e) => Now::Unreadable(e.to_string()),
             Ok(meta) if !meta.is_file() => Now::NotRegular,
             Ok(meta) => Now::File { dev: meta.dev(), ino: meta.ino(), size: meta.len() },
         }
@@ -244,6 +269,7 @@ fn judge(file: &OpenFile, now: Now, cut_grown: bool) -> std::result::Result<Opti
             "{path} is missing (the checkpointed process had it open, {} bytes)",
             file.size
         )),
+        Now::Unreadable(why) => Err(format!("{path} cannot be examined: {why}")),
         Now::NotRegular => Err(format!("{path} is no longer a regular file")),
         Now::File { dev, ino, .. } if (dev, ino) != (file.dev, file.ino) => Err(format!(
             "{path} was replaced since the checkpoint (inode {} then, {ino} now)",
@@ -412,13 +438,27 @@ mod tests {
                 reg(5, libc::O_RDONLY, 0, "/dev/null", 0),
                 reg(6, libc::O_WRONLY, 50, "/data/out", 50),
                 reg(7, libc::O_RDONLY, 0, "/data/out", 50),
+                reg(8, libc::O_RDONLY, 0, "/usr/lib/libc.so.6", 2_000_000),
             ],
         );
         let entries = parse_files(&bytes).unwrap();
-        assert_eq!(entries.len(), 7);
-        let remaps = parse_remaps(&image(REMAP_FPATH_MAGIC, &[varint(REMAP_ORIG_ID, 4)])).unwrap();
+        assert_eq!(entries.len(), 8);
+        let remaps = parse_ids(
+            &image(REMAP_FPATH_MAGIC, &[varint(REMAP_ORIG_ID, 4)]),
+            REMAP_FPATH_MAGIC,
+            REMAP_ORIG_ID,
+        )
+        .unwrap();
         assert_eq!(remaps, [4]);
-        let files = group(&entries, &remaps, |path| (path != "/dev/null").then_some((8, 77)));
+        // Entry 8 is only mapped: no descriptor refers to it.
+        let fdinfo = |id: u64, fd: u64| {
+            [varint(FDINFO_ID, id), varint(2, 0), varint(3, 1), varint(4, fd)].concat()
+        };
+        let fds = image(FDINFO_MAGIC, &[1, 2, 3, 4, 5, 6, 7].map(|id| fdinfo(id, id + 2)));
+        let open = parse_ids(&fds, FDINFO_MAGIC, FDINFO_ID).unwrap();
+        assert_eq!(open, [1, 2, 3, 4, 5, 6, 7]);
+        let files =
+            group(&entries, &open, &remaps, |path| (path != "/dev/null").then_some((8, 77)));
         let summary: Vec<(&str, u64, &[u64], bool)> = files
             .iter()
             .map(|f| (f.path.as_str(), f.size, f.offsets.as_slice(), f.append_only))
@@ -448,6 +488,8 @@ mod tests {
             append_only: false,
         };
         let now = |ino, size| Now::File { dev: 1, ino, size };
+        let denied = judge(&file, Now::Unreadable("Permission denied".into()), true).unwrap_err();
+        assert!(denied.contains("/w/out cannot be examined: Permission denied"), "{denied}");
         assert_eq!(judge(&file, now(2, 100), true), Ok(None));
         assert_eq!(judge(&file, now(2, 150), true), Ok(Some(150)));
         let kept = judge(&file, now(2, 150), false).unwrap_err();
