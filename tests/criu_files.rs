@@ -390,3 +390,46 @@ fn root_cuts_a_users_grown_file_back_only_as_that_user() {
         .collect();
     assert!(numbers.iter().enumerate().all(|(i, &n)| n == i as u64 + 1), "{}", printed());
 }
+
+#[test]
+fn a_file_a_child_of_the_checkpointed_process_writes_is_restored_too() {
+    require_criu!();
+    let sb = Sandbox::new("files-tree");
+    let input = make_input(&sb, "in.txt");
+    let mut uninterrupted = reference(&sb, &input);
+    let out = sb.path("out.xz");
+    // The preloaded shell is the checkpointed process; xz, its child, has out.xz open.
+    let script =
+        format!("xz -9 -T1 < '{}' > '{}'; echo \"xz said $?\"", input.display(), out.display());
+    let mut command = sb.command("sh");
+    command
+        .args(["-c", &script])
+        .env("LD_PRELOAD", lib_dir().join("libopalcrs.so"))
+        .env("OMPI_MCA_crs", "criu");
+    let mut shell = sb.spawn(command, "shell");
+    let pid = shell.id();
+    grows_past(&out, 200_000, "xz did not start writing");
+    let took = timed_checkpoint(&sb, pid);
+    grows_past(&out, size(&out) + 100_000, "xz did not go on after the checkpoint");
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let xz: Vec<u32> = children.split_whitespace().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(xz.len(), 1, "the shell's children: {children:?}");
+    kill(xz[0]);
+    kill_and_reap(&mut shell);
+    let gone =
+        wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{}", xz[0])).exists());
+    assert!(gone, "xz {} is still there", xz[0]);
+
+    let started = Instant::now();
+    let (restored, stderr) = restart_fork(&sb, &[&series(pid)]);
+    eprintln!(
+        "sh -c 'xz <in >out': checkpoint {:.2} s, restore {:.2} s",
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(stderr.contains(&format!("cut {} back", out.display())), "{stderr}");
+    wait_gone(restored);
+    assert!(sb.read("shell.out").ends_with("xz said 0\n"), "{}", sb.read("shell.out"));
+    assert!(uninterrupted.wait().unwrap().success());
+    assert_identical(&out, &sb.path("reference.xz"));
+}
