@@ -433,3 +433,29 @@ fn a_file_a_child_of_the_checkpointed_process_writes_is_restored_too() {
     assert!(uninterrupted.wait().unwrap().success());
     assert_identical(&out, &sb.path("reference.xz"));
 }
+
+#[test]
+fn a_record_of_open_files_changed_in_the_snapshot_is_damage_and_the_older_one_restores() {
+    require_criu!();
+    let sb = Sandbox::new("files-record");
+    let (pid, _) = counter_checkpointed_and_killed(&sb);
+    let series = sb.path(&series(pid));
+    // A second snapshot of the same run: restore the first, checkpoint it again, kill.
+    let (restored, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    checkpoint_ok(&sb, &[&restored.to_string()]);
+    kill(restored);
+    assert!(wait_until(LONG, || !Path::new(&format!("/proc/{restored}")).exists()));
+    let record = series.join("1").join("open-files.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    // One digit of a recorded size, changed in place (the size of the file stays).
+    let at = text.find("\"size\": ").unwrap() + "\"size\": ".len();
+    let digit = text.as_bytes()[at];
+    let mut forged = text.clone().into_bytes();
+    forged[at] = if digit == b'1' { b'2' } else { b'1' };
+    std::fs::write(&record, forged).unwrap();
+
+    let (restored, stderr) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    assert!(stderr.contains("skipping snapshot 1: corrupt: open-files.json: "), "{stderr}");
+    assert_eq!(restored, pid, "{stderr}");
+    kill(restored);
+}

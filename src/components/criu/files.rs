@@ -234,7 +234,8 @@ pub fn read_checked(dir: &Path) -> std::result::Result<Vec<OpenFile>, String> {
     let (_, hash) =
         crate::snapshot::hash_file(&path).map_err(|e| corrupt(e.message().to_string()))?;
     if hash != listed.hash {
-        return Err(corrupt(format!("hash {hash}, expected {}", listed.hash)));
+        let algorithm = crate::snapshot::HASH_ALGORITHM;
+        return Err(corrupt(format!("{algorithm} {hash}, expected {}", listed.hash)));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| corrupt(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))
