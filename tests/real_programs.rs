@@ -198,7 +198,6 @@ fn restores_byte_identical(
 }
 
 #[test]
-#[ignore = "stdout, a regular file, is reopened at its end, not at its offset at the checkpoint: lines written between checkpoint and kill come twice (issue 13, finding 1)"]
 fn a_python3_loop_printing_to_a_file() {
     require_criu!();
     let sb = Sandbox::new("real-python");
@@ -213,7 +212,6 @@ fn a_python3_loop_printing_to_a_file() {
 }
 
 #[test]
-#[ignore = "stdout, a regular file, is reopened at its end, not at its offset at the checkpoint: lines written between checkpoint and kill come twice (issue 13, finding 1)"]
 fn an_openmp_program_printing_to_a_file() {
     require_criu!();
     let sb = Sandbox::new("real-openmp");
@@ -262,7 +260,6 @@ fn a_shell_pipeline_tree() {
 /// the same `opal-run` line restores it, waits for it and exits with its status. The
 /// output file must be byte-identical to an uninterrupted run's.
 #[test]
-#[ignore = "the output file grew after the checkpoint, and CRIU refuses to restore it: 'has bad size' (issue 13, finding 2)"]
 fn opal_run_restarts_an_openmp_program_writing_its_own_file() {
     require_criu!();
     let sb = Sandbox::new("real-opal-run");

@@ -201,6 +201,13 @@ pub static PARAMS: &[ParamDef] = &[
          auto (when needed), always or never.",
     ),
     def(
+        "crs_criu_truncate_grown",
+        Bool,
+        "1",
+        "Before a CRIU restore, cut a file the process had open (not append-only) that grew \
+         since the checkpoint back to its size then; 0 refuses the restore instead.",
+    ),
+    def(
         "crs_criu_restore_timeout",
         Int,
         "30",
@@ -561,6 +568,7 @@ mod tests {
         expect("crs_criu_pidns", Kind::Choice(&["auto", "always", "never"]), "auto");
         expect("crs_criu_new_session", Bool, "1");
         expect("crs_criu_restore_timeout", Int, "30");
+        expect("crs_criu_truncate_grown", Bool, "1");
         assert!(!lookup("crs_criu_restore_timeout").unwrap().accepts("-1"));
         expect("crs_criu_file_locks", Bool, "1");
         expect(
@@ -572,7 +580,7 @@ mod tests {
         expect("opal_cr_thread_sleep_wait", Int, "100");
         expect("opal_cr_signal", Int, "10");
         expect("mca_base_suppress_override_warning", Bool, "0");
-        assert_eq!(PARAMS.len(), 47);
+        assert_eq!(PARAMS.len(), 48);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod behalf;
 pub mod binary;
+pub mod files;
 pub mod net;
 pub mod proto;
 pub mod restore;
@@ -162,7 +163,10 @@ impl Component for CriuComponent {
             }
         };
         match dumped {
-            Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
+            Ok(rpc::DumpOutcome::Dumped) => {
+                files::record(job.dir)?;
+                Ok(CheckpointOutcome::Continue)
+            }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {
                 if let Some(series) = job.dir.parent() {
@@ -199,8 +203,17 @@ impl Component for CriuComponent {
             _ => !taken.is_empty(),
         };
         let as_owner = plan.owner.needs_switch().then_some(&plan.owner);
-        let (inherit, _reopened) =
-            stdio_handover(&plan.dir, !new_pidns, as_owner.map(|owner| owner.uid))?;
+        let open_files = match files::read_checked(&plan.dir) {
+            Ok(open_files) => open_files,
+            Err(why) => return Ok(RestartOutcome::Rejected(why)),
+        };
+        files::prepare(
+            &plan.dir,
+            &open_files,
+            &plan.owner,
+            plan.params.bool("crs_criu_truncate_grown"),
+        )?;
+        let (inherit, _copies) = stdio_handover(&plan.dir)?;
         let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
@@ -351,66 +364,31 @@ fn check_identity(dir: &Path) -> Result<()> {
     }
 }
 
-/// CRIU `inherit_fd` keys with our descriptors, and the files opened or copied for them.
+/// CRIU `inherit_fd` keys with our descriptors, and the copies made for them.
 type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 
-/// What to hand the restored process for fds 0–2: our own stdio where it had pipes
-/// or sockets (those ends are gone with the original), and the same regular file
-/// opened anew, positioned at its end, where it had one (CRIU refuses to reopen a file
-/// that grew after the dump unless it was opened with O_APPEND). Terminals CRIU
-/// reopens itself. Files are not reopened for a restore into a fresh PID namespace:
-/// that one gets its own mount namespace, where a file opened out here has no mount
-/// CRIU could name at the next dump. Root restoring a snapshot of `owner` (another
-/// user) reopens only a file of that user, without following a link: any other is left
-/// to CRIU, which runs as the user. The returned files must stay open until the
-/// restore is done.
-fn stdio_handover(dir: &Path, reopen_files: bool, owner: Option<u32>) -> Result<Handover> {
+/// What to hand the restored process for fds 0–2: copies of our own stdio where the
+/// checkpointed process had pipes or sockets (those ends are gone with the original).
+/// The copies lie above 2: CRIU closes an inherited descriptor once it has stored it,
+/// and a shell-job restore then fails on its own stdin. Regular files CRIU reopens
+/// itself at their recorded offsets (see [`files`]), and terminals too. The returned
+/// files must stay open until the restore is done.
+fn stdio_handover(dir: &Path) -> Result<Handover> {
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
+    let (mut inherit, mut copies) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
         if target.starts_with("pipe:[") || target.starts_with("socket:[") {
-            // A copy above 2: CRIU closes an inherited descriptor once it has stored it,
-            // and a shell-job restore then fails on its own stdin.
             // SAFETY: fds 0-2 of this process stay open while it runs.
             let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) }
                 .try_clone_to_owned()
                 .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
             inherit.push((target.to_string(), std::os::fd::AsRawFd::as_raw_fd(&copy)));
-            reopened.push(std::fs::File::from(copy));
-        } else if let Some(relative) =
-            target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
-        {
-            use std::io::{Seek, SeekFrom};
-            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-            let mut options = std::fs::OpenOptions::new();
-            options.read(fd == 0).write(fd != 0);
-            if owner.is_some() {
-                options.custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK);
-            }
-            let opened = options.open(target).and_then(|file| Ok((file.metadata()?, file)));
-            let mut file = match (opened, owner) {
-                (Ok((meta, _)), Some(uid)) if meta.uid() != uid || !meta.is_file() => continue,
-                (Err(_), Some(_)) => continue,
-                (Ok((_, file)), _) => file,
-                (Err(e), None) => {
-                    return Err(Error::io(
-                        format!("reopening {target} (fd {fd} of the checkpointed process)"),
-                        e,
-                    ))
-                }
-            };
-            if fd != 0 {
-                file.seek(SeekFrom::End(0))
-                    .map_err(|e| Error::io(format!("seeking in {target}"), e))?;
-            }
-            // CRIU names regular files by their path without the leading slash.
-            inherit.push((relative.to_string(), std::os::fd::AsRawFd::as_raw_fd(&file)));
-            reopened.push(file);
+            copies.push(std::fs::File::from(copy));
         }
     }
-    Ok((inherit, reopened))
+    Ok((inherit, copies))
 }
 
 #[cfg(test)]
@@ -464,11 +442,11 @@ mod tests {
     }
 
     #[test]
-    fn pipes_sockets_and_regular_files_are_handed_over() {
+    fn pipes_and_sockets_are_handed_over_and_regular_files_left_to_criu() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, copies) = super::stdio_handover(&dir, true, None).unwrap();
+        let (handover, copies) = super::stdio_handover(&dir).unwrap();
         let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
         // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).
@@ -479,15 +457,9 @@ mod tests {
         }
         assert_eq!(copies.len(), 2);
         drop(copies);
-        let log = dir.join("out.log");
-        std::fs::write(&log, "grown").unwrap();
-        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
+        std::fs::write(dir.join(super::STDIO_FILE), format!("{}\n/dev/pts/3\n", dir.display()))
             .unwrap();
-        assert!(super::stdio_handover(&dir, false, None).unwrap().0.is_empty());
-        let (handover, reopened) = super::stdio_handover(&dir, true, None).unwrap();
+        assert!(super::stdio_handover(&dir).unwrap().0.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(handover.len(), 1);
-        assert_eq!(handover[0].0, log.display().to_string()[1..]);
-        assert_eq!(reopened.len(), 1);
     }
 }

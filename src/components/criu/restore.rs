@@ -37,7 +37,7 @@ const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// First two words of `pstree.img` (criu/include/magic.h).
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub(super) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
 const CORE_MAGIC: u32 = 0x5505_3847;
 /// `core_entry.thread_core` (images/core.proto), `thread_core_entry.creds`,
