@@ -459,3 +459,48 @@ fn a_record_of_open_files_changed_in_the_snapshot_is_damage_and_the_older_one_re
     assert_eq!(restored, pid, "{stderr}");
     kill(restored);
 }
+
+/// A scheduler that restarts a job truncates the job's output file (Slurm's default
+/// `--open-mode=truncate`), or makes it anew, and gives it to the restart as its
+/// stdout: the restored process writes on into that output, as into a new pipe,
+/// instead of the restore being refused because the file shrank or was replaced.
+#[test]
+fn a_new_output_file_given_to_the_restart_as_its_stdout_takes_the_output() {
+    require_criu!();
+    for anew in [false, true] {
+        let sb = Sandbox::new(&format!("files-new-output-{anew}"));
+        let stdout = sb.path("stdout.txt");
+        let (pid, _) = counter_checkpointed_and_killed(&sb);
+        let before = std::fs::metadata(&stdout).unwrap().ino();
+        if anew {
+            // Kept under another name, so that the new file cannot reuse its inode.
+            std::fs::rename(&stdout, sb.path("stdout.old")).unwrap();
+        }
+        let output = File::create(&stdout).unwrap();
+        assert_eq!(std::fs::metadata(&stdout).unwrap().ino() == before, !anew);
+        let mut restart = sb.command(restart_tool());
+        restart.arg(series(pid)).stdout(Stdio::from(output)).stderr(Stdio::piped());
+        let mut restart = restart.spawn().unwrap();
+        let printed = || {
+            std::fs::read_to_string(&stdout)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("stdout "))
+        };
+        let wrote = wait_until(LONG, || printed() || restart.try_wait().unwrap().is_some());
+        let wrote = wrote && printed();
+        kill(pid);
+        let status = restart.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(restart.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(wrote, "anew {anew}: nothing written into the new output ({status:?}): {stderr}");
+        assert_eq!(status.code(), Some(128 + libc::SIGKILL), "anew {anew}: {stderr}");
+        // It goes on counting where it was, from the start of the new file.
+        let text = std::fs::read_to_string(&stdout).unwrap();
+        let first: u64 =
+            text.lines().next().unwrap().strip_prefix("stdout ").unwrap().parse().unwrap();
+        assert!(first > 1, "anew {anew}: {text:?}");
+        assert!(!stderr.contains("cut "), "{stderr}");
+        assert!(wait_until(LONG, || !alive(pid)));
+    }
+}

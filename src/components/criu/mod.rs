@@ -207,13 +207,20 @@ impl Component for CriuComponent {
             Ok(open_files) => open_files,
             Err(why) => return Ok(RestartOutcome::Rejected(why)),
         };
+        let (inherit, _copies) =
+            stdio_handover(&plan.dir, &open_files, !new_pidns, as_owner.map(|owner| owner.uid))?;
+        // A file handed over is the process's new output: nothing to check or cut there.
+        let handed_over = |file: &&files::OpenFile| {
+            inherit.iter().any(|(key, _)| file.path.strip_prefix('/') == Some(key.as_str()))
+        };
+        let open_files: Vec<files::OpenFile> =
+            open_files.iter().filter(|file| !handed_over(file)).cloned().collect();
         files::prepare(
             &plan.dir,
             &open_files,
             &plan.owner,
             plan.params.bool("crs_criu_truncate_grown"),
         )?;
-        let (inherit, _copies) = stdio_handover(&plan.dir)?;
         let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
@@ -371,22 +378,59 @@ type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 /// checkpointed process had pipes or sockets (those ends are gone with the original).
 /// The copies lie above 2: CRIU closes an inherited descriptor once it has stored it,
 /// and a shell-job restore then fails on its own stdin. Regular files CRIU reopens
-/// itself at their recorded offsets (see [`files`]), and terminals too. The returned
+/// itself at their recorded offsets (see [`files`]), and terminals too, except one
+/// case: a file there that shrank or was replaced since the checkpoint and that we
+/// have at the same fd ourselves is a job's output that its scheduler truncated or
+/// made anew for this run (Slurm's default `--open-mode=truncate`): the process writes
+/// on into it, as into a new pipe. Root restoring another user's snapshot (`owner`)
+/// hands over only a file of that user. Not into a fresh PID namespace: a file opened
+/// out here has no mount there that CRIU could name at the next dump. The returned
 /// files must stay open until the restore is done.
-fn stdio_handover(dir: &Path) -> Result<Handover> {
+fn stdio_handover(
+    dir: &Path,
+    open_files: &[files::OpenFile],
+    reopen_files: bool,
+    owner: Option<u32>,
+) -> Result<Handover> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
         return Ok((Vec::new(), Vec::new()));
     };
     let (mut inherit, mut copies) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
-        if target.starts_with("pipe:[") || target.starts_with("socket:[") {
-            // SAFETY: fds 0-2 of this process stay open while it runs.
-            let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) }
-                .try_clone_to_owned()
-                .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
-            inherit.push((target.to_string(), std::os::fd::AsRawFd::as_raw_fd(&copy)));
-            copies.push(std::fs::File::from(copy));
-        }
+        // SAFETY: fds 0-2 of this process stay open while it runs.
+        let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) };
+        let key = if target.starts_with("pipe:[") || target.starts_with("socket:[") {
+            target.to_string()
+        } else {
+            let (Some(relative), true) = (target.strip_prefix('/'), reopen_files) else {
+                continue;
+            };
+            let (Ok(now), Ok(held)) = (
+                std::fs::symlink_metadata(target),
+                std::fs::File::from(ours.try_clone_to_owned().map_err(|e| {
+                    Error::io(format!("duplicating our fd {fd} for the restore"), e)
+                })?)
+                .metadata(),
+            ) else {
+                continue;
+            };
+            let recorded = open_files.iter().find(|file| file.path == target);
+            let as_it_was = recorded.is_some_and(|file| {
+                (file.dev, file.ino) == (now.dev(), now.ino()) && now.len() >= file.size
+            });
+            let is_ours = now.is_file() && (now.dev(), now.ino()) == (held.dev(), held.ino());
+            if as_it_was || !is_ours || owner.is_some_and(|uid| now.uid() != uid) {
+                continue;
+            }
+            // CRIU names regular files by their path without the leading slash.
+            relative.to_string()
+        };
+        let copy = ours
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
+        inherit.push((key, std::os::fd::AsRawFd::as_raw_fd(&copy)));
+        copies.push(std::fs::File::from(copy));
     }
     Ok((inherit, copies))
 }
@@ -446,7 +490,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, copies) = super::stdio_handover(&dir).unwrap();
+        let (handover, copies) = super::stdio_handover(&dir, &[], true, None).unwrap();
         let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
         // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).
@@ -459,7 +503,7 @@ mod tests {
         drop(copies);
         std::fs::write(dir.join(super::STDIO_FILE), format!("{}\n/dev/pts/3\n", dir.display()))
             .unwrap();
-        assert!(super::stdio_handover(&dir).unwrap().0.is_empty());
+        assert!(super::stdio_handover(&dir, &[], true, None).unwrap().0.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
