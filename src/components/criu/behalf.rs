@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 const REQUEST_FILE: &str = "request.json";
 const DONE_FILE: &str = "done";
+/// Where the tool writes the answer before it appears as [`DONE_FILE`].
+const DONE_STAGING: &str = ".done";
 /// How long the process waits for the tool's dump.
 const PATIENCE: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(5);
@@ -243,9 +245,12 @@ impl Offer {
             }
             Err(e) => format!("criu: the process's dump request is not valid: {e}"),
         };
-        // O_EXCL and O_NOFOLLOW: nothing planted there is followed or overwritten.
+        // O_EXCL and O_NOFOLLOW: nothing planted there is followed or overwritten. The
+        // answer is written and given to the process under a staging name and appears
+        // whole by a rename: the process polls for it, and found half-made (still
+        // root's) it could not be read.
         let owner = self.owner;
-        let written = create_at(&self.dir, DONE_FILE).and_then(|mut file| {
+        let written = create_at(&self.dir, DONE_STAGING).and_then(|mut file| {
             file.write_all(answer.as_bytes()).map_err(|e| Error::io("writing the answer", e))?;
             // The process must read it. SAFETY: fchown on a descriptor we own.
             if unsafe { libc::fchown(file.as_raw_fd(), owner.0, owner.1) } != 0 {
@@ -254,7 +259,7 @@ impl Offer {
                     std::io::Error::last_os_error(),
                 ));
             }
-            Ok(())
+            rename_at(&self.dir, DONE_STAGING, DONE_FILE)
         });
         if let Err(e) = written {
             log::warn!("cannot answer process {}: {e}", self.pid);
@@ -375,6 +380,20 @@ fn read_at(dir: &OwnedFd, name: &str) -> Option<String> {
     let mut text = String::new();
     file.take(64 * 1024).read_to_string(&mut text).ok()?;
     Some(text)
+}
+
+/// Renames `from` to `to`, both in `dir` (a link there is moved, not followed).
+fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> Result<()> {
+    let (from_c, to_c) = (CString::new(from), CString::new(to));
+    let (Ok(from_c), Ok(to_c)) = (from_c, to_c) else {
+        return Err(Error::new(codes::OPAL_ERR_BAD_PARAM, format!("{from} -> {to}: NUL in name")));
+    };
+    let fd = dir.as_raw_fd();
+    // SAFETY: renameat with C strings we own, relative to an open directory.
+    if unsafe { libc::renameat(fd, from_c.as_ptr(), fd, to_c.as_ptr()) } != 0 {
+        return Err(Error::io(format!("renaming {from} to {to}"), std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn create_at(dir: &OwnedFd, name: &str) -> Result<File> {
