@@ -5,6 +5,7 @@
 pub mod callbacks;
 mod checkpoint;
 pub mod critical;
+mod own_fd;
 mod server;
 
 pub use checkpoint::{Done, Origin, Outcome, Request};

@@ -1,0 +1,55 @@
+//! Nothing a program can observe changes because the library is loaded, checkpointed
+//! or restored through the criu component: its descriptor numbers, its stopped
+//! children, its pending signals, its signalfd and timers.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn library() -> String {
+    lib_dir().join("libopalcrs.so").display().to_string()
+}
+
+#[test]
+fn the_librarys_descriptors_leave_the_numbers_programs_use_free() {
+    let sb = Sandbox::new("state-fds");
+    let exe = cc_without_library("fd_numbers.c", "fd-numbers", &[]);
+    // Without the library: the numbers the program sees (it inherits whatever the test
+    // harness leaves open).
+    std::fs::write(sb.path("go-plain"), "").unwrap();
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("go-plain"));
+    let mut plain = sb.spawn(command, "plain");
+    assert!(wait_until(LONG, || sb.read("plain.out").contains("dup2:")), "{}", sb.read("plain.out"));
+    kill_and_reap(&mut plain);
+    let expected = sb.read("plain.out");
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("go")).env("LD_PRELOAD", library());
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id().to_string();
+    assert!(
+        wait_until(LONG, || sb.checkpoint(&["--status", &pid]).status.success()),
+        "the library never answered: {}",
+        sb.read("app.out")
+    );
+    std::fs::write(sb.path("go"), "").unwrap();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("dup2:")), "{}", sb.read("app.out"));
+    let out = sb.read("app.out");
+    assert_eq!(out, expected, "the library holds a low descriptor");
+    assert!(out.contains("dup2: ok\n"), "{out}");
+    // The library still answers after the program took numbers for itself.
+    let status = sb.checkpoint(&["--status", &pid]);
+    assert!(status.status.success(), "{}", text(&status).1);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        if fd >= 1000 {
+            let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let flags = flags.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+            let flags = u32::from_str_radix(flags, 8).unwrap();
+            assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd {fd} lacks close-on-exec");
+        }
+    }
+    kill_and_reap(&mut app);
+}
