@@ -53,3 +53,33 @@ fn the_librarys_descriptors_leave_the_numbers_programs_use_free() {
     }
     kill_and_reap(&mut app);
 }
+
+/// Waits until `pid` has left /proc (an orphan is reaped by whoever adopted it).
+fn gone(pid: u32) -> bool {
+    wait_until(LONG, || !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[test]
+fn a_restore_gives_back_stopped_children_pending_signals_signalfd_and_timers() {
+    require_criu!();
+    let sb = Sandbox::new("state-signals");
+    let exe = cc_without_library("signal_state.c", "signal-state", &[]);
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("go")).env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("ready ")), "{}", sb.read("app.out"));
+    let child: u32 = sb.read("app.out").split_whitespace().nth(1).unwrap().parse().unwrap();
+    sb.adopt(child);
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    kill_and_reap(&mut app);
+    kill(child);
+    assert!(gone(child), "the stopped child {child} was not reaped");
+
+    let (restored, stderr) = restart_fork(&sb, &[&format!("opal_snapshot_{pid}.ckpt")]);
+    assert_eq!(restored, pid, "{stderr}");
+    std::fs::write(sb.path("go"), "").unwrap();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("verdict:")), "{}", sb.read("app.out"));
+    let out = sb.read("app.out");
+    assert!(out.contains("verdict: ok"), "the restore changed the process's state:\n{out}");
+}
