@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t ticks, conts;
@@ -108,7 +109,13 @@ int main(int argc, char **argv)
     printf("signalfd: %d\n", got == (ssize_t)sizeof info ? (int)info.ssi_signo : -1);
     ok &= got == (ssize_t)sizeof info && info.ssi_signo == SIGUSR2;
     int before = ticks;
-    usleep(200000);
+    /* Each tick ends a sleep early (EINTR): sleep until 200 ms have passed. */
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        usleep(10000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < 200);
     printf("timer ticks in 200 ms: %d\n", ticks - before);
     ok &= ticks - before >= 3;
     printf("SIGCONT seen: %d\n", (int)conts);

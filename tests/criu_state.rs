@@ -22,7 +22,11 @@ fn the_librarys_descriptors_leave_the_numbers_programs_use_free() {
     let mut command = sb.command(&exe);
     command.arg(sb.path("go-plain"));
     let mut plain = sb.spawn(command, "plain");
-    assert!(wait_until(LONG, || sb.read("plain.out").contains("dup2:")), "{}", sb.read("plain.out"));
+    assert!(
+        wait_until(LONG, || sb.read("plain.out").contains("dup2:")),
+        "{}",
+        sb.read("plain.out")
+    );
     kill_and_reap(&mut plain);
     let expected = sb.read("plain.out");
     let mut command = sb.command(&exe);

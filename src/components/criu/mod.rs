@@ -200,53 +200,70 @@ impl Component for CriuComponent {
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
             inherit_fds: &inherit,
             new_pidns,
-            // Another user's restored tree is checked before it runs.
-            stopped: plan.unchecked || as_owner.is_some(),
+            before_resume: None,
             timeout: match plan.params.int("crs_criu_restore_timeout") {
                 0 => None,
                 seconds => Some(std::time::Duration::from_secs(seconds.unsigned_abs())),
             },
             as_owner,
         };
-        let (restored, verdict) = std::thread::scope(|scope| {
-            // The check reads the images while CRIU does: both are served by one read
-            // from disk, and the restored task waits, stopped, for the verdict.
-            let check = plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir)));
-            let restored = restore::restore(&bin, &options);
-            (restored, check.map(|thread| thread.join()))
-        });
         // The snapshot's fault: damage its check found, or a restore that stalled on it.
-        let rejection = match (verdict, &restored) {
-            (Some(Ok(verdict)), _) if !verdict.is_usable() => Some(verdict.to_string()),
-            (Some(Err(_)), _) => Some("the snapshot check failed unexpectedly".to_string()),
-            (_, Err(e)) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => {
-                Some(e.message().to_string())
-            }
+        let damage = std::cell::RefCell::new(None);
+        let owner_refused = std::cell::Cell::new(false);
+        let restored = std::thread::scope(|scope| {
+            // The check reads the images while CRIU does: both are served by one read
+            // from disk, and CRIU holds the restored tree until the verdict.
+            let check = std::cell::RefCell::new(
+                plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir))),
+            );
+            let await_check = || {
+                let Some(thread) = check.borrow_mut().take() else { return };
+                *damage.borrow_mut() = match thread.join() {
+                    Ok(verdict) if verdict.is_usable() => None,
+                    Ok(verdict) => Some(verdict.to_string()),
+                    Err(_) => Some("the snapshot check failed unexpectedly".to_string()),
+                };
+            };
+            // Another user's restored tree is checked before it runs, too.
+            let before_resume = |tree: &restore::Restored| -> Result<()> {
+                await_check();
+                if let Some(why) = damage.borrow().clone() {
+                    return Err(Error::msg(why));
+                }
+                if let Some(owner) = as_owner {
+                    tree.runs_as(owner.uid, owner.gid).map_err(|why| {
+                        owner_refused.set(true);
+                        Error::new(
+                            crate::codes::OPAL_ERR_PERM,
+                            format!("refusing snapshot {}: {why}", plan.dir.display()),
+                        )
+                    })?;
+                }
+                Ok(())
+            };
+            let held = plan.unchecked || as_owner.is_some();
+            let options = restore::RestoreOptions {
+                before_resume: held.then_some(&before_resume as &restore::BeforeResume),
+                ..options
+            };
+            let restored = restore::restore(&bin, &options);
+            await_check();
+            restored
+        });
+        let rejection = damage.into_inner().or_else(|| match &restored {
+            Err(e) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => Some(e.message().to_string()),
             _ => None,
-        };
+        });
         if let Some(why) = rejection {
-            if let Ok(restored) = restored {
-                restored.signal_tree(libc::SIGKILL);
-                let _ = restored.wait();
-            }
             return Ok(RestartOutcome::Rejected(why));
         }
-        let restored =
-            restored.map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
-        if let Some(owner) = as_owner {
-            if let Err(why) = restored.runs_as(owner.uid, owner.gid) {
-                restored.signal_tree(libc::SIGKILL);
-                let _ = restored.wait();
-                return Err(Error::new(
-                    crate::codes::OPAL_ERR_PERM,
-                    format!("refusing snapshot {}: {why}", plan.dir.display()),
-                ));
+        let restored = restored.map_err(|e| {
+            if owner_refused.get() {
+                e
+            } else {
+                e.context(format!("restoring {}", plan.dir.display()))
             }
-        }
-        if plan.unchecked || as_owner.is_some() {
-            // The checks passed: the whole restored tree may run.
-            restored.signal_tree(libc::SIGCONT);
-        }
+        })?;
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
             let why = if taken.is_empty() {

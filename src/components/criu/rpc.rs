@@ -339,32 +339,49 @@ impl Session {
 
     /// Sends one request and returns CRIU's answer.
     pub(crate) fn call(&self, request: &[u8]) -> Result<Response> {
-        self.call_within(request, None)
+        self.call_within(request, None, |_| true)
     }
 
     /// [`call`](Session::call) that waits at most `limit` for the answer: then the
     /// helper, if it is our child, is killed, and the error has code OPAL_ERR_TIMEOUT.
-    pub(crate) fn call_within(&self, request: &[u8], limit: Option<Duration>) -> Result<Response> {
-        let deadline = limit.map(|limit| Instant::now() + limit);
+    /// Notifications (`notify_scripts`) met on the way go to `on_notice`, whose verdict
+    /// is CRIU's acknowledgement; the time it takes does not count against `limit`.
+    pub(crate) fn call_within(
+        &self,
+        request: &[u8],
+        limit: Option<Duration>,
+        mut on_notice: impl FnMut(&Response) -> bool,
+    ) -> Result<Response> {
+        let mut deadline = limit.map(|limit| Instant::now() + limit);
         let fd = self.socket.as_raw_fd();
         send_message(fd, request)
             .map_err(|errno| exchange_error("sending the request to", errno))?;
-        let answered = readable_before(fd, deadline)
-            .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
-        if !answered {
-            if let Some(pid) = self.helper_pid {
-                // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            return Err(Error::new(
-                codes::OPAL_ERR_TIMEOUT,
-                format!("criu swrk did not answer in {limit:?}"),
-            ));
-        }
         let mut buffer = vec![0u8; RESPONSE_CAPACITY];
-        let len = receive_message(fd, &mut buffer)
-            .map_err(|errno| exchange_error("reading the answer of", errno))?;
-        Response::decode(&buffer[..len])
+        loop {
+            let answered = readable_before(fd, deadline)
+                .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
+            if !answered {
+                if let Some(pid) = self.helper_pid {
+                    // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                return Err(Error::new(
+                    codes::OPAL_ERR_TIMEOUT,
+                    format!("criu swrk did not answer in {limit:?}"),
+                ));
+            }
+            let len = receive_message(fd, &mut buffer)
+                .map_err(|errno| exchange_error("reading the answer of", errno))?;
+            let response = Response::decode(&buffer[..len])?;
+            if response.kind != ReqType::NOTIFY {
+                return Ok(response);
+            }
+            let started = Instant::now();
+            let verdict = on_notice(&response);
+            deadline = deadline.map(|deadline| deadline + started.elapsed());
+            send_message(fd, &super::proto::notify_answer(verdict))
+                .map_err(|errno| exchange_error("acknowledging a notification of", errno))?;
+        }
     }
 }
 
@@ -1014,7 +1031,7 @@ mod tests {
             tcp_established: false,
             inherit_fds,
             new_pidns,
-            stopped: false,
+            before_resume: None,
             timeout: None,
             as_owner: None,
         }
@@ -1107,9 +1124,9 @@ mod tests {
     }
 
     #[test]
-    fn a_task_restored_stopped_runs_only_when_continued() {
+    fn a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails() {
         let Some((bin, dir, images)) =
-            criu_setup("a_task_restored_stopped_runs_only_when_continued")
+            criu_setup("a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails")
         else {
             return;
         };
@@ -1119,21 +1136,30 @@ mod tests {
         let written = || std::fs::metadata(&counter.count_file).unwrap().modified().unwrap();
         let last_write = written();
 
-        let opts = RestoreOptions { stopped: true, ..restore_options(&images, &[], false) };
-        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
-        let state = || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+        let refuse = |held: &Restored| -> crate::error::Result<()> {
+            assert_eq!(held.pid, pid);
+            Err(Error::msg("refused by the test"))
         };
-        // CRIU stops the tree with a SIGSTOP as it lets go of it; on a loaded machine the
-        // task may be seen running for a moment before the signal takes it (it cannot
-        // reach its own code first: a pending signal is handled on the way back to it).
-        wait_for("the restored task to be stopped", || state() == 'T');
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(written(), last_write, "the stopped task counted");
-        // SAFETY: pid is the restored task, ours until reaped.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-        wait_for("the continued copy to count on", || {
+        let opts =
+            RestoreOptions { before_resume: Some(&refuse), ..restore_options(&images, &[], false) };
+        let err = restore::restore(&bin, &opts).unwrap_err();
+        assert_eq!(err.message(), "refused by the test");
+        assert!(!restore::pid_in_use(pid), "the refused tree is still there");
+        assert_eq!(written(), last_write, "the refused task counted");
+
+        let checked = std::cell::Cell::new(false);
+        let hold = |held: &Restored| -> crate::error::Result<()> {
+            assert!(restore::pid_in_use(held.pid));
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(written(), last_write, "the held task counted");
+            checked.set(true);
+            Ok(())
+        };
+        let opts =
+            RestoreOptions { before_resume: Some(&hold), ..restore_options(&images, &[], false) };
+        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
+        assert!(checked.get());
+        wait_for("the released copy to count on", || {
             counter.count().is_some_and(|(n, _)| n > at_kill)
         });
         assert_eq!(running.kill_and_wait(), SIGKILLED);
