@@ -87,3 +87,42 @@ fn a_restore_gives_back_stopped_children_pending_signals_signalfd_and_timers() {
     let out = sb.read("app.out");
     assert!(out.contains("verdict: ok"), "the restore changed the process's state:\n{out}");
 }
+
+#[test]
+fn a_failed_dump_names_the_log_it_keeps_and_stays_out_of_the_programs_stderr() {
+    require_criu!();
+    let sb = Sandbox::new("state-failed-dump");
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let client = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('ready', flush=True)\n\
+         time.sleep(60)\n"
+    );
+    let mut command = sb.command("/usr/bin/python3");
+    command
+        .args(["-c", &client])
+        .env("LD_PRELOAD", library())
+        .env("OMPI_MCA_crs", "criu")
+        .env("OMPI_MCA_crs_criu_tcp_established", "0");
+    let mut app = sb.spawn(command, "app");
+    assert!(wait_until(LONG, || sb.read("app.out").contains("ready")), "{}", sb.read("app.out"));
+    let _connection = server.accept().unwrap();
+
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let log = stderr
+        .split("log ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c == ':' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("no log named: {stderr}"));
+    assert!(std::path::Path::new(log).is_file(), "the log named does not exist: {stderr}");
+    assert!(!stderr.contains("RLIMIT_NOFILE"), "CRIU's harmless noise shown: {stderr}");
+    assert_eq!(stderr.matches("criu dump").count(), 1, "said more than once: {stderr}");
+    std::thread::sleep(Duration::from_millis(200));
+    let program = sb.read("app.out");
+    assert_eq!(program, "ready\n", "the failure went into the program's own output");
+    kill_and_reap(&mut app);
+}
