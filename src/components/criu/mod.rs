@@ -154,10 +154,15 @@ impl Component for CriuComponent {
             Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {
-                if let Some(series) = job.dir.parent() {
-                    let _ = std::fs::copy(job.dir.join(&log_file), series.join(FAILED_LOG));
+                let Some(series) = job.dir.parent() else { return Err(e) };
+                let (log, kept) = (job.dir.join(&log_file), series.join(FAILED_LOG));
+                if std::fs::copy(&log, &kept).is_err() {
+                    return Err(e);
                 }
-                Err(e)
+                // The temporary snapshot goes with the failure: name the copy that stays.
+                let message =
+                    e.message().replace(&log.display().to_string(), &kept.display().to_string());
+                Err(Error::new(e.code(), message))
             }
         }
     }
