@@ -532,7 +532,13 @@ impl Server {
         self.schedule_interval();
         let wire = to_wire(&result);
         if let Err(e) = &wire {
-            log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            // A tool or API caller reports the failure itself; a checkpoint the signal
+            // or the interval asked for has nobody else to tell.
+            if matches!(origin, Origin::Signal | Origin::Interval) {
+                log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            } else {
+                log::info!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            }
         }
         let mut delivered = false;
         let (mine, others): (Vec<_>, Vec<_>) =
