@@ -126,3 +126,44 @@ fn a_failed_dump_names_the_log_it_keeps_and_stays_out_of_the_programs_stderr() {
     assert_eq!(program, "ready\n", "the failure went into the program's own output");
     kill_and_reap(&mut app);
 }
+
+/// A preloaded program that only waits (for a file that never comes).
+fn start_waiting(sb: &Sandbox) -> std::process::Child {
+    let exe = cc_without_library("fd_numbers.c", "fd-numbers", &[]);
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("never")).env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let app = sb.spawn(command, "app");
+    let pid = app.id().to_string();
+    assert!(wait_until(LONG, || sb.checkpoint(&["--status", &pid]).status.success()));
+    app
+}
+
+#[test]
+fn a_pid_held_by_a_zombie_for_a_moment_is_waited_for_and_one_held_longer_is_named() {
+    require_criu!();
+    let sb = Sandbox::new("state-zombie");
+    for (reaped_after, same_pid) in [(Duration::from_millis(1000), true), (LONG, false)] {
+        let mut app = start_waiting(&sb);
+        let pid = app.id();
+        checkpoint_ok(&sb, &[&pid.to_string()]);
+        // The killed original stays a zombie until we reap it, as under a slow init.
+        // SAFETY: plain kill of our own child, not yet reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let reaper = std::thread::spawn(move || {
+            std::thread::sleep(reaped_after);
+            app.wait().unwrap();
+        });
+        let (restored, stderr) = restart_fork(&sb, &[&format!("opal_snapshot_{pid}.ckpt")]);
+        if same_pid {
+            assert_eq!(restored, pid, "not restored in its own PID: {stderr}");
+            assert!(!stderr.contains("new PID namespace"), "{stderr}");
+        } else {
+            assert_ne!(restored, pid);
+            let named = format!("PID {pid} is held by a zombie (PPID {})", std::process::id());
+            assert!(stderr.contains(&named), "the zombie is not named: {stderr}");
+        }
+        kill(restored);
+        reaper.join().unwrap();
+        assert!(wait_until(LONG, || !std::path::Path::new(&format!("/proc/{restored}")).exists()));
+    }
+}
