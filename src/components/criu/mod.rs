@@ -186,7 +186,7 @@ impl Component for CriuComponent {
         }
         check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
-        let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
+        let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
             "always" => true,
             "never" => false,
@@ -274,8 +274,8 @@ impl Component for CriuComponent {
             let why = if taken.is_empty() {
                 "crs_criu_pidns=always".to_string()
             } else {
-                let pids: Vec<String> = taken.iter().map(i32::to_string).collect();
-                format!("PID {} taken", pids.join(", "))
+                let holders: Vec<&str> = taken.iter().map(|(_, holder)| holder.as_str()).collect();
+                holders.join("; ")
             };
             format!(
                 "restored into a new PID namespace ({why}): PID {} outside, {} inside",

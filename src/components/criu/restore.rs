@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// killed original may linger as a zombie until its parent reaps it).
 const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a restart waits for an image's PID held by a zombie (a killed original that
+/// its parent, say a slow init, has not reaped yet) before it counts as taken.
+pub const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// First two words of `pstree.img` (criu/include/magic.h).
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -187,6 +190,44 @@ pub fn pid_in_use(pid: i32) -> bool {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|other| std::fs::read_to_string(format!("/proc/{other}/stat")).ok())
         .any(|stat| group_and_session(&stat).is_some_and(|(pgrp, sid)| pgrp == pid || sid == pid))
+}
+
+/// The image's PIDs taken here, each with what holds it. While some are held only by
+/// zombies, waits for them to be reaped, [`ZOMBIE_PATIENCE`] at most.
+pub fn taken_pids(pids: &[i32]) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + ZOMBIE_PATIENCE;
+    loop {
+        let taken: Vec<(i32, String)> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| pid_in_use(pid))
+            .map(|pid| (pid, holder_of(pid)))
+            .collect();
+        let zombies = taken.iter().any(|(_, holder)| holder.contains("zombie"));
+        if !zombies || Instant::now() >= deadline {
+            return taken;
+        }
+        debug!("crs:criu: waiting for zombies to be reaped: {taken:?}");
+        std::thread::sleep(PID_POLL_INTERVAL);
+    }
+}
+
+/// What holds PID `pid`, for a message: "PID N is held by a zombie (PPID M) …".
+fn holder_of(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = match stat.rfind(')') {
+        Some(end) => stat[end + 1..].split_whitespace().collect(),
+        None => Vec::new(),
+    };
+    let comm = stat.find('(').zip(stat.rfind(')')).map_or("", |(a, b)| &stat[a + 1..b]);
+    match (fields.first(), fields.get(1)) {
+        (Some(&"Z"), Some(ppid)) => format!(
+            "PID {pid} is held by a zombie (PPID {ppid}) that was not reaped within {}s",
+            ZOMBIE_PATIENCE.as_secs()
+        ),
+        (Some(_), Some(ppid)) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
+        _ => format!("PID {pid} is a process group or session ID in use"),
+    }
 }
 
 /// Process group and session of a /proc/PID/stat line ("pid (comm) state ppid pgrp
@@ -412,12 +453,14 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let holders: Vec<String> = busy.iter().map(|&pid| holder_of(pid)).collect();
             return Err(Error::new(
                 codes::OPAL_EXISTS,
                 format!(
                     "cannot restore {} here: PID {busy:?} still in use after {PID_RELEASE_TIMEOUT:?} \
-                     (is the original running? restore into a new PID namespace)",
-                    images_dir.display()
+                     ({}; is the original running? restore into a new PID namespace)",
+                    images_dir.display(),
+                    holders.join("; ")
                 ),
             ));
         }
