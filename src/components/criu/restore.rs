@@ -39,6 +39,10 @@ const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// its parent, say a slow init, has not reaped yet) before it counts as taken.
 pub const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
 
+/// PIDs below this are what a fresh PID namespace hands out first: an image that holds
+/// none of them cannot collide with our init, criu swrk or CRIU's helpers there.
+const FIRST_PIDS_OF_A_NAMESPACE: i32 = 300;
+
 /// First two words of `pstree.img` (criu/include/magic.h).
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
@@ -573,6 +577,10 @@ struct PidnsPlan<'a> {
     /// then gets a PID above all of the image's, which CRIU must recreate (a process
     /// that ran in a container has small PIDs, 2 among them).
     last_pid: Vec<u8>,
+    /// Whether the image has PIDs a fresh namespace hands out first (to our init, criu
+    /// swrk and its helpers), so that moving ns_last_pid past them is required; a
+    /// failure to move it is not fatal otherwise.
+    last_pid_required: bool,
     /// The acknowledgements of a notification of CRIU: go on, or fail.
     notice_go: Vec<u8>,
     notice_refused: Vec<u8>,
@@ -625,6 +633,7 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
         ack_read: ack_read.as_raw_fd(),
         keep,
         last_pid: pids.iter().max().copied().unwrap_or(1).to_string().into_bytes(),
+        last_pid_required: pids.iter().any(|&pid| pid < FIRST_PIDS_OF_A_NAMESPACE),
         notice_go: super::proto::notify_answer(true),
         notice_refused: super::proto::notify_answer(false),
     };
@@ -972,13 +981,16 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             b"/proc/sys/kernel/ns_last_pid\0".as_ptr().cast(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         );
-        if last_pid < 0
+        if (last_pid < 0
             || libc::write(last_pid, plan.last_pid.as_ptr().cast(), plan.last_pid.len())
-                != plan.last_pid.len() as isize
+                != plan.last_pid.len() as isize)
+            && plan.last_pid_required
         {
             fail(plan, Step::SetLastPid, rpc::errno());
         }
-        libc::close(last_pid);
+        if last_pid >= 0 {
+            libc::close(last_pid);
+        }
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
             Err(errno) => fail(plan, Step::SpawnCriu, errno),
