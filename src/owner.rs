@@ -205,16 +205,36 @@ impl Owner {
         for file in files {
             steps.push((c_path(file)?, false));
         }
+        self.steps_as_owner(steps.len(), |index| create_one(&steps[index].0, steps[index].1))
+            .map_err(|(index, failure)| match (index.and_then(|index| steps.get(index)), failure) {
+                (Some((path, _)), StepError::Os(e)) => create_failed(path, e),
+                (_, failure) => failure.into_error(self.uid),
+            })
+    }
+
+    /// Runs `step(0)`, `step(1)`, … `step(count - 1)` as the owner, stopping at the
+    /// first that fails: in a child process that has become the owner when we are root
+    /// and the owner is not, here otherwise. The steps run between fork and `_exit`, so
+    /// they must make system calls only (on data prepared before), which keeps this
+    /// safe in a multi-threaded caller. Err: the index of the failed step (None when
+    /// becoming the owner failed) and its error.
+    pub fn steps_as_owner(
+        &self,
+        count: usize,
+        step: impl Fn(usize) -> io::Result<()>,
+    ) -> std::result::Result<(), (Option<usize>, StepError)> {
         if !self.needs_switch() {
-            return steps.iter().try_for_each(|(path, is_dir)| {
-                create_one(path, *is_dir).map_err(|e| create_failed(path, e))
-            });
+            return (0..count)
+                .try_for_each(|index| step(index).map_err(|e| (Some(index), StepError::Os(e))));
         }
         // The child reports the index of the step that failed and its errno.
         let mut pipe = [0; 2];
         // SAFETY: pipe2 fills the two descriptors.
         if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(Error::io("cannot create a pipe", io::Error::last_os_error()));
+            return Err((
+                None,
+                StepError::Setup("cannot create a pipe", io::Error::last_os_error()),
+            ));
         }
         // SAFETY: the child only makes system calls and leaves with _exit.
         let child = unsafe { libc::fork() };
@@ -223,7 +243,7 @@ impl Owner {
             // SAFETY: our own descriptors.
             unsafe { libc::close(pipe[0]) };
             unsafe { libc::close(pipe[1]) };
-            return Err(Error::io("cannot fork", e));
+            return Err((None, StepError::Setup("cannot fork", e)));
         }
         if child == 0 {
             let report = |index: u32, errno: i32| -> ! {
@@ -239,8 +259,8 @@ impl Owner {
             if let Err(e) = self.become_owner() {
                 report(u32::MAX, e.raw_os_error().unwrap_or(libc::EPERM));
             }
-            for (index, (path, is_dir)) in steps.iter().enumerate() {
-                if let Err(e) = create_one(path, *is_dir) {
+            for index in 0..count {
+                if let Err(e) = step(index) {
                     report(index as u32, e.raw_os_error().unwrap_or(libc::EIO));
                 }
             }
@@ -262,15 +282,40 @@ impl Owner {
             let index = u32::from_ne_bytes(answer[..4].try_into().unwrap_or_default());
             let errno = u32::from_ne_bytes(answer[4..].try_into().unwrap_or_default()) as i32;
             let e = io::Error::from_raw_os_error(errno);
-            return Err(match steps.get(index as usize) {
-                Some((path, _)) => create_failed(path, e),
-                None => Error::io(format!("cannot become uid {}", self.uid), e),
+            return Err(match index {
+                u32::MAX => (None, StepError::Become(e)),
+                index => (Some(index as usize), StepError::Os(e)),
             });
         }
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-            return Err(Error::msg(format!("creating files as uid {} failed", self.uid)));
+            return Err((None, StepError::Died));
         }
         Ok(())
+    }
+}
+
+/// Why [`Owner::steps_as_owner`] failed.
+#[derive(Debug)]
+pub enum StepError {
+    /// A step failed with this error.
+    Os(io::Error),
+    /// The child could not become the owner.
+    Become(io::Error),
+    /// The child could not be started.
+    Setup(&'static str, io::Error),
+    /// The child ended without a report.
+    Died,
+}
+
+impl StepError {
+    /// The error of a failure that is not a step's, for the user `uid`.
+    pub fn into_error(self, uid: u32) -> Error {
+        match self {
+            StepError::Os(e) => Error::io(format!("acting as uid {uid}"), e),
+            StepError::Become(e) => Error::io(format!("cannot become uid {uid}"), e),
+            StepError::Setup(what, e) => Error::io(what, e),
+            StepError::Died => Error::msg(format!("acting as uid {uid} failed")),
+        }
     }
 }
 

@@ -365,7 +365,9 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     let sb = Sandbox::new("criu-nobody");
     let home = sb.path("nobody");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Its own home: a series in a directory anyone may write is refused.
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let count = home.join("count");
     // What nobody runs is copied into the sandbox (its library as the soname).
     for (program, name) in [
@@ -626,16 +628,6 @@ fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
     sb.adopt(restored);
     let restarted = format!("rc=0 state=3 pid={pid} dir={}\n", snapshot.display());
     assert!(wait_until(LONG, || sb.read("log").contains(&restarted)), "{}", sb.read("log"));
-}
-
-/// The children of PID, from /proc (its threads' lists).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
-        .collect()
 }
 
 /// Starts plain_counter (criu selected, ENV added) in a new PID namespace without a

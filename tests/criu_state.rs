@@ -92,23 +92,23 @@ fn a_restore_gives_back_stopped_children_pending_signals_signalfd_and_timers() {
 fn a_failed_dump_names_the_log_it_keeps_and_stays_out_of_the_programs_stderr() {
     require_criu!();
     let sb = Sandbox::new("state-failed-dump");
-    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    let client = format!(
-        "import socket, time\n\
-         s = socket.create_connection(('127.0.0.1', {port}))\n\
+    // A file lock, which CRIU refuses to dump without its file-locks option.
+    let locker = format!(
+        "import fcntl, time\n\
+         f = open('{}', 'w')\n\
+         fcntl.flock(f, fcntl.LOCK_EX)\n\
          print('ready', flush=True)\n\
-         time.sleep(60)\n"
+         time.sleep(60)\n",
+        sb.path("locked").display()
     );
     let mut command = sb.command("/usr/bin/python3");
     command
-        .args(["-c", &client])
+        .args(["-c", &locker])
         .env("LD_PRELOAD", library())
         .env("OMPI_MCA_crs", "criu")
-        .env("OMPI_MCA_crs_criu_tcp_established", "0");
+        .env("OMPI_MCA_crs_criu_file_locks", "0");
     let mut app = sb.spawn(command, "app");
     assert!(wait_until(LONG, || sb.read("app.out").contains("ready")), "{}", sb.read("app.out"));
-    let _connection = server.accept().unwrap();
 
     let out = sb.checkpoint(&[&app.id().to_string()]);
     let (_, stderr) = text(&out);

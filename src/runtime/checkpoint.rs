@@ -114,6 +114,8 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
             series.path().join(seq.to_string())
         }
         CheckpointOutcome::Continue => {
+            let text = metadata.render()?;
+            let written = pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes());
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
@@ -122,12 +124,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
                 host: crate::output::hostname(),
                 identity: component.identity(),
             };
-            // A snapshot whose metadata cannot be written fails like any other step:
-            // the temporary goes, and the program hears of the failure.
-            let published = write_metadata(&pending.dir, &metadata).and_then(|()| {
-                pending.publish(options).map_err(|e| e.context("publishing the snapshot"))
-            });
-            match published {
+            match written.and_then(|()| pending.publish(options)) {
                 Ok(published) => published.path,
                 Err(e) => {
                     if request.run_callbacks {
@@ -167,12 +164,6 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         finished_ms,
         established_ms,
     })
-}
-
-fn write_metadata(dir: &std::path::Path, metadata: &Metadata) -> Result<()> {
-    let text = metadata.render()?;
-    std::fs::write(dir.join(crate::snapshot::METADATA_FILE), text)
-        .map_err(|e| Error::io(format!("writing metadata in {}", dir.display()), e))
 }
 
 /// Phase one and the component's checkpoint; returns the outcome and the metadata.

@@ -34,6 +34,11 @@ pub struct Manifest {
     pub created: String,
     pub created_unix_ms: u64,
     pub files: Vec<FileEntry>,
+    /// Every subdirectory, by its path relative to the snapshot directory, so that an
+    /// empty one is listed too (older manifests have none: their directories are those
+    /// that hold a listed file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<String>,
     /// The executable and mapped libraries a criu snapshot depends on.
     pub identity: Vec<IdentityEntry>,
 }
@@ -97,6 +102,7 @@ impl Manifest {
         pid: i32,
         host: &str,
         files: Vec<FileEntry>,
+        dirs: Vec<String>,
         identity: Vec<IdentityEntry>,
     ) -> Manifest {
         let created_unix_ms = SystemTime::now()
@@ -111,6 +117,7 @@ impl Manifest {
             created: rfc3339_utc(created_unix_ms),
             created_unix_ms,
             files,
+            dirs,
             identity,
         }
     }
@@ -151,12 +158,18 @@ impl Manifest {
         Manifest::from_json(&text).map_err(|e| e.context(path.display()))
     }
 
-    /// Writes `<snapshot_dir>/opalcrs_manifest.json` (mode 0600, replacing any).
-    pub fn write_to(&self, snapshot_dir: &Path) -> Result<()> {
-        let path = snapshot_dir.join(MANIFEST_FILE);
+    /// The text of [`MANIFEST_FILE`].
+    pub fn to_json(&self) -> Result<String> {
         let mut text = serde_json::to_string_pretty(self)
             .map_err(|e| Error::msg(format!("cannot encode manifest: {e}")))?;
         text.push('\n');
+        Ok(text)
+    }
+
+    /// Writes `<snapshot_dir>/opalcrs_manifest.json` (mode 0600, replacing any).
+    pub fn write_to(&self, snapshot_dir: &Path) -> Result<()> {
+        let path = snapshot_dir.join(MANIFEST_FILE);
+        let text = self.to_json()?;
         OpenOptions::new()
             .write(true)
             .create(true)
@@ -263,6 +276,11 @@ fn check(snapshot_dir: &Path, hashes: bool) -> Verdict {
             return Verdict::Corrupt { file: entry.path.clone(), reason };
         }
     }
+    for dir in &manifest.dirs {
+        if let Err(reason) = check_dir(snapshot_dir, dir) {
+            return Verdict::Corrupt { file: dir.clone(), reason };
+        }
+    }
     if let Some((file, reason)) = first_unlisted(snapshot_dir, &manifest) {
         return Verdict::Corrupt { file, reason };
     }
@@ -332,6 +350,7 @@ fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<(String, S
         .files
         .iter()
         .flat_map(|entry| entry.path.match_indices('/').map(|(at, _)| &entry.path[..at]))
+        .chain(manifest.dirs.iter().map(String::as_str))
         .collect();
     let mut pending = vec![(snapshot_dir.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = pending.pop() {
@@ -378,13 +397,7 @@ fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<(String, S
 /// Compares one listed file's presence, type and size with the disk; the error is the
 /// reason it differs.
 fn check_entry(snapshot_dir: &Path, entry: &FileEntry) -> std::result::Result<(), String> {
-    let relative = Path::new(&entry.path);
-    // A manifest is data from disk: it must not make us read outside the snapshot.
-    if entry.path.is_empty()
-        || !relative.components().all(|part| matches!(part, Component::Normal(_)))
-    {
-        return Err("path is not inside the snapshot".to_string());
-    }
+    let relative = inside(&entry.path)?;
     if entry.algorithm != HASH_ALGORITHM {
         return Err(format!("unsupported hash algorithm {:?}", entry.algorithm));
     }
@@ -398,6 +411,27 @@ fn check_entry(snapshot_dir: &Path, entry: &FileEntry) -> std::result::Result<()
         return Err(format!("size {size}, expected {}", entry.size));
     }
     Ok(())
+}
+
+/// Checks that a listed directory is there, as a directory.
+fn check_dir(snapshot_dir: &Path, dir: &str) -> std::result::Result<(), String> {
+    match fs::symlink_metadata(snapshot_dir.join(inside(dir)?)) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Err("missing".to_string()),
+        Err(e) => Err(e.to_string()),
+        Ok(meta) if !meta.is_dir() => Err("not a directory".to_string()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A listed path as a relative path inside the snapshot. A manifest is data from disk:
+/// it must not make us read outside the snapshot.
+fn inside(listed: &str) -> std::result::Result<&Path, String> {
+    let relative = Path::new(listed);
+    if listed.is_empty() || !relative.components().all(|part| matches!(part, Component::Normal(_)))
+    {
+        return Err("path is not inside the snapshot".to_string());
+    }
+    Ok(relative)
 }
 
 /// Compares one listed file's hash with the disk (after [`check_entry`] passed).
@@ -481,7 +515,7 @@ mod tests {
                 FileEntry::new(rel.to_string(), size, hash)
             })
             .collect();
-        Manifest::new("self", 1, "node1", files, vec![]).write_to(dir.path()).unwrap();
+        Manifest::new("self", 1, "node1", files, vec![], vec![]).write_to(dir.path()).unwrap();
         dir
     }
 
@@ -518,7 +552,7 @@ mod tests {
     fn manifest_json_has_the_documented_shape() {
         let files = vec![FileEntry::new("a".into(), 3, "00ff".into())];
         let identity = vec![IdentityEntry { path: "/usr/bin/x".into(), size: 9, build_id: None }];
-        let manifest = Manifest::new("criu", 42, "node1", files, identity);
+        let manifest = Manifest::new("criu", 42, "node1", files, vec![], identity);
         let value: serde_json::Value = serde_json::to_value(&manifest).unwrap();
         let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         let expected = [
@@ -799,6 +833,7 @@ mod tests {
                 (any::<String>(), any::<String>(), any::<i32>(), any::<String>()),
                 (any::<String>(), any::<u64>()),
                 prop::collection::vec(file_entry(), 0..6),
+                prop::collection::vec("[a-z]{1,8}(/[a-z]{1,8}){0,2}", 0..3),
                 prop::collection::vec(identity_entry(), 0..3),
             )
                 .prop_map(
@@ -806,6 +841,7 @@ mod tests {
                         (library_version, component, pid, host),
                         (created, created_unix_ms),
                         files,
+                        dirs,
                         identity,
                     )| {
                         Manifest {
@@ -817,6 +853,7 @@ mod tests {
                             created,
                             created_unix_ms,
                             files,
+                            dirs,
                             identity,
                         }
                     },
@@ -938,7 +975,7 @@ mod tests {
                     .into_iter()
                     .map(|(path, size, hash, algorithm)| FileEntry { path, size, hash, algorithm })
                     .collect();
-                Manifest::new("self", 1, "node1", files.clone(), vec![]).write_to(dir.path()).unwrap();
+                Manifest::new("self", 1, "node1", files.clone(), vec![], vec![]).write_to(dir.path()).unwrap();
                 let verdict = verify(dir.path());
                 let escaping = files.iter().position(|f| {
                     f.path.is_empty() || !Path::new(&f.path).components().all(|c| matches!(c, Component::Normal(_)))

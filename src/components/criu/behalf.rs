@@ -20,9 +20,10 @@
 //! following symbolic links, and only in a directory owned by the process's owner.
 
 use super::binary::CriuBinary;
-use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
+use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir, LockMethod};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::snapshot::series::start_time;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
@@ -51,16 +52,13 @@ struct DumpRequest {
     shell_job: bool,
     ext_unix_sk: bool,
     tcp_established: bool,
+    file_locks: bool,
+    network_lock: Option<LockMethod>,
 }
 
-/// Field 22 of /proc/`pid`/stat: when that process (image) started, in clock ticks.
-fn start_time(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
+/// When this process (image) started; see [`start_time`].
 fn own_start_time() -> Option<u64> {
-    start_time("self")
+    start_time(std::process::id() as i32)
 }
 
 /// A privileged tool's offer as the process holds it: where to ask, and which process
@@ -79,7 +77,7 @@ impl DumpHelper {
     /// watched (the process waits for it as long as the rendezvous directory exists),
     /// as when /proc hides it (`hidepid`).
     pub fn new(rendezvous: PathBuf, tool_pid: i32) -> DumpHelper {
-        let tool = match start_time(&tool_pid.to_string()) {
+        let tool = match start_time(tool_pid) {
             _ if tool_pid <= 0 => None,
             Some(started) => Some((tool_pid, Some(started))),
             // SAFETY: signal 0 only asks whether the PID exists.
@@ -96,7 +94,7 @@ impl DumpHelper {
     /// The tool's PID, if it has gone since it offered (or before its offer was read).
     fn tool_gone(&self) -> Option<i32> {
         let (pid, started) = self.tool?;
-        (started.is_none() || start_time(&pid.to_string()) != started).then_some(pid)
+        (started.is_none() || start_time(pid) != started).then_some(pid)
     }
 
     /// Gives the checkpoint up: the tool that would dump the process is gone.
@@ -129,6 +127,8 @@ pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
         shell_job: opts.shell_job,
         ext_unix_sk: opts.ext_unix_sk,
         tcp_established: opts.tcp_established,
+        file_locks: opts.file_locks,
+        network_lock: opts.network_lock,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -286,6 +286,8 @@ impl Offer {
             shell_job: request.shell_job,
             ext_unix_sk: request.ext_unix_sk,
             tcp_established: request.tcp_established,
+            file_locks: request.file_locks,
+            network_lock: request.network_lock,
             external: &[],
             as_user: Some(self.owner),
         };
@@ -425,6 +427,8 @@ mod tests {
             shell_job: true,
             ext_unix_sk: true,
             tcp_established: false,
+            file_locks: true,
+            network_lock: Some(LockMethod::Auto),
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);

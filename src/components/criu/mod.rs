@@ -6,6 +6,8 @@
 
 pub mod behalf;
 pub mod binary;
+pub mod files;
+pub mod net;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -51,10 +53,17 @@ impl Component for CriuComponent {
         say("verbosity", &params.int("crs_criu_verbose"));
         say("log_file", &params.str("crs_criu_log"));
         say("log_level", &params.int("crs_criu_log_level"));
-        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running", "new_session"]
-        {
+        for flag in [
+            "tcp_established",
+            "file_locks",
+            "shell_job",
+            "ext_unix_sk",
+            "leave_running",
+            "new_session",
+        ] {
             say(flag, &u8::from(params.bool(&format!("crs_criu_{flag}"))));
         }
+        say("network_lock", &params.choice("crs_criu_network_lock"));
         if params.bool("crs_criu_new_session") && !params.bool("opal_cr_is_tool") {
             leave_foreign_session();
         }
@@ -66,7 +75,7 @@ impl Component for CriuComponent {
         true
     }
 
-    /// CRIU can leave the restored task stopped until the check has passed.
+    /// CRIU holds the restored tree (its pre-resume step) until the check has passed.
     fn checks_while_restoring(&self) -> bool {
         true
     }
@@ -118,6 +127,7 @@ impl Component for CriuComponent {
         if privileged {
             bin.check()?;
         }
+        let network_lock = network_lock(job.params, pid)?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| {
                 std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -140,6 +150,8 @@ impl Component for CriuComponent {
             shell_job: job.params.bool("crs_criu_shell_job"),
             ext_unix_sk: job.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: job.params.bool("crs_criu_tcp_established"),
+            file_locks: job.params.bool("crs_criu_file_locks"),
+            network_lock,
             external: &[],
             as_user: None,
         };
@@ -151,7 +163,10 @@ impl Component for CriuComponent {
             }
         };
         match dumped {
-            Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
+            Ok(rpc::DumpOutcome::Dumped) => {
+                files::record(job.dir)?;
+                Ok(CheckpointOutcome::Continue)
+            }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {
                 let Some(series) = job.dir.parent() else { return Err(e) };
@@ -193,8 +208,17 @@ impl Component for CriuComponent {
             _ => !taken.is_empty(),
         };
         let as_owner = plan.owner.needs_switch().then_some(&plan.owner);
-        let (inherit, _reopened) =
-            stdio_handover(&plan.dir, !new_pidns, as_owner.map(|owner| owner.uid))?;
+        let open_files = match files::read_checked(&plan.dir) {
+            Ok(open_files) => open_files,
+            Err(why) => return Ok(RestartOutcome::Rejected(why)),
+        };
+        files::prepare(
+            &plan.dir,
+            &open_files,
+            &plan.owner,
+            plan.params.bool("crs_criu_truncate_grown"),
+        )?;
+        let (inherit, _copies) = stdio_handover(&plan.dir)?;
         let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
@@ -203,6 +227,7 @@ impl Component for CriuComponent {
             shell_job: plan.params.bool("crs_criu_shell_job"),
             ext_unix_sk: plan.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
+            file_locks: plan.params.bool("crs_criu_file_locks"),
             inherit_fds: &inherit,
             new_pidns,
             before_resume: None,
@@ -292,6 +317,39 @@ impl Component for CriuComponent {
     }
 }
 
+/// How the dump of `pid`'s tree locks the network: as `crs_criu_network_lock` says, where
+/// `auto` leaves CRIU's default when there is no connection to lock. A connection with
+/// `crs_criu_tcp_established=0` is refused here, by name (CRIU's own error names none).
+fn network_lock(params: &Params, pid: i32) -> Result<Option<rpc::LockMethod>> {
+    use proto::NetworkLock;
+    let choice = params.choice("crs_criu_network_lock");
+    let tcp_established = params.bool("crs_criu_tcp_established");
+    if choice != "auto" && tcp_established {
+        // Nothing to look for: the connections, if any, are dumped as asked.
+        return Ok(Some(rpc::LockMethod::Fixed(match choice {
+            "nftables" => NetworkLock::Nftables,
+            "iptables" => NetworkLock::Iptables,
+            _ => NetworkLock::Skip,
+        })));
+    }
+    let connections = net::tcp_connections(pid);
+    if connections.is_empty() {
+        return Ok(None);
+    }
+    if !tcp_established {
+        let named: Vec<String> = connections.iter().map(|c| c.to_string()).collect();
+        return Err(Error::new(
+            crate::codes::OPAL_ERR_NOT_SUPPORTED,
+            format!(
+                "criu dump of process {pid}: it has TCP connections ({}) and crs_criu_tcp_established=0; \
+                 set crs_criu_tcp_established=1 to checkpoint them",
+                named.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(rpc::LockMethod::Auto))
+}
+
 /// CRIU refuses a process whose session leader is outside its PID namespace (its
 /// session ID reads 0 there, as under `unshare --pid --fork` started from a shell), so
 /// such a process could never be checkpointed. Starting a session of its own fixes that
@@ -328,80 +386,102 @@ fn check_identity(dir: &Path) -> Result<()> {
     }
 }
 
-/// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
+/// CRIU `inherit_fd` keys with our descriptors, and the copies made for them.
 type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 
-/// What to hand the restored process for fds 0–2: our own stdio where it had pipes
-/// or sockets (those ends are gone with the original), and the same regular file
-/// opened anew, positioned at its end, where it had one (CRIU refuses to reopen a file
-/// that grew after the dump unless it was opened with O_APPEND). Terminals CRIU
-/// reopens itself. Files are not reopened for a restore into a fresh PID namespace:
-/// that one gets its own mount namespace, where a file opened out here has no mount
-/// CRIU could name at the next dump. Root restoring a snapshot of `owner` (another
-/// user) reopens only a file of that user, without following a link: any other is left
-/// to CRIU, which runs as the user. The returned files must stay open until the
-/// restore is done.
-fn stdio_handover(dir: &Path, reopen_files: bool, owner: Option<u32>) -> Result<Handover> {
+/// What to hand the restored process for fds 0–2: copies of our own stdio where the
+/// checkpointed process had pipes or sockets (those ends are gone with the original).
+/// The copies lie above 2: CRIU closes an inherited descriptor once it has stored it,
+/// and a shell-job restore then fails on its own stdin. Regular files CRIU reopens
+/// itself at their recorded offsets (see [`files`]), and terminals too. The returned
+/// files must stay open until the restore is done.
+fn stdio_handover(dir: &Path) -> Result<Handover> {
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
+    let (mut inherit, mut copies) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
         if target.starts_with("pipe:[") || target.starts_with("socket:[") {
-            inherit.push((target.to_string(), fd as RawFd));
-        } else if let Some(relative) =
-            target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
-        {
-            use std::io::{Seek, SeekFrom};
-            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-            let mut options = std::fs::OpenOptions::new();
-            options.read(fd == 0).write(fd != 0);
-            if owner.is_some() {
-                options.custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK);
-            }
-            let opened = options.open(target).and_then(|file| Ok((file.metadata()?, file)));
-            let mut file = match (opened, owner) {
-                (Ok((meta, _)), Some(uid)) if meta.uid() != uid || !meta.is_file() => continue,
-                (Err(_), Some(_)) => continue,
-                (Ok((_, file)), _) => file,
-                (Err(e), None) => {
-                    return Err(Error::io(
-                        format!("reopening {target} (fd {fd} of the checkpointed process)"),
-                        e,
-                    ))
-                }
-            };
-            if fd != 0 {
-                file.seek(SeekFrom::End(0))
-                    .map_err(|e| Error::io(format!("seeking in {target}"), e))?;
-            }
-            // CRIU names regular files by their path without the leading slash.
-            inherit.push((relative.to_string(), std::os::fd::AsRawFd::as_raw_fd(&file)));
-            reopened.push(file);
+            // SAFETY: fds 0-2 of this process stay open while it runs.
+            let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) }
+                .try_clone_to_owned()
+                .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
+            inherit.push((target.to_string(), std::os::fd::AsRawFd::as_raw_fd(&copy)));
+            copies.push(std::fs::File::from(copy));
         }
     }
-    Ok((inherit, reopened))
+    Ok((inherit, copies))
 }
 
 #[cfg(test)]
 mod tests {
+    /// Device and inode of what `fd` refers to.
+    fn same_file_id(fd: i32) -> (u64, u64) {
+        // SAFETY: fstat into a zeroed struct.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut stat) }, 0, "fd {fd}");
+        (stat.st_dev, stat.st_ino)
+    }
+
+    fn params(settings: &[(&str, &str)]) -> crate::params::Params {
+        let mut params = crate::params::Params::defaults();
+        for (name, value) in settings {
+            params.set(name, value, crate::params::Source::CommandLine).unwrap();
+        }
+        params
+    }
+
     #[test]
-    fn pipes_sockets_and_regular_files_are_handed_over() {
+    fn a_chosen_network_lock_is_passed_as_chosen() {
+        use super::proto::NetworkLock;
+        use super::rpc::LockMethod;
+        let own = std::process::id() as i32;
+        for (choice, method) in [
+            ("nftables", NetworkLock::Nftables),
+            ("iptables", NetworkLock::Iptables),
+            ("skip", NetworkLock::Skip),
+        ] {
+            let chosen = super::network_lock(&params(&[("crs_criu_network_lock", choice)]), own);
+            assert_eq!(chosen.unwrap(), Some(LockMethod::Fixed(method)), "{choice}");
+        }
+    }
+
+    #[test]
+    fn without_tcp_established_a_connection_is_refused_by_name_and_none_is_fine() {
+        let refusing = params(&[("crs_criu_tcp_established", "0")]);
+        let mut idle = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let verdict = super::network_lock(&refusing, idle.id() as i32);
+        let _ = idle.kill();
+        let _ = idle.wait();
+        assert_eq!(verdict.unwrap(), None, "a process without connections");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let err = super::network_lock(&refusing, std::process::id() as i32).unwrap_err();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert!(err.message().contains(&format!("{local} -> {remote}")), "{err}");
+        assert!(err.message().contains("set crs_criu_tcp_established=1"), "{err}");
+    }
+
+    #[test]
+    fn pipes_and_sockets_are_handed_over_and_regular_files_left_to_criu() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, reopened) = super::stdio_handover(&dir, true, None).unwrap();
-        assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
-        assert!(reopened.is_empty());
-        let log = dir.join("out.log");
-        std::fs::write(&log, "grown").unwrap();
-        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
+        let (handover, copies) = super::stdio_handover(&dir).unwrap();
+        let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
+        // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).
+        for ((_, fd), ours) in handover.iter().zip([1, 2]) {
+            assert!(*fd > 2, "{handover:?}");
+            let (copy, original) = (same_file_id(*fd), same_file_id(ours));
+            assert_eq!(copy, original, "fd {fd} is not a copy of fd {ours}");
+        }
+        assert_eq!(copies.len(), 2);
+        drop(copies);
+        std::fs::write(dir.join(super::STDIO_FILE), format!("{}\n/dev/pts/3\n", dir.display()))
             .unwrap();
-        assert!(super::stdio_handover(&dir, false, None).unwrap().0.is_empty());
-        let (handover, reopened) = super::stdio_handover(&dir, true, None).unwrap();
+        assert!(super::stdio_handover(&dir).unwrap().0.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(handover.len(), 1);
-        assert_eq!(handover[0].0, log.display().to_string()[1..]);
-        assert_eq!(reopened.len(), 1);
     }
 }

@@ -33,6 +33,16 @@ pub struct InheritFd {
     pub fd: i32,
 }
 
+/// `criu_network_lock_method`: how CRIU keeps the peers of TCP connections quiet while
+/// it dumps them (its own default is iptables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NetworkLock {
+    Iptables = 1,
+    Nftables = 2,
+    /// No lock: the caller keeps the network quiet itself.
+    Skip = 3,
+}
+
 /// `criu_opts`, restricted to the options the component sets. The images directory is
 /// always given by path (`images_dir`), so `images_dir_fd` (required) is sent as -1.
 /// Booleans are sent only when true: false is CRIU's default for all of them.
@@ -44,6 +54,9 @@ pub struct Opts {
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
     pub shell_job: bool,
+    /// Dump and restore the file locks the tasks hold (CRIU refuses a task with locks
+    /// otherwise).
+    pub file_locks: bool,
     pub log_level: i32,
     /// Name of the log file inside the images directory (CRIU refuses subdirectories).
     pub log_file: Option<String>,
@@ -56,6 +69,8 @@ pub struct Opts {
     /// CRIU tells us each step of its work (`pre-resume`: the restored tasks exist and
     /// have not run yet) and waits for our acknowledgement.
     pub notify_scripts: bool,
+    /// None leaves CRIU's default (iptables); a restore uses what the dump recorded.
+    pub network_lock: Option<NetworkLock>,
 }
 
 impl Default for Opts {
@@ -67,6 +82,7 @@ impl Default for Opts {
             ext_unix_sk: false,
             tcp_established: false,
             shell_job: false,
+            file_locks: false,
             log_level: DEFAULT_LOG_LEVEL,
             log_file: None,
             rst_sibling: false,
@@ -74,6 +90,7 @@ impl Default for Opts {
             external: Vec::new(),
             unprivileged: false,
             notify_scripts: false,
+            network_lock: None,
         }
     }
 }
@@ -125,12 +142,14 @@ mod field {
     pub(crate) const OPTS_EXT_UNIX_SK: u32 = 4;
     pub(crate) const OPTS_TCP_ESTABLISHED: u32 = 5;
     pub(crate) const OPTS_SHELL_JOB: u32 = 7;
+    pub(crate) const OPTS_FILE_LOCKS: u32 = 8;
     pub(crate) const OPTS_LOG_LEVEL: u32 = 9;
     pub(crate) const OPTS_LOG_FILE: u32 = 10;
     pub(crate) const OPTS_NOTIFY_SCRIPTS: u32 = 12;
     pub(crate) const OPTS_RST_SIBLING: u32 = 26;
     pub(crate) const OPTS_INHERIT_FD: u32 = 27;
     pub(crate) const OPTS_EXTERNAL: u32 = 37;
+    pub(crate) const OPTS_NETWORK_LOCK: u32 = 64;
     pub(crate) const OPTS_UNPRIVILEGED: u32 = 67;
     pub(crate) const OPTS_IMAGES_DIR: u32 = 68;
 
@@ -229,6 +248,7 @@ impl Opts {
         w.flag(field::OPTS_EXT_UNIX_SK, self.ext_unix_sk);
         w.flag(field::OPTS_TCP_ESTABLISHED, self.tcp_established);
         w.flag(field::OPTS_SHELL_JOB, self.shell_job);
+        w.flag(field::OPTS_FILE_LOCKS, self.file_locks);
         w.int32(field::OPTS_LOG_LEVEL, self.log_level);
         if let Some(log_file) = &self.log_file {
             w.bytes(field::OPTS_LOG_FILE, log_file.as_bytes());
@@ -242,6 +262,9 @@ impl Opts {
         }
         for external in &self.external {
             w.bytes(field::OPTS_EXTERNAL, external.as_bytes());
+        }
+        if let Some(lock) = self.network_lock {
+            w.int32(field::OPTS_NETWORK_LOCK, lock as i32);
         }
         w.flag(field::OPTS_UNPRIVILEGED, self.unprivileged);
         if let Some(dir) = &self.images_dir {
@@ -460,6 +483,7 @@ mod tests {
                 field::OPTS_EXT_UNIX_SK => opts.ext_unix_sk = flag(&value)?,
                 field::OPTS_TCP_ESTABLISHED => opts.tcp_established = flag(&value)?,
                 field::OPTS_SHELL_JOB => opts.shell_job = flag(&value)?,
+                field::OPTS_FILE_LOCKS => opts.file_locks = flag(&value)?,
                 field::OPTS_LOG_LEVEL => opts.log_level = expect_int(&value, "log_level")?,
                 field::OPTS_LOG_FILE => opts.log_file = Some(text(&value)?),
                 field::OPTS_RST_SIBLING => opts.rst_sibling = flag(&value)?,
@@ -477,6 +501,14 @@ mod tests {
                     opts.inherit_fd.push(inherit);
                 }
                 field::OPTS_EXTERNAL => opts.external.push(text(&value)?),
+                field::OPTS_NETWORK_LOCK => {
+                    opts.network_lock = Some(match expect_int(&value, "network_lock")? {
+                        1 => NetworkLock::Iptables,
+                        2 => NetworkLock::Nftables,
+                        3 => NetworkLock::Skip,
+                        other => panic!("unexpected network_lock {other}"),
+                    })
+                }
                 field::OPTS_UNPRIVILEGED => opts.unprivileged = flag(&value)?,
                 field::OPTS_IMAGES_DIR => opts.images_dir = Some(text(&value)?),
                 _ => panic!("unexpected opts field {number}"),
@@ -532,6 +564,7 @@ mod tests {
             ext_unix_sk: true,
             tcp_established: true,
             shell_job: true,
+            file_locks: true,
             log_level: 4,
             log_file: Some("dump.log".into()),
             rst_sibling: true,
@@ -542,6 +575,7 @@ mod tests {
             external: vec!["unix[77]".into(), "unix[78]".into()],
             unprivileged: true,
             notify_scripts: true,
+            network_lock: Some(NetworkLock::Nftables),
         }
     }
 
@@ -641,6 +675,20 @@ mod tests {
             0xa2, 0x04, 0x02, b'/', b'i', // images_dir: key 68 << 3 | 2 = 546 = 0xa2 0x04
         ];
         assert_eq!(request.encode(), expected);
+    }
+
+    #[test]
+    fn file_locks_and_network_lock_use_rpc_proto_numbers() {
+        let opts = Opts {
+            file_locks: true,
+            network_lock: Some(NetworkLock::Nftables),
+            log_level: 2,
+            ..Opts::default()
+        };
+        let bytes = opts.encode();
+        // file_locks = 8: key 8 << 3 = 0x40; network_lock = 64: key 512 = 0x80 0x04, NFTABLES = 2.
+        assert!(bytes.windows(2).any(|w| w == [0x40, 0x01]), "{bytes:02x?}");
+        assert!(bytes.ends_with(&[0x80, 0x04, 0x02]), "{bytes:02x?}");
     }
 
     #[test]

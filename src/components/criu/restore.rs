@@ -44,7 +44,7 @@ pub const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
 const FIRST_PIDS_OF_A_NAMESPACE: i32 = 300;
 
 /// First two words of `pstree.img` (criu/include/magic.h).
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub(super) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
 const CORE_MAGIC: u32 = 0x5505_3847;
 /// `core_entry.thread_core` (images/core.proto), `thread_core_entry.creds`,
@@ -70,6 +70,7 @@ pub struct RestoreOptions<'a> {
     pub shell_job: bool,
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
+    pub file_locks: bool,
     /// Files of the image replaced by our descriptors, e.g. `("pipe:[1234]", 1)` hands
     /// our stdout to the task in place of the pipe it had when dumped.
     pub inherit_fds: &'a [(String, RawFd)],
@@ -354,6 +355,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
             shell_job: opts.shell_job,
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
+            file_locks: opts.file_locks,
             rst_sibling: true,
             notify_scripts: opts.before_resume.is_some(),
             inherit_fd: opts
@@ -1139,6 +1141,7 @@ mod tests {
             shell_job: true,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
             inherit_fds: &[],
             new_pidns: true,
             before_resume: None,

@@ -11,7 +11,7 @@
 //!   where libcriu keeps one global option set.
 
 use super::binary::CriuBinary;
-use super::proto::{Opts, ReqType, Request, Response};
+use super::proto::{NetworkLock, Opts, ReqType, Request, Response};
 use crate::codes;
 use crate::error::{Error, Result};
 use crate::owner::Owner;
@@ -48,6 +48,9 @@ pub struct DumpOptions<'a> {
     pub shell_job: bool,
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
+    pub file_locks: bool,
+    /// None leaves CRIU's default (iptables, which costs nothing without a connection).
+    pub network_lock: Option<LockMethod>,
     /// CRIU `--external` declarations, e.g. `unix[INODE]`.
     pub external: &'a [String],
     /// Run CRIU as this (uid, gid) with only the capabilities a dump needs (CRIU's
@@ -55,6 +58,57 @@ pub struct DumpOptions<'a> {
     /// may read that process's limits without CAP_SYS_RESOURCE and writes nowhere the
     /// user could not.
     pub as_user: Option<(u32, u32)>,
+}
+
+/// How a dump locks the network while it takes TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LockMethod {
+    /// nftables when this CRIU and kernel support it, else iptables; decided where CRIU
+    /// runs (the check needs its privileges).
+    Auto,
+    Fixed(NetworkLock),
+}
+
+impl LockMethod {
+    fn resolve(self, bin: &CriuBinary) -> NetworkLock {
+        match self {
+            LockMethod::Fixed(method) => method,
+            LockMethod::Auto if nftables_lock_supported(bin) => NetworkLock::Nftables,
+            LockMethod::Auto => NetworkLock::Iptables,
+        }
+    }
+}
+
+/// `criu check --feature network_lock_nftables` (CRIU built with libnftables, a kernel
+/// with nftables set concatenations), asked once per binary for the life of the process.
+fn nftables_lock_supported(bin: &CriuBinary) -> bool {
+    static ANSWERS: std::sync::OnceLock<std::sync::Mutex<Vec<(PathBuf, bool)>>> =
+        std::sync::OnceLock::new();
+    let mut answers =
+        ANSWERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, known)) = answers.iter().find(|(path, _)| *path == bin.path) {
+        return *known;
+    }
+    // Read from its output, not its exit status: a host program that reaps every child
+    // (a shell's SIGCHLD handler) may take the status first.
+    let mut answer = String::new();
+    let spawned = std::process::Command::new(&bin.path)
+        .args(["check", "--feature", "network_lock_nftables"])
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(mut child) = spawned {
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut answer);
+        }
+        let _ = child.wait();
+    }
+    let supported = answer.contains("network_lock_nftables is supported");
+    debug!("crs:criu: {} supports the nftables network lock: {supported}", bin.path.display());
+    answers.push((bin.path.clone(), supported));
+    supported
 }
 
 impl<'a> DumpOptions<'a> {
@@ -70,6 +124,8 @@ impl<'a> DumpOptions<'a> {
             shell_job: false,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
+            network_lock: None,
             external: &[],
             as_user: None,
         }
@@ -114,6 +170,8 @@ pub(crate) fn dump_into(
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
             shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+            network_lock: opts.network_lock.map(|method| method.resolve(bin)),
             log_level: opts.log_level,
             log_file: Some(opts.log_file.to_string()),
             external: opts.external.to_vec(),
@@ -1029,6 +1087,7 @@ mod tests {
             shell_job: false,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
             inherit_fds,
             new_pidns,
             before_resume: None,
