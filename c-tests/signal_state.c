@@ -1,6 +1,7 @@
 /* Process state a restore must give back exactly: a child stopped with SIGSTOP, a
- * blocked signal pending (SIGUSR1), one waiting on a signalfd (SIGUSR2), an interval
- * timer (SIGALRM every 10 ms), and no SIGCONT ever seen by its handler.
+ * blocked signal pending (SIGUSR1), one waiting on a signalfd (SIGUSR2), a signal sent
+ * to the whole process (SIGRTMIN) that the program blocks and no other thread may take,
+ * an interval timer (SIGALRM every 10 ms), and no SIGCONT ever seen by its handler.
  *   signal_state GO_FILE
  * Prints "ready <child pid>" once set up, then waits until GO_FILE exists (the test
  * creates it after the checkpoint and restore), checks, prints one line per item and
@@ -14,10 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t ticks, conts;
+static volatile sig_atomic_t ticks, conts, rtmins;
 
 static void on_alarm(int sig) { (void)sig; ticks++; }
 static void on_cont(int sig) { (void)sig; conts++; }
+static void on_rtmin(int sig) { (void)sig; rtmins++; }
 
 static char state_of(pid_t pid)
 {
@@ -71,6 +73,7 @@ int main(int argc, char **argv)
     sigemptyset(&blocked);
     sigaddset(&blocked, SIGUSR1);
     sigaddset(&blocked, SIGUSR2);
+    sigaddset(&blocked, SIGRTMIN);
     sigprocmask(SIG_BLOCK, &blocked, NULL);
     sigset_t usr2;
     sigemptyset(&usr2);
@@ -82,6 +85,9 @@ int main(int argc, char **argv)
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_flags = SA_RESTART;
+    sa.sa_handler = on_rtmin;
+    sigaction(SIGRTMIN, &sa, NULL);
+    kill(getpid(), SIGRTMIN);
     sa.sa_handler = on_cont;
     sigaction(SIGCONT, &sa, NULL);
     sa.sa_handler = on_alarm;
@@ -102,6 +108,8 @@ int main(int argc, char **argv)
     sigpending(&pending);
     printf("pending SIGUSR1: %d\n", sigismember(&pending, SIGUSR1));
     ok &= sigismember(&pending, SIGUSR1) == 1;
+    printf("pending SIGRTMIN: %d, handled: %d\n", sigismember(&pending, SIGRTMIN), (int)rtmins);
+    ok &= sigismember(&pending, SIGRTMIN) == 1 && rtmins == 0;
     printf("pending SIGCONT: %d\n", sigismember(&pending, SIGCONT));
     ok &= sigismember(&pending, SIGCONT) == 0;
     struct signalfd_siginfo info;
