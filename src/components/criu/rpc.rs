@@ -1328,6 +1328,26 @@ mod tests {
     }
 
     #[test]
+    fn a_log_gives_its_real_errors_without_criu_s_noise() {
+        let dir = TempDir::new("criu-log-test").unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: \
+             Operation not permitted\n\
+             (00.002) Warn  (criu/x.c:1): a warning\n\
+             (00.003) Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!\n\
+             (00.004) Error (criu/cr-dump.c:1545): Dump files (pid: 42) failed with -1\n\
+             (00.005) Error (criu/cr-dump.c:1975): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_log_errors(&log),
+            ["Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!"]
+        );
+    }
+
+    #[test]
     fn stdout_socket_is_declared_external_and_handed_over() {
         let test = "stdout_socket_is_declared_external_and_handed_over";
         let Some((bin, dir, images)) = criu_setup(test) else {
