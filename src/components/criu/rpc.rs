@@ -32,6 +32,10 @@ pub(crate) const HELPER_FAILED: c_int = 127;
 /// A harmless error CRIU logs on every run where it lacks CAP_SYS_RESOURCE.
 const HARMLESS_ERROR: &str = "RLIMIT_NOFILE";
 
+/// Endings of CRIU's error lines that only say that a step failed, after the line that
+/// says why ("Dump files (pid: N) failed with -1", "Dumping FAILED.").
+const SUMMARY_ERRORS: &[&str] = &["failed with -1", "FAILED."];
+
 /// How many of the log's first error lines go into an error message.
 const LOG_ERROR_LINES: usize = 3;
 
@@ -344,7 +348,8 @@ pub(crate) fn failure(what: &str, response: &Response, log: &Path) -> Error {
 }
 
 /// The first `Error (...)` lines of a CRIU log, without their timestamps, skipping the
-/// harmless RLIMIT_NOFILE line (warnings are `Warn` lines and never match).
+/// harmless RLIMIT_NOFILE line and the summary lines (warnings are `Warn` lines and
+/// never match).
 fn first_log_errors(log: &Path) -> Vec<String> {
     let Ok(bytes) = std::fs::read(log) else {
         return Vec::new();
@@ -353,6 +358,7 @@ fn first_log_errors(log: &Path) -> Vec<String> {
         .lines()
         .filter_map(|line| line.find("Error (").map(|at| line[at..].trim_end()))
         .filter(|line| !line.contains(HARMLESS_ERROR))
+        .filter(|line| !SUMMARY_ERRORS.iter().any(|summary| line.ends_with(summary)))
         .take(LOG_ERROR_LINES)
         .map(str::to_string)
         .collect()
