@@ -167,3 +167,24 @@ fn a_pid_held_by_a_zombie_for_a_moment_is_waited_for_and_one_held_longer_is_name
         assert!(wait_until(LONG, || !std::path::Path::new(&format!("/proc/{restored}")).exists()));
     }
 }
+
+#[test]
+fn a_checkpoint_sends_the_program_no_sigchld() {
+    require_criu!();
+    let sb = Sandbox::new("state-sigchld");
+    let exe = cc_without_library("sigchld_count.c", "sigchld-count", &[]);
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("go")).env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id().to_string();
+    assert!(wait_until(LONG, || sb.checkpoint(&["--status", &pid]).status.success()));
+    checkpoint_ok(&sb, &[&pid]);
+    std::fs::write(sb.path("go"), "").unwrap();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("sigchld:")), "{}", sb.read("app.out"));
+    assert!(
+        sb.read("app.out").contains("sigchld: 0 reaped: 0\n"),
+        "the checkpoint's helper was seen: {}",
+        sb.read("app.out")
+    );
+    assert!(wait_exit(&mut app, LONG).is_some_and(|status| status.success()));
+}
