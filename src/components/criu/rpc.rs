@@ -227,7 +227,9 @@ pub(crate) fn check(bin: &CriuBinary) -> Result<()> {
     }
     .encode();
     let started = Instant::now();
-    let session = Session::start(bin, Helper::Child, &[images.fd()], None)?;
+    // Detached: the check runs in the checkpointed program, whose SIGCHLD handler must
+    // not hear of it.
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], None)?;
     images.close();
     let response = session.call(&request)?;
     drop(session);
@@ -548,6 +550,22 @@ impl SwrkCommand {
     }
 }
 
+/// A fork by the raw system call: the child ends with `exit_signal` to its parent (0:
+/// none, so the program we live in gets no SIGCHLD for the library's helper, and its
+/// `waitpid(-1)` cannot reap it; only a wait with `__WALL` sees it). No fork handlers
+/// run and no libc lock is reset, so the child may only make system calls.
+///
+/// # Safety
+/// The child must only make async-signal-safe calls.
+unsafe fn clone_process(exit_signal: c_int) -> libc::pid_t {
+    // SAFETY: clone without CLONE_VM and without a new stack is a fork: the child gets
+    // a copy of the address space and goes on from here.
+    unsafe {
+        let flags = exit_signal as libc::c_ulong;
+        libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t
+    }
+}
+
 /// The calling thread's errno.
 pub(crate) fn errno() -> c_int {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
@@ -571,7 +589,12 @@ pub(crate) unsafe fn spawn_swrk(
     }
     let [status_read, status_write] = status_pipe;
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
-    let first = unsafe { libc::fork() };
+    let first = unsafe {
+        match helper {
+            Helper::Child => libc::fork(),
+            Helper::Detached => clone_process(0),
+        }
+    };
     if first == 0 {
         // SAFETY: as above; in the child.
         unsafe {
@@ -579,7 +602,7 @@ pub(crate) unsafe fn spawn_swrk(
             if helper == Helper::Child {
                 exec_swrk(command, status_write);
             }
-            let second = libc::fork();
+            let second = clone_process(libc::SIGCHLD);
             if second == 0 {
                 // Leave the caller's session and process group: until init reaps the
                 // exited helper, a member would keep the dumped PID allocated (as its
@@ -606,7 +629,11 @@ pub(crate) unsafe fn spawn_swrk(
     }
     if helper == Helper::Detached {
         // The intermediate child exits at once; reap it now so no zombie is left.
-        let _ = wait_exit_code(first);
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; __WALL: a child with exit signal 0.
+        while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
+            && errno() == libc::EINTR
+        {}
     }
     let report = read_status_pipe(status_read);
     // SAFETY: status_read is ours.
