@@ -37,7 +37,7 @@ const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a restart waits for an image's PID held by a zombie (a killed original that
 /// its parent, say a slow init, has not reaped yet) before it counts as taken.
-pub const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
+const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// PIDs below this are what a fresh PID namespace hands out first: an image that holds
 /// none of them cannot collide with our init, criu swrk or CRIU's helpers there.
@@ -202,36 +202,39 @@ pub fn pid_in_use(pid: i32) -> bool {
 pub fn taken_pids(pids: &[i32]) -> Vec<(i32, String)> {
     let deadline = Instant::now() + ZOMBIE_PATIENCE;
     loop {
-        let taken: Vec<(i32, String)> = pids
-            .iter()
-            .copied()
-            .filter(|&pid| pid_in_use(pid))
-            .map(|pid| (pid, holder_of(pid)))
-            .collect();
-        let zombies = taken.iter().any(|(_, holder)| holder.contains("zombie"));
+        let taken: Vec<i32> = pids.iter().copied().filter(|&pid| pid_in_use(pid)).collect();
+        let zombies = taken.iter().any(|&pid| zombie_parent(pid).is_some());
         if !zombies || Instant::now() >= deadline {
-            return taken;
+            return taken.into_iter().map(|pid| (pid, holder_of(pid, ZOMBIE_PATIENCE))).collect();
         }
         debug!("crs:criu: waiting for zombies to be reaped: {taken:?}");
         std::thread::sleep(PID_POLL_INTERVAL);
     }
 }
 
-/// What holds PID `pid`, for a message: "PID N is held by a zombie (PPID M) …".
-fn holder_of(pid: i32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = match stat.rfind(')') {
-        Some(end) => stat[end + 1..].split_whitespace().collect(),
-        None => Vec::new(),
-    };
-    let comm = stat.find('(').zip(stat.rfind(')')).map_or("", |(a, b)| &stat[a + 1..b]);
-    match (fields.first(), fields.get(1)) {
-        (Some(&"Z"), Some(ppid)) => format!(
+/// The state and parent of `pid` from /proc/PID/stat, and its command name.
+fn state_parent_comm(pid: i32) -> Option<(String, String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut fields = stat.get(close + 1..)?.split_whitespace();
+    let (state, ppid) = (fields.next()?.to_string(), fields.next()?.to_string());
+    Some((state, ppid, stat.get(open + 1..close)?.to_string()))
+}
+
+/// The parent of `pid` when `pid` is a zombie.
+fn zombie_parent(pid: i32) -> Option<String> {
+    state_parent_comm(pid).filter(|(state, _, _)| state == "Z").map(|(_, ppid, _)| ppid)
+}
+
+/// What holds PID `pid`, for a message; `waited`: how long a zombie was waited for.
+fn holder_of(pid: i32, waited: Duration) -> String {
+    match state_parent_comm(pid) {
+        Some((state, ppid, _)) if state == "Z" => format!(
             "PID {pid} is held by a zombie (PPID {ppid}) that was not reaped within {}s",
-            ZOMBIE_PATIENCE.as_secs()
+            waited.as_secs()
         ),
-        (Some(_), Some(ppid)) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
-        _ => format!("PID {pid} is a process group or session ID in use"),
+        Some((_, ppid, comm)) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
+        None => format!("PID {pid} is a process group or session ID in use"),
     }
 }
 
@@ -459,7 +462,8 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let holders: Vec<String> = busy.iter().map(|&pid| holder_of(pid)).collect();
+            let holders: Vec<String> =
+                busy.iter().map(|&pid| holder_of(pid, PID_RELEASE_TIMEOUT)).collect();
             return Err(Error::new(
                 codes::OPAL_EXISTS,
                 format!(
@@ -1086,6 +1090,25 @@ mod tests {
         let mut wrong = pstree(&[&[0x08, 0x07]]);
         wrong[4] ^= 1;
         assert!(parse_pstree(&wrong).is_err());
+    }
+
+    #[test]
+    fn a_zombie_holding_a_pid_is_named_with_its_parent() {
+        let own = std::process::id();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while zombie_parent(pid).is_none() && Instant::now() < deadline {
+            std::thread::sleep(PID_POLL_INTERVAL);
+        }
+        let named = holder_of(pid, Duration::from_secs(3));
+        child.wait().unwrap();
+        assert_eq!(
+            named,
+            format!("PID {pid} is held by a zombie (PPID {own}) that was not reaped within 3s")
+        );
+        let me = holder_of(own as i32, Duration::ZERO);
+        assert!(me.starts_with(&format!("PID {own} is taken by ")), "{me}");
     }
 
     #[test]
