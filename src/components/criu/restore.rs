@@ -197,43 +197,69 @@ pub fn pid_in_use(pid: i32) -> bool {
         .any(|stat| group_and_session(&stat).is_some_and(|(pgrp, sid)| pgrp == pid || sid == pid))
 }
 
-/// The image's PIDs taken here, each with what holds it. While some are held only by
-/// zombies, waits for them to be reaped, [`ZOMBIE_PATIENCE`] at most.
+/// The image's PIDs taken here, each with what holds it. While some are held by
+/// dying processes or zombies, waits for them to be reaped, [`ZOMBIE_PATIENCE`] at most.
 pub fn taken_pids(pids: &[i32]) -> Vec<(i32, String)> {
     let deadline = Instant::now() + ZOMBIE_PATIENCE;
     loop {
-        let taken: Vec<i32> = pids.iter().copied().filter(|&pid| pid_in_use(pid)).collect();
-        let zombies = taken.iter().any(|&pid| zombie_parent(pid).is_some());
-        if !zombies || Instant::now() >= deadline {
-            return taken.into_iter().map(|pid| (pid, holder_of(pid, ZOMBIE_PATIENCE))).collect();
+        let taken: Vec<(i32, Option<Holder>)> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| pid_in_use(pid))
+            .map(|pid| (pid, Holder::of(pid)))
+            .collect();
+        // A process read as gone right after it was seen was just reaped: look again.
+        let passing = taken.iter().any(|(pid, holder)| match holder {
+            Some(holder) => holder.dying,
+            None => !pid_in_use(*pid),
+        });
+        if !passing || Instant::now() >= deadline {
+            return taken
+                .into_iter()
+                .map(|(pid, holder)| (pid, describe_holder(pid, holder, ZOMBIE_PATIENCE)))
+                .collect();
         }
-        debug!("crs:criu: waiting for zombies to be reaped: {taken:?}");
+        debug!("crs:criu: waiting for dying processes to be reaped: {taken:?}");
         std::thread::sleep(PID_POLL_INTERVAL);
     }
 }
 
-/// The state and parent of `pid` from /proc/PID/stat, and its command name.
-fn state_parent_comm(pid: i32) -> Option<(String, String, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let mut fields = stat.get(close + 1..)?.split_whitespace();
-    let (state, ppid) = (fields.next()?.to_string(), fields.next()?.to_string());
-    Some((state, ppid, stat.get(open + 1..close)?.to_string()))
+/// The process that holds a PID, from /proc/PID/stat.
+#[derive(Debug)]
+struct Holder {
+    /// A zombie, or exiting (PF_EXITING: killed, not yet a zombie).
+    dying: bool,
+    zombie: bool,
+    ppid: String,
+    comm: String,
 }
 
-/// The parent of `pid` when `pid` is a zombie.
-fn zombie_parent(pid: i32) -> Option<String> {
-    state_parent_comm(pid).filter(|(state, _, _)| state == "Z").map(|(_, ppid, _)| ppid)
+impl Holder {
+    fn of(pid: i32) -> Option<Holder> {
+        const PF_EXITING: u64 = 0x4;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        // state ppid pgrp session tty_nr tpgid flags ...
+        let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().take(7).collect();
+        let flags: u64 = fields.get(6)?.parse().ok()?;
+        let zombie = fields[0] == "Z";
+        Some(Holder {
+            dying: zombie || flags & PF_EXITING != 0,
+            zombie,
+            ppid: fields[1].to_string(),
+            comm: stat.get(open + 1..close)?.to_string(),
+        })
+    }
 }
 
 /// What holds PID `pid`, for a message; `waited`: how long a zombie was waited for.
-fn holder_of(pid: i32, waited: Duration) -> String {
-    match state_parent_comm(pid) {
-        Some((state, ppid, _)) if state == "Z" => format!(
+fn describe_holder(pid: i32, holder: Option<Holder>, waited: Duration) -> String {
+    match holder {
+        Some(Holder { zombie: true, ppid, .. }) => format!(
             "PID {pid} is held by a zombie (PPID {ppid}) that was not reaped within {}s",
             waited.as_secs()
         ),
-        Some((_, ppid, comm)) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
+        Some(Holder { ppid, comm, .. }) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
         None => format!("PID {pid} is a process group or session ID in use"),
     }
 }
@@ -462,8 +488,10 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let holders: Vec<String> =
-                busy.iter().map(|&pid| holder_of(pid, PID_RELEASE_TIMEOUT)).collect();
+            let holders: Vec<String> = busy
+                .iter()
+                .map(|&pid| describe_holder(pid, Holder::of(pid), PID_RELEASE_TIMEOUT))
+                .collect();
             return Err(Error::new(
                 codes::OPAL_EXISTS,
                 format!(
@@ -1098,16 +1126,15 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while zombie_parent(pid).is_none() && Instant::now() < deadline {
+        while !Holder::of(pid).is_some_and(|holder| holder.zombie) && Instant::now() < deadline {
             std::thread::sleep(PID_POLL_INTERVAL);
         }
-        let named = holder_of(pid, Duration::from_secs(3));
+        let named = describe_holder(pid, Holder::of(pid), Duration::from_secs(3));
         child.wait().unwrap();
-        assert_eq!(
-            named,
-            format!("PID {pid} is held by a zombie (PPID {own}) that was not reaped within 3s")
-        );
-        let me = holder_of(own as i32, Duration::ZERO);
+        let zombie =
+            format!("PID {pid} is held by a zombie (PPID {own}) that was not reaped within 3s");
+        assert_eq!(named, zombie);
+        let me = describe_holder(own as i32, Holder::of(own as i32), Duration::ZERO);
         assert!(me.starts_with(&format!("PID {own} is taken by ")), "{me}");
     }
 
