@@ -10,6 +10,7 @@
 //! (under a new name in a restored copy, which must not answer for the original).
 
 use super::checkpoint::{self, Done, Origin, Outcome, Request};
+use super::own_fd;
 use super::Runtime;
 use crate::control::{
     self, CheckpointResult, ErrorKind, PendingRequest, Received, Reply, Status, PROTOCOL_VERSION,
@@ -221,8 +222,8 @@ impl Server {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor we own.
-        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        WAKE_FD.store(fd, Ordering::SeqCst);
+        let wake = own_fd::above_program(unsafe { OwnedFd::from_raw_fd(fd) });
+        WAKE_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
         let shared = Arc::new(Shared {
             wake,
             control: Mutex::new(Control {
@@ -257,6 +258,7 @@ impl Server {
 
     fn open_listener(&mut self) -> std::io::Result<()> {
         let (listener, name) = control::bind(current_pid())?;
+        let listener = UnixListener::from(own_fd::above_program(listener.into()));
         listener.set_nonblocking(true)?;
         log::debug!(target: "cr", "cr: listening on @{name}");
         LISTENER_FD.store(listener.as_raw_fd(), Ordering::SeqCst);
@@ -365,7 +367,9 @@ impl Server {
     fn accept_all(&mut self) {
         while let Some(listener) = &self.listener {
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, _)) => {
+                    self.admit(UnixStream::from(own_fd::above_program(stream.into())))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -528,7 +532,13 @@ impl Server {
         self.schedule_interval();
         let wire = to_wire(&result);
         if let Err(e) = &wire {
-            log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            // A tool or API caller reports the failure itself; a checkpoint the signal
+            // or the interval asked for has nobody else to tell.
+            if matches!(origin, Origin::Signal | Origin::Interval) {
+                log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            } else {
+                log::info!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            }
         }
         let mut delivered = false;
         let (mine, others): (Vec<_>, Vec<_>) =

@@ -75,7 +75,7 @@ impl Component for CriuComponent {
         true
     }
 
-    /// CRIU can leave the restored task stopped until the check has passed.
+    /// CRIU holds the restored tree (its pre-resume step) until the check has passed.
     fn checks_while_restoring(&self) -> bool {
         true
     }
@@ -169,10 +169,15 @@ impl Component for CriuComponent {
             }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {
-                if let Some(series) = job.dir.parent() {
-                    let _ = std::fs::copy(job.dir.join(&log_file), series.join(FAILED_LOG));
+                let Some(series) = job.dir.parent() else { return Err(e) };
+                let (log, kept) = (job.dir.join(&log_file), series.join(FAILED_LOG));
+                if std::fs::copy(&log, &kept).is_err() {
+                    return Err(e);
                 }
-                Err(e)
+                // The temporary snapshot goes with the failure: name the copy that stays.
+                let message =
+                    e.message().replace(&log.display().to_string(), &kept.display().to_string());
+                Err(Error::new(e.code(), message))
             }
         }
     }
@@ -196,7 +201,7 @@ impl Component for CriuComponent {
         }
         check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
-        let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
+        let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
             "always" => true,
             "never" => false,
@@ -232,60 +237,77 @@ impl Component for CriuComponent {
             file_locks: plan.params.bool("crs_criu_file_locks"),
             inherit_fds: &inherit,
             new_pidns,
-            // Another user's restored tree is checked before it runs.
-            stopped: plan.unchecked || as_owner.is_some(),
+            before_resume: None,
             timeout: match plan.params.int("crs_criu_restore_timeout") {
                 0 => None,
                 seconds => Some(std::time::Duration::from_secs(seconds.unsigned_abs())),
             },
             as_owner,
         };
-        let (restored, verdict) = std::thread::scope(|scope| {
-            // The check reads the images while CRIU does: both are served by one read
-            // from disk, and the restored task waits, stopped, for the verdict.
-            let check = plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir)));
-            let restored = restore::restore(&bin, &options);
-            (restored, check.map(|thread| thread.join()))
-        });
         // The snapshot's fault: damage its check found, or a restore that stalled on it.
-        let rejection = match (verdict, &restored) {
-            (Some(Ok(verdict)), _) if !verdict.is_usable() => Some(verdict.to_string()),
-            (Some(Err(_)), _) => Some("the snapshot check failed unexpectedly".to_string()),
-            (_, Err(e)) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => {
-                Some(e.message().to_string())
-            }
+        let damage = std::cell::RefCell::new(None);
+        let owner_refused = std::cell::Cell::new(false);
+        let restored = std::thread::scope(|scope| {
+            // The check reads the images while CRIU does: both are served by one read
+            // from disk, and CRIU holds the restored tree until the verdict.
+            let check = std::cell::RefCell::new(
+                plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir))),
+            );
+            let await_check = || {
+                let Some(thread) = check.borrow_mut().take() else { return };
+                *damage.borrow_mut() = match thread.join() {
+                    Ok(verdict) if verdict.is_usable() => None,
+                    Ok(verdict) => Some(verdict.to_string()),
+                    Err(_) => Some("the snapshot check failed unexpectedly".to_string()),
+                };
+            };
+            // Another user's restored tree is checked before it runs, too.
+            let before_resume = |tree: &restore::Restored| -> Result<()> {
+                await_check();
+                if let Some(why) = damage.borrow().clone() {
+                    return Err(Error::msg(why));
+                }
+                if let Some(owner) = as_owner {
+                    tree.runs_as(owner.uid, owner.gid).map_err(|why| {
+                        owner_refused.set(true);
+                        Error::new(
+                            crate::codes::OPAL_ERR_PERM,
+                            format!("refusing snapshot {}: {why}", plan.dir.display()),
+                        )
+                    })?;
+                }
+                Ok(())
+            };
+            let held = plan.unchecked || as_owner.is_some();
+            let options = restore::RestoreOptions {
+                before_resume: held.then_some(&before_resume as &restore::BeforeResume),
+                ..options
+            };
+            let restored = restore::restore(&bin, &options);
+            await_check();
+            restored
+        });
+        let rejection = damage.into_inner().or_else(|| match &restored {
+            Err(e) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => Some(e.message().to_string()),
             _ => None,
-        };
+        });
         if let Some(why) = rejection {
-            if let Ok(restored) = restored {
-                restored.signal_tree(libc::SIGKILL);
-                let _ = restored.wait();
-            }
             return Ok(RestartOutcome::Rejected(why));
         }
-        let restored =
-            restored.map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
-        if let Some(owner) = as_owner {
-            if let Err(why) = restored.runs_as(owner.uid, owner.gid) {
-                restored.signal_tree(libc::SIGKILL);
-                let _ = restored.wait();
-                return Err(Error::new(
-                    crate::codes::OPAL_ERR_PERM,
-                    format!("refusing snapshot {}: {why}", plan.dir.display()),
-                ));
+        let restored = restored.map_err(|e| {
+            if owner_refused.get() {
+                e
+            } else {
+                e.context(format!("restoring {}", plan.dir.display()))
             }
-        }
-        if plan.unchecked || as_owner.is_some() {
-            // The checks passed: the whole restored tree may run.
-            restored.signal_tree(libc::SIGCONT);
-        }
+        })?;
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
             let why = if taken.is_empty() {
                 "crs_criu_pidns=always".to_string()
             } else {
-                let pids: Vec<String> = taken.iter().map(i32::to_string).collect();
-                format!("PID {} taken", pids.join(", "))
+                let holders: Vec<&str> = taken.iter().map(|(_, holder)| holder.as_str()).collect();
+                holders.join("; ")
             };
             format!(
                 "restored into a new PID namespace ({why}): PID {} outside, {} inside",

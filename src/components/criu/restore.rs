@@ -35,6 +35,13 @@ use std::time::{Duration, Instant};
 /// killed original may linger as a zombie until its parent reaps it).
 const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a restart waits for an image's PID held by a zombie (a killed original that
+/// its parent, say a slow init, has not reaped yet) before it counts as taken.
+const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// PIDs below this are what a fresh PID namespace hands out first: an image that holds
+/// none of them cannot collide with our init, criu swrk or CRIU's helpers there.
+const FIRST_PIDS_OF_A_NAMESPACE: i32 = 300;
 
 /// First two words of `pstree.img` (criu/include/magic.h).
 pub(super) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -69,9 +76,11 @@ pub struct RestoreOptions<'a> {
     pub inherit_fds: &'a [(String, RawFd)],
     /// Restore into a fresh PID namespace (needed while the original PIDs are taken).
     pub new_pidns: bool,
-    /// Leave the task stopped (SIGSTOP) before it runs any code of its own; the caller
-    /// continues it (SIGCONT) or kills it.
-    pub stopped: bool,
+    /// Checks the restored tree while CRIU still holds it, before any of its tasks runs
+    /// again (CRIU's `pre-resume` step): Err, and the tree is killed and the restore
+    /// fails with that error. Nothing the tasks can observe changes, unlike a SIGSTOP
+    /// and SIGCONT (a stopped child would run, a blocked SIGCONT would be pending).
+    pub before_resume: Option<&'a BeforeResume<'a>>,
     /// How long CRIU may take to restore; then it and what it restored so far are
     /// killed, and the error has code OPAL_ERR_TIMEOUT. None: no limit.
     pub timeout: Option<Duration>,
@@ -80,6 +89,12 @@ pub struct RestoreOptions<'a> {
     /// for more than that user has (README, "Security model").
     pub as_owner: Option<&'a Owner>,
 }
+
+/// See [`RestoreOptions::before_resume`].
+pub type BeforeResume<'a> = dyn Fn(&Restored) -> Result<()> + 'a;
+
+/// CRIU's notification after which the restored tasks are left to run.
+const PRE_RESUME: &str = "pre-resume";
 
 /// A restored task, our child (directly, or through the namespace holder). Wait for it
 /// (`wait`), or its end leaves a zombie behind.
@@ -180,6 +195,73 @@ pub fn pid_in_use(pid: i32) -> bool {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|other| std::fs::read_to_string(format!("/proc/{other}/stat")).ok())
         .any(|stat| group_and_session(&stat).is_some_and(|(pgrp, sid)| pgrp == pid || sid == pid))
+}
+
+/// The image's PIDs taken here, each with what holds it. While some are held by
+/// dying processes or zombies, waits for them to be reaped, [`ZOMBIE_PATIENCE`] at most.
+pub fn taken_pids(pids: &[i32]) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + ZOMBIE_PATIENCE;
+    loop {
+        let taken: Vec<(i32, Option<Holder>)> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| pid_in_use(pid))
+            .map(|pid| (pid, Holder::of(pid)))
+            .collect();
+        // A process read as gone right after it was seen was just reaped: look again.
+        let passing = taken.iter().any(|(pid, holder)| match holder {
+            Some(holder) => holder.dying,
+            None => !pid_in_use(*pid),
+        });
+        if !passing || Instant::now() >= deadline {
+            return taken
+                .into_iter()
+                .map(|(pid, holder)| (pid, describe_holder(pid, holder, ZOMBIE_PATIENCE)))
+                .collect();
+        }
+        debug!("crs:criu: waiting for dying processes to be reaped: {taken:?}");
+        std::thread::sleep(PID_POLL_INTERVAL);
+    }
+}
+
+/// The process that holds a PID, from /proc/PID/stat.
+#[derive(Debug)]
+struct Holder {
+    /// A zombie, or exiting (PF_EXITING: killed, not yet a zombie).
+    dying: bool,
+    zombie: bool,
+    ppid: String,
+    comm: String,
+}
+
+impl Holder {
+    fn of(pid: i32) -> Option<Holder> {
+        const PF_EXITING: u64 = 0x4;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        // state ppid pgrp session tty_nr tpgid flags ...
+        let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().take(7).collect();
+        let flags: u64 = fields.get(6)?.parse().ok()?;
+        let zombie = fields[0] == "Z";
+        Some(Holder {
+            dying: zombie || flags & PF_EXITING != 0,
+            zombie,
+            ppid: fields[1].to_string(),
+            comm: stat.get(open + 1..close)?.to_string(),
+        })
+    }
+}
+
+/// What holds PID `pid`, for a message; `waited`: how long a zombie was waited for.
+fn describe_holder(pid: i32, holder: Option<Holder>, waited: Duration) -> String {
+    match holder {
+        Some(Holder { zombie: true, ppid, .. }) => format!(
+            "PID {pid} is held by a zombie (PPID {ppid}) that was not reaped within {}s",
+            waited.as_secs()
+        ),
+        Some(Holder { ppid, comm, .. }) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
+        None => format!("PID {pid} is a process group or session ID in use"),
+    }
 }
 
 /// Process group and session of a /proc/PID/stat line ("pid (comm) state ppid pgrp
@@ -304,7 +386,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
             rst_sibling: true,
-            leave_stopped: opts.stopped,
+            notify_scripts: opts.before_resume.is_some(),
             inherit_fd: opts
                 .inherit_fds
                 .iter()
@@ -332,6 +414,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         timeout: opts.timeout,
         deadline: opts.timeout.map(|limit| Instant::now() + limit),
         as_user,
+        before_resume: opts.before_resume,
     };
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
@@ -356,9 +439,20 @@ struct RestoreContext<'a> {
     /// When the restore must have finished.
     deadline: Option<Instant>,
     as_user: Option<(Owner, &'static [u32])>,
+    before_resume: Option<&'a BeforeResume<'a>>,
 }
 
 impl RestoreContext<'_> {
+    /// Runs the `before_resume` check on the held tree; on Err the tree is killed.
+    fn check_held(&self, held: &Restored) -> Result<()> {
+        let Some(check) = self.before_resume else { return Ok(()) };
+        let verdict = check(held);
+        if verdict.is_err() {
+            held.signal_tree(libc::SIGKILL);
+        }
+        verdict
+    }
+
     /// The error of a restore that did not finish in time (after what it started was
     /// killed).
     fn stalled(&self) -> Error {
@@ -394,12 +488,17 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let holders: Vec<String> = busy
+                .iter()
+                .map(|&pid| describe_holder(pid, Holder::of(pid), PID_RELEASE_TIMEOUT))
+                .collect();
             return Err(Error::new(
                 codes::OPAL_EXISTS,
                 format!(
                     "cannot restore {} here: PID {busy:?} still in use after {PID_RELEASE_TIMEOUT:?} \
-                     (is the original running? restore into a new PID namespace)",
-                    images_dir.display()
+                     ({}; is the original running? restore into a new PID namespace)",
+                    images_dir.display(),
+                    holders.join("; ")
                 ),
             ));
         }
@@ -414,7 +513,22 @@ fn restore_here(context: &RestoreContext, root: i32) -> Result<Restored> {
     let as_user = context.as_user.clone();
     let session = Session::start(context.bin, Helper::Child, context.inherit_fds, as_user)?;
     let left = context.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-    let response = match session.call_within(context.request, left) {
+    let mut refusal = None;
+    let answer = session.call_within(context.request, left, |notice| {
+        if notice.notify_script.as_deref() != Some(PRE_RESUME) {
+            return true;
+        }
+        let held = Restored { pid: root, pid_in_ns: root, new_pidns: false, waiter: root };
+        refusal = context.check_held(&held).err();
+        refusal.is_none()
+    });
+    if let Some(refusal) = refusal {
+        // CRIU fails on the killed tree and ends; the root is ours to reap.
+        drop(session);
+        kill_partial_restore(root);
+        return Err(refusal);
+    }
+    let response = match answer {
         Err(e) if e.code() == codes::OPAL_ERR_TIMEOUT => {
             // CRIU is killed: nothing adds to the tree any more.
             kill_partial_restore(root);
@@ -441,10 +555,13 @@ enum Step {
     SpawnCriu,
     SendRequest,
     ReceiveAnswer,
+    /// CRIU holds the restored tree before resuming it; the init waits for the
+    /// caller's verdict (one byte on the acknowledgement pipe, 1: let it run).
+    Held,
 }
 
 impl Step {
-    const ALL: [Step; 9] = [
+    const ALL: [Step; 10] = [
         Step::Done,
         Step::Unshare,
         Step::ForkInit,
@@ -454,6 +571,7 @@ impl Step {
         Step::SpawnCriu,
         Step::SendRequest,
         Step::ReceiveAnswer,
+        Step::Held,
     ];
 
     fn describe(self) -> &'static str {
@@ -467,6 +585,7 @@ impl Step {
             Step::SpawnCriu => "starting criu swrk",
             Step::SendRequest => "sending the request to criu swrk",
             Step::ReceiveAnswer => "reading the answer of criu swrk",
+            Step::Held => "holding the restored tree",
         }
     }
 }
@@ -492,6 +611,13 @@ struct PidnsPlan<'a> {
     /// then gets a PID above all of the image's, which CRIU must recreate (a process
     /// that ran in a container has small PIDs, 2 among them).
     last_pid: Vec<u8>,
+    /// Whether the image has PIDs a fresh namespace hands out first (to our init, criu
+    /// swrk and its helpers), so that moving ns_last_pid past them is required; a
+    /// failure to move it is not fatal otherwise.
+    last_pid_required: bool,
+    /// The acknowledgements of a notification of CRIU: go on, or fail.
+    notice_go: Vec<u8>,
+    notice_refused: Vec<u8>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -541,6 +667,9 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
         ack_read: ack_read.as_raw_fd(),
         keep,
         last_pid: pids.iter().max().copied().unwrap_or(1).to_string().into_bytes(),
+        last_pid_required: pids.iter().any(|&pid| pid < FIRST_PIDS_OF_A_NAMESPACE),
+        notice_go: super::proto::notify_answer(true),
+        notice_refused: super::proto::notify_answer(false),
     };
     // SAFETY: the child runs run_holder, which only makes system calls on `plan`.
     let holder = unsafe { libc::fork() };
@@ -553,25 +682,53 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     }
     // Only the init keeps these; the report pipe then ends when the init has reported.
     drop((socket, criu_socket, report_write, ack_read));
-    let mut report = Vec::new();
     let report_read = File::from(report_read);
-    match rpc::readable_before(report_read.as_raw_fd(), context.deadline) {
-        Ok(true) => {}
-        Ok(false) => {
-            // The namespace ends with its init, and everything in it (CRIU included).
-            let doomed = children(holder).first().copied().unwrap_or(holder);
-            // SAFETY: plain kill of our child or its child, not yet reaped.
-            unsafe { libc::kill(doomed, libc::SIGKILL) };
+    let mut deadline = context.deadline;
+    let mut header = [0u8; REPORT_HEADER];
+    let got = loop {
+        match rpc::readable_before(report_read.as_raw_fd(), deadline) {
+            Ok(true) => {}
+            Ok(false) => {
+                // The namespace ends with its init, and everything in it (CRIU included).
+                let doomed = children(holder).first().copied().unwrap_or(holder);
+                // SAFETY: plain kill of our child or its child, not yet reaped.
+                unsafe { libc::kill(doomed, libc::SIGKILL) };
+                drop(ack_write);
+                let _ = rpc::wait_exit_code(holder);
+                return Err(context.stalled());
+            }
+            Err(e) => {
+                drop(ack_write);
+                let _ = rpc::wait_exit_code(holder);
+                return Err(Error::io("waiting for the restore helper's report", e));
+            }
+        }
+        // The init writes a header in one write (atomic on a pipe); a Held header comes
+        // alone, CRIU's answer follows a Done one.
+        let got = (&report_read).read(&mut header).unwrap_or(0);
+        if got < REPORT_HEADER || parse_step(&header) != Some(Step::Held) {
+            break got;
+        }
+        let started = Instant::now();
+        let held = outer_pid(holder, pids[0]).and_then(|pid| {
+            let held = Restored { pid, pid_in_ns: pids[0], new_pidns: true, waiter: holder };
+            context.check_held(&held)
+        });
+        deadline = deadline.map(|deadline| deadline + started.elapsed());
+        let verdict = [u8::from(held.is_ok())];
+        if let Err(refusal) = held.and_then(|()| {
+            rpc::write_all(ack_write.as_raw_fd(), &verdict).map_err(|errno| {
+                Error::io("releasing the restored tree", io::Error::from_raw_os_error(errno))
+            })
+        }) {
+            // Without its verdict the init fails the restore, kills what is left of the
+            // namespace and exits.
             drop(ack_write);
             let _ = rpc::wait_exit_code(holder);
-            return Err(context.stalled());
+            return Err(refusal);
         }
-        Err(e) => {
-            drop(ack_write);
-            let _ = rpc::wait_exit_code(holder);
-            return Err(Error::io("waiting for the restore helper's report", e));
-        }
-    }
+    };
+    let mut report = header[..got].to_vec();
     let read = (&report_read).read_to_end(&mut report);
     let found = read
         .map_err(|e| Error::io("reading the restore helper's report", e))
@@ -600,6 +757,12 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     }
 }
 
+/// The step of a report header.
+fn parse_step(header: &[u8]) -> Option<Step> {
+    let step = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
+    Step::ALL.into_iter().find(|s| *s as u32 == step)
+}
+
 fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
     if report.len() < REPORT_HEADER {
         let what = &context.what;
@@ -608,11 +771,8 @@ fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
         )));
     }
     let (header, answer) = report.split_at(REPORT_HEADER);
-    let word = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
-    let step = u32::from_ne_bytes(word(0));
-    let errno = i32::from_ne_bytes(word(4));
-    let step = Step::ALL.into_iter().find(|s| *s as u32 == step);
-    match step {
+    let errno = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    match parse_step(header) {
         Some(Step::Done) => Response::decode(answer),
         Some(Step::SpawnCriu) => Err(rpc::spawn_error(context.bin, errno)),
         Some(Step::SendRequest) => Err(rpc::exchange_error("sending the request to", errno)),
@@ -691,6 +851,32 @@ fn report(fd: RawFd, step: Step, errno: c_int, answer: &[u8]) {
     if rpc::write_all(fd, &[s0, s1, s2, s3, e0, e1, e2, e3]).is_ok() {
         let _ = rpc::write_all(fd, answer);
     }
+}
+
+/// Whether a message of criu swrk is a notification: its type (field 1, varint) comes
+/// first, as protobuf-c writes fields in order. Allocation-free, for the init.
+fn is_notice(message: &[u8]) -> bool {
+    message.starts_with(&[1 << 3, ReqType::NOTIFY.0 as u8])
+}
+
+/// Whether a notification names the `pre-resume` step (its only string). Allocation-free.
+fn names_pre_resume(notice: &[u8]) -> bool {
+    notice.windows(PRE_RESUME.len()).any(|window| window == PRE_RESUME.as_bytes())
+}
+
+/// Fills `buffer` from `fd`; false at end of file or on an error. Async-signal-safe.
+fn read_full(fd: RawFd, buffer: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buffer.len() {
+        // SAFETY: the rest of buffer is valid for writes.
+        let n = unsafe { libc::read(fd, buffer[got..].as_mut_ptr().cast(), buffer.len() - got) };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || rpc::errno() != libc::EINTR {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reports a failed step and exits (holder and init only). Async-signal-safe.
@@ -829,13 +1015,16 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             b"/proc/sys/kernel/ns_last_pid\0".as_ptr().cast(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         );
-        if last_pid < 0
+        if (last_pid < 0
             || libc::write(last_pid, plan.last_pid.as_ptr().cast(), plan.last_pid.len())
-                != plan.last_pid.len() as isize
+                != plan.last_pid.len() as isize)
+            && plan.last_pid_required
         {
             fail(plan, Step::SetLastPid, rpc::errno());
         }
-        libc::close(last_pid);
+        if last_pid >= 0 {
+            libc::close(last_pid);
+        }
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
             Err(errno) => fail(plan, Step::SpawnCriu, errno),
@@ -845,9 +1034,24 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             fail(plan, Step::SendRequest, errno);
         }
         let mut answer = [0u8; rpc::RESPONSE_CAPACITY];
-        let len = match rpc::receive_message(plan.socket, &mut answer) {
-            Ok(len) => len,
-            Err(errno) => fail(plan, Step::ReceiveAnswer, errno),
+        let len = loop {
+            let len = match rpc::receive_message(plan.socket, &mut answer) {
+                Ok(len) => len,
+                Err(errno) => fail(plan, Step::ReceiveAnswer, errno),
+            };
+            if !is_notice(&answer[..len]) {
+                break len;
+            }
+            let mut go = true;
+            if names_pre_resume(&answer[..len]) {
+                report(plan.report_write, Step::Held, 0, &[]);
+                let mut verdict = [0u8; 1];
+                go = read_full(plan.ack_read, &mut verdict) && verdict[0] == 1;
+            }
+            let ack = if go { &plan.notice_go } else { &plan.notice_refused };
+            if let Err(errno) = rpc::send_message(plan.socket, ack) {
+                fail(plan, Step::SendRequest, errno);
+            }
         };
         // criu swrk exits after answering; then the restored task is our only child.
         let _ = rpc::wait_exit_code(criu);
@@ -855,18 +1059,10 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
         libc::close(plan.report_write);
 
         let mut ack = [0u8; 4];
-        let mut got = 0;
-        while got < ack.len() {
-            let n = libc::read(plan.ack_read, ack[got..].as_mut_ptr().cast(), ack.len() - got);
-            if n > 0 {
-                got += n as usize;
-            } else if n == 0 || rpc::errno() != libc::EINTR {
-                break;
-            }
-        }
+        let acked = read_full(plan.ack_read, &mut ack);
         close_all_except(&[]);
         detach_stdio();
-        if got < ack.len() {
+        if !acked {
             // The caller gave up (the restore failed, or it died): end the namespace.
             libc::kill(-1, libc::SIGKILL);
             libc::_exit(HELPER_FAILED);
@@ -925,6 +1121,24 @@ mod tests {
     }
 
     #[test]
+    fn a_zombie_holding_a_pid_is_named_with_its_parent() {
+        let own = std::process::id();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Holder::of(pid).is_some_and(|holder| holder.zombie) && Instant::now() < deadline {
+            std::thread::sleep(PID_POLL_INTERVAL);
+        }
+        let named = describe_holder(pid, Holder::of(pid), Duration::from_secs(3));
+        child.wait().unwrap();
+        let zombie =
+            format!("PID {pid} is held by a zombie (PPID {own}) that was not reaped within 3s");
+        assert_eq!(named, zombie);
+        let me = describe_holder(own as i32, Holder::of(own as i32), Duration::ZERO);
+        assert!(me.starts_with(&format!("PID {own} is taken by ")), "{me}");
+    }
+
+    #[test]
     fn own_pid_is_in_use_and_a_huge_one_is_not() {
         assert!(pid_in_use(std::process::id() as i32));
         assert!(!pid_in_use(i32::MAX));
@@ -980,7 +1194,7 @@ mod tests {
             file_locks: false,
             inherit_fds: &[],
             new_pidns: true,
-            stopped: false,
+            before_resume: None,
             timeout: None,
             as_owner: None,
         };

@@ -32,6 +32,10 @@ pub(crate) const HELPER_FAILED: c_int = 127;
 /// A harmless error CRIU logs on every run where it lacks CAP_SYS_RESOURCE.
 const HARMLESS_ERROR: &str = "RLIMIT_NOFILE";
 
+/// Endings of CRIU's error lines that only say that a step failed, after the line that
+/// says why ("Dump files (pid: N) failed with -1", "Dumping FAILED.").
+const SUMMARY_ERRORS: &[&str] = &["failed with -1", "FAILED."];
+
 /// How many of the log's first error lines go into an error message.
 const LOG_ERROR_LINES: usize = 3;
 
@@ -223,7 +227,9 @@ pub(crate) fn check(bin: &CriuBinary) -> Result<()> {
     }
     .encode();
     let started = Instant::now();
-    let session = Session::start(bin, Helper::Child, &[images.fd()], None)?;
+    // Detached: the check runs in the checkpointed program, whose SIGCHLD handler must
+    // not hear of it.
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], None)?;
     images.close();
     let response = session.call(&request)?;
     drop(session);
@@ -344,7 +350,8 @@ pub(crate) fn failure(what: &str, response: &Response, log: &Path) -> Error {
 }
 
 /// The first `Error (...)` lines of a CRIU log, without their timestamps, skipping the
-/// harmless RLIMIT_NOFILE line (warnings are `Warn` lines and never match).
+/// harmless RLIMIT_NOFILE line and the summary lines (warnings are `Warn` lines and
+/// never match).
 fn first_log_errors(log: &Path) -> Vec<String> {
     let Ok(bytes) = std::fs::read(log) else {
         return Vec::new();
@@ -353,6 +360,7 @@ fn first_log_errors(log: &Path) -> Vec<String> {
         .lines()
         .filter_map(|line| line.find("Error (").map(|at| line[at..].trim_end()))
         .filter(|line| !line.contains(HARMLESS_ERROR))
+        .filter(|line| !SUMMARY_ERRORS.iter().any(|summary| line.ends_with(summary)))
         .take(LOG_ERROR_LINES)
         .map(str::to_string)
         .collect()
@@ -397,32 +405,49 @@ impl Session {
 
     /// Sends one request and returns CRIU's answer.
     pub(crate) fn call(&self, request: &[u8]) -> Result<Response> {
-        self.call_within(request, None)
+        self.call_within(request, None, |_| true)
     }
 
     /// [`call`](Session::call) that waits at most `limit` for the answer: then the
     /// helper, if it is our child, is killed, and the error has code OPAL_ERR_TIMEOUT.
-    pub(crate) fn call_within(&self, request: &[u8], limit: Option<Duration>) -> Result<Response> {
-        let deadline = limit.map(|limit| Instant::now() + limit);
+    /// Notifications (`notify_scripts`) met on the way go to `on_notice`, whose verdict
+    /// is CRIU's acknowledgement; the time it takes does not count against `limit`.
+    pub(crate) fn call_within(
+        &self,
+        request: &[u8],
+        limit: Option<Duration>,
+        mut on_notice: impl FnMut(&Response) -> bool,
+    ) -> Result<Response> {
+        let mut deadline = limit.map(|limit| Instant::now() + limit);
         let fd = self.socket.as_raw_fd();
         send_message(fd, request)
             .map_err(|errno| exchange_error("sending the request to", errno))?;
-        let answered = readable_before(fd, deadline)
-            .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
-        if !answered {
-            if let Some(pid) = self.helper_pid {
-                // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            return Err(Error::new(
-                codes::OPAL_ERR_TIMEOUT,
-                format!("criu swrk did not answer in {limit:?}"),
-            ));
-        }
         let mut buffer = vec![0u8; RESPONSE_CAPACITY];
-        let len = receive_message(fd, &mut buffer)
-            .map_err(|errno| exchange_error("reading the answer of", errno))?;
-        Response::decode(&buffer[..len])
+        loop {
+            let answered = readable_before(fd, deadline)
+                .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
+            if !answered {
+                if let Some(pid) = self.helper_pid {
+                    // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                return Err(Error::new(
+                    codes::OPAL_ERR_TIMEOUT,
+                    format!("criu swrk did not answer in {limit:?}"),
+                ));
+            }
+            let len = receive_message(fd, &mut buffer)
+                .map_err(|errno| exchange_error("reading the answer of", errno))?;
+            let response = Response::decode(&buffer[..len])?;
+            if response.kind != ReqType::NOTIFY {
+                return Ok(response);
+            }
+            let started = Instant::now();
+            let verdict = on_notice(&response);
+            deadline = deadline.map(|deadline| deadline + started.elapsed());
+            send_message(fd, &super::proto::notify_answer(verdict))
+                .map_err(|errno| exchange_error("acknowledging a notification of", errno))?;
+        }
     }
 }
 
@@ -525,6 +550,22 @@ impl SwrkCommand {
     }
 }
 
+/// A fork by the raw system call: the child ends with `exit_signal` to its parent (0:
+/// none, so the program we live in gets no SIGCHLD for the library's helper, and its
+/// `waitpid(-1)` cannot reap it; only a wait with `__WALL` sees it). No fork handlers
+/// run and no libc lock is reset, so the child may only make system calls.
+///
+/// # Safety
+/// The child must only make async-signal-safe calls.
+unsafe fn clone_process(exit_signal: c_int) -> libc::pid_t {
+    // SAFETY: clone without CLONE_VM and without a new stack is a fork: the child gets
+    // a copy of the address space and goes on from here.
+    unsafe {
+        let flags = exit_signal as libc::c_ulong;
+        libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t
+    }
+}
+
 /// The calling thread's errno.
 pub(crate) fn errno() -> c_int {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
@@ -548,7 +589,12 @@ pub(crate) unsafe fn spawn_swrk(
     }
     let [status_read, status_write] = status_pipe;
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
-    let first = unsafe { libc::fork() };
+    let first = unsafe {
+        match helper {
+            Helper::Child => libc::fork(),
+            Helper::Detached => clone_process(0),
+        }
+    };
     if first == 0 {
         // SAFETY: as above; in the child.
         unsafe {
@@ -556,7 +602,7 @@ pub(crate) unsafe fn spawn_swrk(
             if helper == Helper::Child {
                 exec_swrk(command, status_write);
             }
-            let second = libc::fork();
+            let second = clone_process(libc::SIGCHLD);
             if second == 0 {
                 // Leave the caller's session and process group: until init reaps the
                 // exited helper, a member would keep the dumped PID allocated (as its
@@ -583,7 +629,11 @@ pub(crate) unsafe fn spawn_swrk(
     }
     if helper == Helper::Detached {
         // The intermediate child exits at once; reap it now so no zombie is left.
-        let _ = wait_exit_code(first);
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; __WALL: a child with exit signal 0.
+        while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
+            && errno() == libc::EINTR
+        {}
     }
     let report = read_status_pipe(status_read);
     // SAFETY: status_read is ours.
@@ -1073,7 +1123,7 @@ mod tests {
             file_locks: false,
             inherit_fds,
             new_pidns,
-            stopped: false,
+            before_resume: None,
             timeout: None,
             as_owner: None,
         }
@@ -1166,9 +1216,9 @@ mod tests {
     }
 
     #[test]
-    fn a_task_restored_stopped_runs_only_when_continued() {
+    fn a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails() {
         let Some((bin, dir, images)) =
-            criu_setup("a_task_restored_stopped_runs_only_when_continued")
+            criu_setup("a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails")
         else {
             return;
         };
@@ -1178,21 +1228,30 @@ mod tests {
         let written = || std::fs::metadata(&counter.count_file).unwrap().modified().unwrap();
         let last_write = written();
 
-        let opts = RestoreOptions { stopped: true, ..restore_options(&images, &[], false) };
-        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
-        let state = || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+        let refuse = |held: &Restored| -> crate::error::Result<()> {
+            assert_eq!(held.pid, pid);
+            Err(Error::msg("refused by the test"))
         };
-        // CRIU stops the tree with a SIGSTOP as it lets go of it; on a loaded machine the
-        // task may be seen running for a moment before the signal takes it (it cannot
-        // reach its own code first: a pending signal is handled on the way back to it).
-        wait_for("the restored task to be stopped", || state() == 'T');
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(written(), last_write, "the stopped task counted");
-        // SAFETY: pid is the restored task, ours until reaped.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-        wait_for("the continued copy to count on", || {
+        let opts =
+            RestoreOptions { before_resume: Some(&refuse), ..restore_options(&images, &[], false) };
+        let err = restore::restore(&bin, &opts).unwrap_err();
+        assert_eq!(err.message(), "refused by the test");
+        assert!(!restore::pid_in_use(pid), "the refused tree is still there");
+        assert_eq!(written(), last_write, "the refused task counted");
+
+        let checked = std::cell::Cell::new(false);
+        let hold = |held: &Restored| -> crate::error::Result<()> {
+            assert!(restore::pid_in_use(held.pid));
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(written(), last_write, "the held task counted");
+            checked.set(true);
+            Ok(())
+        };
+        let opts =
+            RestoreOptions { before_resume: Some(&hold), ..restore_options(&images, &[], false) };
+        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
+        assert!(checked.get());
+        wait_for("the released copy to count on", || {
             counter.count().is_some_and(|(n, _)| n > at_kill)
         });
         assert_eq!(running.kill_and_wait(), SIGKILLED);
@@ -1299,6 +1358,26 @@ mod tests {
         io::BufRead::read_line(&mut io::BufReader::new(reader), &mut line).unwrap();
         assert!(line.ends_with(" counting\n"), "{line:?}");
         assert_eq!(running.kill_and_wait(), SIGKILLED);
+    }
+
+    #[test]
+    fn a_log_gives_its_real_errors_without_criu_s_noise() {
+        let dir = TempDir::new("criu-log-test").unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: \
+             Operation not permitted\n\
+             (00.002) Warn  (criu/x.c:1): a warning\n\
+             (00.003) Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!\n\
+             (00.004) Error (criu/cr-dump.c:1545): Dump files (pid: 42) failed with -1\n\
+             (00.005) Error (criu/cr-dump.c:1975): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_log_errors(&log),
+            ["Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!"]
+        );
     }
 
     #[test]
