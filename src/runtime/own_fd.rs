@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Where the library's descriptors start when the descriptor limit allows.
-pub const FLOOR: RawFd = 1000;
+pub(crate) const FLOOR: RawFd = 1000;
 
 /// How many numbers below the limit are tried when the limit is at or below FLOOR.
 const TRIES_BELOW_LIMIT: RawFd = 256;
