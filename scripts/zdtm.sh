@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# zdtm.sh - CRIU's own zdtm static tests, each run two ways on the same test binary:
+#   criu : the CRIU command line, as zdtm.py runs a static test in the host flavour
+#          (criu dump --tree PID, the test is gone, criu restore --restore-detached);
+#   ours : the library preloaded into the test, opal-checkpoint PID, kill -9,
+#          opal-restart --fork SNAPSHOT.
+# Then SIGTERM, and the test's own verdict: PASS in its .out file.
+# A test the command line fails is not counted; the figure is
+#   zdtm: ours N/M where criu passes M
+#
+# Usage: zdtm.sh [--quick] [TEST...]     (as root; default: the whole static list)
+#   --quick   the subset that the test command runs (tests/zdtm.rs)
+# Environment:
+#   CRIU        criu binary (default: criu in PATH, else /opt/criu/sbin/criu)
+#   ZDTM_SRC    CRIU's test/zdtm directory (default: the source tree install-criu.sh
+#               keeps, $CRIU_WORK/src/criu-<version>/test/zdtm, CRIU_WORK=/var/tmp/criu-install)
+#   OPALCRS_BIN directory with opal-checkpoint, opal-restart and libopalcrs.so
+#               (default: target/debug of this tree)
+# Exit: 0 every counted test passes through the library, 1 some do not,
+#       2 usage, 3 cannot run here (not root, no CRIU, no CRIU source, build failed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+# A quick subset that passes both ways: plain processes, memory, signals, timers,
+# files, pipes, sockets, process trees, threads.
+QUICK="busyloop00 sleeping00 pid00 caps00 wait00 zombie00 fpu00 futex mprotect00
+timers timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 session01 pthread00
+vdso00 maps00 mmx00 sse00 sockets00 sock_opts00 socket_udp pipe01 write_read00
+file_append cwd00 fifo"
+
+die() { echo "zdtm: $*" >&2; exit "${2:-2}"; }
+cannot() { echo "zdtm: cannot run: $*" >&2; exit 3; }
+
+quick=0
+names=()
+for a in "$@"; do
+    case "$a" in
+    --quick) quick=1 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option $a (usage: zdtm.sh [--quick] [TEST...])" ;;
+    *) names+=("$a") ;;
+    esac
+done
+
+[ "$(id -u)" = 0 ] || cannot "needs root (CRIU dumps and restores)"
+if [ -z "${CRIU:-}" ]; then
+    CRIU=$(command -v criu || echo /opt/criu/sbin/criu)
+fi
+[ -x "$CRIU" ] || cannot "no criu binary (looked at ${CRIU}; bash scripts/install-criu.sh)"
+version=$("$CRIU" --version 2>/dev/null | awk '/^Version:/ { print $2 }')
+[ -n "$version" ] || cannot "$CRIU --version names no version"
+ZDTM_SRC=${ZDTM_SRC:-${CRIU_WORK:-/var/tmp/criu-install}/src/criu-$version/test/zdtm}
+[ -f "$ZDTM_SRC/static/Makefile" ] \
+    || cannot "the CRIU $version source with test/zdtm is not at $ZDTM_SRC (scripts/install-criu.sh keeps it when it builds from source; set ZDTM_SRC)"
+OPALCRS_BIN=${OPALCRS_BIN:-$REPO/target/debug}
+LIB=$OPALCRS_BIN/libopalcrs.so
+for f in "$OPALCRS_BIN/opal-checkpoint" "$OPALCRS_BIN/opal-restart" "$LIB"; do
+    [ -e "$f" ] || cannot "$f not built (cargo build)"
+done
+
+# Scratch: a copy of zdtm, built there; dumps and snapshots next to it. Everything
+# started is remembered by PID and ended at exit.
+W=$(mktemp -d "${TMPDIR:-/tmp}/opalcrs-zdtm.XXXXXX")
+chmod 755 "$W"
+PIDS=()
+end_tests() {  # ends what is left of the tests started: each one's session, by PID
+    local p q
+    for p in "${PIDS[@]}"; do
+        for q in $(ps -o pid= -s "$p" 2>/dev/null) "$p"; do kill -KILL "$q" 2>/dev/null; done
+    done
+    PIDS=()
+}
+cleanup() {
+    end_tests
+    rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cp -a "$ZDTM_SRC" "$W/zdtm" || cannot "copying $ZDTM_SRC"
+S=$W/zdtm/static
+# The hook: a preloaded library initialises only the process that loaded it; the test's
+# daemonized child (fork without exec) calls opal_init itself, when the library is there.
+sed -i -e '0,/^#include/s//#include <dlfcn.h>\n#include/' \
+    -e '/^\tmaster_pid = getpid();$/a\
+\t{\
+\t\tint (*opal_init_fn)(int *, char ***) = (int (*)(int *, char ***))dlsym(RTLD_DEFAULT, "opal_init");\
+\t\tif (opal_init_fn \&\& opal_init_fn(NULL, NULL) != 0) {\
+\t\t\tpr_err("opal_init failed\\n");\
+\t\t\texit(1);\
+\t\t}\
+\t}' "$W/zdtm/lib/test.c"
+grep -q 'dlsym(RTLD_DEFAULT, "opal_init")' "$W/zdtm/lib/test.c" \
+    || cannot "patching zdtm's lib/test.c failed (its test_init changed?)"
+make -s -C "$W/zdtm/lib" -j"$(nproc)" >"$W/build-lib.log" 2>&1 \
+    || { tail -20 "$W/build-lib.log" >&2; cannot "building zdtm's lib failed"; }
+
+all=$(make -s --no-print-directory -C "$S" --eval 'zdtm-list: ; @echo $(TST)' zdtm-list)
+if [ ${#names[@]} -gt 0 ]; then
+    list="${names[*]}"
+elif [ $quick = 1 ]; then
+    list=$QUICK
+else
+    list=$all
+fi
+for t in $list; do
+    [[ " $all " == *" $t "* ]] || die "$t is not in zdtm's static list"
+done
+# shellcheck disable=SC2086
+make -k -s -C "$S" -j"$(nproc)" $list >"$W/build.log" 2>&1
+
+ARCH=$(uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/aarch64/')
+# One field of a test's .desc (a Python dict literal).
+desc() {  # desc TEST KEY
+    [ -f "$S/$1.desc" ] || return 0
+    tr '\n' ' ' <"$S/$1.desc" | grep -o "'$2': *'[^']*'" | sed "s/^'$2': *'\\(.*\\)'$/\\1/"
+}
+declare -A FEATURE
+has_feature() {
+    [ -n "${FEATURE[$1]:-}" ] || {
+        "$CRIU" check --no-default-config -v0 --feature "$1" >/dev/null 2>&1 && FEATURE[$1]=y || FEATURE[$1]=n
+    }
+    [ "${FEATURE[$1]}" = y ]
+}
+# CRIU options of a .desc, as library parameters; empty when one has no parameter.
+declare -A PARAM_OF=([--tcp-established]=OMPI_MCA_crs_criu_tcp_established=1
+                     [--file-locks]=OMPI_MCA_crs_criu_file_locks=1)
+params_for() {  # params_for OPTIONS...
+    local o out=()
+    for o in "$@"; do
+        [ -n "${PARAM_OF[$o]:-}" ] || { echo "!$o"; return; }
+        out+=("${PARAM_OF[$o]}")
+    done
+    echo "${out[*]}"
+}
+# Why a test is not run here, if it is not.
+skip_reason() {  # skip_reason TEST
+    local t=$1 f flags flavor
+    [ -x "$S/$t" ] && [ -f "$S/$t" ] || { echo "not built (see zdtm's make output)"; return; }
+    local arch; arch=$(desc "$t" arch)
+    [ -z "$arch" ] || [ "$arch" = "$ARCH" ] || { echo "arch $arch"; return; }
+    flags=" $(desc "$t" flags) "
+    for f in crfail noauto crlib; do
+        [[ $flags == *" $f "* ]] && { echo "flag $f"; return; }
+    done
+    flavor=$(desc "$t" flavor)
+    [ -z "$flavor" ] || [[ " $flavor " == *" h "* ]] || { echo "flavor '$flavor' only (no host flavour)"; return; }
+    for f in $(desc "$t" feature); do
+        has_feature "$f" || { echo "criu check: no feature $f"; return; }
+    done
+    if [ -x "$S/$t.checkskip" ]; then
+        (cd "$S" && "./$t.checkskip") >/dev/null 2>&1 || { echo "its checkskip failed"; return; }
+    fi
+}
+
+PIDWAIT=10    # seconds for a killed or stopped test to leave the process table
+STEPWAIT=60   # seconds for one start, dump, restore
+gone() {  # gone PID SECONDS: waits until kill -0 fails (a zombie counts as there)
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 1
+}
+ended() {  # ended PID SECONDS: gone, or a zombie (its verdict is written)
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+WHY=   # the first lines of why the last run failed
+fail() {  # fail STEP [FILE]: records why, returns 1
+    WHY="$1"
+    if [ -n "${2:-}" ] && [ -s "$2" ]; then
+        WHY+=": $(grep -v '^$' "$2" | grep -m3 -i 'error\|fail\|fatal\|refus' || grep -v '^$' "$2" | head -3)"
+        WHY=${WHY//$'\n'/ | }
+    fi
+    return 1
+}
+# Starts a test as zdtm does (its make rule's command line); sets PID.
+PID=
+start() {  # start TEST ENV...
+    local t=$1 cmd
+    shift
+    PID=
+    make -s -C "$S" "$t.cleanout" >/dev/null 2>&1
+    cmd=$(make -n -s --no-print-directory -C "$S" "$t.pid" | tail -1)
+    # env(1) puts LD_PRELOAD on the test only, not on timeout or make
+    (cd "$S" && eval "timeout $STEPWAIT env $* $cmd") >"$D/start.log" 2>&1 \
+        || { fail "start" "$D/start.log"; cat "$S/$t.out.inprogress" >>"$D/start.log" 2>/dev/null; return 1; }
+    PID=$(cat "$S/$t.pid" 2>/dev/null) && kill -0 "$PID" 2>/dev/null \
+        || { fail "start: no live PID in $t.pid"; return 1; }
+    PIDS+=("$PID")
+}
+verdict() {  # verdict TEST PID
+    kill -TERM "$2" 2>/dev/null || { fail "the restored test is not running"; return 1; }
+    ended "$2" "$PIDWAIT" || { fail "the test did not end on SIGTERM"; return 1; }
+    if tail -1 "$S/$1.out" 2>/dev/null | grep -qw PASS; then
+        return 0
+    fi
+    fail "test verdict" "$(ls "$S/$1.out" "$S/$1.out.inprogress" 2>/dev/null | head -1)"
+}
+# The environment zdtm.py gives a host-flavour test, except that every test runs as root,
+# as zdtm.py runs its 'suid' ones: it switches the others to uid 18943, and a root without
+# CAP_SYS_RESOURCE (as on this machine) cannot read another user's rlimits, so CRIU's
+# dump fails for all of them.
+TEST_ENV="TMPDIR=${TMPDIR:-/tmp} ZDTM_THREAD_BOMB=5"
+
+run_criu() {  # run_criu TEST
+    local t=$1 pid opts dopts ropts
+    D=$W/dump/$t/criu; mkdir -p "$D"; chmod 777 "$D"
+    start "$t" $TEST_ENV || return 1
+    pid=$PID
+    opts=$(desc "$t" opts); dopts=$(desc "$t" dopts); ropts=$(desc "$t" ropts)
+    # shellcheck disable=SC2086
+    timeout $STEPWAIT "$CRIU" dump --tree "$pid" -D "$D" -o dump.log -v4 $opts $dopts \
+        --pidfile "$S/$t.pid" --timeout 10 >"$D/dump.out" 2>&1 \
+        || { fail "criu dump" "$D/dump.log"; return 1; }
+    gone "$pid" "$PIDWAIT" || { fail "the dumped test is still there"; return 1; }
+    rm -f "$S/$t.pid"
+    # shellcheck disable=SC2086
+    timeout $STEPWAIT "$CRIU" restore -D "$D" -o restore.log -v4 $opts $ropts \
+        --pidfile "$S/$t.pid" --restore-detached >"$D/restore.out" 2>&1 \
+        || { fail "criu restore" "$D/restore.log"; return 1; }
+    pid=$(tr -d ' \n' <"$S/$t.pid")
+    PIDS+=("$pid")
+    verdict "$t" "$pid"
+}
+
+run_ours() {  # run_ours TEST
+    local t=$1 pid params snapshot
+    D=$W/dump/$t/ours; mkdir -p "$D"; chmod 777 "$D"
+    params=$(params_for $(desc "$t" opts) $(desc "$t" dopts) $(desc "$t" ropts))
+    local lib_env="OMPI_MCA_mca_base_param_files=none OMPI_MCA_crs=criu OMPI_MCA_crs_criu_binary=$CRIU HOME=$D OMPI_MCA_crs_base_snapshot_dir=$D $params"
+    start "$t" $TEST_ENV "$lib_env" LD_PRELOAD="$LIB" || return 1
+    pid=$PID
+    # shellcheck disable=SC2086
+    env $lib_env "$OPALCRS_BIN/opal-checkpoint" --timeout $STEPWAIT "$pid" >"$D/checkpoint.out" 2>&1 \
+        || { fail "opal-checkpoint" "$D/checkpoint.out"; return 1; }
+    snapshot=$(sed -n 's/^Snapshot Path: *//p' "$D/checkpoint.out")
+    kill -KILL "$pid"
+    gone "$pid" "$PIDWAIT" || { fail "the killed test is still there (a zombie?)"; return 1; }
+    # shellcheck disable=SC2086
+    timeout $STEPWAIT env $lib_env "$OPALCRS_BIN/opal-restart" --fork "$snapshot" >"$D/restart.out" 2>"$D/restart.err" \
+        || { fail "opal-restart" "$D/restart.err"; return 1; }
+    pid=$(tr -d ' \n' <"$D/restart.out")
+    PIDS+=("$pid")
+    verdict "$t" "$pid"
+}
+
+skipped=() counted=() failed=() not_counted=()
+started=$SECONDS
+echo "zdtm: CRIU $version ($CRIU), tests from $ZDTM_SRC"
+for t in $list; do
+    why=$(skip_reason "$t")
+    if [ -n "$why" ]; then
+        skipped+=("$t: $why")
+        continue
+    fi
+    params=$(params_for $(desc "$t" opts) $(desc "$t" dopts) $(desc "$t" ropts))
+    t0=$SECONDS
+    if ! run_criu "$t"; then
+        not_counted+=("$t: $WHY")
+        printf '%-28s criu FAIL  (not counted)\n' "$t"
+        end_tests
+        continue
+    fi
+    if [[ $params == !* ]]; then
+        skipped+=("$t: criu passes with ${params#!}, for which the library has no parameter")
+        printf '%-28s criu PASS  ours -    (needs %s)\n' "$t" "${params#!}"
+        continue
+    fi
+    counted+=("$t")
+    if run_ours "$t"; then
+        printf '%-28s criu PASS  ours PASS  %3ds\n' "$t" $((SECONDS - t0))
+    else
+        failed+=("$t: $WHY")
+        printf '%-28s criu PASS  ours FAIL  %3ds\n' "$t" $((SECONDS - t0))
+    fi
+    end_tests
+    rm -rf "$W/dump/$t"
+done
+
+echo
+if [ ${#skipped[@]} -gt 0 ]; then
+    echo "not run here (${#skipped[@]}):"
+    printf '  %s\n' "${skipped[@]}"
+fi
+if [ ${#not_counted[@]} -gt 0 ]; then
+    echo "not counted, the CRIU command line fails (${#not_counted[@]}):"
+    printf '  %s\n' "${not_counted[@]}"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "pass with the CRIU command line, fail through the library (${#failed[@]}):"
+    printf '  %s\n' "${failed[@]}"
+fi
+M=${#counted[@]}
+echo "zdtm: ours $((M - ${#failed[@]}))/$M where criu passes $M ($((SECONDS - started)) s)"
+[ ${#failed[@]} = 0 ]
