@@ -19,6 +19,23 @@
 # Exit: 0 every counted test passes through the library, 1 some do not,
 #       2 usage, 3 cannot run here (not root, no CRIU, no CRIU source, build failed).
 set -uo pipefail
+# The script makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER, kept across
+# exec): the daemonized tests and whatever they leave behind are its descendants, ended by
+# PID after each test, and a killed test is reaped at once (this machine's PID 1 takes
+# about a second, and a restore needs the PID free).
+if [ -z "${ZDTM_SUBREAPER:-}" ]; then
+    command -v python3 >/dev/null || { echo "zdtm: cannot run: needs python3" >&2; exit 3; }
+    ZDTM_SUBREAPER=1 exec python3 -c 'import ctypes, os, sys
+if ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0:
+    sys.exit("zdtm: prctl(PR_SET_CHILD_SUBREAPER) failed")
+os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
+unset ZDTM_SUBREAPER
+# A test starts with fds 0-2 only, as under zdtm.py (close_fds).
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    [ "$fd" -gt 2 ] && [ "$fd" != 255 ] && eval "exec $fd>&-"
+done
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
@@ -63,13 +80,42 @@ done
 # started is remembered by PID and ended at exit.
 W=$(mktemp -d "${TMPDIR:-/tmp}/opalcrs-zdtm.XXXXXX")
 chmod 755 "$W"
-PIDS=()
-end_tests() {  # ends what is left of the tests started: each one's session, by PID
-    local p q
-    for p in "${PIDS[@]}"; do
-        for q in $(ps -o pid= -s "$p" 2>/dev/null) "$p"; do kill -KILL "$q" 2>/dev/null; done
+descendants() {  # descendants PID: all of them, read from /proc by builtins (no child of ours)
+    local f stat p added=1
+    local -A parent=() found=([$1]=1)
+    for f in /proc/[0-9]*/stat; do
+        read -r stat 2>/dev/null <"$f" || continue
+        p=${f#/proc/}
+        stat=${stat##*) }      # the fields after "(comm) ": state ppid ...
+        stat=${stat#* }
+        parent[${p%/stat}]=${stat%% *}
     done
-    PIDS=()
+    while [ $added = 1 ]; do
+        added=0
+        for p in "${!parent[@]}"; do
+            [ "$p" != "$BASHPID" ] || continue   # the subshell running this
+            if [ -z "${found[$p]:-}" ] && [ -n "${found[${parent[$p]}]:-}" ]; then
+                found[$p]=1
+                added=1
+                echo "$p"
+            fi
+        done
+    done
+}
+kill_tree() {  # kill_tree PID: stopped first, so that none forks on; SIGKILL
+    local p left i
+    for ((i = 0; i < 100; i++)); do
+        left=$(descendants "$1")
+        [ "$1" = $$ ] || ! kill -0 "$1" 2>/dev/null || left="$1 $left"
+        [ -n "$left" ] || return 0
+        for p in $left; do kill -STOP "$p" 2>/dev/null; done
+        for p in $left; do kill -KILL "$p" 2>/dev/null; done
+        sleep 0.05   # bash reaps them meanwhile
+    done
+    echo "zdtm: processes left after the tests: $left" >&2
+}
+end_tests() {  # ends every process the tests left
+    kill_tree $$
 }
 cleanup() {
     end_tests
@@ -134,10 +180,12 @@ params_for() {  # params_for OPTIONS...
     done
     echo "${out[*]}"
 }
+build_error() {  # build_error TEST: the first compiler or linker error about it
+    grep -m1 -E "^$1\.c:[0-9]+:[0-9]+: (fatal )?error|$1\.c:[0-9]+: undefined" "$W/build.log" || echo "see make's output"
+}
 # Why a test is not run here, if it is not.
 skip_reason() {  # skip_reason TEST
     local t=$1 f flags flavor
-    [ -x "$S/$t" ] && [ -f "$S/$t" ] || { echo "not built (see zdtm's make output)"; return; }
     local arch; arch=$(desc "$t" arch)
     [ -z "$arch" ] || [ "$arch" = "$ARCH" ] || { echo "arch $arch"; return; }
     flags=" $(desc "$t" flags) "
@@ -146,6 +194,7 @@ skip_reason() {  # skip_reason TEST
     done
     flavor=$(desc "$t" flavor)
     [ -z "$flavor" ] || [[ " $flavor " == *" h "* ]] || { echo "flavor '$flavor' only (no host flavour)"; return; }
+    [ -x "$S/$t" ] && [ -f "$S/$t" ] || { echo "did not build: $(build_error "$t")"; return; }
     for f in $(desc "$t" feature); do
         has_feature "$f" || { echo "criu check: no feature $f"; return; }
     done
@@ -155,7 +204,7 @@ skip_reason() {  # skip_reason TEST
 }
 
 PIDWAIT=10    # seconds for a killed or stopped test to leave the process table
-STEPWAIT=60   # seconds for one start, dump, restore
+STEPWAIT=30   # seconds for one start, dump, restore (zdtm.py's default)
 gone() {  # gone PID SECONDS: waits until kill -0 fails (a zombie counts as there)
     local i
     for ((i = 0; i < $2 * 20; i++)); do
@@ -191,11 +240,10 @@ start() {  # start TEST ENV...
     make -s -C "$S" "$t.cleanout" >/dev/null 2>&1
     cmd=$(make -n -s --no-print-directory -C "$S" "$t.pid" | tail -1)
     # env(1) puts LD_PRELOAD on the test only, not on timeout or make
-    (cd "$S" && eval "timeout $STEPWAIT env $* $cmd") >"$D/start.log" 2>&1 \
+    (cd "$S" && eval "timeout -k 5 $STEPWAIT env $* $cmd") >"$D/start.log" 2>&1 \
         || { fail "start" "$D/start.log"; cat "$S/$t.out.inprogress" >>"$D/start.log" 2>/dev/null; return 1; }
     PID=$(cat "$S/$t.pid" 2>/dev/null) && kill -0 "$PID" 2>/dev/null \
         || { fail "start: no live PID in $t.pid"; return 1; }
-    PIDS+=("$PID")
 }
 verdict() {  # verdict TEST PID
     kill -TERM "$2" 2>/dev/null || { fail "the restored test is not running"; return 1; }
@@ -218,17 +266,16 @@ run_criu() {  # run_criu TEST
     pid=$PID
     opts=$(desc "$t" opts); dopts=$(desc "$t" dopts); ropts=$(desc "$t" ropts)
     # shellcheck disable=SC2086
-    timeout $STEPWAIT "$CRIU" dump --tree "$pid" -D "$D" -o dump.log -v4 $opts $dopts \
+    timeout -k 5 $STEPWAIT "$CRIU" dump --tree "$pid" -D "$D" -o dump.log -v4 $opts $dopts \
         --pidfile "$S/$t.pid" --timeout 10 >"$D/dump.out" 2>&1 \
         || { fail "criu dump" "$D/dump.log"; return 1; }
     gone "$pid" "$PIDWAIT" || { fail "the dumped test is still there"; return 1; }
     rm -f "$S/$t.pid"
     # shellcheck disable=SC2086
-    timeout $STEPWAIT "$CRIU" restore -D "$D" -o restore.log -v4 $opts $ropts \
+    timeout -k 5 $STEPWAIT "$CRIU" restore -D "$D" -o restore.log -v4 $opts $ropts \
         --pidfile "$S/$t.pid" --restore-detached >"$D/restore.out" 2>&1 \
         || { fail "criu restore" "$D/restore.log"; return 1; }
     pid=$(tr -d ' \n' <"$S/$t.pid")
-    PIDS+=("$pid")
     verdict "$t" "$pid"
 }
 
@@ -240,16 +287,15 @@ run_ours() {  # run_ours TEST
     start "$t" $TEST_ENV "$lib_env" LD_PRELOAD="$LIB" || return 1
     pid=$PID
     # shellcheck disable=SC2086
-    env $lib_env "$OPALCRS_BIN/opal-checkpoint" --timeout $STEPWAIT "$pid" >"$D/checkpoint.out" 2>&1 \
+    timeout -k 5 $((STEPWAIT + 10)) env $lib_env "$OPALCRS_BIN/opal-checkpoint" --timeout $STEPWAIT "$pid" >"$D/checkpoint.out" 2>&1 \
         || { fail "opal-checkpoint" "$D/checkpoint.out"; return 1; }
     snapshot=$(sed -n 's/^Snapshot Path: *//p' "$D/checkpoint.out")
-    kill -KILL "$pid"
-    gone "$pid" "$PIDWAIT" || { fail "the killed test is still there (a zombie?)"; return 1; }
+    kill_tree "$pid"   # as CRIU's dump does: the whole tree
+    gone "$pid" "$PIDWAIT" || { fail "the killed test is still there"; return 1; }
     # shellcheck disable=SC2086
-    timeout $STEPWAIT env $lib_env "$OPALCRS_BIN/opal-restart" --fork "$snapshot" >"$D/restart.out" 2>"$D/restart.err" \
+    timeout -k 5 $STEPWAIT env $lib_env "$OPALCRS_BIN/opal-restart" --fork "$snapshot" >"$D/restart.out" 2>"$D/restart.err" \
         || { fail "opal-restart" "$D/restart.err"; return 1; }
     pid=$(tr -d ' \n' <"$D/restart.out")
-    PIDS+=("$pid")
     verdict "$t" "$pid"
 }
 
@@ -273,6 +319,7 @@ for t in $list; do
     if [[ $params == !* ]]; then
         skipped+=("$t: criu passes with ${params#!}, for which the library has no parameter")
         printf '%-28s criu PASS  ours -    (needs %s)\n' "$t" "${params#!}"
+        end_tests
         continue
     fi
     counted+=("$t")
