@@ -39,12 +39,13 @@ done
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-# A quick subset that passes both ways: plain processes, memory, signals, timers,
-# files, pipes, sockets, process trees, threads.
-QUICK="busyloop00 sleeping00 pid00 caps00 wait00 zombie00 fpu00 futex mprotect00
-timers timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 session01 pthread00
-vdso00 maps00 mmx00 sse00 sockets00 sock_opts00 socket_udp pipe01 write_read00
-file_append cwd00 fifo"
+# The quick subset: tests that pass both ways, none with an INET socket (CRIU 4.1.1
+# cannot dump one on new kernels): processes and trees, memory, registers, signals,
+# timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys.
+QUICK="busyloop00 sleeping00 caps00 wait00 zombie00 fpu00 futex-rl mprotect00 timers01
+timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 pthread00 vdso00 maps00
+sigaltstack pdeath_sig xids00 sockets00 sock_opts00 pipe01 write_read00 file_append
+cwd00 fifo file_fown epoll eventfs00 pty00"
 
 die() { echo "zdtm: $*" >&2; exit "${2:-2}"; }
 cannot() { echo "zdtm: cannot run: $*" >&2; exit 3; }
@@ -114,8 +115,12 @@ kill_tree() {  # kill_tree PID: stopped first, so that none forks on; SIGKILL
     done
     echo "zdtm: processes left after the tests: $left" >&2
 }
-end_tests() {  # ends every process the tests left
+end_tests() {  # ends every process the tests left, and unmounts what they mounted
+    local m
     kill_tree $$
+    for m in $(awk -v w="$W/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+        umount -l "$m" || echo "zdtm: cannot unmount $m" >&2
+    done
 }
 cleanup() {
     end_tests
@@ -156,7 +161,7 @@ done
 # shellcheck disable=SC2086
 make -k -s -C "$S" -j"$(nproc)" $list >"$W/build.log" 2>&1
 
-ARCH=$(uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/aarch64/')
+ARCH=$(uname -m)   # zdtm.py compares a .desc's arch with it as a whole string
 # One field of a test's .desc (a Python dict literal).
 desc() {  # desc TEST KEY
     [ -f "$S/$1.desc" ] || return 0
@@ -240,8 +245,12 @@ start() {  # start TEST ENV...
     make -s -C "$S" "$t.cleanout" >/dev/null 2>&1
     cmd=$(make -n -s --no-print-directory -C "$S" "$t.pid" | tail -1)
     # env(1) puts LD_PRELOAD on the test only, not on timeout or make
-    (cd "$S" && eval "timeout -k 5 $STEPWAIT env $* $cmd") >"$D/start.log" 2>&1 \
-        || { fail "start" "$D/start.log"; cat "$S/$t.out.inprogress" >>"$D/start.log" 2>/dev/null; return 1; }
+    (cd "$S" && eval "timeout -k 5 $STEPWAIT env $* $cmd") >"$D/start.log" 2>&1
+    case $? in
+    0) ;;
+    124 | 137) fail "start: not ready after $STEPWAIT s" "$S/$t.out.inprogress"; return 1 ;;
+    *) fail "start" "$D/start.log"; return 1 ;;
+    esac
     PID=$(cat "$S/$t.pid" 2>/dev/null) && kill -0 "$PID" 2>/dev/null \
         || { fail "start: no live PID in $t.pid"; return 1; }
 }
@@ -251,7 +260,10 @@ verdict() {  # verdict TEST PID
     if tail -1 "$S/$1.out" 2>/dev/null | grep -qw PASS; then
         return 0
     fi
-    fail "test verdict" "$(ls "$S/$1.out" "$S/$1.out.inprogress" 2>/dev/null | head -1)"
+    local out
+    out=$(ls "$S/$1.out" "$S/$1.out.inprogress" 2>/dev/null | head -1)
+    [ -s "$out" ] || { fail "no PASS: the test ended without a word (killed by a signal?)"; return 1; }
+    fail "test verdict" "$out"
 }
 # The environment zdtm.py gives a host-flavour test, except that every test runs as root,
 # as zdtm.py runs its 'suid' ones: it switches the others to uid 18943, and a root without
@@ -309,16 +321,14 @@ for t in $list; do
         continue
     fi
     params=$(params_for $(desc "$t" opts) $(desc "$t" dopts) $(desc "$t" ropts))
+    if [[ $params == !* ]]; then
+        skipped+=("$t: needs CRIU's ${params#!}, for which the library has no parameter")
+        continue
+    fi
     t0=$SECONDS
     if ! run_criu "$t"; then
         not_counted+=("$t: $WHY")
         printf '%-28s criu FAIL  (not counted)\n' "$t"
-        end_tests
-        continue
-    fi
-    if [[ $params == !* ]]; then
-        skipped+=("$t: criu passes with ${params#!}, for which the library has no parameter")
-        printf '%-28s criu PASS  ours -    (needs %s)\n' "$t" "${params#!}"
         end_tests
         continue
     fi
