@@ -2,8 +2,8 @@
 # zdtm.sh - CRIU's own zdtm static tests, each run two ways on the same test binary:
 #   criu : the CRIU command line, as zdtm.py runs a static test in the host flavour
 #          (criu dump --tree PID, the test is gone, criu restore --restore-detached);
-#   ours : the library preloaded into the test, opal-checkpoint PID, kill -9,
-#          opal-restart --fork SNAPSHOT.
+#   ours : the library preloaded into the test, opal-checkpoint PID, the test's process
+#          tree killed, opal-restart --fork SNAPSHOT.
 # Then SIGTERM, and the test's own verdict: PASS in its .out file.
 # A test the command line fails is not counted; the figure is
 #   zdtm: ours N/M where criu passes M
@@ -44,7 +44,7 @@ REPO=$PWD
 # timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys.
 QUICK="busyloop00 sleeping00 caps00 wait00 zombie00 fpu00 futex-rl mprotect00 timers01
 timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 pthread00 vdso00 maps00
-sigaltstack pdeath_sig xids00 sockets00 sock_opts00 pipe01 write_read00 file_append
+sigaltstack pdeath_sig xids00 sockets00 sockets_dgram pipe01 write_read00 file_append
 cwd00 fifo file_fown epoll eventfs00 pty00"
 
 die() { echo "zdtm: $*" >&2; exit "${2:-2}"; }
@@ -55,7 +55,7 @@ names=()
 for a in "$@"; do
     case "$a" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $a (usage: zdtm.sh [--quick] [TEST...])" ;;
     *) names+=("$a") ;;
     esac
@@ -77,8 +77,7 @@ for f in "$OPALCRS_BIN/opal-checkpoint" "$OPALCRS_BIN/opal-restart" "$LIB"; do
     [ -e "$f" ] || cannot "$f not built (cargo build)"
 done
 
-# Scratch: a copy of zdtm, built there; dumps and snapshots next to it. Everything
-# started is remembered by PID and ended at exit.
+# Scratch: a copy of zdtm, built there; dumps and snapshots next to it; removed at exit.
 W=$(mktemp -d "${TMPDIR:-/tmp}/opalcrs-zdtm.XXXXXX")
 chmod 755 "$W"
 descendants() {  # descendants PID: all of them, read from /proc by builtins (no child of ours)
@@ -330,6 +329,7 @@ for t in $list; do
         not_counted+=("$t: $WHY")
         printf '%-28s criu FAIL  (not counted)\n' "$t"
         end_tests
+        rm -rf "$W/dump/$t"
         continue
     fi
     counted+=("$t")
