@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine: a C compiler and
 # pkg-config (apt); and, unless --minimal is given (the demo needs none of it), man and
-# groff for the man page tests and libaio-dev for CRIU's zdtm tests (apt), cbindgen
-# pinned to the version the header was made with (cargo), CRIU >= 4
-# (scripts/install-criu.sh) and Slurm with munge (scripts/install-slurm.sh).
+# groff for the man page tests, Debian's python3, curl and sqlite3 for the criu tests and
+# libaio-dev for CRIU's zdtm tests (apt), cbindgen pinned to the version the header was
+# made with (cargo), CRIU >= 4 (scripts/install-criu.sh) and Slurm with munge
+# (scripts/install-slurm.sh).
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,10 @@ log() { echo "install-deps: $*" >&2; }
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 
 tools=(cc:gcc pkg-config:pkg-config)
-[ $full = 1 ] && tools+=(man:man-db groff:groff-base)
+# The criu tests run these unmodified Debian programs (by path: a python3 of pyenv's
+# elsewhere in PATH is no Debian binary) under the library.
+[ $full = 1 ] && tools+=(man:man-db groff:groff-base /usr/bin/python3:python3 /usr/bin/curl:curl
+    /usr/bin/sqlite3:sqlite3)
 missing=()
 for tool in "${tools[@]}"; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")

@@ -8,11 +8,11 @@
 use crate::codes::*;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const NAME_PREFIX: &str = "opalcrs.";
@@ -99,7 +99,7 @@ pub struct CheckpointResult {
 pub struct Status {
     pub pid: i32,
     pub component: String,
-    /// "idle" or "running".
+    /// "idle" or "checkpointing".
     pub state: String,
     pub series: Option<String>,
     pub last_seq: Option<u64>,
@@ -140,6 +140,73 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::i
         ));
     }
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A request being received by a server that must not wait for any one client: the
+/// stream is non-blocking and the whole line must arrive before `deadline`.
+pub struct PendingRequest {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+/// What a [`PendingRequest`] has received so far.
+#[derive(Debug)]
+pub enum Received {
+    /// Not a whole line yet.
+    Partial,
+    /// A whole line, decoded, or why it cannot be.
+    Request(std::result::Result<RequestEnvelope, String>),
+    /// The client went away before sending anything.
+    Gone,
+}
+
+impl PendingRequest {
+    pub fn new(stream: UnixStream, deadline: Instant) -> std::io::Result<PendingRequest> {
+        stream.set_nonblocking(true)?;
+        Ok(PendingRequest { stream, line: Vec::new(), deadline })
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Reads what has arrived, without blocking.
+    pub fn receive(&mut self) -> Received {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.line.iter().position(|&b| b == b'\n') {
+                let decoded = serde_json::from_slice(&self.line[..end])
+                    .map_err(|e| format!("unreadable request: {e}"));
+                return Received::Request(decoded);
+            }
+            if self.line.len() as u64 > MAX_LINE {
+                return Received::Request(Err(format!(
+                    "request longer than {MAX_LINE} bytes (is a name or path that long?)"
+                )));
+            }
+            match (&self.stream).read(&mut chunk) {
+                Ok(0) if self.line.is_empty() => return Received::Gone,
+                Ok(0) => {
+                    return Received::Request(Err(
+                        "unreadable request: the connection closed before its end of line".into(),
+                    ))
+                }
+                Ok(n) => self.line.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Received::Partial,
+                Err(_) => return Received::Gone,
+            }
+        }
+    }
 }
 
 pub fn write_message<T: Serialize>(mut stream: &UnixStream, message: &T) -> std::io::Result<()> {
@@ -194,7 +261,8 @@ pub struct Endpoint {
 }
 
 /// Finds the control socket of `pid`. Errors: OPAL_ERR_NOT_FOUND (no such process),
-/// OPAL_ERR_PERM (not ours to inspect), OPAL_ERR_NOT_AVAILABLE (no libopalcrs socket).
+/// OPAL_ERR_PERM (not ours to inspect), OPAL_ERR_RESOURCE_BUSY (closed while the
+/// process is dumped), OPAL_ERR_NOT_AVAILABLE (no libopalcrs socket).
 pub fn locate(pid: i32) -> Result<Endpoint> {
     if pid <= 0 {
         return Err(Error::new(OPAL_ERR_BAD_PARAM, format!("invalid PID {pid}")));
@@ -214,7 +282,8 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             format!("no such process: {pid} has exited (zombie)"),
         ));
     }
-    let fds = std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
+    // Readable only for the process's owner and root.
+    std::fs::read_dir(format!("{proc_dir}/fd")).map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
             Error::new(
                 OPAL_ERR_PERM,
@@ -224,8 +293,32 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             Error::new(OPAL_ERR_NOT_FOUND, format!("no such process: {pid} ({e})"))
         }
     })?;
+    let not_ours = || {
+        Error::new(
+            OPAL_ERR_NOT_AVAILABLE,
+            format!("process {pid} is not a libopalcrs process (no control socket: not linked with libopalcrs, C/R disabled, or opal_init not called)"),
+        )
+    };
+    // The dump marker is set before the socket closes and cleared after it reopens, so
+    // "no socket, then no marker" means the socket reopened meanwhile: look again.
+    for _ in 0..3 {
+        if let Some(name) = listening_name(pid)? {
+            return Ok(Endpoint { pid, uid, name });
+        }
+        if being_dumped(pid) {
+            return Err(Error::new(
+                OPAL_ERR_RESOURCE_BUSY,
+                format!("a checkpoint of process {pid} is in progress (its control socket is closed while it is dumped)"),
+            ));
+        }
+    }
+    Err(not_ours())
+}
+
+/// The abstract name of the control socket `pid` listens on, if any.
+fn listening_name(pid: i32) -> Result<Option<String>> {
     let mut inodes = std::collections::HashSet::new();
-    for entry in fds.flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
         if let Ok(target) = std::fs::read_link(entry.path()) {
             let target = target.to_string_lossy();
             if let Some(ino) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
@@ -233,28 +326,62 @@ pub fn locate(pid: i32) -> Result<Endpoint> {
             }
         }
     }
-    let not_ours = || {
-        Error::new(
-            OPAL_ERR_NOT_AVAILABLE,
-            format!("process {pid} is not a libopalcrs process (no control socket: not linked with libopalcrs, C/R disabled, or opal_init not called)"),
-        )
-    };
     if inodes.is_empty() {
-        return Err(not_ours());
+        return Ok(None);
     }
-    let table = std::fs::read_to_string(format!("{proc_dir}/net/unix"))
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix"))
         .map_err(|e| Error::io("reading /proc/net/unix", e))?;
     // Columns: Num RefCount Protocol Flags Type St Inode [Path]; abstract names start with '@'.
-    let found = table.lines().skip(1).find_map(|line| {
+    Ok(table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (flags, inode, path) = (cols.get(3)?, cols.get(6)?, cols.get(7)?);
         let listening = u32::from_str_radix(flags, 16).ok()? & 0x10000 != 0;
         let name = path.strip_prefix('@')?;
         (listening && name.starts_with(NAME_PREFIX) && inodes.contains(*inode))
             .then(|| name.to_string())
-    });
-    let name = found.ok_or_else(not_ours)?;
-    Ok(Endpoint { pid, uid, name })
+    }))
+}
+
+/// The name of the thread that runs a whole-process dump while the process's control
+/// socket is closed for it: a tool that finds no socket but this thread knows that a
+/// checkpoint is in progress. A thread's name is the process's own (no other user can
+/// set it), costs CRIU nothing, and is given back before the socket reopens, in the
+/// original and in a restored copy alike.
+pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
+
+/// Whether a thread of `pid` carries [`DUMP_THREAD_NAME`].
+fn being_dumped(pid: i32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.into_iter().any(|task| {
+        std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end_matches('\n') == DUMP_THREAD_NAME)
+    })
+}
+
+/// The calling thread carries [`DUMP_THREAD_NAME`] until this is dropped.
+pub struct DumpMarker {
+    previous: [u8; 16],
+}
+
+impl DumpMarker {
+    pub fn set() -> DumpMarker {
+        let mut previous = [0u8; 16];
+        let name = std::ffi::CString::new(DUMP_THREAD_NAME).expect("no NUL in the name");
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into our buffer; PR_SET_NAME
+        // reads a NUL-terminated string of at most 16 bytes.
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, previous.as_mut_ptr());
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        }
+        DumpMarker { previous }
+    }
+}
+
+impl Drop for DumpMarker {
+    fn drop(&mut self) {
+        // SAFETY: the NUL-terminated name PR_GET_NAME gave.
+        unsafe { libc::prctl(libc::PR_SET_NAME, self.previous.as_ptr()) };
+    }
 }
 
 impl Endpoint {
@@ -319,19 +446,76 @@ mod tests {
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
     }
 
+    fn pending(client_sends: &[u8]) -> (UnixStream, PendingRequest) {
+        let (client, server) = UnixStream::pair().unwrap();
+        (&client).write_all(client_sends).unwrap();
+        (client, PendingRequest::new(server, Instant::now()).unwrap())
+    }
+
+    #[test]
+    fn a_pending_request_is_decoded_once_its_line_is_complete() {
+        let (client, mut request) = pending(br#"{"v":1,"#);
+        assert!(matches!(request.receive(), Received::Partial));
+        (&client).write_all(b"\"op\":\"status\"}\n").unwrap();
+        match request.receive() {
+            Received::Request(Ok(envelope)) => assert_eq!(envelope.request, Request::Status),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pending_request_reports_garbage_overlong_cut_and_silent_clients() {
+        let (_client, mut garbage) = pending(b"{nonsense\n");
+        assert!(matches!(garbage.receive(), Received::Request(Err(e)) if e.contains("unreadable")));
+        let (_client, mut long) = pending(&vec![b' '; MAX_LINE as usize + 10]);
+        assert!(matches!(long.receive(), Received::Request(Err(e)) if e.contains("longer than")));
+        let (client, mut cut) = pending(b"{\"v\":1");
+        drop(client);
+        assert!(matches!(cut.receive(), Received::Request(Err(e)) if e.contains("end of line")));
+        let (client, mut silent) = pending(b"");
+        assert!(matches!(silent.receive(), Received::Partial));
+        drop(client);
+        assert!(matches!(silent.receive(), Received::Gone));
+    }
+
     #[test]
     fn locate_reports_missing_and_foreign_processes() {
         assert_eq!(locate(0).unwrap_err().code(), OPAL_ERR_BAD_PARAM);
         assert_eq!(locate(i32::MAX).unwrap_err().code(), OPAL_ERR_NOT_FOUND);
     }
 
+    /// Tests that look at this process's own sockets and thread names.
+    static OWN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_socket_is_found_from_the_pid_only_once_bound() {
+        let _alone = OWN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id() as i32;
         // Nothing else in this test binary binds a control socket.
         assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_NOT_AVAILABLE);
         let (_listener, name) = bind(pid).unwrap();
         let endpoint = locate(pid).unwrap();
         assert_eq!(endpoint.name, name);
+    }
+
+    #[test]
+    fn a_process_without_its_socket_is_busy_while_a_thread_carries_the_dump_name() {
+        let _alone = OWN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id() as i32;
+        let (marked, released) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let marker = DumpMarker::set();
+                marked.wait();
+                released.wait();
+                drop(marker);
+                marked.wait();
+            });
+            marked.wait();
+            assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_RESOURCE_BUSY);
+            released.wait();
+            marked.wait();
+            assert_eq!(locate(pid).unwrap_err().code(), OPAL_ERR_NOT_AVAILABLE);
+        });
     }
 }

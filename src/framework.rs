@@ -26,7 +26,7 @@ pub struct CheckpointJob<'a> {
     pub metadata: &'a mut Metadata,
     /// Where a privileged `opal-checkpoint` that sent the request offers to dump the
     /// process for it, when the process may not run CRIU itself.
-    pub dump_helper: Option<&'a Path>,
+    pub dump_helper: Option<&'a crate::components::criu::behalf::DumpHelper>,
 }
 
 /// A snapshot chosen for restart.
@@ -35,6 +35,8 @@ pub struct RestartPlan {
     pub metadata: Metadata,
     pub series: Option<PathBuf>,
     pub seq: Option<u64>,
+    /// Whose snapshot it is: what it asks for runs as this user (README, "Security model").
+    pub owner: crate::owner::Owner,
     /// Parameters given to the restart tool (`-mca`), applied on top of the recorded ones.
     pub params: Params,
     pub verbose: bool,
@@ -51,8 +53,9 @@ pub enum RestartOutcome {
     Spawned { pid: i32, note: Option<String> },
     /// The restarted process was waited for; its status (code, or 128+N for signal N).
     Exited(i32),
-    /// The snapshot of an `unchecked` plan failed its check; the restarted program
-    /// never ran and is gone. Says why, as a [`Verdict`](crate::snapshot::Verdict) does.
+    /// The snapshot is at fault: an `unchecked` plan's snapshot failed its check, or its
+    /// restore stalled on it. The restarted program never ran and is gone. Says why, as
+    /// a [`Verdict`](crate::snapshot::Verdict) does.
     Rejected(String),
 }
 

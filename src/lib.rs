@@ -11,6 +11,7 @@ mod elf;
 pub mod error;
 pub mod framework;
 pub mod output;
+pub mod owner;
 pub mod params;
 pub mod restart;
 pub mod runtime;

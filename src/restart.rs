@@ -5,6 +5,7 @@
 use crate::codes::*;
 use crate::error::{Error, Result};
 use crate::framework::{self, Component, RestartOutcome, RestartPlan};
+use crate::owner::Owner;
 use crate::params::Params;
 use crate::snapshot::{self, Metadata};
 use std::path::{Path, PathBuf};
@@ -42,48 +43,80 @@ pub struct Prepared {
 pub enum Check {
     /// Before anything restarts; damaged newer snapshots of a series are skipped.
     First,
-    /// While its component restores it, when the snapshot has a manifest and the
-    /// component [can](Component::checks_while_restoring); otherwise first.
+    /// While its component restores it, when the snapshot's files are all there with
+    /// their sizes (checked first: cheap) and the component
+    /// [can](Component::checks_while_restoring); otherwise first.
     WhileRestoring,
 }
 
-pub fn prepare(target: &Target, params: Params, verbose: bool, check: Check) -> Result<Prepared> {
+/// Chooses and reads the snapshot to restart. `failed` are snapshots of the series
+/// whose restore already failed because of them: they are skipped with that reason.
+pub fn prepare(
+    target: &Target,
+    params: Params,
+    verbose: bool,
+    check: Check,
+    failed: &[(u64, String)],
+) -> Result<Prepared> {
     if check == Check::WhileRestoring {
         if let Some(prepared) = prepare_unchecked(target, &params, verbose) {
             return Ok(prepared);
         }
     }
-    let resolved = snapshot::resolve(&target.reference, &target.base, target.seq)?;
+    let resolved =
+        snapshot::resolve_excluding(&target.reference, &target.base, target.seq, failed)?;
+    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf());
+    let owner = owner_of(&resolved.dir, series.as_deref())?;
     let metadata = read_metadata(&resolved.dir)?;
     let component = component_of(&resolved.dir, &metadata)?;
     let legacy = matches!(resolved.verdict, snapshot::Verdict::Legacy);
-    let series = resolved.series.as_ref().map(|s| s.path().to_path_buf());
     Ok(Prepared {
-        plan: plan(resolved.dir, metadata, series, resolved.seq, params, verbose, false),
+        plan: plan(resolved.dir, metadata, series, resolved.seq, owner, params, verbose, false),
         component,
         skipped: resolved.skipped,
         legacy,
     })
 }
 
-/// The snapshot `target` addresses before any fallback (the newest of a series), not yet
-/// checked, if it has a manifest and its component checks while restoring. Anything
-/// amiss leaves the choice to the checking path, which explains it.
+/// The snapshot `target` addresses before any fallback (the newest of a series), with
+/// its contents not yet checked, if its manifest lists exactly the files there with
+/// their sizes and its component checks while restoring. Anything amiss leaves the
+/// choice to the checking path, which explains it.
 fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<Prepared> {
     let located = snapshot::locate(&target.reference, &target.base, target.seq).ok()?;
-    snapshot::Manifest::read(&located.dir).ok()?;
+    if snapshot::verify_sizes(&located.dir) != snapshot::Verdict::Good {
+        return None;
+    }
+    let series = located.series.as_ref().map(|s| s.path().to_path_buf());
+    let owner = owner_of(&located.dir, series.as_deref()).ok()?;
     let metadata = read_metadata(&located.dir).ok()?;
     let component = component_of(&located.dir, &metadata).ok()?;
     if !component.checks_while_restoring() {
         return None;
     }
-    let series = located.series.as_ref().map(|s| s.path().to_path_buf());
     Some(Prepared {
-        plan: plan(located.dir, metadata, series, located.seq, params.clone(), verbose, true),
+        plan: plan(
+            located.dir,
+            metadata,
+            series,
+            located.seq,
+            owner,
+            params.clone(),
+            verbose,
+            true,
+        ),
         component,
         skipped: Vec::new(),
         legacy: false,
     })
+}
+
+/// The snapshot's owner (of its series too, the one found on disk, never the one its
+/// metadata names), when the caller may act on it.
+fn owner_of(dir: &Path, series: Option<&Path>) -> Result<Owner> {
+    let owner = Owner::of_snapshot(dir, series)?;
+    owner.check_caller(dir)?;
+    Ok(owner)
 }
 
 pub(crate) fn read_metadata(dir: &Path) -> Result<Metadata> {
@@ -108,17 +141,19 @@ pub(crate) fn component_of(dir: &Path, metadata: &Metadata) -> Result<&'static d
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one plain constructor, called twice
 fn plan(
     dir: PathBuf,
     metadata: Metadata,
     series: Option<PathBuf>,
     seq: Option<u64>,
+    owner: Owner,
     params: Params,
     verbose: bool,
     unchecked: bool,
 ) -> RestartPlan {
     let series = series.or_else(|| metadata.series.clone());
-    RestartPlan { dir, metadata, series, seq, params, verbose, unchecked }
+    RestartPlan { dir, metadata, series, seq, owner, params, verbose, unchecked }
 }
 
 /// Which step of [`run`] failed.
@@ -131,45 +166,52 @@ pub enum Step {
 }
 
 /// Chooses the snapshot, lets `before_start` announce it and say whether the restarted
-/// program is to be a child (`spawn_child`), creates the records and restarts it. A
-/// snapshot checked while it was restored that turns out damaged never ran: the choice
-/// is then made again with every snapshot checked first, which names the damage and,
-/// in a series, falls back to an older good snapshot.
+/// program is to be a child (`spawn_child`), creates the records and restarts it.
+///
+/// A snapshot that is found at fault while it is restored (damage its check found, or
+/// a stalled restore) never ran: a series (without `-s`) then falls back to the next
+/// older good snapshot, naming the one skipped and why; a single snapshot fails, as
+/// unusable (its check names the damage) or, if it verifies, as [`RestartOutcome::Rejected`].
+/// Failures that are not the snapshot's (no privilege, its PIDs taken) end the restart.
 pub fn run(
     target: &Target,
     params: &Params,
     verbose: bool,
     before_start: &mut dyn FnMut(&Prepared) -> bool,
 ) -> std::result::Result<RestartOutcome, (Step, Error)> {
+    let may_fall_back =
+        target.seq.is_none() && snapshot::names_a_series(&target.reference, &target.base);
     let mut check = Check::WhileRestoring;
+    let mut failed: Vec<(u64, String)> = Vec::new();
     loop {
-        let prepared =
-            prepare(target, params.clone(), verbose, check).map_err(|e| (Step::Choose, e))?;
+        let prepared = prepare(target, params.clone(), verbose, check, &failed)
+            .map_err(|e| (Step::Choose, e))?;
         let spawn_child = before_start(&prepared);
-        apply_records(&prepared.plan.metadata).map_err(|e| (Step::Start, e))?;
-        match prepared.component.restart(&prepared.plan, spawn_child) {
-            Ok(RestartOutcome::Rejected(why)) if check == Check::WhileRestoring => {
-                log::debug!(target: "crs", "crs: {} rejected while restoring: {why}", prepared.plan.dir.display());
+        apply_records(&prepared.plan).map_err(|e| (Step::Start, e))?;
+        let why = match prepared.component.restart(&prepared.plan, spawn_child) {
+            Ok(RestartOutcome::Rejected(why)) => why,
+            outcome => return outcome.map_err(|e| (Step::Start, e)),
+        };
+        let dir = &prepared.plan.dir;
+        log::debug!(target: "crs", "crs: {} rejected while restoring: {why}", dir.display());
+        match prepared.plan.seq {
+            Some(seq) if may_fall_back && !failed.iter().any(|(done, _)| *done == seq) => {
+                failed.push((seq, why));
                 check = Check::First;
             }
-            outcome => return outcome.map_err(|e| (Step::Start, e)),
+            _ => {
+                snapshot::usable_verdict(dir).map_err(|e| (Step::Choose, e))?;
+                return Ok(RestartOutcome::Rejected(why));
+            }
         }
     }
 }
 
-/// Creates the directories and files the snapshot's metadata asks for.
-pub fn apply_records(metadata: &Metadata) -> Result<()> {
-    for dir in &metadata.mkdir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("# MKDIR: {dir}"), e))?;
-    }
-    for file in &metadata.touch {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(file))
-            .map_err(|e| Error::io(format!("# TOUCH: {file}"), e))?;
-    }
-    Ok(())
+/// Creates the directories and files the snapshot's metadata asks for, as its owner.
+pub fn apply_records(plan: &RestartPlan) -> Result<()> {
+    let paths = |records: &[String]| records.iter().map(PathBuf::from).collect::<Vec<_>>();
+    let (dirs, files) = (paths(&plan.metadata.mkdir), paths(&plan.metadata.touch));
+    plan.owner.create_as_owner(&dirs, &files)
 }
 
 /// Restarts `target` with default parameters (used by `opal_crs.crs_restart`).

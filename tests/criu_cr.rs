@@ -365,7 +365,9 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     let sb = Sandbox::new("criu-nobody");
     let home = sb.path("nobody");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Its own home: a series in a directory anyone may write is refused.
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let count = home.join("count");
     // What nobody runs is copied into the sandbox (its library as the soname).
     for (program, name) in [
@@ -388,6 +390,9 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
             .env("TMPDIR", &home);
         command
     };
+    // Its output is nobody's: root's restore reopens no file of another user for it.
+    std::fs::write(sb.path("app.out"), "").unwrap();
+    std::os::unix::fs::chown(sb.path("app.out"), Some(65534), Some(65534)).unwrap();
     let mut command = as_nobody("plain_counter");
     command.arg(&count).arg("1").env("OMPI_MCA_crs", "criu");
     let mut app = sb.spawn(command, "app");
@@ -417,9 +422,12 @@ fn a_process_of_another_user_is_dumped_by_roots_tool_not_by_its_own() {
     assert!(wait_until(LONG, || read_counts().len() > lines + 2), "the process stopped counting");
 
     // Root's opal-checkpoint dumps it on its behalf, into its own snapshot, as its files.
+    // Offers are given to the process's owner (other tests make offers to other users).
     let offers = || -> Vec<std::ffi::OsString> {
+        use std::os::unix::fs::MetadataExt;
         let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
         entries
+            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == 65534))
             .map(|e| e.file_name())
             .filter(|n| n.to_string_lossy().starts_with("opalcrs-dump-"))
             .collect()
@@ -622,16 +630,6 @@ fn opalcrs_checkpoint_returns_restart_in_the_restored_image() {
     assert!(wait_until(LONG, || sb.read("log").contains(&restarted)), "{}", sb.read("log"));
 }
 
-/// The children of PID, from /proc (its threads' lists).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
-        .collect()
-}
-
 /// Starts plain_counter (criu selected, ENV added) in a new PID namespace without a
 /// session of its own, so that its session leader lies outside that namespace, as for
 /// a job started by `unshare --pid --fork` from a shell. The counter is the second
@@ -793,4 +791,360 @@ fn a_damaged_newest_image_is_rejected_while_restoring_and_the_older_one_restarts
         after[0].n
     );
     kill(restored);
+}
+
+/// Issue 12, finding 8: while CRIU dumps a process its control socket is closed (CRIU
+/// cannot dump a connection to an outside process). Meanwhile another `opal-checkpoint`
+/// learns that a checkpoint is in progress (exit 5), `--status` says "checkpointing",
+/// and `--wait` waits and then takes its own snapshot.
+#[test]
+fn requests_during_a_dump_learn_it_is_in_progress() {
+    require_criu!();
+    let sb = Sandbox::new("criu-busy");
+    let mut app = start_counter(&sb, 512);
+    let pid = app.id().to_string();
+    let tool = |args: &[&str]| {
+        sb.command(checkpoint_tool())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = tool(&["--timeout", "60", &pid]);
+    let closed = wait_until(LONG, || opalcrs::control::locate(app.id() as i32).is_err());
+    assert!(closed, "the control socket was never closed for the dump");
+
+    let second = sb.checkpoint(&["--timeout", "10", &pid]);
+    let status = sb.checkpoint(&["--status", &pid]);
+    let waiting = tool(&["--wait", "--timeout", "60", &pid]);
+    let first = first.wait_with_output().unwrap();
+    let (second_out, second_err) = text(&second);
+    let (status_out, status_err) = text(&status);
+    assert_eq!(second.status.code(), Some(5), "{second_out}{second_err}");
+    assert!(second_err.contains("in progress"), "{second_err}");
+    assert!(status.status.success(), "{status_out}{status_err}");
+    assert!(status_out.contains("State: checkpointing"), "{status_out}");
+    assert!(text(&first).0.starts_with("Snapshot Ref.:   0 "), "{:?}", text(&first));
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{:?}", text(&waited));
+    assert!(text(&waited).0.starts_with("Snapshot Ref.:   1 "), "{:?}", text(&waited));
+    kill_and_reap(&mut app);
+}
+
+/// The rendezvous directories that root's opal-checkpoint `tool` offered.
+fn offers_of(tool: u32) -> Vec<PathBuf> {
+    let prefix = format!("opalcrs-dump-{tool}-");
+    let entries = std::fs::read_dir(std::env::temp_dir()).unwrap().flatten();
+    entries
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Issue 12, finding 9: root's opal-checkpoint, dumping a user's process on its
+/// behalf, is killed at several points after the process has asked for the dump (before
+/// and while CRIU runs). Within about 2 s the process gives the checkpoint up, removes
+/// the rendezvous directory and is idle, and the next checkpoint succeeds.
+#[test]
+fn a_killed_root_tool_releases_the_process_it_offered_to_dump() {
+    require_criu!();
+    let Some(user) = TempUser::create("rdv") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("criu-behalf-killed");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&plain_counter(), "plain_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let count = home.join("count");
+    let mut command = user.command(&sb, &program, &home);
+    command
+        .arg(&count)
+        .arg("256")
+        .env("OMPI_MCA_crs", "criu")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(command, "app");
+    // Where the dump was when the tool died: CRIU runs as the user.
+    let criu_runs = || {
+        let entries = std::fs::read_dir("/proc").unwrap().flatten();
+        entries.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+                && proc_status(p, "Uid").is_some_and(|u| u.starts_with(&user.uid.to_string()))
+        })
+    };
+    let pid = app.id();
+    let read_counts = || counts(&std::fs::read_to_string(&count).unwrap_or_default());
+    assert!(wait_until(LONG, || read_counts().len() >= 2), "{}", sb.read("app.out"));
+    let idle = || {
+        let endpoint = opalcrs::control::locate(pid as i32).ok()?;
+        let reply =
+            endpoint.call(opalcrs::control::Request::Status, Duration::from_secs(1)).ok()?;
+        Some(reply.status?.state == "idle")
+    };
+
+    let mut released_after = Vec::new();
+    for delay_ms in [0, 20, 50, 100, 200, 400] {
+        let mut tool = sb
+            .command(checkpoint_tool())
+            .args(["--timeout", "60", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let tool_pid = tool.id();
+        let asked = wait_until(LONG, || {
+            offers_of(tool_pid).iter().any(|offer| offer.join("request.json").exists())
+        });
+        assert!(asked, "the process never asked root's tool for its dump");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let answered = offers_of(tool_pid).iter().any(|offer| offer.join("done").exists());
+        let during = if answered {
+            "answered"
+        } else if criu_runs() {
+            "criu"
+        } else {
+            "asked"
+        };
+        kill_and_reap(&mut tool);
+        let killed = Instant::now();
+        // CRIU, not the tool's child, finishes a dump it started; the process is frozen
+        // until then. What counts is how soon after that the process lets go.
+        assert!(wait_until(Duration::from_secs(10), || !criu_runs()), "CRIU did not end");
+        let criu_done = Instant::now();
+        let released = wait_until(Duration::from_secs(5), || {
+            offers_of(tool_pid).is_empty() && idle() == Some(true)
+        });
+        released_after.push((delay_ms, during, criu_done - killed, criu_done.elapsed()));
+        assert!(
+            released,
+            "killed {delay_ms} ms into the dump: still held (offers {:?}, idle {:?}); {}",
+            offers_of(tool_pid),
+            idle(),
+            sb.read("app.out")
+        );
+        checkpoint_ok(&sb, &["--timeout", "30", &pid.to_string()]);
+    }
+    eprintln!(
+        "(tool killed ms after the request, the dump then, CRIU still ran for, released after \
+         that): {released_after:?}"
+    );
+    assert!(
+        released_after.iter().all(|(_, _, _, t)| *t < Duration::from_secs(2)),
+        "{released_after:?}"
+    );
+    kill_and_reap(&mut app);
+}
+
+/// The biggest page image of a criu snapshot.
+fn biggest_pages(snapshot: &Path) -> PathBuf {
+    std::fs::read_dir(snapshot)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path()
+}
+
+fn truncate_to_half(file: &Path) {
+    let len = std::fs::metadata(file).unwrap().len();
+    File::options().write(true).open(file).unwrap().set_len(len / 2).unwrap();
+}
+
+/// Makes the manifest of `snapshot` agree with `file` as it is now (size, and the hash
+/// too with `hash`): damage that only a restore can find.
+fn relist(snapshot: &Path, file: &Path, hash: bool) {
+    let mut manifest = opalcrs::snapshot::Manifest::read(snapshot).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let entry = manifest.files.iter_mut().find(|entry| entry.path == name).unwrap();
+    let (size, digest) = opalcrs::snapshot::hash_file(file).unwrap();
+    entry.size = size;
+    if hash {
+        entry.hash = digest;
+    }
+    manifest.write_to(snapshot).unwrap();
+}
+
+/// Processes whose command line names `path` (criu swrk calls itself "criu: restore
+/// --rpc -D DIR" while it restores DIR).
+fn restoring(path: &Path) -> Vec<u32> {
+    let needle = path.to_str().unwrap().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|window| window == needle)
+        })
+        .collect()
+}
+
+/// Finding 6 of issue 12: whatever is wrong with the newest snapshot of a criu series,
+/// the restart falls back to the older good one, says why, and does not hang; with only
+/// the damaged snapshot it fails with a clear error.
+#[test]
+fn a_damaged_criu_snapshot_of_any_kind_falls_back_to_the_older_good_one() {
+    require_criu!();
+    let sb = Sandbox::new("criu-fallback");
+    let mut app = start_counter(&sb, 16);
+    let pid = app.id();
+    let series = sb.path(&series_name(pid));
+    checkpoint_ok(&sb, &[&pid.to_string()]);
+    let (_, newest) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    assert_eq!(newest, series.join("1"));
+    kill_and_reap(&mut app);
+    let pages_name = biggest_pages(&newest).file_name().unwrap().to_string_lossy().into_owned();
+    let core_name = std::fs::read_dir(&newest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("core-"))
+        .unwrap();
+
+    type Damage = fn(&Path);
+    // (case, damage of snapshot 1, why it is skipped)
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "truncated-pages",
+            |dir| truncate_to_half(&biggest_pages(dir)),
+            format!("corrupt: {pages_name}: size "),
+        ),
+        (
+            "missing-pstree",
+            |dir| std::fs::remove_file(dir.join("pstree.img")).unwrap(),
+            "corrupt: pstree.img: missing".to_string(),
+        ),
+        (
+            "missing-core",
+            |dir| {
+                let core = std::fs::read_dir(dir)
+                    .unwrap()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with("core-"))
+                    .unwrap();
+                std::fs::remove_file(core.path()).unwrap()
+            },
+            format!("corrupt: {core_name}: missing"),
+        ),
+        (
+            "flipped-pages",
+            |dir| {
+                let pages = biggest_pages(dir);
+                let mut bytes = std::fs::read(&pages).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x5a;
+                std::fs::write(&pages, bytes).unwrap();
+            },
+            format!("corrupt: {pages_name}: xxh3-128 "),
+        ),
+        (
+            "extra-file",
+            |dir| std::fs::write(dir.join("extra.img"), b"x").unwrap(),
+            "corrupt: extra.img: not listed in the manifest".to_string(),
+        ),
+        (
+            "missing-manifest",
+            |dir| std::fs::remove_file(dir.join("opalcrs_manifest.json")).unwrap(),
+            "corrupt: opalcrs_manifest.json: missing".to_string(),
+        ),
+        // Truncated, and the manifest's size made to agree: CRIU gets to read it (and
+        // stalls); the check that runs beside it names the damage.
+        (
+            "stalling-pages",
+            |dir| {
+                let pages = biggest_pages(dir);
+                truncate_to_half(&pages);
+                relist(dir, &pages, false);
+            },
+            format!("corrupt: {pages_name}: xxh3-128 "),
+        ),
+        // The same with the hash made to agree too: only the restore's time limit finds it.
+        (
+            "stalling-relisted",
+            |dir| {
+                let pages = biggest_pages(dir);
+                truncate_to_half(&pages);
+                relist(dir, &pages, true);
+            },
+            "made no progress in 3 s".to_string(),
+        ),
+    ];
+    let mut table = Vec::new();
+    for (case, damage, why) in &cases {
+        let copy = sb.path(case);
+        let copied = Command::new("cp").arg("-a").arg(&series).arg(&copy).status().unwrap();
+        assert!(copied.success());
+        damage(&copy.join("1"));
+        let copy_arg = copy.to_str().unwrap();
+
+        let started = Instant::now();
+        let before = count_lines(&sb).len();
+        let (status, stdout, stderr) =
+            run_restart(&sb, &["--fork", "-v", "-mca", "crs_criu_restore_timeout", "3", copy_arg]);
+        let took = started.elapsed();
+        assert!(status.success(), "{case}: {status:?}\n{stdout}{stderr}");
+        let restored: u32 = stdout.trim().parse().unwrap();
+        sb.adopt(restored);
+        let skipped = stderr.lines().find(|l| l.contains("skipping snapshot 1: ")).unwrap_or("");
+        assert!(skipped.contains(why.as_str()), "{case}: {stderr}");
+        let restarted = format!("restarting {} with component criu", copy.join("0").display());
+        assert!(stderr.contains(&restarted), "{case}: {stderr}");
+        assert_eq!(restored, pid, "{case}: {stderr}");
+        assert!(took < Duration::from_secs(12), "{case}: took {took:?}");
+        assert!(wait_until(LONG, || count_lines(&sb).len() >= before + 3), "{case}");
+        assert!(count_lines(&sb)[before..].iter().all(|c| c.ok && c.pid == pid), "{case}");
+        kill(restored);
+        assert!(wait_until(LONG, || !Path::new(&format!("/proc/{pid}")).exists()), "{case}");
+        // What the restore left in snapshot 0 (CRIU's stats-restore) does not damage it.
+        let verdict = opalcrs::snapshot::verify(&copy.join("0"));
+        assert_eq!(verdict, opalcrs::snapshot::Verdict::Good, "{case}");
+        table.push(format!("{case}: snapshot 0 in {took:.1?} ({})", skipped.trim()));
+
+        // Alone, the damaged snapshot is refused, in bounded time, saying why.
+        let started = Instant::now();
+        let (status, stdout, stderr) =
+            run_restart(&sb, &["-s", "1", "-mca", "crs_criu_restore_timeout", "3", copy_arg]);
+        let took = started.elapsed();
+        let expected = if *case == "stalling-relisted" { 126 } else { 125 };
+        assert_eq!(status.code(), Some(expected), "{case}: {stdout}{stderr}");
+        assert!(stderr.contains(why.as_str()), "{case}: {stderr}");
+        assert!(took < Duration::from_secs(12), "{case}: took {took:?}");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{case}: something runs");
+        assert_eq!(restoring(&copy), Vec::<u32>::new(), "{case}: CRIU left behind");
+        table.push(format!("{case} alone: exit {expected} in {took:.1?}"));
+    }
+    // A stalled restore into a new PID namespace ends with the namespace.
+    let copy = sb.path("stalling-relisted");
+    let (status, stdout, stderr) = run_restart(
+        &sb,
+        &[
+            "-s",
+            "1",
+            "-mca",
+            "crs_criu_restore_timeout",
+            "2",
+            "-mca",
+            "crs_criu_pidns",
+            "always",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("made no progress in 2 s"), "{stderr}");
+    assert_eq!(restoring(&copy), Vec::<u32>::new(), "CRIU left behind in a PID namespace");
+
+    // A failure that is not the snapshot's (its PID taken, no new namespace allowed)
+    // ends the restart: no older snapshot is taken instead.
+    let (running, _) = restart_fork(&sb, &[series.to_str().unwrap()]);
+    assert_eq!(running, pid);
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-v", "-mca", "crs_criu_pidns", "never", series.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+    assert!(stderr.contains("still in use"), "{stderr}");
+    assert!(!stderr.contains("skipping") && !stderr.contains("/0 with"), "{stderr}");
+    kill(running);
+    eprintln!("fallback per damage:\n{}", table.join("\n"));
 }

@@ -195,7 +195,8 @@ fn three_good_snapshots(sb: &Sandbox) -> PathBuf {
 fn list_and_verify_report_every_state() {
     let sb = Sandbox::new("lifecycle-list");
     let series = three_good_snapshots(&sb);
-    // 3: an empty numbered directory (incomplete); 4: metadata only, as 1.6/1.7 wrote it.
+    // 3: an empty numbered directory (incomplete); 4: metadata and state without a
+    // manifest, as 1.6/1.7 wrote a snapshot: numbered, it is corrupt all the same.
     fs::create_dir(series.join("3")).unwrap();
     fs::create_dir(series.join("4")).unwrap();
     fs::copy(series.join("2/snapshot_meta.data"), series.join("4/snapshot_meta.data")).unwrap();
@@ -227,15 +228,17 @@ fn list_and_verify_report_every_state() {
     }
     let incomplete = row(&listing, "3");
     assert_eq!(incomplete[..5], ["3", "-", "-", "0", "incomplete:"], "{listing}");
-    let legacy = row(&listing, "4");
+    let unlisted = row(&listing, "4");
     assert_eq!(
-        legacy[..5],
+        unlisted[..7],
         [
             "4".to_string(),
             "-".into(),
             "self".into(),
             tree_size(&series.join("4")).to_string(),
-            "legacy:".into()
+            "corrupt:".into(),
+            "opalcrs_manifest.json:".into(),
+            "missing".into()
         ]
     );
 
@@ -250,7 +253,7 @@ fn list_and_verify_report_every_state() {
         .iter()
         .map(|s| (s["seq"].as_u64().unwrap(), s["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(states, [(0, "good"), (1, "good"), (2, "good"), (3, "incomplete"), (4, "legacy")]);
+    assert_eq!(states, [(0, "good"), (1, "good"), (2, "good"), (3, "incomplete"), (4, "corrupt")]);
     let first = &snapshots[0];
     assert_eq!(first["created"], Manifest::read(&series.join("0")).unwrap().created);
     assert_eq!(first["component"], "self");
@@ -258,7 +261,7 @@ fn list_and_verify_report_every_state() {
     assert_eq!(first["detail"], Value::Null);
     assert_eq!(first["path"], series.join("0").display().to_string());
     assert_eq!(snapshots[3]["created"], Value::Null);
-    assert!(snapshots[4]["detail"].as_str().unwrap().contains("not checked"), "{value}");
+    assert_eq!(snapshots[4]["file"], "opalcrs_manifest.json", "{value}");
 
     // opal-checkpoint -l without a series: everything in crs_base_snapshot_dir ($HOME here).
     let out = sb.checkpoint(&["--list"]);
@@ -277,6 +280,10 @@ fn list_and_verify_report_every_state() {
     let expected = [(series.to_str().unwrap(), "series"), (flat.to_str().unwrap(), "flat")];
     assert_eq!(paths, expected);
     assert_eq!(value["series"][1]["snapshots"][0]["state"], "legacy");
+    assert!(
+        value["series"][1]["snapshots"][0]["detail"].as_str().unwrap().contains("unchecked"),
+        "{value}"
+    );
     assert_eq!(value["series"][1]["snapshots"][0]["seq"], Value::Null);
     // opal-restart --list -w DIR says the same.
     let (again, _) = text(&sb.restart(&["--list", "-w", sb.dir.to_str().unwrap()]));
@@ -309,20 +316,23 @@ fn list_and_verify_report_every_state() {
     let out = sb.restart(&["--verify", "job", "-s", "3"]);
     assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
     assert!(
-        text(&out)
-            .0
-            .contains("State: incomplete: neither opalcrs_manifest.json nor snapshot_meta.data"),
+        text(&out).0.contains("State: incomplete: empty: nothing was written in it"),
         "{:?}",
         text(&out)
     );
-    // A series without -s: its newest snapshot, here the legacy one.
+    // A series without -s: its newest snapshot, here the one without a manifest.
     let out = sb.restart(&["--verify", "job"]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("\nSeq: 4\n") && stdout.contains("\nState: legacy: "), "{stdout}");
-    assert!(stderr.contains("note:") && stderr.contains("cannot be verified"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("\nSeq: 4\n"), "{stdout}");
+    assert!(stdout.contains("\nState: corrupt: opalcrs_manifest.json: missing\n"), "{stdout}");
+    assert!(stdout.contains("\nNewest good: 2 "), "{stdout}");
+    // Only a directory of the old layout is legacy: good enough to restart, unchecked.
     let out = sb.restart(&["--verify", "opal_snapshot_77.ckpt"]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("\nState: legacy: "), "{stdout}");
+    assert!(stderr.contains("note:") && stderr.contains("unchecked"), "{stderr}");
     let value = json(&sb.restart(&["--verify", "--json", "job", "-s", "3"]));
     assert_eq!(value["version"], 1);
     assert_eq!((value["seq"].as_u64(), value["state"].as_str()), (Some(3), Some("incomplete")));
@@ -438,6 +448,115 @@ fn corrupt_snapshots_are_reported_and_skipped_at_restart() {
             format!("snapshot {} cannot be used: corrupt: state: {reason}", newest.display());
         assert!(text(&out).1.contains(&expected), "{case}: {:?}", text(&out));
     }
+}
+
+/// Finding 4 of issue 12: a numbered snapshot is checked against its manifest or not
+/// used at all. Without the manifest (and a flipped byte the manifest would have
+/// caught), or with anything the manifest does not list, it is corrupt: `--verify`
+/// says so and a restart of the series falls back to the older good snapshot.
+#[test]
+fn a_numbered_snapshot_with_a_hole_in_its_manifest_is_corrupt_and_skipped() {
+    let sb = Sandbox::new("lifecycle-holes");
+    let pristine = three_good_snapshots(&sb);
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 5] = [
+        (
+            "no-manifest",
+            |dir| {
+                fs::remove_file(dir.join("opalcrs_manifest.json")).unwrap();
+                let mut bytes = fs::read(dir.join("state")).unwrap();
+                bytes[0] ^= 0x01;
+                fs::write(dir.join("state"), bytes).unwrap();
+            },
+            "corrupt: opalcrs_manifest.json: missing",
+        ),
+        (
+            "extra-file",
+            |dir| fs::write(dir.join("extra"), b"not listed").unwrap(),
+            "corrupt: extra: not listed in the manifest",
+        ),
+        (
+            "symlink",
+            |dir| std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap(),
+            "corrupt: link: not listed in the manifest",
+        ),
+        (
+            "extra-dir",
+            |dir| {
+                fs::create_dir(dir.join("more")).unwrap();
+                fs::write(dir.join("more/state"), b"1").unwrap();
+            },
+            "corrupt: more: not listed in the manifest",
+        ),
+        (
+            "empty-dir",
+            |dir| fs::create_dir(dir.join("more")).unwrap(),
+            "corrupt: more: not listed in the manifest",
+        ),
+    ];
+    for (case, damage, why) in cases {
+        let series = sb.path(case);
+        copy_tree(&pristine, &series);
+        damage(&series.join("2"));
+
+        let out = sb.restart(&["--verify", case]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stdout}{stderr}");
+        assert!(stdout.contains(&format!("\nState: {why}\n")), "{case}: {stdout}");
+        assert!(stdout.contains("\nNewest good: 1 "), "{case}: {stdout}");
+        let (listing, _) = text(&sb.restart(&["--list", case]));
+        assert_eq!(row(&listing, "2")[4], "corrupt:", "{case}: {listing}");
+
+        let from = log_len(&sb.path("log"));
+        let (pid, stderr) = restart_fork(&sb, &[case]);
+        let restarted = Restarted(pid);
+        assert!(stderr.contains(&format!("skipping snapshot 2: {why}")), "{case}: {stderr}");
+        assert_restarted_from(&sb, "log", from, &series.join("1"));
+        drop(restarted);
+
+        let out = sb.restart(&["-s", "2", case]);
+        assert_eq!(out.status.code(), Some(125), "{case}: {:?}", text(&out));
+        assert!(
+            text(&out).1.contains(&format!("cannot be used: {why}")),
+            "{case}: {:?}",
+            text(&out)
+        );
+    }
+}
+
+/// What a manifest cannot list (here a symbolic link put into the snapshot while the
+/// checkpoint callback writes it) fails the checkpoint instead of publishing a snapshot
+/// that would never verify.
+#[test]
+fn a_checkpoint_whose_snapshot_holds_a_link_fails_and_publishes_nothing() {
+    let sb = Sandbox::new("lifecycle-unlistable");
+    let app = start(&sb, "log", &["--slow", "1500"], &[("OMPI_MCA_crs_base_snapshot_name", "job")]);
+    let series = sb.path("job");
+    let mut tool = sb.command(checkpoint_tool());
+    tool.arg(app.arg());
+    let temporary = || {
+        let listing = fs::read_dir(&series).ok()?;
+        listing
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
+            .map(|e| e.path())
+    };
+    let linked = std::thread::scope(|scope| {
+        let checkpoint = scope.spawn(move || tool.output().unwrap());
+        assert!(wait_for(LONG, || temporary().is_some()), "no temporary in {}", series.display());
+        std::os::unix::fs::symlink("/etc/passwd", temporary().unwrap().join("link")).unwrap();
+        checkpoint.join().unwrap()
+    });
+    let (stdout, stderr) = text(&linked);
+    assert_eq!(linked.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("link: not a regular file or directory cannot be listed in the manifest"),
+        "{stderr}"
+    );
+    assert_eq!(seqs(&series), Vec::<u64>::new());
+    // The program goes on, and its next checkpoint is good.
+    let (_, snapshot) = checkpoint_ok(&sb, &[&app.arg()]);
+    assert_eq!(verify(&snapshot), Verdict::Good);
 }
 
 #[test]
@@ -692,4 +811,86 @@ fn killing_the_program_or_the_tool_never_publishes_a_broken_snapshot() {
     eprintln!("fault injection: {stats:#?} in {:?}", began.elapsed());
     assert_eq!(stats.broken, 0, "{stats:#?}");
     assert!(stats.trials >= 100 && stats.restarts >= 5, "{stats:#?}");
+}
+
+/// `opal-checkpoint --timeout 20 PID`: how long it took and whether it succeeded.
+fn timed_checkpoint(sb: &Sandbox, app: &App) -> (Duration, Output) {
+    let began = Instant::now();
+    let out = sb.checkpoint(&["--timeout", "20", &app.arg()]);
+    (began.elapsed(), out)
+}
+
+/// Issue 12, finding 7: a client of the same user that trickles its request (one byte
+/// every 1.5 s), or a thousand that connect and say nothing, must not hold up a real
+/// request to the process.
+#[test]
+fn slow_or_silent_clients_do_not_delay_a_real_checkpoint() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = Sandbox::new("lifecycle-stall");
+    let app = start(&sb, "log", &[], &[]);
+    let (normal, out) = timed_checkpoint(&sb, &app);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let endpoint = opalcrs::control::locate(app.pid() as i32).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let (trickled, out) = std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let (endpoint, stop) = (&endpoint, &stop);
+            scope.spawn(move || {
+                let stream = endpoint.connect(Duration::from_secs(30)).unwrap();
+                while !stop.load(Ordering::SeqCst) && (&stream).write_all(b" ").is_ok() {
+                    let pause = Instant::now();
+                    while !stop.load(Ordering::SeqCst)
+                        && pause.elapsed() < Duration::from_millis(1500)
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = timed_checkpoint(&sb, &app);
+        stop.store(true, Ordering::SeqCst);
+        measured
+    });
+    let trickled_ok = out.status.success();
+
+    let silent: Vec<_> =
+        (0..1000).map(|_| endpoint.connect(Duration::from_secs(30)).unwrap()).collect();
+    let (with_silent, out) = timed_checkpoint(&sb, &app);
+    let silent_ok = out.status.success();
+    drop(silent);
+
+    // A client that keeps opening silent connections while the real request runs.
+    let stop = AtomicBool::new(false);
+    let (flooded, out) = std::thread::scope(|scope| {
+        let (endpoint, stop) = (&endpoint, &stop);
+        scope.spawn(move || {
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(stream) = endpoint.connect(Duration::from_secs(30)) {
+                    open.push_back(stream);
+                }
+                if open.len() > 1000 {
+                    open.pop_front();
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = timed_checkpoint(&sb, &app);
+        stop.store(true, Ordering::SeqCst);
+        measured
+    });
+    let flooded_ok = out.status.success();
+    eprintln!(
+        "checkpoint alone {normal:?}; with 3 trickling clients {trickled:?} (ok {trickled_ok}); \
+         with 1000 silent connections {with_silent:?} (ok {silent_ok}); \
+         while a client opens connections without end {flooded:?} (ok {flooded_ok})"
+    );
+    assert!(trickled_ok && silent_ok && flooded_ok, "{:?}", text(&out));
+    let bound = normal + Duration::from_secs(1);
+    assert!(trickled < bound && with_silent < bound && flooded < bound, "delayed beyond {bound:?}");
+    // The process still serves.
+    checkpoint_ok(&sb, &[&app.arg()]);
 }

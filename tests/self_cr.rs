@@ -13,28 +13,6 @@ fn selfapp() -> std::path::PathBuf {
 
 const LONG: Duration = Duration::from_secs(10);
 
-/// Starts selfapp with `args`, waits until it counts, returns the child.
-fn start(
-    sb: &Sandbox,
-    program: &std::path::Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> std::process::Child {
-    let mut command = sb.command(program);
-    command.arg(sb.path("log")).args(args);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let child = sb.spawn(command, "app");
-    let ready = format!("init rc=0 pid={} ", child.id());
-    assert!(
-        wait_until(LONG, || sb.read("log").contains(&ready)),
-        "program did not start: {}",
-        sb.read("app.out")
-    );
-    child
-}
-
 #[test]
 fn checkpoint_kill_restart_elsewhere_continues_the_counter_and_the_series() {
     let sb = Sandbox::new("self-e2e");

@@ -169,7 +169,26 @@ impl Component for SelfComponent {
         })?;
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]).env_clear().envs(restart_environment(plan));
-        if let Some(cwd) = &plan.metadata.cwd {
+        if plan.owner.needs_switch() {
+            // Root restarts another user's snapshot: the command (and a recorded preload
+            // library, which its loader maps) runs as that user. The working directory is
+            // entered as the user too, so after the switch (Command enters it before).
+            command.envs(plan.owner.environment());
+            let owner = plan.owner.clone();
+            let cwd = plan.metadata.cwd.as_deref().map(crate::owner::c_path).transpose()?;
+            // SAFETY: the closure only makes system calls on data prepared before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    owner.become_owner()?;
+                    match &cwd {
+                        Some(cwd) if libc::chdir(cwd.as_ptr()) != 0 => {
+                            Err(std::io::Error::last_os_error())
+                        }
+                        _ => Ok(()),
+                    }
+                });
+            }
+        } else if let Some(cwd) = &plan.metadata.cwd {
             command.current_dir(cwd);
         }
         if plan.verbose {

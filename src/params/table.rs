@@ -39,6 +39,7 @@ pub const PER_RUN: &[&str] =
 pub const SYNONYMS: &[(&str, &str)] = &[("mca_param_files", "mca_base_param_files")];
 
 const PIDNS_CHOICES: &[&str] = &["auto", "always", "never"];
+const NETWORK_LOCK_CHOICES: &[&str] = &["auto", "nftables", "iptables", "skip"];
 
 const fn def(
     name: &'static str,
@@ -148,7 +149,22 @@ pub static PARAMS: &[ParamDef] = &[
         "crs_criu_tcp_established",
         Bool,
         "1",
-        "Let CRIU checkpoint and restore established TCP connections.",
+        "Let CRIU checkpoint and restore established TCP connections; \
+         0 refuses to checkpoint a process that has one, naming it.",
+    ),
+    def(
+        "crs_criu_network_lock",
+        Kind::Choice(NETWORK_LOCK_CHOICES),
+        "auto",
+        "How CRIU keeps TCP peers quiet while it dumps a connection: auto (nftables when \
+         this CRIU and kernel support it, else iptables), nftables, iptables, or skip.",
+    ),
+    def(
+        "crs_criu_file_locks",
+        Bool,
+        "1",
+        "Let CRIU checkpoint and restore the file locks the process holds \
+         (flock, POSIX and OFD locks); 0 makes CRIU refuse a process that holds one.",
     ),
     def(
         "crs_criu_shell_job",
@@ -183,6 +199,20 @@ pub static PARAMS: &[ParamDef] = &[
         "auto",
         "Whether a CRIU restore runs in a fresh PID namespace: \
          auto (when needed), always or never.",
+    ),
+    def(
+        "crs_criu_truncate_grown",
+        Bool,
+        "1",
+        "Before a CRIU restore, cut a file the process had open (not append-only) that grew \
+         since the checkpoint back to its size then; 0 refuses the restore instead.",
+    ),
+    def(
+        "crs_criu_restore_timeout",
+        Int,
+        "30",
+        "Seconds a CRIU restore may take before it is killed and reported (the restart then \
+         falls back to an older snapshot); 0 waits without limit.",
     ),
     def("opal_cr_verbose", Int, "0", "Verbosity of the C/R runtime's messages; 0 is quiet."),
     def(
@@ -386,6 +416,7 @@ fn int_range(name: &str) -> (i64, i64) {
     match name {
         "opal_cr_signal" => (0, 64),
         "crs_base_snapshot_keep"
+        | "crs_criu_restore_timeout"
         | "opal_cr_checkpoint_interval"
         | "opal_cr_thread_sleep_check"
         | "opal_cr_thread_sleep_wait" => (0, i64::MAX),
@@ -536,11 +567,20 @@ mod tests {
         expect("crs_criu_log_level", Int, "2");
         expect("crs_criu_pidns", Kind::Choice(&["auto", "always", "never"]), "auto");
         expect("crs_criu_new_session", Bool, "1");
+        expect("crs_criu_restore_timeout", Int, "30");
+        expect("crs_criu_truncate_grown", Bool, "1");
+        assert!(!lookup("crs_criu_restore_timeout").unwrap().accepts("-1"));
+        expect("crs_criu_file_locks", Bool, "1");
+        expect(
+            "crs_criu_network_lock",
+            Kind::Choice(&["auto", "nftables", "iptables", "skip"]),
+            "auto",
+        );
         expect("opal_cr_use_thread", Bool, "1");
         expect("opal_cr_thread_sleep_wait", Int, "100");
         expect("opal_cr_signal", Int, "10");
         expect("mca_base_suppress_override_warning", Bool, "0");
-        assert_eq!(PARAMS.len(), 44);
+        assert_eq!(PARAMS.len(), 48);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Request {
     /// `opal_cr_inc_core_ckpt`, whose caller runs the phases itself).
     pub run_callbacks: bool,
     /// A privileged tool's offer to dump the process (see [`CheckpointJob`]).
-    pub dump_helper: Option<PathBuf>,
+    pub dump_helper: Option<crate::components::criu::behalf::DumpHelper>,
 }
 
 impl Request {
@@ -114,6 +114,8 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
             series.path().join(seq.to_string())
         }
         CheckpointOutcome::Continue => {
+            let text = metadata.render()?;
+            let written = pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes());
             let options = PublishOptions {
                 fsync: rt.params.bool("crs_base_snapshot_fsync"),
                 keep: rt.params.int("crs_base_snapshot_keep").max(0) as u64,
@@ -122,12 +124,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
                 host: crate::output::hostname(),
                 identity: component.identity(),
             };
-            // A snapshot whose metadata cannot be written fails like any other step:
-            // the temporary goes, and the program hears of the failure.
-            let published = write_metadata(&pending.dir, &metadata).and_then(|()| {
-                pending.publish(options).map_err(|e| e.context("publishing the snapshot"))
-            });
-            match published {
+            match written.and_then(|()| pending.publish(options)) {
                 Ok(published) => published.path,
                 Err(e) => {
                     if request.run_callbacks {
@@ -167,12 +164,6 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         finished_ms,
         established_ms,
     })
-}
-
-fn write_metadata(dir: &std::path::Path, metadata: &Metadata) -> Result<()> {
-    let text = metadata.render()?;
-    std::fs::write(dir.join(crate::snapshot::METADATA_FILE), text)
-        .map_err(|e| Error::io(format!("writing metadata in {}", dir.display()), e))
 }
 
 /// Phase one and the component's checkpoint; returns the outcome and the metadata.
@@ -215,7 +206,7 @@ fn run_phases(
         params: &rt.params,
         dir,
         metadata: &mut metadata,
-        dump_helper: request.dump_helper.as_deref(),
+        dump_helper: request.dump_helper.as_ref(),
     };
     let outcome = rt.component().checkpoint(&mut job)?;
     Ok((outcome, metadata))

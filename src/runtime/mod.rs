@@ -5,6 +5,7 @@
 pub mod callbacks;
 mod checkpoint;
 pub mod critical;
+mod own_fd;
 mod server;
 
 pub use checkpoint::{Done, Origin, Outcome, Request};
@@ -182,6 +183,18 @@ fn forget_inherited(state: &mut State) {
     }
 }
 
+/// Blocks every signal in the calling thread, the listener (its checkpoint workers
+/// inherit the mask): a signal sent to the whole process then goes to the program's own
+/// threads only, as without the library, and one the program blocks stays pending.
+fn block_all_signals() {
+    // SAFETY: sigfillset and pthread_sigmask on a local set and this thread's own mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+}
+
 /// `pthread_atfork` child handler: close the parent's control socket and doorbell so
 /// the child never answers for its parent. Only async-signal-safe calls.
 extern "C" fn close_inherited_endpoint() {
@@ -311,7 +324,10 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
             let shared = server.shared();
             let thread = std::thread::Builder::new()
                 .name("opalcrs".into())
-                .spawn(move || server.run())
+                .spawn(move || {
+                    block_all_signals();
+                    server.run()
+                })
                 .map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?;
             ServerHandle::Thread { shared, thread }
         } else {

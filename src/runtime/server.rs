@@ -10,9 +10,10 @@
 //! (under a new name in a restored copy, which must not answer for the original).
 
 use super::checkpoint::{self, Done, Origin, Outcome, Request};
+use super::own_fd;
 use super::Runtime;
 use crate::control::{
-    self, CheckpointResult, ErrorKind, Reply, RequestEnvelope, Status, PROTOCOL_VERSION,
+    self, CheckpointResult, ErrorKind, PendingRequest, Received, Reply, Status, PROTOCOL_VERSION,
 };
 use crate::error::Error;
 use parking_lot::{Condvar, Mutex};
@@ -40,6 +41,12 @@ pub const EXIT_CHECKPOINTED: i32 = 85;
 /// collect the result.
 const TERM_LINGER: Duration = Duration::from_secs(3);
 const RESULTS_KEPT: usize = 32;
+/// How long a client has for its whole request once connected: a slow or silent one
+/// holds nothing up, it is only closed after this.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections held at once (requests arriving, tools waiting for a result); past it
+/// the oldest is closed, so no number of idle clients exhausts the descriptors.
+const MAX_CONNECTIONS: usize = 64;
 
 pub type JobResult = Result<Done, Error>;
 
@@ -103,9 +110,14 @@ impl Shared {
         }
     }
 
+    /// Worker side: returns once the listener has its socket again.
     fn reopen(&self) {
-        self.control.lock().quiet = Quiet::Reopen;
+        let mut control = self.control.lock();
+        control.quiet = Quiet::Reopen;
         self.changed.notify_all();
+        while control.quiet != Quiet::Open {
+            self.changed.wait(&mut control);
+        }
     }
 
     fn finished(&self, id: u64, result: JobResult) {
@@ -194,6 +206,8 @@ pub struct Server {
     queue: VecDeque<Job>,
     running: Option<(u64, Origin, Option<ApiSlot>)>,
     results: VecDeque<(u64, WireResult)>,
+    /// Connections whose request has not fully arrived, oldest first.
+    pending: VecDeque<PendingRequest>,
     waiters: Vec<(u64, UnixStream)>,
     next_interval: Option<Instant>,
     /// The process ends once the tool has the result of this job, or at the deadline.
@@ -208,8 +222,8 @@ impl Server {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor we own.
-        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        WAKE_FD.store(fd, Ordering::SeqCst);
+        let wake = own_fd::above_program(unsafe { OwnedFd::from_raw_fd(fd) });
+        WAKE_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
         let shared = Arc::new(Shared {
             wake,
             control: Mutex::new(Control {
@@ -228,6 +242,7 @@ impl Server {
             queue: VecDeque::new(),
             running: None,
             results: VecDeque::new(),
+            pending: VecDeque::new(),
             waiters: Vec::new(),
             next_interval: None,
             exit_after: None,
@@ -243,6 +258,7 @@ impl Server {
 
     fn open_listener(&mut self) -> std::io::Result<()> {
         let (listener, name) = control::bind(current_pid())?;
+        let listener = UnixListener::from(own_fd::above_program(listener.into()));
         listener.set_nonblocking(true)?;
         log::debug!(target: "cr", "cr: listening on @{name}");
         LISTENER_FD.store(listener.as_raw_fd(), Ordering::SeqCst);
@@ -259,6 +275,7 @@ impl Server {
     fn close_connections(&mut self) {
         LISTENER_FD.store(-1, Ordering::SeqCst);
         self.listener = None;
+        self.pending.clear();
         self.waiters.clear();
     }
 
@@ -293,8 +310,9 @@ impl Server {
                 while control.quiet == Quiet::Closed {
                     shared.changed.wait(&mut control);
                 }
-                control.quiet = Quiet::Open;
                 self.reopen_listener();
+                control.quiet = Quiet::Open;
+                shared.changed.notify_all();
             }
             (
                 std::mem::take(&mut control.finished),
@@ -345,44 +363,90 @@ impl Server {
         }
     }
 
+    /// Takes every waiting connection, then serves what has arrived on any of them.
     fn accept_all(&mut self) {
-        loop {
-            let Some(listener) = &self.listener else { return };
+        while let Some(listener) = &self.listener {
             match listener.accept() {
-                Ok((stream, _)) => self.serve_connection(stream),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Ok((stream, _)) => {
+                    self.admit(UnixStream::from(own_fd::above_program(stream.into())))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!(target: "cr", "cr: accept on the control socket failed: {e}");
-                    return;
+                    break;
                 }
+            }
+        }
+        self.serve_pending();
+    }
+
+    /// A new connection of an allowed peer is served at once if its request is there
+    /// (a tool sends it as it connects), else waits for it without blocking anyone;
+    /// past the bound the oldest waiting connection is closed.
+    fn admit(&mut self, stream: UnixStream) {
+        // SAFETY: geteuid has no preconditions.
+        let own_uid = unsafe { libc::geteuid() };
+        let refusal = match control::peer_cred(&stream) {
+            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => None,
+            Ok(cred) => Some(format!(
+                "permission denied: uid {} may not checkpoint a process of uid {own_uid}",
+                cred.uid
+            )),
+            Err(e) => Some(format!("cannot check the peer's credentials: {e}")),
+        };
+        if let Some(refusal) = refusal {
+            answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
+            return;
+        }
+        match PendingRequest::new(stream, Instant::now() + REQUEST_DEADLINE) {
+            Ok(request) => self.serve(request, Instant::now()),
+            Err(e) => log::warn!(target: "cr", "cr: cannot serve a control connection: {e}"),
+        }
+        while self.pending.len() + self.waiters.len() > MAX_CONNECTIONS {
+            if self.pending.pop_front().is_none() {
+                // A tool whose wait is closed asks again.
+                self.waiters.remove(0);
             }
         }
     }
 
-    fn serve_connection(&mut self, stream: UnixStream) {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        // SAFETY: geteuid has no preconditions.
-        let own_uid = unsafe { libc::geteuid() };
-        let reply = match control::peer_cred(&stream) {
-            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => match control::read_message::<RequestEnvelope>(&stream) {
-                Ok(envelope) if envelope.v == PROTOCOL_VERSION => self.handle(envelope.request, &stream),
-                Ok(envelope) => Some(Reply::error(
-                    ErrorKind::BadRequest,
-                    format!("protocol version {} not supported (this process speaks {PROTOCOL_VERSION})", envelope.v),
-                )),
-                Err(e) => Some(Reply::error(ErrorKind::BadRequest, format!("unreadable request: {e}"))),
-            },
-            Ok(cred) => Some(Reply::error(
-                ErrorKind::PermissionDenied,
-                format!("permission denied: uid {} may not checkpoint a process of uid {own_uid}", cred.uid),
+    /// Serves every connection whose request is complete; closes those past their
+    /// deadline.
+    fn serve_pending(&mut self) {
+        let now = Instant::now();
+        for request in std::mem::take(&mut self.pending) {
+            self.serve(request, now);
+        }
+    }
+
+    /// Answers a connection whose request is complete (or late, or bad); keeps it
+    /// waiting otherwise.
+    fn serve(&mut self, mut request: PendingRequest, now: Instant) {
+        let reply = match request.receive() {
+            Received::Partial if now < request.deadline() => {
+                self.pending.push_back(request);
+                return;
+            }
+            Received::Partial => Some(Reply::error(
+                ErrorKind::BadRequest,
+                format!("no complete request within {} s", REQUEST_DEADLINE.as_secs()),
             )),
-            Err(e) => Some(Reply::error(ErrorKind::PermissionDenied, format!("cannot check the peer's credentials: {e}"))),
+            Received::Gone => None,
+            Received::Request(Err(why)) => Some(Reply::error(ErrorKind::BadRequest, why)),
+            Received::Request(Ok(envelope)) if envelope.v != PROTOCOL_VERSION => {
+                Some(Reply::error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "protocol version {} not supported (this process speaks {PROTOCOL_VERSION})",
+                        envelope.v
+                    ),
+                ))
+            }
+            Received::Request(Ok(envelope)) => self.handle(envelope.request, request.stream()),
         };
         if let Some(reply) = reply {
-            let _ = control::write_message(&stream, &reply);
+            answer(request.stream(), &reply);
         }
     }
 
@@ -411,7 +475,10 @@ impl Server {
                     dir: dir.map(Into::into),
                     origin: Origin::Tool,
                     run_callbacks: true,
-                    dump_helper: dump_helper.map(Into::into),
+                    dump_helper: dump_helper.map(|rendezvous| {
+                        let tool = control::peer_cred(stream).map_or(0, |cred| cred.pid);
+                        crate::components::criu::behalf::DumpHelper::new(rendezvous.into(), tool)
+                    }),
                 };
                 let id = self.enqueue(request, None);
                 Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })
@@ -442,7 +509,7 @@ impl Server {
                     status: Some(Status {
                         pid: current_pid(),
                         component: self.rt.component().name().to_string(),
-                        state: if self.busy() { "running" } else { "idle" }.to_string(),
+                        state: if self.busy() { "checkpointing" } else { "idle" }.to_string(),
                         series: last.as_ref().map(|l| l.0.display().to_string()),
                         last_seq: last.as_ref().map(|l| l.1),
                         last_path: last.as_ref().map(|l| l.2.display().to_string()),
@@ -465,7 +532,13 @@ impl Server {
         self.schedule_interval();
         let wire = to_wire(&result);
         if let Err(e) = &wire {
-            log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            // A tool or API caller reports the failure itself; a checkpoint the signal
+            // or the interval asked for has nobody else to tell.
+            if matches!(origin, Origin::Signal | Origin::Interval) {
+                log::warn!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            } else {
+                log::info!(target: "cr", "cr: checkpoint failed: {}", e.message);
+            }
         }
         let mut delivered = false;
         let (mine, others): (Vec<_>, Vec<_>) =
@@ -507,6 +580,8 @@ impl Server {
         let (rt, shared, id, request) = (self.rt.clone(), self.shared.clone(), job.id, job.request);
         let spawned = std::thread::Builder::new().name("opalcrs-ckpt".into()).spawn(move || {
             let quiet = rt.component().needs_quiet_connections();
+            // Tools that find no socket meanwhile learn "in progress" from the marker.
+            let marker = quiet.then(control::DumpMarker::set);
             if quiet {
                 shared.quiet_down();
             }
@@ -514,6 +589,7 @@ impl Server {
             if quiet {
                 shared.reopen();
             }
+            drop(marker);
             shared.finished(id, result);
         });
         if let Err(e) = spawned {
@@ -525,6 +601,7 @@ impl Server {
     fn run_job_inline(&mut self, job: Job) {
         self.running = Some((job.id, job.request.origin, job.api));
         let quiet = self.rt.component().needs_quiet_connections();
+        let marker = quiet.then(control::DumpMarker::set);
         if quiet {
             self.close_connections();
         }
@@ -532,6 +609,7 @@ impl Server {
         if quiet {
             self.reopen_listener();
         }
+        drop(marker);
         self.finish(job.id, result);
     }
 
@@ -579,15 +657,29 @@ impl Server {
         if let Some(listener) = &self.listener {
             fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
+        fds.extend(self.pending.iter().map(|request| libc::pollfd {
+            fd: request.stream().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         let now = Instant::now();
-        let deadline =
-            [self.next_interval, self.exit_after.map(|(_, _, d)| d)].into_iter().flatten().min();
+        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d)]
+            .into_iter()
+            .flatten()
+            .chain(self.pending.iter().map(PendingRequest::deadline))
+            .min();
         let timeout = deadline.map_or(-1, |d| {
             d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1
         });
         // SAFETY: fds is a valid array of pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     }
+}
+
+/// Replies on a non-blocking connection: a reply fits in the socket's buffer, and a
+/// client that does not read it loses it.
+fn answer(stream: &UnixStream, reply: &Reply) {
+    let _ = control::write_message(stream, reply);
 }
 
 fn end_process(status: i32) -> ! {

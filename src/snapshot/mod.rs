@@ -10,8 +10,8 @@ pub mod series;
 
 pub use list::{list_dir, list_series, SeriesInfo, SnapshotInfo};
 pub use manifest::{
-    hash_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, HASH_ALGORITHM, MANIFEST_FILE,
-    MANIFEST_FORMAT,
+    hash_file, restore_log_name, verify, verify_sizes, FileEntry, IdentityEntry, Manifest, Verdict,
+    HASH_ALGORITHM, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 pub use metadata::{extract_expected_component, read_token, Metadata, METADATA_FILE};
 pub use series::{
@@ -45,14 +45,31 @@ pub struct Resolved {
 /// numbered snapshot (`-l <series> -r <seq>`), or a 1.6/1.7 snapshot directory holding
 /// `snapshot_meta.data` directly. A snapshot that does not verify is never returned.
 pub fn resolve(reference: &str, base_dir: &Path, seq: Option<u64>) -> Result<Resolved> {
+    resolve_excluding(reference, base_dir, seq, &[])
+}
+
+/// [`resolve`], where the snapshots of the series in `excluded` (whose restore failed)
+/// are skipped for the reason given there.
+pub fn resolve_excluding(
+    reference: &str,
+    base_dir: &Path,
+    seq: Option<u64>,
+    excluded: &[(u64, String)],
+) -> Result<Resolved> {
     let path = reference_dir(reference, base_dir)?;
     if holds_snapshot(&path) {
         let (series, numbered) = single_snapshot(&path, seq)?;
         let verdict = usable_verdict(&path)?;
         Ok(Resolved { dir: path, series, seq: numbered, skipped: Vec::new(), verdict })
     } else {
-        resolve_series(Series::at(&path), seq)
+        resolve_series(Series::at(&path), seq, excluded)
     }
+}
+
+/// Whether `reference` (as for [`resolve`]) names a series, of which an older snapshot
+/// can stand in for a newer one that fails, rather than one snapshot.
+pub fn names_a_series(reference: &str, base_dir: &Path) -> bool {
+    reference_dir(reference, base_dir).is_ok_and(|path| !holds_snapshot(&path))
 }
 
 /// One snapshot as addressed by the user, not yet verified.
@@ -120,7 +137,11 @@ fn single_snapshot(dir: &Path, seq: Option<u64>) -> Result<(Option<Series>, Opti
     }
 }
 
-fn resolve_series(series: Series, seq: Option<u64>) -> Result<Resolved> {
+fn resolve_series(
+    series: Series,
+    seq: Option<u64>,
+    excluded: &[(u64, String)],
+) -> Result<Resolved> {
     if let Some(wanted) = seq {
         let dir = series.snapshot_dir(wanted);
         if !series.snapshots()?.contains(&wanted) {
@@ -135,7 +156,7 @@ fn resolve_series(series: Series, seq: Option<u64>) -> Result<Resolved> {
             verdict,
         });
     }
-    let scan = series.scan_newest_good()?;
+    let scan = series.scan_newest_good(excluded)?;
     match scan.found {
         Some((seq, verdict)) => Ok(Resolved {
             dir: series.snapshot_dir(seq),
@@ -170,7 +191,7 @@ pub(crate) fn holds_snapshot(dir: &Path) -> bool {
 }
 
 /// The verdict on `dir`, or an error naming the snapshot and what is wrong with it.
-fn usable_verdict(dir: &Path) -> Result<Verdict> {
+pub fn usable_verdict(dir: &Path) -> Result<Verdict> {
     let verdict = verify(dir);
     if verdict.is_usable() {
         Ok(verdict)

@@ -51,6 +51,7 @@ impl Failure {
         let exit = match e.code() {
             OPAL_ERR_NOT_FOUND => EXIT_NO_PROCESS,
             OPAL_ERR_PERM => EXIT_PERMISSION,
+            OPAL_ERR_RESOURCE_BUSY => EXIT_IN_PROGRESS,
             OPAL_ERR_BAD_PARAM => EXIT_USAGE,
             _ => EXIT_NOT_CR,
         };
@@ -261,16 +262,71 @@ fn remaining(deadline: Option<Instant>) -> Result<Duration, Failure> {
     }
 }
 
-fn status(settings: &Settings) -> Result<(), Failure> {
-    let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
-    let reply = endpoint
-        .call(Request::Status, remaining(settings.deadline)?)
-        .map_err(|e| unanswered(settings.pid, &e))?;
-    if let Some(error) = &reply.error {
-        return Err(Failure::from_reply(error));
+/// The process's endpoint; with `--wait`, once its socket is back from a dump.
+fn locate(settings: &Settings) -> Result<control::Endpoint, Failure> {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match control::locate(settings.pid) {
+            Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY && settings.wait => {
+                std::thread::sleep(backoff.min(remaining(settings.deadline)?));
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            located => return located.map_err(Failure::from_locate),
+        }
     }
-    let status =
-        reply.status.ok_or_else(|| Failure::new(EXIT_NOT_CR, "the process sent no status"))?;
+}
+
+/// Sends one request. A connection refused or closed before the answer (the socket
+/// closed for a dump meanwhile, or the connection was dropped among too many) is sent
+/// again to the socket found anew, which says "in progress" while a dump lasts.
+fn send(
+    settings: &Settings,
+    mut endpoint: control::Endpoint,
+    request: Request,
+) -> Result<Reply, Failure> {
+    use std::io::ErrorKind::*;
+    let mut attempts = 0;
+    loop {
+        match endpoint.call(request.clone(), remaining(settings.deadline)?) {
+            Err(e)
+                if attempts < 3
+                    && matches!(
+                        e.kind(),
+                        ConnectionRefused | ConnectionReset | BrokenPipe | UnexpectedEof
+                    ) =>
+            {
+                attempts += 1;
+                endpoint = locate(settings)?;
+            }
+            answered => return answered.map_err(|e| unanswered(settings.pid, &e)),
+        }
+    }
+}
+
+fn status(settings: &Settings) -> Result<(), Failure> {
+    // Nothing else can be asked while the socket is closed for a dump.
+    let dumped = || control::Status {
+        pid: settings.pid,
+        component: "(not known while the process is dumped)".into(),
+        state: "checkpointing".into(),
+        series: None,
+        last_seq: None,
+        last_path: None,
+    };
+    let reply =
+        match locate(settings).and_then(|endpoint| send(settings, endpoint, Request::Status)) {
+            Err(failure) if failure.exit == EXIT_IN_PROGRESS => None,
+            reply => Some(reply?),
+        };
+    let status = match reply {
+        None => dumped(),
+        Some(reply) => {
+            if let Some(error) = &reply.error {
+                return Err(Failure::from_reply(error));
+            }
+            reply.status.ok_or_else(|| Failure::new(EXIT_NOT_CR, "the process sent no status"))?
+        }
+    };
     if settings.json {
         println!("{}", serde_json::json!({ "version": 1, "status": status }));
     } else {
@@ -305,7 +361,7 @@ impl Progress {
 
 fn checkpoint(settings: &Settings) -> Result<(), Failure> {
     let mut progress = Progress { enabled: settings.verbose, start: Instant::now(), last: 0.0 };
-    let endpoint = control::locate(settings.pid).map_err(Failure::from_locate)?;
+    let endpoint = locate(settings)?;
     progress.line(progress.now(), "Requested", "...");
     // Privileged, we offer to dump a process that may not run CRIU itself.
     let mut offer = behalf::Offer::new(settings.pid).unwrap_or_else(|e| {
@@ -319,9 +375,7 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
         wait: settings.wait,
         dump_helper: offer.as_ref().map(|o| o.path().display().to_string()),
     };
-    let reply = endpoint
-        .call(request, remaining(settings.deadline)?)
-        .map_err(|e| unanswered(settings.pid, &e))?;
+    let reply = send(settings, endpoint, request)?;
     if let Some(error) = &reply.error {
         return Err(Failure::from_reply(error));
     }

@@ -29,7 +29,7 @@ pub const OPTIONS: &[OptionDef] = &[
 pub(crate) const EXIT_USAGE: i32 = 125;
 pub(crate) const EXIT_CANNOT_RESTART: i32 = 126;
 pub(crate) const EXIT_NOT_FOUND: i32 = 127;
-/// `--verify` of a snapshot that is good, or legacy (trusted without a manifest).
+/// `--verify` of a snapshot that is good, or legacy (a 1.6/1.7 layout: used unchecked).
 pub(crate) const EXIT_VERIFY_GOOD: i32 = 0;
 pub(crate) const EXIT_VERIFY_CORRUPT: i32 = 1;
 pub(crate) const EXIT_VERIFY_INCOMPLETE: i32 = 2;
@@ -158,7 +158,7 @@ pub fn main() -> i32 {
         }
         if prepared.legacy {
             eprintln!(
-                "opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified",
+                "opal-restart: note: {} has no manifest (1.6/1.7 layout): unchecked, restarted as it is",
                 prepared.plan.dir.display()
             );
         }
@@ -266,7 +266,7 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
         }
     }
     if info.verdict == Verdict::Legacy {
-        eprintln!("opal-restart: note: {} has no manifest (1.6/1.7 layout); it cannot be verified and is trusted as it is", info.path.display());
+        eprintln!("opal-restart: note: {} has no manifest (1.6/1.7 layout): unchecked, a restart uses it as it is", info.path.display());
     }
     Ok(code)
 }

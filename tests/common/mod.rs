@@ -261,6 +261,29 @@ macro_rules! require_criu {
     };
 }
 
+/// Starts a self test program (c-tests/selfapp.c) with `args`, logging to `<sandbox>/log`,
+/// waits until it counts, returns the child.
+pub fn start(
+    sb: &Sandbox,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut command = sb.command(program);
+    command.arg(sb.path("log")).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = sb.spawn(command, "app");
+    let ready = format!("init rc=0 pid={} ", child.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || sb.read("log").contains(&ready)),
+        "program did not start: {}",
+        sb.read("app.out")
+    );
+    child
+}
+
 /// `opal-checkpoint ARGS` that must succeed; returns its stdout and the snapshot path.
 pub fn checkpoint_ok(sb: &Sandbox, args: &[&str]) -> (String, PathBuf) {
     let out = sb.checkpoint(args);
@@ -316,6 +339,27 @@ pub fn restart_fork(sb: &Sandbox, args: &[&str]) -> (u32, String) {
         .unwrap_or_else(|_| panic!("--fork printed {stdout:?}; stderr {stderr}"));
     sb.adopt(pid);
     (pid, stderr)
+}
+
+/// The children of PID, from /proc (its threads' lists).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// PID and all its descendants, parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children(tree[next]));
+        next += 1;
+    }
+    tree
 }
 
 /// Waits up to `limit` for a child to end.

@@ -7,7 +7,11 @@
 //! options its parameters give) and waits, polling, for `done`. The tool dumps the
 //! process into that snapshot and writes `done` ("ok" or the error); the process goes
 //! on. A restored copy wakes up in the same polling loop; its start time
-//! (/proc/self/stat), which CRIU cannot restore, tells it from the original.
+//! (/proc/self/stat), which CRIU cannot restore, tells it from the original. The process
+//! also watches the tool (its PID from the request's connection, and that process's
+//! start time): if the tool dies, the process gives the checkpoint up at once and
+//! removes the rendezvous directory. It holds no descriptor of the tool meanwhile (a
+//! pidfd or a connection would be dumped with it).
 //!
 //! CRIU runs as the process's owner with only the capabilities a dump needs (its
 //! unprivileged mode): it then writes nowhere that user could not, and reads the
@@ -16,9 +20,10 @@
 //! following symbolic links, and only in a directory owned by the process's owner.
 
 use super::binary::CriuBinary;
-use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir};
+use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir, LockMethod};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::snapshot::series::start_time;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
@@ -31,9 +36,13 @@ use std::time::{Duration, Instant};
 
 const REQUEST_FILE: &str = "request.json";
 const DONE_FILE: &str = "done";
+/// Where the tool writes the answer before it appears as [`DONE_FILE`].
+const DONE_STAGING: &str = ".done";
 /// How long the process waits for the tool's dump.
 const PATIENCE: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(5);
+/// How often the process looks whether the tool still lives.
+const TOOL_CHECK: Duration = Duration::from_millis(200);
 
 /// What the process asks the tool to do.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,17 +54,72 @@ struct DumpRequest {
     shell_job: bool,
     ext_unix_sk: bool,
     tcp_established: bool,
+    file_locks: bool,
+    network_lock: Option<LockMethod>,
 }
 
-/// Field 22 of /proc/self/stat: when this process (image) started, in clock ticks.
+/// When this process (image) started; see [`start_time`].
 fn own_start_time() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
+    start_time(std::process::id() as i32)
 }
 
-/// Process side: asks the tool behind `rendezvous` to dump this process with `opts`
-/// (its PID and `as_user` are the tool's to set), and waits for it.
-pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
+/// A privileged tool's offer as the process holds it: where to ask, and which process
+/// offered, to notice when it is gone.
+#[derive(Debug, Clone)]
+pub struct DumpHelper {
+    pub rendezvous: PathBuf,
+    /// The tool's PID and its start time (None: it had already ended when its request
+    /// was read); no PID when the tool cannot be watched.
+    tool: Option<(i32, Option<u64>)>,
+}
+
+impl DumpHelper {
+    /// `tool_pid` is the requesting peer's PID (SO_PEERCRED), read while its request is
+    /// served; 0 when the tool lives outside this PID namespace, which then cannot be
+    /// watched (the process waits for it as long as the rendezvous directory exists),
+    /// as when /proc hides it (`hidepid`).
+    pub fn new(rendezvous: PathBuf, tool_pid: i32) -> DumpHelper {
+        let tool = match start_time(tool_pid) {
+            _ if tool_pid <= 0 => None,
+            Some(started) => Some((tool_pid, Some(started))),
+            // SAFETY: signal 0 only asks whether the PID exists.
+            None if unsafe { libc::kill(tool_pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Some((tool_pid, None))
+            }
+            None => None,
+        };
+        DumpHelper { rendezvous, tool }
+    }
+
+    /// The tool's PID, if it has gone since it offered (or before its offer was read).
+    fn tool_gone(&self) -> Option<i32> {
+        let (pid, started) = self.tool?;
+        (started.is_none() || start_time(pid) != started).then_some(pid)
+    }
+
+    /// Gives the checkpoint up: the tool that would dump the process is gone.
+    fn abandon(&self, tool: i32) -> Error {
+        // remove_dir_all does not follow symbolic links.
+        let _ = std::fs::remove_dir_all(&self.rendezvous);
+        Error::new(
+            codes::OPAL_ERR_TIMEOUT,
+            format!(
+                "criu: the opal-checkpoint (PID {tool}) that offered to dump this process is gone; \
+                 checkpoint abandoned"
+            ),
+        )
+    }
+}
+
+/// Process side: asks the tool behind `helper` to dump this process with `opts` (its
+/// PID and `as_user` are the tool's to set), and waits for it.
+pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
+    let rendezvous = helper.rendezvous.as_path();
+    if let Some(tool) = helper.tool_gone() {
+        return Err(helper.abandon(tool));
+    }
     let started = own_start_time()
         .ok_or_else(|| Error::msg("criu: cannot read this process's start time"))?;
     let request = DumpRequest {
@@ -65,6 +129,8 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
         shell_job: opts.shell_job,
         ext_unix_sk: opts.ext_unix_sk,
         tcp_established: opts.tcp_established,
+        file_locks: opts.file_locks,
+        network_lock: opts.network_lock,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -74,6 +140,7 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
             Error::io(format!("criu: asking the tool to dump through {}", rendezvous.display()), e)
         })?;
     let since = Instant::now();
+    let mut tool_checked = since;
     let answer = loop {
         // First, before anything on disk: a restored copy sees the original's answer.
         if own_start_time() != Some(started) {
@@ -89,6 +156,12 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
                 ))
             }
         }
+        if tool_checked.elapsed() >= TOOL_CHECK {
+            if let Some(tool) = helper.tool_gone() {
+                return Err(helper.abandon(tool));
+            }
+            tool_checked = Instant::now();
+        }
         if !rendezvous.is_dir() || since.elapsed() > PATIENCE {
             return Err(Error::new(
                 codes::OPAL_ERR_TIMEOUT,
@@ -100,6 +173,8 @@ pub fn ask(rendezvous: &Path, opts: &DumpOptions) -> Result<DumpOutcome> {
         }
         std::thread::sleep(POLL);
     };
+    // The offer is used up: a tool killed from here on leaves nothing behind.
+    let _ = std::fs::remove_dir_all(rendezvous);
     if answer != "ok" {
         return Err(Error::msg(answer));
     }
@@ -170,9 +245,12 @@ impl Offer {
             }
             Err(e) => format!("criu: the process's dump request is not valid: {e}"),
         };
-        // O_EXCL and O_NOFOLLOW: nothing planted there is followed or overwritten.
+        // O_EXCL and O_NOFOLLOW: nothing planted there is followed or overwritten. The
+        // answer is written and given to the process under a staging name and appears
+        // whole by a rename: the process polls for it, and found half-made (still
+        // root's) it could not be read.
         let owner = self.owner;
-        let written = create_at(&self.dir, DONE_FILE).and_then(|mut file| {
+        let written = create_at(&self.dir, DONE_STAGING).and_then(|mut file| {
             file.write_all(answer.as_bytes()).map_err(|e| Error::io("writing the answer", e))?;
             // The process must read it. SAFETY: fchown on a descriptor we own.
             if unsafe { libc::fchown(file.as_raw_fd(), owner.0, owner.1) } != 0 {
@@ -181,7 +259,7 @@ impl Offer {
                     std::io::Error::last_os_error(),
                 ));
             }
-            Ok(())
+            rename_at(&self.dir, DONE_STAGING, DONE_FILE)
         });
         if let Err(e) = written {
             log::warn!("cannot answer process {}: {e}", self.pid);
@@ -213,6 +291,8 @@ impl Offer {
             shell_job: request.shell_job,
             ext_unix_sk: request.ext_unix_sk,
             tcp_established: request.tcp_established,
+            file_locks: request.file_locks,
+            network_lock: request.network_lock,
             external: &[],
             as_user: Some(self.owner),
         };
@@ -302,6 +382,20 @@ fn read_at(dir: &OwnedFd, name: &str) -> Option<String> {
     Some(text)
 }
 
+/// Renames `from` to `to`, both in `dir` (a link there is moved, not followed).
+fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> Result<()> {
+    let (from_c, to_c) = (CString::new(from), CString::new(to));
+    let (Ok(from_c), Ok(to_c)) = (from_c, to_c) else {
+        return Err(Error::new(codes::OPAL_ERR_BAD_PARAM, format!("{from} -> {to}: NUL in name")));
+    };
+    let fd = dir.as_raw_fd();
+    // SAFETY: renameat with C strings we own, relative to an open directory.
+    if unsafe { libc::renameat(fd, from_c.as_ptr(), fd, to_c.as_ptr()) } != 0 {
+        return Err(Error::io(format!("renaming {from} to {to}"), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn create_at(dir: &OwnedFd, name: &str) -> Result<File> {
     open_file_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
         .ok_or_else(|| Error::io(format!("creating {name}"), std::io::Error::last_os_error()))
@@ -319,6 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn a_helper_notices_that_its_tool_is_gone_and_removes_the_rendezvous() {
+        let rendezvous =
+            std::env::temp_dir().join(format!("opalcrs-test-rdv-{}", std::process::id()));
+        std::fs::create_dir_all(&rendezvous).unwrap();
+        let ours = DumpHelper::new(rendezvous.clone(), std::process::id() as i32);
+        assert_eq!(ours.tool_gone(), None);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let theirs = DumpHelper::new(rendezvous.clone(), child.id() as i32);
+        assert!(theirs.tool.is_some());
+        assert_eq!(theirs.tool_gone(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(theirs.tool_gone(), Some(child.id() as i32));
+        // A tool that ended before its offer was read is gone from the start.
+        let late = DumpHelper::new(rendezvous.clone(), child.id() as i32);
+        assert_eq!(late.tool_gone(), Some(child.id() as i32));
+        let opts = DumpOptions::new(1, Path::new("/nonexistent"));
+        let error = ask(&theirs, &opts).unwrap_err();
+        assert!(error.message().contains("is gone"), "{error}");
+        assert!(!rendezvous.exists());
+        // A tool outside our PID namespace (PID 0) cannot be watched.
+        assert_eq!(DumpHelper::new(rendezvous, 0).tool_gone(), None);
+    }
+
+    #[test]
     fn requests_round_trip() {
         let request = DumpRequest {
             snapshot: "/home/u/opal_snapshot_7.ckpt/.tmp-0-7-ab".into(),
@@ -327,6 +446,8 @@ mod tests {
             shell_job: true,
             ext_unix_sk: true,
             tcp_established: false,
+            file_locks: true,
+            network_lock: Some(LockMethod::Auto),
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);

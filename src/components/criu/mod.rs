@@ -6,6 +6,8 @@
 
 pub mod behalf;
 pub mod binary;
+pub mod files;
+pub mod net;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -51,10 +53,17 @@ impl Component for CriuComponent {
         say("verbosity", &params.int("crs_criu_verbose"));
         say("log_file", &params.str("crs_criu_log"));
         say("log_level", &params.int("crs_criu_log_level"));
-        for flag in ["tcp_established", "shell_job", "ext_unix_sk", "leave_running", "new_session"]
-        {
+        for flag in [
+            "tcp_established",
+            "file_locks",
+            "shell_job",
+            "ext_unix_sk",
+            "leave_running",
+            "new_session",
+        ] {
             say(flag, &u8::from(params.bool(&format!("crs_criu_{flag}"))));
         }
+        say("network_lock", &params.choice("crs_criu_network_lock"));
         if params.bool("crs_criu_new_session") && !params.bool("opal_cr_is_tool") {
             leave_foreign_session();
         }
@@ -66,7 +75,7 @@ impl Component for CriuComponent {
         true
     }
 
-    /// CRIU can leave the restored task stopped until the check has passed.
+    /// CRIU holds the restored tree (its pre-resume step) until the check has passed.
     fn checks_while_restoring(&self) -> bool {
         true
     }
@@ -118,6 +127,7 @@ impl Component for CriuComponent {
         if privileged {
             bin.check()?;
         }
+        let network_lock = network_lock(job.params, pid)?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| {
                 std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -140,24 +150,34 @@ impl Component for CriuComponent {
             shell_job: job.params.bool("crs_criu_shell_job"),
             ext_unix_sk: job.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: job.params.bool("crs_criu_tcp_established"),
+            file_locks: job.params.bool("crs_criu_file_locks"),
+            network_lock,
             external: &[],
             as_user: None,
         };
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
-            Some(rendezvous) => {
-                log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", rendezvous.display());
-                behalf::ask(rendezvous, &options)
+            Some(helper) => {
+                log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", helper.rendezvous.display());
+                behalf::ask(helper, &options)
             }
         };
         match dumped {
-            Ok(rpc::DumpOutcome::Dumped) => Ok(CheckpointOutcome::Continue),
+            Ok(rpc::DumpOutcome::Dumped) => {
+                files::record(job.dir)?;
+                Ok(CheckpointOutcome::Continue)
+            }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
             Err(e) => {
-                if let Some(series) = job.dir.parent() {
-                    let _ = std::fs::copy(job.dir.join(&log_file), series.join(FAILED_LOG));
+                let Some(series) = job.dir.parent() else { return Err(e) };
+                let (log, kept) = (job.dir.join(&log_file), series.join(FAILED_LOG));
+                if std::fs::copy(&log, &kept).is_err() {
+                    return Err(e);
                 }
-                Err(e)
+                // The temporary snapshot goes with the failure: name the copy that stays.
+                let message =
+                    e.message().replace(&log.display().to_string(), &kept.display().to_string());
+                Err(Error::new(e.code(), message))
             }
         }
     }
@@ -181,14 +201,32 @@ impl Component for CriuComponent {
         }
         check_identity(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
-        let taken: Vec<i32> = pids.iter().copied().filter(|&p| restore::pid_in_use(p)).collect();
+        let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
             "always" => true,
             "never" => false,
             _ => !taken.is_empty(),
         };
-        let (inherit, _reopened) = stdio_handover(&plan.dir, !new_pidns)?;
-        let log_file = format!("restore-{}.log", std::process::id());
+        let as_owner = plan.owner.needs_switch().then_some(&plan.owner);
+        let open_files = match files::read_checked(&plan.dir) {
+            Ok(open_files) => open_files,
+            Err(why) => return Ok(RestartOutcome::Rejected(why)),
+        };
+        let (inherit, _copies) =
+            stdio_handover(&plan.dir, &open_files, !new_pidns, as_owner.map(|owner| owner.uid))?;
+        // A file handed over is the process's new output: nothing to check or cut there.
+        let handed_over = |file: &&files::OpenFile| {
+            inherit.iter().any(|(key, _)| file.path.strip_prefix('/') == Some(key.as_str()))
+        };
+        let open_files: Vec<files::OpenFile> =
+            open_files.iter().filter(|file| !handed_over(file)).cloned().collect();
+        files::prepare(
+            &plan.dir,
+            &open_files,
+            &plan.owner,
+            plan.params.bool("crs_criu_truncate_grown"),
+        )?;
+        let log_file = crate::snapshot::restore_log_name(std::process::id());
         let options = restore::RestoreOptions {
             images_dir: &plan.dir,
             log_file: &log_file,
@@ -196,42 +234,80 @@ impl Component for CriuComponent {
             shell_job: plan.params.bool("crs_criu_shell_job"),
             ext_unix_sk: plan.params.bool("crs_criu_ext_unix_sk"),
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
+            file_locks: plan.params.bool("crs_criu_file_locks"),
             inherit_fds: &inherit,
             new_pidns,
-            stopped: plan.unchecked,
+            before_resume: None,
+            timeout: match plan.params.int("crs_criu_restore_timeout") {
+                0 => None,
+                seconds => Some(std::time::Duration::from_secs(seconds.unsigned_abs())),
+            },
+            as_owner,
         };
-        let (restored, verdict) = std::thread::scope(|scope| {
+        // The snapshot's fault: damage its check found, or a restore that stalled on it.
+        let damage = std::cell::RefCell::new(None);
+        let owner_refused = std::cell::Cell::new(false);
+        let restored = std::thread::scope(|scope| {
             // The check reads the images while CRIU does: both are served by one read
-            // from disk, and the restored task waits, stopped, for the verdict.
-            let check = plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir)));
+            // from disk, and CRIU holds the restored tree until the verdict.
+            let check = std::cell::RefCell::new(
+                plan.unchecked.then(|| scope.spawn(|| crate::snapshot::verify(&plan.dir))),
+            );
+            let await_check = || {
+                let Some(thread) = check.borrow_mut().take() else { return };
+                *damage.borrow_mut() = match thread.join() {
+                    Ok(verdict) if verdict.is_usable() => None,
+                    Ok(verdict) => Some(verdict.to_string()),
+                    Err(_) => Some("the snapshot check failed unexpectedly".to_string()),
+                };
+            };
+            // Another user's restored tree is checked before it runs, too.
+            let before_resume = |tree: &restore::Restored| -> Result<()> {
+                await_check();
+                if let Some(why) = damage.borrow().clone() {
+                    return Err(Error::msg(why));
+                }
+                if let Some(owner) = as_owner {
+                    tree.runs_as(owner.uid, owner.gid).map_err(|why| {
+                        owner_refused.set(true);
+                        Error::new(
+                            crate::codes::OPAL_ERR_PERM,
+                            format!("refusing snapshot {}: {why}", plan.dir.display()),
+                        )
+                    })?;
+                }
+                Ok(())
+            };
+            let held = plan.unchecked || as_owner.is_some();
+            let options = restore::RestoreOptions {
+                before_resume: held.then_some(&before_resume as &restore::BeforeResume),
+                ..options
+            };
             let restored = restore::restore(&bin, &options);
-            (restored, check.map(|thread| thread.join()))
+            await_check();
+            restored
         });
-        let rejection = match verdict {
-            Some(Ok(verdict)) if !verdict.is_usable() => Some(verdict.to_string()),
-            Some(Err(_)) => Some("the snapshot check failed unexpectedly".to_string()),
+        let rejection = damage.into_inner().or_else(|| match &restored {
+            Err(e) if e.code() == crate::codes::OPAL_ERR_TIMEOUT => Some(e.message().to_string()),
             _ => None,
-        };
+        });
         if let Some(why) = rejection {
-            if let Ok(restored) = restored {
-                restored.signal_tree(libc::SIGKILL);
-                let _ = restored.wait();
-            }
             return Ok(RestartOutcome::Rejected(why));
         }
-        let restored =
-            restored.map_err(|e| e.context(format!("restoring {}", plan.dir.display())))?;
-        if plan.unchecked {
-            // The check passed: the whole restored tree may run.
-            restored.signal_tree(libc::SIGCONT);
-        }
+        let restored = restored.map_err(|e| {
+            if owner_refused.get() {
+                e
+            } else {
+                e.context(format!("restoring {}", plan.dir.display()))
+            }
+        })?;
         let _ = std::fs::remove_file(plan.dir.join(&log_file));
         let note = restored.new_pidns.then(|| {
             let why = if taken.is_empty() {
                 "crs_criu_pidns=always".to_string()
             } else {
-                let pids: Vec<String> = taken.iter().map(i32::to_string).collect();
-                format!("PID {} taken", pids.join(", "))
+                let holders: Vec<&str> = taken.iter().map(|(_, holder)| holder.as_str()).collect();
+                holders.join("; ")
             };
             format!(
                 "restored into a new PID namespace ({why}): PID {} outside, {} inside",
@@ -246,6 +322,39 @@ impl Component for CriuComponent {
         }
         Ok(RestartOutcome::Exited(restored.wait()?))
     }
+}
+
+/// How the dump of `pid`'s tree locks the network: as `crs_criu_network_lock` says, where
+/// `auto` leaves CRIU's default when there is no connection to lock. A connection with
+/// `crs_criu_tcp_established=0` is refused here, by name (CRIU's own error names none).
+fn network_lock(params: &Params, pid: i32) -> Result<Option<rpc::LockMethod>> {
+    use proto::NetworkLock;
+    let choice = params.choice("crs_criu_network_lock");
+    let tcp_established = params.bool("crs_criu_tcp_established");
+    if choice != "auto" && tcp_established {
+        // Nothing to look for: the connections, if any, are dumped as asked.
+        return Ok(Some(rpc::LockMethod::Fixed(match choice {
+            "nftables" => NetworkLock::Nftables,
+            "iptables" => NetworkLock::Iptables,
+            _ => NetworkLock::Skip,
+        })));
+    }
+    let connections = net::tcp_connections(pid);
+    if connections.is_empty() {
+        return Ok(None);
+    }
+    if !tcp_established {
+        let named: Vec<String> = connections.iter().map(|c| c.to_string()).collect();
+        return Err(Error::new(
+            crate::codes::OPAL_ERR_NOT_SUPPORTED,
+            format!(
+                "criu dump of process {pid}: it has TCP connections ({}) and crs_criu_tcp_established=0; \
+                 set crs_criu_tcp_established=1 to checkpoint them",
+                named.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(rpc::LockMethod::Auto))
 }
 
 /// CRIU refuses a process whose session leader is outside its PID namespace (its
@@ -284,69 +393,139 @@ fn check_identity(dir: &Path) -> Result<()> {
     }
 }
 
-/// CRIU `inherit_fd` keys with our descriptors, and the files opened for them.
+/// CRIU `inherit_fd` keys with our descriptors, and the copies made for them.
 type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
 
-/// What to hand the restored process for fds 0–2: our own stdio where it had pipes
-/// or sockets (those ends are gone with the original), and the same regular file
-/// opened anew, positioned at its end, where it had one (CRIU refuses to reopen a file
-/// that grew after the dump unless it was opened with O_APPEND). Terminals CRIU
-/// reopens itself. Files are not reopened for a restore into a fresh PID namespace:
-/// that one gets its own mount namespace, where a file opened out here has no mount
-/// CRIU could name at the next dump. The returned files must stay open until the
-/// restore is done.
-fn stdio_handover(dir: &Path, reopen_files: bool) -> Result<Handover> {
+/// What to hand the restored process for fds 0–2: copies of our own stdio where the
+/// checkpointed process had pipes or sockets (those ends are gone with the original).
+/// The copies lie above 2: CRIU closes an inherited descriptor once it has stored it,
+/// and a shell-job restore then fails on its own stdin. Regular files CRIU reopens
+/// itself at their recorded offsets (see [`files`]), and terminals too, except one
+/// case: a file there that shrank or was replaced since the checkpoint and that we
+/// have at the same fd ourselves is a job's output that its scheduler truncated or
+/// made anew for this run (Slurm's default `--open-mode=truncate`): the process writes
+/// on into it, as into a new pipe. Root restoring another user's snapshot (`owner`)
+/// hands over only a file of that user. Not into a fresh PID namespace: a file opened
+/// out here has no mount there that CRIU could name at the next dump. The returned
+/// files must stay open until the restore is done.
+fn stdio_handover(
+    dir: &Path,
+    open_files: &[files::OpenFile],
+    reopen_files: bool,
+    owner: Option<u32>,
+) -> Result<Handover> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let (mut inherit, mut reopened) = (Vec::new(), Vec::new());
+    let (mut inherit, mut copies) = (Vec::new(), Vec::new());
     for (fd, target) in text.lines().enumerate() {
-        if target.starts_with("pipe:[") || target.starts_with("socket:[") {
-            inherit.push((target.to_string(), fd as RawFd));
-        } else if let Some(relative) =
-            target.strip_prefix('/').filter(|_| reopen_files && Path::new(target).is_file())
-        {
-            use std::io::{Seek, SeekFrom};
-            let mut file =
-                std::fs::OpenOptions::new().read(fd == 0).write(fd != 0).open(target).map_err(
-                    |e| {
-                        Error::io(
-                            format!("reopening {target} (fd {fd} of the checkpointed process)"),
-                            e,
-                        )
-                    },
-                )?;
-            if fd != 0 {
-                file.seek(SeekFrom::End(0))
-                    .map_err(|e| Error::io(format!("seeking in {target}"), e))?;
+        // SAFETY: fds 0-2 of this process stay open while it runs.
+        let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) };
+        let key = if target.starts_with("pipe:[") || target.starts_with("socket:[") {
+            target.to_string()
+        } else {
+            let (Some(relative), true) = (target.strip_prefix('/'), reopen_files) else {
+                continue;
+            };
+            let (Ok(now), Ok(held)) = (
+                std::fs::symlink_metadata(target),
+                std::fs::File::from(ours.try_clone_to_owned().map_err(|e| {
+                    Error::io(format!("duplicating our fd {fd} for the restore"), e)
+                })?)
+                .metadata(),
+            ) else {
+                continue;
+            };
+            let recorded = open_files.iter().find(|file| file.path == target);
+            let as_it_was = recorded.is_some_and(|file| {
+                (file.dev, file.ino) == (now.dev(), now.ino()) && now.len() >= file.size
+            });
+            let is_ours = now.is_file() && (now.dev(), now.ino()) == (held.dev(), held.ino());
+            if as_it_was || !is_ours || owner.is_some_and(|uid| now.uid() != uid) {
+                continue;
             }
             // CRIU names regular files by their path without the leading slash.
-            inherit.push((relative.to_string(), std::os::fd::AsRawFd::as_raw_fd(&file)));
-            reopened.push(file);
-        }
+            relative.to_string()
+        };
+        let copy = ours
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
+        inherit.push((key, std::os::fd::AsRawFd::as_raw_fd(&copy)));
+        copies.push(std::fs::File::from(copy));
     }
-    Ok((inherit, reopened))
+    Ok((inherit, copies))
 }
 
 #[cfg(test)]
 mod tests {
+    /// Device and inode of what `fd` refers to.
+    fn same_file_id(fd: i32) -> (u64, u64) {
+        // SAFETY: fstat into a zeroed struct.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut stat) }, 0, "fd {fd}");
+        (stat.st_dev, stat.st_ino)
+    }
+
+    fn params(settings: &[(&str, &str)]) -> crate::params::Params {
+        let mut params = crate::params::Params::defaults();
+        for (name, value) in settings {
+            params.set(name, value, crate::params::Source::CommandLine).unwrap();
+        }
+        params
+    }
+
     #[test]
-    fn pipes_sockets_and_regular_files_are_handed_over() {
+    fn a_chosen_network_lock_is_passed_as_chosen() {
+        use super::proto::NetworkLock;
+        use super::rpc::LockMethod;
+        let own = std::process::id() as i32;
+        for (choice, method) in [
+            ("nftables", NetworkLock::Nftables),
+            ("iptables", NetworkLock::Iptables),
+            ("skip", NetworkLock::Skip),
+        ] {
+            let chosen = super::network_lock(&params(&[("crs_criu_network_lock", choice)]), own);
+            assert_eq!(chosen.unwrap(), Some(LockMethod::Fixed(method)), "{choice}");
+        }
+    }
+
+    #[test]
+    fn without_tcp_established_a_connection_is_refused_by_name_and_none_is_fine() {
+        let refusing = params(&[("crs_criu_tcp_established", "0")]);
+        let mut idle = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let verdict = super::network_lock(&refusing, idle.id() as i32);
+        let _ = idle.kill();
+        let _ = idle.wait();
+        assert_eq!(verdict.unwrap(), None, "a process without connections");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let err = super::network_lock(&refusing, std::process::id() as i32).unwrap_err();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert!(err.message().contains(&format!("{local} -> {remote}")), "{err}");
+        assert!(err.message().contains("set crs_criu_tcp_established=1"), "{err}");
+    }
+
+    #[test]
+    fn pipes_and_sockets_are_handed_over_and_regular_files_left_to_criu() {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
-        assert_eq!(handover, [("pipe:[42]".to_string(), 1), ("socket:[7]".to_string(), 2)]);
-        assert!(reopened.is_empty());
-        let log = dir.join("out.log");
-        std::fs::write(&log, "grown").unwrap();
-        std::fs::write(dir.join(super::STDIO_FILE), format!("/dev/null\n{}\n", log.display()))
+        let (handover, copies) = super::stdio_handover(&dir, &[], true, None).unwrap();
+        let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
+        // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).
+        for ((_, fd), ours) in handover.iter().zip([1, 2]) {
+            assert!(*fd > 2, "{handover:?}");
+            let (copy, original) = (same_file_id(*fd), same_file_id(ours));
+            assert_eq!(copy, original, "fd {fd} is not a copy of fd {ours}");
+        }
+        assert_eq!(copies.len(), 2);
+        drop(copies);
+        std::fs::write(dir.join(super::STDIO_FILE), format!("{}\n/dev/pts/3\n", dir.display()))
             .unwrap();
-        assert!(super::stdio_handover(&dir, false).unwrap().0.is_empty());
-        let (handover, reopened) = super::stdio_handover(&dir, true).unwrap();
+        assert!(super::stdio_handover(&dir, &[], true, None).unwrap().0.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(handover.len(), 1);
-        assert_eq!(handover[0].0, log.display().to_string()[1..]);
-        assert_eq!(reopened.len(), 1);
     }
 }

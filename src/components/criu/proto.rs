@@ -18,6 +18,9 @@ impl ReqType {
     pub(crate) const DUMP: ReqType = ReqType(1);
     pub(crate) const RESTORE: ReqType = ReqType(2);
     pub(crate) const CHECK: ReqType = ReqType(3);
+    /// A notification of CRIU (`notify_scripts`) in an answer; its acknowledgement in a
+    /// request.
+    pub(crate) const NOTIFY: ReqType = ReqType(6);
     #[cfg(test)]
     pub(crate) const VERSION: ReqType = ReqType(10);
 }
@@ -28,6 +31,16 @@ impl ReqType {
 pub struct InheritFd {
     pub key: String,
     pub fd: i32,
+}
+
+/// `criu_network_lock_method`: how CRIU keeps the peers of TCP connections quiet while
+/// it dumps them (its own default is iptables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NetworkLock {
+    Iptables = 1,
+    Nftables = 2,
+    /// No lock: the caller keeps the network quiet itself.
+    Skip = 3,
 }
 
 /// `criu_opts`, restricted to the options the component sets. The images directory is
@@ -41,6 +54,9 @@ pub struct Opts {
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
     pub shell_job: bool,
+    /// Dump and restore the file locks the tasks hold (CRIU refuses a task with locks
+    /// otherwise).
+    pub file_locks: bool,
     pub log_level: i32,
     /// Name of the log file inside the images directory (CRIU refuses subdirectories).
     pub log_file: Option<String>,
@@ -50,8 +66,11 @@ pub struct Opts {
     pub external: Vec<String>,
     /// CRIU runs with CAP_CHECKPOINT_RESTORE instead of as root.
     pub unprivileged: bool,
-    /// Restore the tasks stopped (SIGSTOP), before they run any code of their own.
-    pub leave_stopped: bool,
+    /// CRIU tells us each step of its work (`pre-resume`: the restored tasks exist and
+    /// have not run yet) and waits for our acknowledgement.
+    pub notify_scripts: bool,
+    /// None leaves CRIU's default (iptables); a restore uses what the dump recorded.
+    pub network_lock: Option<NetworkLock>,
 }
 
 impl Default for Opts {
@@ -63,13 +82,15 @@ impl Default for Opts {
             ext_unix_sk: false,
             tcp_established: false,
             shell_job: false,
+            file_locks: false,
             log_level: DEFAULT_LOG_LEVEL,
             log_file: None,
             rst_sibling: false,
             inherit_fd: Vec::new(),
             external: Vec::new(),
             unprivileged: false,
-            leave_stopped: false,
+            notify_scripts: false,
+            network_lock: None,
         }
     }
 }
@@ -105,12 +126,15 @@ pub struct Response {
     pub cr_errno: Option<i32>,
     pub cr_errmsg: Option<String>,
     pub version: Option<Version>,
+    /// `notify.script`: the step a notification names, e.g. `pre-resume`.
+    pub notify_script: Option<String>,
 }
 
 // Field numbers, from rpc.proto.
 mod field {
     pub(crate) const REQ_TYPE: u32 = 1;
     pub(crate) const REQ_OPTS: u32 = 2;
+    pub(crate) const REQ_NOTIFY_SUCCESS: u32 = 3;
 
     pub(crate) const OPTS_IMAGES_DIR_FD: u32 = 1;
     pub(crate) const OPTS_PID: u32 = 2;
@@ -118,14 +142,16 @@ mod field {
     pub(crate) const OPTS_EXT_UNIX_SK: u32 = 4;
     pub(crate) const OPTS_TCP_ESTABLISHED: u32 = 5;
     pub(crate) const OPTS_SHELL_JOB: u32 = 7;
+    pub(crate) const OPTS_FILE_LOCKS: u32 = 8;
     pub(crate) const OPTS_LOG_LEVEL: u32 = 9;
     pub(crate) const OPTS_LOG_FILE: u32 = 10;
+    pub(crate) const OPTS_NOTIFY_SCRIPTS: u32 = 12;
     pub(crate) const OPTS_RST_SIBLING: u32 = 26;
     pub(crate) const OPTS_INHERIT_FD: u32 = 27;
     pub(crate) const OPTS_EXTERNAL: u32 = 37;
+    pub(crate) const OPTS_NETWORK_LOCK: u32 = 64;
     pub(crate) const OPTS_UNPRIVILEGED: u32 = 67;
     pub(crate) const OPTS_IMAGES_DIR: u32 = 68;
-    pub(crate) const OPTS_LEAVE_STOPPED: u32 = 69;
 
     pub(crate) const INHERIT_FD_KEY: u32 = 1;
     pub(crate) const INHERIT_FD_FD: u32 = 2;
@@ -134,12 +160,14 @@ mod field {
     pub(crate) const RESP_SUCCESS: u32 = 2;
     pub(crate) const RESP_DUMP: u32 = 3;
     pub(crate) const RESP_RESTORE: u32 = 4;
+    pub(crate) const RESP_NOTIFY: u32 = 5;
     pub(crate) const RESP_CR_ERRNO: u32 = 7;
     pub(crate) const RESP_CR_ERRMSG: u32 = 9;
     pub(crate) const RESP_VERSION: u32 = 10;
 
     pub(crate) const DUMP_RESTORED: u32 = 1;
     pub(crate) const RESTORE_PID: u32 = 1;
+    pub(crate) const NOTIFY_SCRIPT: u32 = 1;
 
     pub(crate) const VERSION_MAJOR: u32 = 1;
     pub(crate) const VERSION_MINOR: u32 = 2;
@@ -201,6 +229,14 @@ impl Request {
     }
 }
 
+/// The acknowledgement of a notification: CRIU goes on (`success`) or fails the step.
+pub fn notify_answer(success: bool) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.int32(field::REQ_TYPE, ReqType::NOTIFY.0);
+    w.int32(field::REQ_NOTIFY_SUCCESS, i32::from(success));
+    w.buf
+}
+
 impl Opts {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
@@ -212,6 +248,7 @@ impl Opts {
         w.flag(field::OPTS_EXT_UNIX_SK, self.ext_unix_sk);
         w.flag(field::OPTS_TCP_ESTABLISHED, self.tcp_established);
         w.flag(field::OPTS_SHELL_JOB, self.shell_job);
+        w.flag(field::OPTS_FILE_LOCKS, self.file_locks);
         w.int32(field::OPTS_LOG_LEVEL, self.log_level);
         if let Some(log_file) = &self.log_file {
             w.bytes(field::OPTS_LOG_FILE, log_file.as_bytes());
@@ -226,11 +263,14 @@ impl Opts {
         for external in &self.external {
             w.bytes(field::OPTS_EXTERNAL, external.as_bytes());
         }
+        if let Some(lock) = self.network_lock {
+            w.int32(field::OPTS_NETWORK_LOCK, lock as i32);
+        }
         w.flag(field::OPTS_UNPRIVILEGED, self.unprivileged);
         if let Some(dir) = &self.images_dir {
             w.bytes(field::OPTS_IMAGES_DIR, dir.as_bytes());
         }
-        w.flag(field::OPTS_LEAVE_STOPPED, self.leave_stopped);
+        w.flag(field::OPTS_NOTIFY_SCRIPTS, self.notify_scripts);
         w.buf
     }
 }
@@ -349,6 +389,7 @@ impl Response {
             cr_errno: None,
             cr_errmsg: None,
             version: None,
+            notify_script: None,
         };
         let mut reader = Reader::new(buf);
         while let Some((number, value)) = reader.next_field()? {
@@ -368,6 +409,15 @@ impl Response {
                     while let Some((number, value)) = restore.next_field()? {
                         if number == field::RESTORE_PID {
                             response.restore_pid = Some(expect_int(&value, "restore.pid")?);
+                        }
+                    }
+                }
+                field::RESP_NOTIFY => {
+                    let mut notify = Reader::new(expect_bytes(&value, "notify")?);
+                    while let Some((number, value)) = notify.next_field()? {
+                        if number == field::NOTIFY_SCRIPT {
+                            let text = expect_bytes(&value, "notify.script")?;
+                            response.notify_script = Some(String::from_utf8_lossy(text).into());
                         }
                     }
                 }
@@ -433,10 +483,11 @@ mod tests {
                 field::OPTS_EXT_UNIX_SK => opts.ext_unix_sk = flag(&value)?,
                 field::OPTS_TCP_ESTABLISHED => opts.tcp_established = flag(&value)?,
                 field::OPTS_SHELL_JOB => opts.shell_job = flag(&value)?,
+                field::OPTS_FILE_LOCKS => opts.file_locks = flag(&value)?,
                 field::OPTS_LOG_LEVEL => opts.log_level = expect_int(&value, "log_level")?,
                 field::OPTS_LOG_FILE => opts.log_file = Some(text(&value)?),
                 field::OPTS_RST_SIBLING => opts.rst_sibling = flag(&value)?,
-                field::OPTS_LEAVE_STOPPED => opts.leave_stopped = flag(&value)?,
+                field::OPTS_NOTIFY_SCRIPTS => opts.notify_scripts = flag(&value)?,
                 field::OPTS_INHERIT_FD => {
                     let mut entry = Reader::new(expect_bytes(&value, "inherit_fd")?);
                     let mut inherit = InheritFd { key: String::new(), fd: -1 };
@@ -450,6 +501,14 @@ mod tests {
                     opts.inherit_fd.push(inherit);
                 }
                 field::OPTS_EXTERNAL => opts.external.push(text(&value)?),
+                field::OPTS_NETWORK_LOCK => {
+                    opts.network_lock = Some(match expect_int(&value, "network_lock")? {
+                        1 => NetworkLock::Iptables,
+                        2 => NetworkLock::Nftables,
+                        3 => NetworkLock::Skip,
+                        other => panic!("unexpected network_lock {other}"),
+                    })
+                }
                 field::OPTS_UNPRIVILEGED => opts.unprivileged = flag(&value)?,
                 field::OPTS_IMAGES_DIR => opts.images_dir = Some(text(&value)?),
                 _ => panic!("unexpected opts field {number}"),
@@ -476,6 +535,11 @@ mod tests {
         if let Some(errno) = response.cr_errno {
             w.int32(field::RESP_CR_ERRNO, errno);
         }
+        if let Some(script) = &response.notify_script {
+            let mut notify = Writer::default();
+            notify.bytes(field::NOTIFY_SCRIPT, script.as_bytes());
+            w.bytes(field::RESP_NOTIFY, &notify.buf);
+        }
         if let Some(msg) = &response.cr_errmsg {
             w.bytes(field::RESP_CR_ERRMSG, msg.as_bytes());
         }
@@ -500,6 +564,7 @@ mod tests {
             ext_unix_sk: true,
             tcp_established: true,
             shell_job: true,
+            file_locks: true,
             log_level: 4,
             log_file: Some("dump.log".into()),
             rst_sibling: true,
@@ -509,7 +574,8 @@ mod tests {
             ],
             external: vec!["unix[77]".into(), "unix[78]".into()],
             unprivileged: true,
-            leave_stopped: true,
+            notify_scripts: true,
+            network_lock: Some(NetworkLock::Nftables),
         }
     }
 
@@ -531,6 +597,13 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_is_acknowledged_with_its_verdict() {
+        // criu_req { type: NOTIFY (6), notify_success (3): verdict }
+        assert_eq!(notify_answer(true), [0x08, 6, 0x18, 1]);
+        assert_eq!(notify_answer(false), [0x08, 6, 0x18, 0]);
+    }
+
+    #[test]
     fn response_round_trips() {
         let cases = [
             Response {
@@ -541,6 +614,7 @@ mod tests {
                 cr_errno: None,
                 cr_errmsg: None,
                 version: None,
+                notify_script: None,
             },
             Response {
                 kind: ReqType::RESTORE,
@@ -550,6 +624,7 @@ mod tests {
                 cr_errno: Some(libc::EBADRQC),
                 cr_errmsg: Some("Can't fork for 23257: File exists".into()),
                 version: None,
+                notify_script: None,
             },
             Response {
                 kind: ReqType::VERSION,
@@ -559,6 +634,17 @@ mod tests {
                 cr_errno: None,
                 cr_errmsg: None,
                 version: Some(Version { major: 4, minor: 1, sublevel: Some(1) }),
+                notify_script: None,
+            },
+            Response {
+                kind: ReqType::NOTIFY,
+                success: true,
+                restored: None,
+                restore_pid: None,
+                cr_errno: None,
+                cr_errmsg: None,
+                version: None,
+                notify_script: Some("pre-resume".into()),
             },
         ];
         for response in cases {
@@ -592,6 +678,20 @@ mod tests {
     }
 
     #[test]
+    fn file_locks_and_network_lock_use_rpc_proto_numbers() {
+        let opts = Opts {
+            file_locks: true,
+            network_lock: Some(NetworkLock::Nftables),
+            log_level: 2,
+            ..Opts::default()
+        };
+        let bytes = opts.encode();
+        // file_locks = 8: key 8 << 3 = 0x40; network_lock = 64: key 512 = 0x80 0x04, NFTABLES = 2.
+        assert!(bytes.windows(2).any(|w| w == [0x40, 0x01]), "{bytes:02x?}");
+        assert!(bytes.ends_with(&[0x80, 0x04, 0x02]), "{bytes:02x?}");
+    }
+
+    #[test]
     fn version_request_is_two_bytes() {
         assert_eq!(Request { kind: ReqType::VERSION, opts: None }.encode(), [0x08, 0x0a]);
     }
@@ -622,6 +722,7 @@ mod tests {
             cr_errno: Some(3),
             cr_errmsg: Some("no such process".into()),
             version: None,
+            notify_script: None,
         });
         for len in 1..good.len() {
             // Every strict prefix either fails or decodes to something: never panics.
@@ -654,6 +755,7 @@ mod tests {
             cr_errno: Some(1),
             cr_errmsg: Some("x".into()),
             version: Some(Version { major: 4, minor: 1, sublevel: Some(1) }),
+            notify_script: Some("pre-resume".into()),
         });
         for round in 0..20_000 {
             let buf: Vec<u8> = if round % 2 == 0 {

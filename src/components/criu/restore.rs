@@ -22,6 +22,7 @@ use super::proto::{InheritFd, Opts, Reader, ReqType, Request, Response, Value};
 use super::rpc::{self, Helper, ImagesDir, Session, SwrkCommand, HELPER_FAILED};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::owner::{Owner, CAP_CHECKPOINT_RESTORE, CAP_SETPCAP, CAP_SYS_PTRACE};
 use log::debug;
 use std::ffi::{c_int, c_uint};
 use std::fs::File;
@@ -34,10 +35,28 @@ use std::time::{Duration, Instant};
 /// killed original may linger as a zombie until its parent reaps it).
 const PID_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const PID_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a restart waits for an image's PID held by a zombie (a killed original that
+/// its parent, say a slow init, has not reaped yet) before it counts as taken.
+const ZOMBIE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// PIDs below this are what a fresh PID namespace hands out first: an image that holds
+/// none of them cannot collide with our init, criu swrk or CRIU's helpers there.
+const FIRST_PIDS_OF_A_NAMESPACE: i32 = 300;
 
 /// First two words of `pstree.img` (criu/include/magic.h).
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub(super) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
+const CORE_MAGIC: u32 = 0x5505_3847;
+/// `core_entry.thread_core` (images/core.proto), `thread_core_entry.creds`,
+/// `creds_entry.groups` (images/creds.proto).
+const CORE_THREAD_CORE: u32 = 5;
+const THREAD_CORE_CREDS: u32 = 10;
+const CREDS_GROUPS: u32 = 14;
+
+/// Capabilities CRIU keeps when it restores as a user. CAP_SETPCAP: CRIU trims the
+/// bounding set to the image's, which needs it whenever that set was not full; it also
+/// lets CRIU give the tasks inheritable capabilities, which [`Restored::runs_as`] refuses.
+const RESTORE_CAPABILITIES: &[u32] = &[CAP_SETPCAP, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE];
 /// `PstreeEntry` fields (images/pstree.proto).
 const PSTREE_PID: u32 = 1;
 const PSTREE_THREADS: u32 = 5;
@@ -51,15 +70,31 @@ pub struct RestoreOptions<'a> {
     pub shell_job: bool,
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
+    pub file_locks: bool,
     /// Files of the image replaced by our descriptors, e.g. `("pipe:[1234]", 1)` hands
     /// our stdout to the task in place of the pipe it had when dumped.
     pub inherit_fds: &'a [(String, RawFd)],
     /// Restore into a fresh PID namespace (needed while the original PIDs are taken).
     pub new_pidns: bool,
-    /// Leave the task stopped (SIGSTOP) before it runs any code of its own; the caller
-    /// continues it (SIGCONT) or kills it.
-    pub stopped: bool,
+    /// Checks the restored tree while CRIU still holds it, before any of its tasks runs
+    /// again (CRIU's `pre-resume` step): Err, and the tree is killed and the restore
+    /// fails with that error. Nothing the tasks can observe changes, unlike a SIGSTOP
+    /// and SIGCONT (a stopped child would run, a blocked SIGCONT would be pending).
+    pub before_resume: Option<&'a BeforeResume<'a>>,
+    /// How long CRIU may take to restore; then it and what it restored so far are
+    /// killed, and the error has code OPAL_ERR_TIMEOUT. None: no limit.
+    pub timeout: Option<Duration>,
+    /// Run CRIU as this user with only the capabilities a restore needs (its
+    /// unprivileged mode): root restoring another user's images, which then cannot ask
+    /// for more than that user has (README, "Security model").
+    pub as_owner: Option<&'a Owner>,
 }
+
+/// See [`RestoreOptions::before_resume`].
+pub type BeforeResume<'a> = dyn Fn(&Restored) -> Result<()> + 'a;
+
+/// CRIU's notification after which the restored tasks are left to run.
+const PRE_RESUME: &str = "pre-resume";
 
 /// A restored task, our child (directly, or through the namespace holder). Wait for it
 /// (`wait`), or its end leaves a zombie behind.
@@ -79,17 +114,50 @@ impl Restored {
     /// first is signalled (a killed parent's children move elsewhere). For a tree
     /// restored stopped, which cannot fork meanwhile.
     pub fn signal_tree(&self, signal: c_int) {
+        for pid in tree(self.pid) {
+            // SAFETY: plain kill of a restored task that is ours and not yet reaped
+            // (stopped tasks do not exit).
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Whether every thread of the restored tree (stopped) runs as `uid`/`gid` in all
+    /// four ids and holds no capability, inheritable ones included; Err says which not.
+    pub fn runs_as(&self, uid: u32, gid: u32) -> std::result::Result<(), String> {
         let mut tree = vec![self.pid];
         let mut next = 0;
         while next < tree.len() {
             tree.extend(children(tree[next]));
             next += 1;
         }
-        for pid in tree {
-            // SAFETY: plain kill of a restored task that is ours and not yet reaped
-            // (stopped tasks do not exit).
-            unsafe { libc::kill(pid, signal) };
+        let threads = tree.iter().flat_map(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+            tasks.flatten().map(move |task| (*pid, task.path().join("status")))
+        });
+        for (pid, path) in threads {
+            let status = std::fs::read_to_string(&path)
+                .map_err(|e| format!("restored process {pid}: {e}"))?;
+            let field = |name: &str| {
+                status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("")
+            };
+            let all = |value: &str, id: u32| value.split_whitespace().all(|v| v == id.to_string());
+            if !all(field("Uid:"), uid) || !all(field("Gid:"), gid) {
+                return Err(format!(
+                    "restored process {pid} has uid {} gid {}, not its owner's {uid}/{gid}",
+                    field("Uid:"),
+                    field("Gid:")
+                ));
+            }
+            for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+                if u64::from_str_radix(field(caps), 16) != Ok(0) {
+                    return Err(format!(
+                        "restored process {pid} holds capabilities ({caps} {})",
+                        field(caps)
+                    ));
+                }
+            }
         }
+        Ok(())
     }
 
     /// Waits until the restored task ends: its exit code, or 128 + N if signal N killed it.
@@ -97,6 +165,17 @@ impl Restored {
         rpc::wait_exit_code(self.waiter)
             .map_err(|e| Error::io(format!("waiting for restored process {}", self.pid), e))
     }
+}
+
+/// `root` and all its descendants, parents before their children.
+fn tree(root: i32) -> Vec<i32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children(tree[next]));
+        next += 1;
+    }
+    tree
 }
 
 /// Whether this PID is allocated in our namespace: a process or thread (a zombie
@@ -116,6 +195,73 @@ pub fn pid_in_use(pid: i32) -> bool {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|other| std::fs::read_to_string(format!("/proc/{other}/stat")).ok())
         .any(|stat| group_and_session(&stat).is_some_and(|(pgrp, sid)| pgrp == pid || sid == pid))
+}
+
+/// The image's PIDs taken here, each with what holds it. While some are held by
+/// dying processes or zombies, waits for them to be reaped, [`ZOMBIE_PATIENCE`] at most.
+pub fn taken_pids(pids: &[i32]) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + ZOMBIE_PATIENCE;
+    loop {
+        let taken: Vec<(i32, Option<Holder>)> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| pid_in_use(pid))
+            .map(|pid| (pid, Holder::of(pid)))
+            .collect();
+        // A process read as gone right after it was seen was just reaped: look again.
+        let passing = taken.iter().any(|(pid, holder)| match holder {
+            Some(holder) => holder.dying,
+            None => !pid_in_use(*pid),
+        });
+        if !passing || Instant::now() >= deadline {
+            return taken
+                .into_iter()
+                .map(|(pid, holder)| (pid, describe_holder(pid, holder, ZOMBIE_PATIENCE)))
+                .collect();
+        }
+        debug!("crs:criu: waiting for dying processes to be reaped: {taken:?}");
+        std::thread::sleep(PID_POLL_INTERVAL);
+    }
+}
+
+/// The process that holds a PID, from /proc/PID/stat.
+#[derive(Debug)]
+struct Holder {
+    /// A zombie, or exiting (PF_EXITING: killed, not yet a zombie).
+    dying: bool,
+    zombie: bool,
+    ppid: String,
+    comm: String,
+}
+
+impl Holder {
+    fn of(pid: i32) -> Option<Holder> {
+        const PF_EXITING: u64 = 0x4;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        // state ppid pgrp session tty_nr tpgid flags ...
+        let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().take(7).collect();
+        let flags: u64 = fields.get(6)?.parse().ok()?;
+        let zombie = fields[0] == "Z";
+        Some(Holder {
+            dying: zombie || flags & PF_EXITING != 0,
+            zombie,
+            ppid: fields[1].to_string(),
+            comm: stat.get(open + 1..close)?.to_string(),
+        })
+    }
+}
+
+/// What holds PID `pid`, for a message; `waited`: how long a zombie was waited for.
+fn describe_holder(pid: i32, holder: Option<Holder>, waited: Duration) -> String {
+    match holder {
+        Some(Holder { zombie: true, ppid, .. }) => format!(
+            "PID {pid} is held by a zombie (PPID {ppid}) that was not reaped within {}s",
+            waited.as_secs()
+        ),
+        Some(Holder { ppid, comm, .. }) => format!("PID {pid} is taken by {comm} (PPID {ppid})"),
+        None => format!("PID {pid} is a process group or session ID in use"),
+    }
 }
 
 /// Process group and session of a /proc/PID/stat line ("pid (comm) state ppid pgrp
@@ -166,6 +312,54 @@ fn parse_pstree(bytes: &[u8]) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Who CRIU runs as to restore `owner`'s images: the owner, with the supplementary
+/// groups the root task had (`core-<pid>.img`) that the owner still has. CRIU, without
+/// CAP_SETGID, restores no other list, so a task never gets a group its owner lacks,
+/// and one that had fewer groups than its owner now has comes back with those.
+fn criu_credentials(owner: &Owner, images_dir: &Path, root_pid: i32) -> Result<Owner> {
+    let path = images_dir.join(format!("core-{root_pid}.img"));
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("{}", path.display()), e))?;
+    let recorded = parse_core_groups(&bytes).map_err(|e| e.context(path.display()))?;
+    let groups = recorded.into_iter().filter(|g| owner.groups.contains(g)).collect();
+    Ok(Owner { groups, ..owner.clone() })
+}
+
+/// The supplementary groups in the `creds` of a `core-<pid>.img`.
+fn parse_core_groups(bytes: &[u8]) -> Result<Vec<u32>> {
+    let bad = |what: &str| {
+        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU core image: {what}"))
+    };
+    let word = |at: usize| -> Option<u32> {
+        bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(CORE_MAGIC) {
+        return Err(bad("wrong magic"));
+    }
+    let len = word(8).ok_or_else(|| bad("no entry"))? as usize;
+    let entry = bytes.get(12..12 + len).ok_or_else(|| bad("truncated entry"))?;
+    let field = |message: &[u8], number: u32| -> Result<Option<Vec<u8>>> {
+        let mut reader = Reader::new(message);
+        while let Some((found, value)) = reader.next_field()? {
+            if let (true, Value::Bytes(inner)) = (found == number, value) {
+                return Ok(Some(inner.to_vec()));
+            }
+        }
+        Ok(None)
+    };
+    let thread = field(entry, CORE_THREAD_CORE)?.ok_or_else(|| bad("no thread_core"))?;
+    let creds = field(&thread, THREAD_CORE_CREDS)?.ok_or_else(|| bad("no creds"))?;
+    let mut groups = Vec::new();
+    let mut reader = Reader::new(&creds);
+    while let Some((number, value)) = reader.next_field()? {
+        match (number, value) {
+            (CREDS_GROUPS, Value::Varint(group)) => groups.push(group as u32),
+            (CREDS_GROUPS, _) => return Err(bad("packed or malformed groups")),
+            _ => {}
+        }
+    }
+    Ok(groups)
+}
+
 /// Restores the images; the restored task becomes our child (see `Restored`).
 pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
     let images = ImagesDir::open(opts.images_dir)?;
@@ -190,18 +384,25 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
             shell_job: opts.shell_job,
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
+            file_locks: opts.file_locks,
             rst_sibling: true,
-            leave_stopped: opts.stopped,
+            notify_scripts: opts.before_resume.is_some(),
             inherit_fd: opts
                 .inherit_fds
                 .iter()
                 .map(|(key, fd)| InheritFd { key: key.clone(), fd: *fd })
                 .collect(),
-            unprivileged: rpc::unprivileged_mode(),
+            unprivileged: rpc::unprivileged_mode() || opts.as_owner.is_some(),
             ..Opts::default()
         }),
     }
     .encode();
+    let as_user = match opts.as_owner {
+        Some(owner) => {
+            Some((criu_credentials(owner, &images.path, pids[0])?, RESTORE_CAPABILITIES))
+        }
+        None => None,
+    };
     let mut fds = vec![images.fd()];
     fds.extend(opts.inherit_fds.iter().map(|&(_, fd)| fd));
     let context = RestoreContext {
@@ -210,6 +411,10 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         inherit_fds: &fds,
         what: format!("restore of {}", images.path.display()),
         log: images.path.join(opts.log_file),
+        timeout: opts.timeout,
+        deadline: opts.timeout.map(|limit| Instant::now() + limit),
+        as_user,
+        before_resume: opts.before_resume,
     };
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
@@ -217,7 +422,7 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
         restore_in_new_pidns(&context, &pids)?
     } else {
         wait_until_free(&pids, &images.path)?;
-        restore_here(&context)?
+        restore_here(&context, pids[0])?
     };
     drop(images);
     debug!("crs:criu: restored {restored:?} after {:?}", started.elapsed());
@@ -230,9 +435,38 @@ struct RestoreContext<'a> {
     inherit_fds: &'a [RawFd],
     what: String,
     log: PathBuf,
+    timeout: Option<Duration>,
+    /// When the restore must have finished.
+    deadline: Option<Instant>,
+    as_user: Option<(Owner, &'static [u32])>,
+    before_resume: Option<&'a BeforeResume<'a>>,
 }
 
 impl RestoreContext<'_> {
+    /// Runs the `before_resume` check on the held tree; on Err the tree is killed.
+    fn check_held(&self, held: &Restored) -> Result<()> {
+        let Some(check) = self.before_resume else { return Ok(()) };
+        let verdict = check(held);
+        if verdict.is_err() {
+            held.signal_tree(libc::SIGKILL);
+        }
+        verdict
+    }
+
+    /// The error of a restore that did not finish in time (after what it started was
+    /// killed).
+    fn stalled(&self) -> Error {
+        let seconds = self.timeout.unwrap_or_default().as_secs_f64();
+        Error::new(
+            codes::OPAL_ERR_TIMEOUT,
+            format!(
+                "criu {} made no progress in {seconds} s (crs_criu_restore_timeout); CRIU and \
+                 what it had restored were killed",
+                self.what
+            ),
+        )
+    }
+
     /// The restored root's PID from CRIU's answer, or the failure.
     fn restored_pid(&self, response: &Response) -> Result<i32> {
         rpc::expect_kind(response, ReqType::RESTORE)?;
@@ -254,12 +488,17 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let holders: Vec<String> = busy
+                .iter()
+                .map(|&pid| describe_holder(pid, Holder::of(pid), PID_RELEASE_TIMEOUT))
+                .collect();
             return Err(Error::new(
                 codes::OPAL_EXISTS,
                 format!(
                     "cannot restore {} here: PID {busy:?} still in use after {PID_RELEASE_TIMEOUT:?} \
-                     (is the original running? restore into a new PID namespace)",
-                    images_dir.display()
+                     ({}; is the original running? restore into a new PID namespace)",
+                    images_dir.display(),
+                    holders.join("; ")
                 ),
             ));
         }
@@ -268,9 +507,37 @@ fn wait_until_free(pids: &[i32], images_dir: &Path) -> Result<()> {
     }
 }
 
-fn restore_here(context: &RestoreContext) -> Result<Restored> {
-    let response = Session::start(context.bin, Helper::Child, context.inherit_fds, None)?
-        .call(context.request)?;
+/// Restores in our PID namespace; `root` is the image's root task, which CRIU recreates
+/// with its PID as our child.
+fn restore_here(context: &RestoreContext, root: i32) -> Result<Restored> {
+    let as_user = context.as_user.clone();
+    let session = Session::start(context.bin, Helper::Child, context.inherit_fds, as_user)?;
+    let left = context.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+    let mut refusal = None;
+    let answer = session.call_within(context.request, left, |notice| {
+        if notice.notify_script.as_deref() != Some(PRE_RESUME) {
+            return true;
+        }
+        let held = Restored { pid: root, pid_in_ns: root, new_pidns: false, waiter: root };
+        refusal = context.check_held(&held).err();
+        refusal.is_none()
+    });
+    if let Some(refusal) = refusal {
+        // CRIU fails on the killed tree and ends; the root is ours to reap.
+        drop(session);
+        kill_partial_restore(root);
+        return Err(refusal);
+    }
+    let response = match answer {
+        Err(e) if e.code() == codes::OPAL_ERR_TIMEOUT => {
+            // CRIU is killed: nothing adds to the tree any more.
+            kill_partial_restore(root);
+            drop(session);
+            return Err(context.stalled());
+        }
+        answer => answer?,
+    };
+    drop(session);
     let pid = context.restored_pid(&response)?;
     Ok(Restored { pid, pid_in_ns: pid, new_pidns: false, waiter: pid })
 }
@@ -288,10 +555,13 @@ enum Step {
     SpawnCriu,
     SendRequest,
     ReceiveAnswer,
+    /// CRIU holds the restored tree before resuming it; the init waits for the
+    /// caller's verdict (one byte on the acknowledgement pipe, 1: let it run).
+    Held,
 }
 
 impl Step {
-    const ALL: [Step; 9] = [
+    const ALL: [Step; 10] = [
         Step::Done,
         Step::Unshare,
         Step::ForkInit,
@@ -301,6 +571,7 @@ impl Step {
         Step::SpawnCriu,
         Step::SendRequest,
         Step::ReceiveAnswer,
+        Step::Held,
     ];
 
     fn describe(self) -> &'static str {
@@ -314,6 +585,7 @@ impl Step {
             Step::SpawnCriu => "starting criu swrk",
             Step::SendRequest => "sending the request to criu swrk",
             Step::ReceiveAnswer => "reading the answer of criu swrk",
+            Step::Held => "holding the restored tree",
         }
     }
 }
@@ -339,6 +611,13 @@ struct PidnsPlan<'a> {
     /// then gets a PID above all of the image's, which CRIU must recreate (a process
     /// that ran in a container has small PIDs, 2 among them).
     last_pid: Vec<u8>,
+    /// Whether the image has PIDs a fresh namespace hands out first (to our init, criu
+    /// swrk and its helpers), so that moving ns_last_pid past them is required; a
+    /// failure to move it is not fatal otherwise.
+    last_pid_required: bool,
+    /// The acknowledgements of a notification of CRIU: go on, or fail.
+    notice_go: Vec<u8>,
+    notice_refused: Vec<u8>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -377,8 +656,10 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     keep.retain(|&fd| fd > libc::STDERR_FILENO);
     keep.sort_unstable();
     keep.dedup();
+    let mut swrk = SwrkCommand::new(context.bin, criu_socket.as_raw_fd(), context.inherit_fds)?;
+    swrk.as_user = context.as_user.clone();
     let plan = PidnsPlan {
-        swrk: SwrkCommand::new(context.bin, criu_socket.as_raw_fd(), context.inherit_fds)?,
+        swrk,
         socket: socket.as_raw_fd(),
         criu_socket: criu_socket.as_raw_fd(),
         request: context.request,
@@ -386,6 +667,9 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
         ack_read: ack_read.as_raw_fd(),
         keep,
         last_pid: pids.iter().max().copied().unwrap_or(1).to_string().into_bytes(),
+        last_pid_required: pids.iter().any(|&pid| pid < FIRST_PIDS_OF_A_NAMESPACE),
+        notice_go: super::proto::notify_answer(true),
+        notice_refused: super::proto::notify_answer(false),
     };
     // SAFETY: the child runs run_holder, which only makes system calls on `plan`.
     let holder = unsafe { libc::fork() };
@@ -398,8 +682,54 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     }
     // Only the init keeps these; the report pipe then ends when the init has reported.
     drop((socket, criu_socket, report_write, ack_read));
-    let mut report = Vec::new();
-    let read = File::from(report_read).read_to_end(&mut report);
+    let report_read = File::from(report_read);
+    let mut deadline = context.deadline;
+    let mut header = [0u8; REPORT_HEADER];
+    let got = loop {
+        match rpc::readable_before(report_read.as_raw_fd(), deadline) {
+            Ok(true) => {}
+            Ok(false) => {
+                // The namespace ends with its init, and everything in it (CRIU included).
+                let doomed = children(holder).first().copied().unwrap_or(holder);
+                // SAFETY: plain kill of our child or its child, not yet reaped.
+                unsafe { libc::kill(doomed, libc::SIGKILL) };
+                drop(ack_write);
+                let _ = rpc::wait_exit_code(holder);
+                return Err(context.stalled());
+            }
+            Err(e) => {
+                drop(ack_write);
+                let _ = rpc::wait_exit_code(holder);
+                return Err(Error::io("waiting for the restore helper's report", e));
+            }
+        }
+        // The init writes a header in one write (atomic on a pipe); a Held header comes
+        // alone, CRIU's answer follows a Done one.
+        let got = (&report_read).read(&mut header).unwrap_or(0);
+        if got < REPORT_HEADER || parse_step(&header) != Some(Step::Held) {
+            break got;
+        }
+        let started = Instant::now();
+        let held = outer_pid(holder, pids[0]).and_then(|pid| {
+            let held = Restored { pid, pid_in_ns: pids[0], new_pidns: true, waiter: holder };
+            context.check_held(&held)
+        });
+        deadline = deadline.map(|deadline| deadline + started.elapsed());
+        let verdict = [u8::from(held.is_ok())];
+        if let Err(refusal) = held.and_then(|()| {
+            rpc::write_all(ack_write.as_raw_fd(), &verdict).map_err(|errno| {
+                Error::io("releasing the restored tree", io::Error::from_raw_os_error(errno))
+            })
+        }) {
+            // Without its verdict the init fails the restore, kills what is left of the
+            // namespace and exits.
+            drop(ack_write);
+            let _ = rpc::wait_exit_code(holder);
+            return Err(refusal);
+        }
+    };
+    let mut report = header[..got].to_vec();
+    let read = (&report_read).read_to_end(&mut report);
     let found = read
         .map_err(|e| Error::io("reading the restore helper's report", e))
         .and_then(|_| parse_report(context, &report))
@@ -427,6 +757,12 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     }
 }
 
+/// The step of a report header.
+fn parse_step(header: &[u8]) -> Option<Step> {
+    let step = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
+    Step::ALL.into_iter().find(|s| *s as u32 == step)
+}
+
 fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
     if report.len() < REPORT_HEADER {
         let what = &context.what;
@@ -435,11 +771,8 @@ fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
         )));
     }
     let (header, answer) = report.split_at(REPORT_HEADER);
-    let word = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
-    let step = u32::from_ne_bytes(word(0));
-    let errno = i32::from_ne_bytes(word(4));
-    let step = Step::ALL.into_iter().find(|s| *s as u32 == step);
-    match step {
+    let errno = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    match parse_step(header) {
         Some(Step::Done) => Response::decode(answer),
         Some(Step::SpawnCriu) => Err(rpc::spawn_error(context.bin, errno)),
         Some(Step::SendRequest) => Err(rpc::exchange_error("sending the request to", errno)),
@@ -457,6 +790,23 @@ fn parse_report(context: &RestoreContext, report: &[u8]) -> Result<Response> {
             context.what
         ))),
     }
+}
+
+/// Kills what a stalled restore in our namespace created: the root task, if it is our
+/// child (CRIU got to create it), and its descendants; reaps the root.
+fn kill_partial_restore(root: i32) {
+    let own = std::process::id() as i32;
+    let parent = std::fs::read_to_string(format!("/proc/{root}/stat"))
+        .ok()
+        .and_then(|stat| stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse().ok());
+    if parent != Some(own) {
+        return;
+    }
+    for pid in tree(root) {
+        // SAFETY: plain kill of our unreaped child and its descendants, found just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = rpc::wait_exit_code(root);
 }
 
 /// The restored task's PID in our namespace: the child of the holder's init whose
@@ -501,6 +851,32 @@ fn report(fd: RawFd, step: Step, errno: c_int, answer: &[u8]) {
     if rpc::write_all(fd, &[s0, s1, s2, s3, e0, e1, e2, e3]).is_ok() {
         let _ = rpc::write_all(fd, answer);
     }
+}
+
+/// Whether a message of criu swrk is a notification: its type (field 1, varint) comes
+/// first, as protobuf-c writes fields in order. Allocation-free, for the init.
+fn is_notice(message: &[u8]) -> bool {
+    message.starts_with(&[1 << 3, ReqType::NOTIFY.0 as u8])
+}
+
+/// Whether a notification names the `pre-resume` step (its only string). Allocation-free.
+fn names_pre_resume(notice: &[u8]) -> bool {
+    notice.windows(PRE_RESUME.len()).any(|window| window == PRE_RESUME.as_bytes())
+}
+
+/// Fills `buffer` from `fd`; false at end of file or on an error. Async-signal-safe.
+fn read_full(fd: RawFd, buffer: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buffer.len() {
+        // SAFETY: the rest of buffer is valid for writes.
+        let n = unsafe { libc::read(fd, buffer[got..].as_mut_ptr().cast(), buffer.len() - got) };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || rpc::errno() != libc::EINTR {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reports a failed step and exits (holder and init only). Async-signal-safe.
@@ -639,13 +1015,16 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             b"/proc/sys/kernel/ns_last_pid\0".as_ptr().cast(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         );
-        if last_pid < 0
+        if (last_pid < 0
             || libc::write(last_pid, plan.last_pid.as_ptr().cast(), plan.last_pid.len())
-                != plan.last_pid.len() as isize
+                != plan.last_pid.len() as isize)
+            && plan.last_pid_required
         {
             fail(plan, Step::SetLastPid, rpc::errno());
         }
-        libc::close(last_pid);
+        if last_pid >= 0 {
+            libc::close(last_pid);
+        }
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
             Err(errno) => fail(plan, Step::SpawnCriu, errno),
@@ -655,9 +1034,24 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
             fail(plan, Step::SendRequest, errno);
         }
         let mut answer = [0u8; rpc::RESPONSE_CAPACITY];
-        let len = match rpc::receive_message(plan.socket, &mut answer) {
-            Ok(len) => len,
-            Err(errno) => fail(plan, Step::ReceiveAnswer, errno),
+        let len = loop {
+            let len = match rpc::receive_message(plan.socket, &mut answer) {
+                Ok(len) => len,
+                Err(errno) => fail(plan, Step::ReceiveAnswer, errno),
+            };
+            if !is_notice(&answer[..len]) {
+                break len;
+            }
+            let mut go = true;
+            if names_pre_resume(&answer[..len]) {
+                report(plan.report_write, Step::Held, 0, &[]);
+                let mut verdict = [0u8; 1];
+                go = read_full(plan.ack_read, &mut verdict) && verdict[0] == 1;
+            }
+            let ack = if go { &plan.notice_go } else { &plan.notice_refused };
+            if let Err(errno) = rpc::send_message(plan.socket, ack) {
+                fail(plan, Step::SendRequest, errno);
+            }
         };
         // criu swrk exits after answering; then the restored task is our only child.
         let _ = rpc::wait_exit_code(criu);
@@ -665,18 +1059,10 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
         libc::close(plan.report_write);
 
         let mut ack = [0u8; 4];
-        let mut got = 0;
-        while got < ack.len() {
-            let n = libc::read(plan.ack_read, ack[got..].as_mut_ptr().cast(), ack.len() - got);
-            if n > 0 {
-                got += n as usize;
-            } else if n == 0 || rpc::errno() != libc::EINTR {
-                break;
-            }
-        }
+        let acked = read_full(plan.ack_read, &mut ack);
         close_all_except(&[]);
         detach_stdio();
-        if got < ack.len() {
+        if !acked {
             // The caller gave up (the restore failed, or it died): end the namespace.
             libc::kill(-1, libc::SIGKILL);
             libc::_exit(HELPER_FAILED);
@@ -735,6 +1121,24 @@ mod tests {
     }
 
     #[test]
+    fn a_zombie_holding_a_pid_is_named_with_its_parent() {
+        let own = std::process::id();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Holder::of(pid).is_some_and(|holder| holder.zombie) && Instant::now() < deadline {
+            std::thread::sleep(PID_POLL_INTERVAL);
+        }
+        let named = describe_holder(pid, Holder::of(pid), Duration::from_secs(3));
+        child.wait().unwrap();
+        let zombie =
+            format!("PID {pid} is held by a zombie (PPID {own}) that was not reaped within 3s");
+        assert_eq!(named, zombie);
+        let me = describe_holder(own as i32, Holder::of(own as i32), Duration::ZERO);
+        assert!(me.starts_with(&format!("PID {own} is taken by ")), "{me}");
+    }
+
+    #[test]
     fn own_pid_is_in_use_and_a_huge_one_is_not() {
         assert!(pid_in_use(std::process::id() as i32));
         assert!(!pid_in_use(i32::MAX));
@@ -787,13 +1191,33 @@ mod tests {
             shell_job: true,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
             inherit_fds: &[],
             new_pidns: true,
-            stopped: false,
+            before_resume: None,
+            timeout: None,
+            as_owner: None,
         };
         let err = restore(&bin, &opts).unwrap_err();
         assert_eq!(err.code(), codes::OPAL_ERR_NOT_SUPPORTED);
         assert!(err.message().contains("was PID 1 of its PID namespace"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_groups_of_a_core_image() {
+        // creds: uid 1000, gid 1000, groups 27 and 1000; in thread_core, in core_entry.
+        let creds: &[u8] = &[0x08, 0xe8, 0x07, 0x10, 0xe8, 0x07, 0x70, 27, 0x70, 0xe8, 0x07];
+        let thread = [&[0x52, creds.len() as u8][..], creds].concat();
+        let entry = [&[0x08, 0x01, 0x2a, thread.len() as u8][..], &thread].concat();
+        let mut image = Vec::new();
+        image.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        image.extend_from_slice(&CORE_MAGIC.to_le_bytes());
+        image.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        image.extend_from_slice(&entry);
+        assert_eq!(parse_core_groups(&image).unwrap(), [27, 1000]);
+        image[4] ^= 1;
+        assert!(parse_core_groups(&image).unwrap_err().message().contains("wrong magic"));
+        assert!(parse_core_groups(&image[..10]).is_err());
     }
 
     #[test]

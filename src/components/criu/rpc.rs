@@ -11,16 +11,17 @@
 //!   where libcriu keeps one global option set.
 
 use super::binary::CriuBinary;
-use super::proto::{Opts, ReqType, Request, Response};
+use super::proto::{NetworkLock, Opts, ReqType, Request, Response};
 use crate::codes;
 use crate::error::{Error, Result};
+use crate::owner::Owner;
 use log::debug;
 use std::ffi::{c_char, c_int, CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Room for one answer of CRIU (they are a few hundred bytes).
 pub(crate) const RESPONSE_CAPACITY: usize = 16 * 1024;
@@ -30,6 +31,10 @@ pub(crate) const HELPER_FAILED: c_int = 127;
 
 /// A harmless error CRIU logs on every run where it lacks CAP_SYS_RESOURCE.
 const HARMLESS_ERROR: &str = "RLIMIT_NOFILE";
+
+/// Endings of CRIU's error lines that only say that a step failed, after the line that
+/// says why ("Dump files (pid: N) failed with -1", "Dumping FAILED.").
+const SUMMARY_ERRORS: &[&str] = &["failed with -1", "FAILED."];
 
 /// How many of the log's first error lines go into an error message.
 const LOG_ERROR_LINES: usize = 3;
@@ -47,6 +52,9 @@ pub struct DumpOptions<'a> {
     pub shell_job: bool,
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
+    pub file_locks: bool,
+    /// None leaves CRIU's default (iptables, which costs nothing without a connection).
+    pub network_lock: Option<LockMethod>,
     /// CRIU `--external` declarations, e.g. `unix[INODE]`.
     pub external: &'a [String],
     /// Run CRIU as this (uid, gid) with only the capabilities a dump needs (CRIU's
@@ -54,6 +62,57 @@ pub struct DumpOptions<'a> {
     /// may read that process's limits without CAP_SYS_RESOURCE and writes nowhere the
     /// user could not.
     pub as_user: Option<(u32, u32)>,
+}
+
+/// How a dump locks the network while it takes TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LockMethod {
+    /// nftables when this CRIU and kernel support it, else iptables; decided where CRIU
+    /// runs (the check needs its privileges).
+    Auto,
+    Fixed(NetworkLock),
+}
+
+impl LockMethod {
+    fn resolve(self, bin: &CriuBinary) -> NetworkLock {
+        match self {
+            LockMethod::Fixed(method) => method,
+            LockMethod::Auto if nftables_lock_supported(bin) => NetworkLock::Nftables,
+            LockMethod::Auto => NetworkLock::Iptables,
+        }
+    }
+}
+
+/// `criu check --feature network_lock_nftables` (CRIU built with libnftables, a kernel
+/// with nftables set concatenations), asked once per binary for the life of the process.
+fn nftables_lock_supported(bin: &CriuBinary) -> bool {
+    static ANSWERS: std::sync::OnceLock<std::sync::Mutex<Vec<(PathBuf, bool)>>> =
+        std::sync::OnceLock::new();
+    let mut answers =
+        ANSWERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, known)) = answers.iter().find(|(path, _)| *path == bin.path) {
+        return *known;
+    }
+    // Read from its output, not its exit status: a host program that reaps every child
+    // (a shell's SIGCHLD handler) may take the status first.
+    let mut answer = String::new();
+    let spawned = std::process::Command::new(&bin.path)
+        .args(["check", "--feature", "network_lock_nftables"])
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(mut child) = spawned {
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut answer);
+        }
+        let _ = child.wait();
+    }
+    let supported = answer.contains("network_lock_nftables is supported");
+    debug!("crs:criu: {} supports the nftables network lock: {supported}", bin.path.display());
+    answers.push((bin.path.clone(), supported));
+    supported
 }
 
 impl<'a> DumpOptions<'a> {
@@ -69,6 +128,8 @@ impl<'a> DumpOptions<'a> {
             shell_job: false,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
+            network_lock: None,
             external: &[],
             as_user: None,
         }
@@ -113,6 +174,8 @@ pub(crate) fn dump_into(
             ext_unix_sk: opts.ext_unix_sk,
             tcp_established: opts.tcp_established,
             shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+            network_lock: opts.network_lock.map(|method| method.resolve(bin)),
             log_level: opts.log_level,
             log_file: Some(opts.log_file.to_string()),
             external: opts.external.to_vec(),
@@ -129,7 +192,9 @@ pub(crate) fn dump_into(
     );
     let started = Instant::now();
     // Detached helper: it is not our child, so a self-dump's image holds no trace of it.
-    let session = Session::start(bin, Helper::Detached, &[images.fd()], opts.as_user)?;
+    let as_user =
+        opts.as_user.map(|(uid, gid)| (Owner::without_groups(uid, gid), DUMP_CAPABILITIES));
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], as_user)?;
     let images_dir = images.close();
     // A self-dump is frozen inside `call`, waiting for the answer; the restored copy
     // wakes up there too and finds CRIU's "restored" answer on the socket.
@@ -162,7 +227,9 @@ pub(crate) fn check(bin: &CriuBinary) -> Result<()> {
     }
     .encode();
     let started = Instant::now();
-    let session = Session::start(bin, Helper::Child, &[images.fd()], None)?;
+    // Detached: the check runs in the checkpointed program, whose SIGCHLD handler must
+    // not hear of it.
+    let session = Session::start(bin, Helper::Detached, &[images.fd()], None)?;
     images.close();
     let response = session.call(&request)?;
     drop(session);
@@ -283,7 +350,8 @@ pub(crate) fn failure(what: &str, response: &Response, log: &Path) -> Error {
 }
 
 /// The first `Error (...)` lines of a CRIU log, without their timestamps, skipping the
-/// harmless RLIMIT_NOFILE line (warnings are `Warn` lines and never match).
+/// harmless RLIMIT_NOFILE line and the summary lines (warnings are `Warn` lines and
+/// never match).
 fn first_log_errors(log: &Path) -> Vec<String> {
     let Ok(bytes) = std::fs::read(log) else {
         return Vec::new();
@@ -292,6 +360,7 @@ fn first_log_errors(log: &Path) -> Vec<String> {
         .lines()
         .filter_map(|line| line.find("Error (").map(|at| line[at..].trim_end()))
         .filter(|line| !line.contains(HARMLESS_ERROR))
+        .filter(|line| !SUMMARY_ERRORS.iter().any(|summary| line.ends_with(summary)))
         .take(LOG_ERROR_LINES)
         .map(str::to_string)
         .collect()
@@ -320,7 +389,7 @@ impl Session {
         bin: &CriuBinary,
         helper: Helper,
         inherit_fds: &[RawFd],
-        as_user: Option<(u32, u32)>,
+        as_user: Option<(Owner, &'static [u32])>,
     ) -> Result<Session> {
         let (ours, theirs) = socket_pair()?;
         let mut command = SwrkCommand::new(bin, theirs.as_raw_fd(), inherit_fds)?;
@@ -336,13 +405,49 @@ impl Session {
 
     /// Sends one request and returns CRIU's answer.
     pub(crate) fn call(&self, request: &[u8]) -> Result<Response> {
+        self.call_within(request, None, |_| true)
+    }
+
+    /// [`call`](Session::call) that waits at most `limit` for the answer: then the
+    /// helper, if it is our child, is killed, and the error has code OPAL_ERR_TIMEOUT.
+    /// Notifications (`notify_scripts`) met on the way go to `on_notice`, whose verdict
+    /// is CRIU's acknowledgement; the time it takes does not count against `limit`.
+    pub(crate) fn call_within(
+        &self,
+        request: &[u8],
+        limit: Option<Duration>,
+        mut on_notice: impl FnMut(&Response) -> bool,
+    ) -> Result<Response> {
+        let mut deadline = limit.map(|limit| Instant::now() + limit);
         let fd = self.socket.as_raw_fd();
         send_message(fd, request)
             .map_err(|errno| exchange_error("sending the request to", errno))?;
         let mut buffer = vec![0u8; RESPONSE_CAPACITY];
-        let len = receive_message(fd, &mut buffer)
-            .map_err(|errno| exchange_error("reading the answer of", errno))?;
-        Response::decode(&buffer[..len])
+        loop {
+            let answered = readable_before(fd, deadline)
+                .map_err(|e| Error::io("waiting for the answer of criu swrk", e))?;
+            if !answered {
+                if let Some(pid) = self.helper_pid {
+                    // SAFETY: plain kill of our own child, not yet reaped (Drop reaps it).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                return Err(Error::new(
+                    codes::OPAL_ERR_TIMEOUT,
+                    format!("criu swrk did not answer in {limit:?}"),
+                ));
+            }
+            let len = receive_message(fd, &mut buffer)
+                .map_err(|errno| exchange_error("reading the answer of", errno))?;
+            let response = Response::decode(&buffer[..len])?;
+            if response.kind != ReqType::NOTIFY {
+                return Ok(response);
+            }
+            let started = Instant::now();
+            let verdict = on_notice(&response);
+            deadline = deadline.map(|deadline| deadline + started.elapsed());
+            send_message(fd, &super::proto::notify_answer(verdict))
+                .map_err(|errno| exchange_error("acknowledging a notification of", errno))?;
+        }
     }
 }
 
@@ -406,8 +511,9 @@ pub(crate) struct SwrkCommand {
     /// The helper's end of the socket pair.
     socket: RawFd,
     inherit_fds: Vec<RawFd>,
-    /// See [`DumpOptions::as_user`].
-    pub(crate) as_user: Option<(u32, u32)>,
+    /// Run CRIU as this user with only these capabilities (its unprivileged mode): see
+    /// [`DumpOptions::as_user`] and [`RestoreOptions::as_owner`](super::restore::RestoreOptions).
+    pub(crate) as_user: Option<(Owner, &'static [u32])>,
 }
 
 impl SwrkCommand {
@@ -444,6 +550,22 @@ impl SwrkCommand {
     }
 }
 
+/// A fork by the raw system call: the child ends with `exit_signal` to its parent (0:
+/// none, so the program we live in gets no SIGCHLD for the library's helper, and its
+/// `waitpid(-1)` cannot reap it; only a wait with `__WALL` sees it). No fork handlers
+/// run and no libc lock is reset, so the child may only make system calls.
+///
+/// # Safety
+/// The child must only make async-signal-safe calls.
+unsafe fn clone_process(exit_signal: c_int) -> libc::pid_t {
+    // SAFETY: clone without CLONE_VM and without a new stack is a fork: the child gets
+    // a copy of the address space and goes on from here.
+    unsafe {
+        let flags = exit_signal as libc::c_ulong;
+        libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t
+    }
+}
+
 /// The calling thread's errno.
 pub(crate) fn errno() -> c_int {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
@@ -467,7 +589,12 @@ pub(crate) unsafe fn spawn_swrk(
     }
     let [status_read, status_write] = status_pipe;
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
-    let first = unsafe { libc::fork() };
+    let first = unsafe {
+        match helper {
+            Helper::Child => libc::fork(),
+            Helper::Detached => clone_process(0),
+        }
+    };
     if first == 0 {
         // SAFETY: as above; in the child.
         unsafe {
@@ -475,7 +602,7 @@ pub(crate) unsafe fn spawn_swrk(
             if helper == Helper::Child {
                 exec_swrk(command, status_write);
             }
-            let second = libc::fork();
+            let second = clone_process(libc::SIGCHLD);
             if second == 0 {
                 // Leave the caller's session and process group: until init reaps the
                 // exited helper, a member would keep the dumped PID allocated (as its
@@ -502,7 +629,11 @@ pub(crate) unsafe fn spawn_swrk(
     }
     if helper == Helper::Detached {
         // The intermediate child exits at once; reap it now so no zombie is left.
-        let _ = wait_exit_code(first);
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; __WALL: a child with exit signal 0.
+        while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
+            && errno() == libc::EINTR
+        {}
     }
     let report = read_status_pipe(status_read);
     // SAFETY: status_read is ours.
@@ -605,8 +736,8 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
                 libc::_exit(HELPER_FAILED);
             }
         }
-        if let Some((uid, gid)) = command.as_user {
-            if let Err(errno) = become_user_keeping_dump_caps(uid, gid) {
+        if let Some((owner, capabilities)) = &command.as_user {
+            if let Err(errno) = owner.become_keeping(capabilities) {
                 write_errno(status_write, errno);
                 libc::_exit(HELPER_FAILED);
             }
@@ -618,54 +749,8 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
 }
 
 /// Capabilities a CRIU dump in unprivileged mode needs.
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_CHECKPOINT_RESTORE: u32 = 40;
-
-/// Becomes `uid`/`gid` (no supplementary groups) keeping CAP_SYS_PTRACE and
-/// CAP_CHECKPOINT_RESTORE, also across exec (ambient), and nothing else. Async-signal-
-/// safe: system calls only.
-///
-/// # Safety
-/// Only in a freshly forked child about to exec.
-unsafe fn become_user_keeping_dump_caps(uid: u32, gid: u32) -> std::result::Result<(), c_int> {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let check = |rc: c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
-    // SAFETY: plain system calls on this child's own credentials; the structures are
-    // laid out as capset(2) expects.
-    unsafe {
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(gid, gid, gid))?;
-        check(libc::setresuid(uid, uid, uid))?;
-        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
-            let word = &mut data[(cap / 32) as usize];
-            let bit = 1 << (cap % 32);
-            word.effective |= bit;
-            word.permitted |= bit;
-            word.inheritable |= bit;
-        }
-        let header = CapHeader { version: VERSION_3, pid: 0 };
-        check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as c_int)?;
-        for cap in [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE] {
-            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
-            check(libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0))?;
-        }
-    }
-    Ok(())
-}
+const DUMP_CAPABILITIES: &[u32] =
+    &[crate::owner::CAP_SYS_PTRACE, crate::owner::CAP_CHECKPOINT_RESTORE];
 
 /// Writes all of `bytes`; Err(errno). Async-signal-safe.
 pub(crate) fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::result::Result<(), c_int> {
@@ -681,6 +766,34 @@ pub(crate) fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::result::Result<(), 
         bytes = &bytes[n as usize..];
     }
     Ok(())
+}
+
+/// Waits until `fd` can be read from (data, or its other end closed), until `deadline`
+/// at most; Ok(false) when the deadline came first.
+pub(crate) fn readable_before(fd: RawFd, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up, so that a wait never ends just before the deadline.
+                left.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int
+            }
+        };
+        let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) } {
+            n if n > 0 => return Ok(true),
+            0 if deadline.is_some_and(|deadline| Instant::now() >= deadline) => return Ok(false),
+            0 => {}
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
 }
 
 /// Sends one message on the seqpacket socket. Async-signal-safe.
@@ -1007,9 +1120,12 @@ mod tests {
             shell_job: false,
             ext_unix_sk: false,
             tcp_established: false,
+            file_locks: false,
             inherit_fds,
             new_pidns,
-            stopped: false,
+            before_resume: None,
+            timeout: None,
+            as_owner: None,
         }
     }
 
@@ -1036,6 +1152,20 @@ mod tests {
             .trim()
             .parse()
             .ok()
+    }
+
+    #[test]
+    fn readable_before_waits_until_the_deadline_at_most() {
+        let (ours, theirs) = socket_pair().unwrap();
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(80));
+        assert!(!readable_before(ours.as_raw_fd(), deadline).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        send_message(theirs.as_raw_fd(), b"answer").unwrap();
+        assert!(readable_before(ours.as_raw_fd(), deadline).unwrap(), "data counts");
+        let (ours, theirs) = socket_pair().unwrap();
+        drop(theirs);
+        assert!(readable_before(ours.as_raw_fd(), None).unwrap(), "so does a closed peer");
     }
 
     #[test]
@@ -1086,9 +1216,9 @@ mod tests {
     }
 
     #[test]
-    fn a_task_restored_stopped_runs_only_when_continued() {
+    fn a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails() {
         let Some((bin, dir, images)) =
-            criu_setup("a_task_restored_stopped_runs_only_when_continued")
+            criu_setup("a_held_tree_runs_only_after_its_check_passes_and_dies_when_it_fails")
         else {
             return;
         };
@@ -1098,21 +1228,30 @@ mod tests {
         let written = || std::fs::metadata(&counter.count_file).unwrap().modified().unwrap();
         let last_write = written();
 
-        let opts = RestoreOptions { stopped: true, ..restore_options(&images, &[], false) };
-        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
-        let state = || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+        let refuse = |held: &Restored| -> crate::error::Result<()> {
+            assert_eq!(held.pid, pid);
+            Err(Error::msg("refused by the test"))
         };
-        // CRIU stops the tree with a SIGSTOP as it lets go of it; on a loaded machine the
-        // task may be seen running for a moment before the signal takes it (it cannot
-        // reach its own code first: a pending signal is handled on the way back to it).
-        wait_for("the restored task to be stopped", || state() == 'T');
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(written(), last_write, "the stopped task counted");
-        // SAFETY: pid is the restored task, ours until reaped.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-        wait_for("the continued copy to count on", || {
+        let opts =
+            RestoreOptions { before_resume: Some(&refuse), ..restore_options(&images, &[], false) };
+        let err = restore::restore(&bin, &opts).unwrap_err();
+        assert_eq!(err.message(), "refused by the test");
+        assert!(!restore::pid_in_use(pid), "the refused tree is still there");
+        assert_eq!(written(), last_write, "the refused task counted");
+
+        let checked = std::cell::Cell::new(false);
+        let hold = |held: &Restored| -> crate::error::Result<()> {
+            assert!(restore::pid_in_use(held.pid));
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(written(), last_write, "the held task counted");
+            checked.set(true);
+            Ok(())
+        };
+        let opts =
+            RestoreOptions { before_resume: Some(&hold), ..restore_options(&images, &[], false) };
+        let running = Running(Some(restore::restore(&bin, &opts).unwrap()));
+        assert!(checked.get());
+        wait_for("the released copy to count on", || {
             counter.count().is_some_and(|(n, _)| n > at_kill)
         });
         assert_eq!(running.kill_and_wait(), SIGKILLED);
@@ -1219,6 +1358,26 @@ mod tests {
         io::BufRead::read_line(&mut io::BufReader::new(reader), &mut line).unwrap();
         assert!(line.ends_with(" counting\n"), "{line:?}");
         assert_eq!(running.kill_and_wait(), SIGKILLED);
+    }
+
+    #[test]
+    fn a_log_gives_its_real_errors_without_criu_s_noise() {
+        let dir = TempDir::new("criu-log-test").unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: \
+             Operation not permitted\n\
+             (00.002) Warn  (criu/x.c:1): a warning\n\
+             (00.003) Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!\n\
+             (00.004) Error (criu/cr-dump.c:1545): Dump files (pid: 42) failed with -1\n\
+             (00.005) Error (criu/cr-dump.c:1975): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_log_errors(&log),
+            ["Error (criu/file-lock.c:93): Some file locks are hold by dumping tasks!"]
+        );
     }
 
     #[test]
