@@ -272,7 +272,7 @@ TEST_ENV="TMPDIR=${TMPDIR:-/tmp} ZDTM_THREAD_BOMB=5"
 
 run_criu() {  # run_criu TEST
     local t=$1 pid opts dopts ropts
-    D=$W/dump/$t/criu; mkdir -p "$D"; chmod 777 "$D"
+    D=$W/dump/$t/criu; mkdir -p "$D"
     start "$t" $TEST_ENV || return 1
     pid=$PID
     opts=$(desc "$t" opts); dopts=$(desc "$t" dopts); ropts=$(desc "$t" ropts)
@@ -292,7 +292,7 @@ run_criu() {  # run_criu TEST
 
 run_ours() {  # run_ours TEST
     local t=$1 pid params snapshot
-    D=$W/dump/$t/ours; mkdir -p "$D"; chmod 777 "$D"
+    D=$W/dump/$t/ours; mkdir -p "$D"
     params=$(params_for $(desc "$t" opts) $(desc "$t" dopts) $(desc "$t" ropts))
     local lib_env="OMPI_MCA_mca_base_param_files=none OMPI_MCA_crs=criu OMPI_MCA_crs_criu_binary=$CRIU HOME=$D OMPI_MCA_crs_base_snapshot_dir=$D $params"
     start "$t" $TEST_ENV "$lib_env" LD_PRELOAD="$LIB" || return 1
