@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine: a C compiler and
 # pkg-config (apt); and, unless --minimal is given (the demo needs none of it), man and
-# groff for the man page tests and Debian's python3, curl and sqlite3 for the criu
-# tests (apt), cbindgen pinned to the version the header was made with (cargo), CRIU >= 4
-# (scripts/install-criu.sh) and Slurm with munge (scripts/install-slurm.sh).
+# groff for the man page tests, Debian's python3, curl and sqlite3 for the criu tests and
+# libaio-dev for CRIU's zdtm tests (apt), cbindgen pinned to the version the header was
+# made with (cargo), CRIU >= 4 (scripts/install-criu.sh) and Slurm with munge
+# (scripts/install-slurm.sh).
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ missing=()
 for tool in "${tools[@]}"; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+# zdtm's aio00 (scripts/zdtm.sh) includes libaio.h
+if [ $full = 1 ] && ! dpkg -s libaio-dev >/dev/null 2>&1; then missing+=(libaio-dev); fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then log "need root to install: ${missing[*]}"; exit 1; fi
     log "installing ${missing[*]}"
