@@ -462,8 +462,16 @@ fn parameters_given_to_the_restart_win_over_the_recorded_ones() {
         ],
     );
     sb.adopt(pid);
-    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
-        .into_owned();
+    // Read once the restarted program runs: until its exec is through, /proc shows
+    // opal-restart's environment, or an empty one in the middle of the exec.
+    let environ = || {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+            .into_owned()
+    };
+    let execed =
+        || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == selfapp());
+    assert!(wait_until(LONG, || execed() && !environ().is_empty()), "{pid} never ran selfapp");
+    let environ = environ();
     let vars: Vec<&str> = environ.split('\0').collect();
     assert!(vars.contains(&"OMPI_MCA_opal_cr_signal_exit=1"), "{vars:?}");
     // The last value of a name wins in a program's environment lookup: make sure it is 7.
