@@ -1,5 +1,5 @@
 //! CRIU's own zdtm static tests through the library: the quick subset of
-//! `scripts/zdtm.sh` (about 30 tests, each run with the CRIU command line and then
+//! `scripts/zdtm.sh` (about 40 tests, each run with the CRIU command line and then
 //! preloaded with the library, checkpointed by `opal-checkpoint`, killed and restored by
 //! `opal-restart`; the test itself says PASS or FAIL). Needs root, CRIU >= 4 and CRIU's
 //! source tree (kept by scripts/install-criu.sh); without them it says why and passes.

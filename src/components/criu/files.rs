@@ -210,16 +210,26 @@ pub fn record(images_dir: &Path) -> Result<()> {
         Ok(_) => ids_in("remap-fpath.img", REMAP_FPATH_MAGIC, REMAP_ORIG_ID)?,
         Err(_) => Vec::new(),
     };
-    let files = group(&entries, &open, &remapped, |path| {
-        std::fs::symlink_metadata(path)
-            .ok()
-            .filter(|meta| meta.is_file())
-            .map(|meta| (meta.dev(), meta.ino()))
-    });
+    let files = group(&entries, &open, &remapped, identity);
     let path = images_dir.join(OPEN_FILES);
     let text = serde_json::to_string_pretty(&files).expect("plain data serializes");
     std::fs::write(&path, text + "\n")
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Device and inode of the regular file at `path`, if its size and contents are worth
+/// checking: not on a file system the kernel makes up as it is read (/proc, /sys),
+/// whose files have no size, and name PIDs that exist only once CRIU has restored them.
+fn identity(path: &str) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(path).ok().filter(|meta| meta.is_file())?;
+    let c_path = CString::new(path).ok()?;
+    // SAFETY: all-zero is a valid statfs for statfs to fill; the path is NUL-terminated.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let made_up = [libc::PROC_SUPER_MAGIC, libc::SYSFS_MAGIC];
+    (!made_up.contains(&(fs.f_type as _))).then_some((meta.dev(), meta.ino()))
 }
 
 /// The record of snapshot `dir`, when its manifest lists it with the right hash;
@@ -419,6 +429,15 @@ mod tests {
         entry.extend(varint(2, u64::from(id)));
         entry.extend(nested(FILE_REG, &inner));
         entry
+    }
+
+    #[test]
+    fn files_the_kernel_makes_up_are_not_recorded() {
+        assert_eq!(identity("/proc/self/stat"), None);
+        assert_eq!(identity("/sys/kernel/mm/transparent_hugepage/enabled"), None);
+        let own = std::env::current_exe().unwrap();
+        let meta = std::fs::metadata(&own).unwrap();
+        assert_eq!(identity(own.to_str().unwrap()), Some((meta.dev(), meta.ino())));
     }
 
     #[test]
