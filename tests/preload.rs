@@ -46,7 +46,7 @@ fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
         meta.contains("# OPAL CRS Component: self") && meta.contains("# OPALCRS Preload: "),
         "{meta}"
     );
-    let saved: i64 = sb.read("state").trim().parse().unwrap();
+    let saved: i64 = sb.read("state").lines().next().unwrap().parse().unwrap();
     stop(&mut app);
     // The restarted program gets the preload again, so its restart callback runs: in
     // the library's constructor, before main and before the program's own constructors.
@@ -99,12 +99,12 @@ fn a_binary_without_callbacks_is_checkpointed_with_criu() {
     );
 }
 
-#[test]
-fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
-    let sb = Sandbox::new("preload-children");
+/// Starts preload_app with `--children` and returns it with its forked and its exec'd
+/// child (`sleep 60`, once it runs).
+fn start_with_children(sb: &Sandbox, env: &[(&str, &str)]) -> (std::process::Child, u32, u32) {
     let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let pids = sb.path("pids");
-    let mut app = start(&sb, &exe, &["--children", pids.to_str().unwrap()], &[]);
+    let app = start(sb, &exe, &["--children", pids.to_str().unwrap()], env);
     let text_pids = std::fs::read_to_string(&pids).unwrap();
     let children: Vec<u32> = text_pids.split_whitespace().map(|p| p.parse().unwrap()).collect();
     for child in &children {
@@ -113,11 +113,36 @@ fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
     let (forked, execed) = (children[0], children[1]);
     assert!(wait_until(LONG, || std::fs::read_link(format!("/proc/{execed}/exe"))
         .is_ok_and(|e| e.ends_with("sleep"))));
-    // The forked child closed the parent's socket; the exec'd one never had the library.
-    for child in [forked, execed] {
-        let out = sb.checkpoint(&[&child.to_string()]);
-        assert_eq!(out.status.code(), Some(3), "child {child}: {:?}", text(&out));
-    }
+    (app, forked, execed)
+}
+
+#[test]
+fn children_that_exec_inherit_the_preload_and_a_forked_one_never_answers_for_its_parent() {
+    let sb = Sandbox::new("preload-children");
+    let (mut app, forked, execed) = start_with_children(&sb, &[]);
+    // The forked child closed the parent's socket (its parent lives on).
+    let out = sb.checkpoint(&[&forked.to_string()]);
+    assert_eq!(out.status.code(), Some(3), "forked child: {:?}", text(&out));
+    // The exec'd child has the library from LD_PRELOAD and answers for itself.
+    let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("libopalcrs"));
+    assert!(wait_until(LONG, || sb
+        .checkpoint(&["--status", &execed.to_string()])
+        .status
+        .success()));
+    let status = text(&sb.checkpoint(&["--status", &execed.to_string()])).0;
+    assert!(status.contains(&format!("PID: {execed}")), "{status}");
+    // The parent still answers.
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+}
+
+#[test]
+fn with_preload_children_off_children_that_exec_do_not_inherit_it() {
+    let sb = Sandbox::new("preload-children-off");
+    let (mut app, _, execed) =
+        start_with_children(&sb, &[("OMPI_MCA_opal_cr_preload_children", "0")]);
     let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
     assert!(
         !String::from_utf8_lossy(&environ).contains("libopalcrs"),
@@ -125,9 +150,7 @@ fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{execed}/maps")).unwrap();
     assert!(!maps.contains("libopalcrs"));
-    // The parent still answers.
-    let out = sb.checkpoint(&[&app.id().to_string()]);
-    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(sb.checkpoint(&[&execed.to_string()]).status.code(), Some(3));
     stop(&mut app);
 }
 
@@ -189,4 +212,85 @@ fn open_mpis_own_library_keeps_us_out() {
     assert!(wait_until(LONG, || sb.read("log").contains("main pid=")));
     assert_eq!(sb.checkpoint(&[&app.id().to_string()]).status.code(), Some(3));
     stop(&mut app);
+}
+
+/// The count a wrapped preload_app stops at, and its sum then (what an uninterrupted run
+/// logs).
+const LIMIT: i64 = 60;
+
+/// The ways a program is commonly started through something else.
+const WRAPPERS: &[&str] = &["setsid", "nohup", "env", "timeout", "stdbuf", "script", "shim"];
+
+/// `exe ARGS` started through `how`, with the library preloaded into the first process.
+fn wrapped(sb: &Sandbox, how: &str, exe: &std::path::Path, args: &[&str]) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let script = |name: &str, text: String| {
+        let path = sb.path(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let exe = exe.to_str().unwrap();
+    let (program, before): (std::path::PathBuf, Vec<&str>) = match how {
+        "setsid" | "nohup" => (how.into(), vec![exe]),
+        "env" => ("env".into(), vec!["X=1", exe]),
+        "timeout" => ("timeout".into(), vec!["600", exe]),
+        "stdbuf" => ("stdbuf".into(), vec!["-oL", exe]),
+        // A job script: the shell runs the program as its child and goes on after it.
+        "script" => {
+            let text = "#!/bin/bash\n\"$@\"\necho \"script: status $?\"\n".to_string();
+            (script("job.sh", text), vec![exe])
+        }
+        // A pyenv-style shim: `env` finds bash, which execs the real program.
+        "shim" => (script("shim", format!("#!/usr/bin/env bash\nexec '{exe}' \"$@\"\n")), vec![]),
+        other => panic!("unknown wrapper {other}"),
+    };
+    let mut command = sb.command(program);
+    command.args(before).args(args).env("LD_PRELOAD", library());
+    command
+}
+
+/// The PID that preload_app logged as its own.
+fn logged_pid(sb: &Sandbox) -> Option<u32> {
+    sb.read("log").lines().find_map(|l| l.strip_prefix("main pid=")).and_then(|p| p.parse().ok())
+}
+
+/// For every wrapper: preload through it, checkpoint the real program by its PID, kill
+/// it, restart, and the restarted program ends with the result of an uninterrupted run.
+fn checkpoint_through_every_wrapper(component: &str, exe: &std::path::Path) {
+    let expected = format!("done count={LIMIT} sum={}", LIMIT * (LIMIT + 1) / 2);
+    for how in WRAPPERS {
+        let sb = Sandbox::new(&format!("wrapped-{component}-{how}"));
+        let (log, state) = (sb.path("log"), sb.path("state"));
+        let args = [log.to_str().unwrap(), state.to_str().unwrap(), "--limit", &LIMIT.to_string()];
+        let mut wrapper = sb.spawn(wrapped(&sb, how, exe, &args), "app");
+        assert!(wait_until(LONG, || logged_pid(&sb).is_some()), "{how}: {}", sb.read("app.out"));
+        let pid = logged_pid(&sb).unwrap();
+        sb.adopt(pid);
+        assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
+        let out = sb.checkpoint(&[&pid.to_string()]);
+        assert!(out.status.success(), "{how} ({component}): {:?}", text(&out));
+        let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+        assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{how}: {meta}");
+        kill(pid);
+        stop(&mut wrapper);
+        assert!(wait_until(LONG, || !alive(pid)), "{how}: {pid} lives on after SIGKILL");
+        assert!(!sb.read("log").contains("done"), "{how}: ended before it was killed");
+        let (status, _, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+        assert!(status.success(), "{how} ({component}): restart {status:?}: {stderr}");
+        assert!(sb.read("log").contains(&expected), "{how} ({component}): {}", sb.read("log"));
+    }
+}
+
+#[test]
+fn self_program_started_through_any_wrapper_is_checkpointed_by_its_pid() {
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    checkpoint_through_every_wrapper("self", &exe);
+}
+
+#[test]
+fn plain_program_started_through_any_wrapper_is_checkpointed_by_its_pid() {
+    require_criu!();
+    let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    checkpoint_through_every_wrapper("criu", &exe);
 }

@@ -36,7 +36,9 @@ extern "C" fn on_load() {
             );
             return;
         }
-        // Off the environment before anything runs a child (CRIU is probed in init).
+        // Off the environment while init may run a child (CRIU is probed there); put
+        // back afterwards unless opal_cr_preload_children=0, so that whatever a wrapper
+        // executes is preloaded too.
         strip_from_preload(&preload, &ours);
         match runtime::init() {
             Ok(()) => {
@@ -98,7 +100,7 @@ fn names_us(preload: &OsString, ours: &Path) -> bool {
     entries(preload).any(|e| is_us(e, ours))
 }
 
-/// Children do not inherit the preload unless `opal_cr_preload_children` asks.
+/// LD_PRELOAD without this library (for `opal_cr_preload_children=0`).
 fn strip_from_preload(preload: &OsString, ours: &Path) {
     let rest: Vec<&[u8]> = entries(preload).filter(|e| !is_us(e, ours)).collect();
     if rest.is_empty() {
