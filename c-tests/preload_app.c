@@ -1,11 +1,13 @@
 /* A program that knows nothing of libopalcrs (not linked with it, no OPAL headers):
  * checkpointed through LD_PRELOAD. Built with -rdynamic so the self callbacks below
  * are exported; built with -DNO_CALLBACKS it has none (criu territory).
- *   preload_app LOG STATE [--children PIDFILE | --limit N]
+ *   preload_app LOG STATE [--children PIDFILE | --limit N [--daemon once|twice]]
  * counts every 50 ms into LOG and sums the counts; the checkpoint callback saves count
  * and sum in STATE; with --children it forks a child that only sleeps and a child that
  * execs `sleep 60`, and writes "<forked> <execed>" to PIDFILE; with --limit it logs
- * "done count=N sum=S" after count N and exits 0. */
+ * "done count=N sum=S" after count N and exits 0; with --daemon it first becomes a
+ * daemon: forks and lets its parent exit (twice: the child calls setsid and forks
+ * again), then counts on in the last child. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <limits.h>
@@ -113,6 +115,15 @@ int main(int argc, char **argv)
         fclose(f);
     }
     long limit = argc > 4 && strcmp(argv[3], "--limit") == 0 ? atol(argv[4]) : -1;
+    if (argc > 6 && strcmp(argv[5], "--daemon") == 0) {
+        if (fork() != 0)
+            exit(0);
+        if (strcmp(argv[6], "twice") == 0) {
+            setsid();
+            if (fork() != 0)
+                _exit(0);
+        }
+    }
     say("main pid=%d", (int)getpid());
     for (;;) {
         if (limit >= 0 && counter >= limit) {

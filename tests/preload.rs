@@ -250,9 +250,9 @@ fn wrapped(sb: &Sandbox, how: &str, exe: &std::path::Path, args: &[&str]) -> Com
     command
 }
 
-/// The PID that preload_app logged as its own.
+/// The PID that preload_app last logged as its own.
 fn logged_pid(sb: &Sandbox) -> Option<u32> {
-    sb.read("log").lines().find_map(|l| l.strip_prefix("main pid=")).and_then(|p| p.parse().ok())
+    sb.read("log").lines().rev().find_map(|l| l.strip_prefix("main pid=")).and_then(|p| p.parse().ok())
 }
 
 /// For every wrapper: preload through it, checkpoint the real program by its PID, kill
@@ -293,4 +293,60 @@ fn plain_program_started_through_any_wrapper_is_checkpointed_by_its_pid() {
     require_criu!();
     let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
     checkpoint_through_every_wrapper("criu", &exe);
+}
+
+/// preload_app becomes a daemon (`once`: fork, the parent exits; `twice`: and setsid,
+/// fork again); the PID that keeps running is checkpointed, killed and restarted, and
+/// ends with the result of an uninterrupted run.
+fn daemon_checkpointed_by_the_pid_that_runs_on(component: &str, exe: &std::path::Path) {
+    let expected = format!("done count={LIMIT} sum={}", LIMIT * (LIMIT + 1) / 2);
+    for how in ["once", "twice"] {
+        let sb = Sandbox::new(&format!("daemon-{component}-{how}"));
+        let (log, state) = (sb.path("log"), sb.path("state"));
+        let limit = LIMIT.to_string();
+        let args = [log.to_str().unwrap(), state.to_str().unwrap(), "--limit", &limit];
+        let mut command = sb.command(exe);
+        command.args(args).args(["--daemon", how]).env("LD_PRELOAD", library());
+        let mut first = sb.spawn(command, "app");
+        assert!(wait_until(LONG, || logged_pid(&sb).is_some()), "{how}: {}", sb.read("app.out"));
+        let pid = logged_pid(&sb).unwrap();
+        sb.adopt(pid);
+        assert_ne!(pid, first.id());
+        assert!(first.wait().unwrap().success());
+        assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
+        // It takes over the runtime once it sees its parent gone.
+        let answers = || sb.checkpoint(&["--status", &pid.to_string()]).status.success();
+        assert!(wait_until(LONG, answers), "daemon {how} ({component}) never answers");
+        let out = sb.checkpoint(&[&pid.to_string()]);
+        assert!(out.status.success(), "daemon {how} ({component}): {:?}", text(&out));
+        let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+        assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{how}: {meta}");
+        kill(pid);
+        assert!(wait_until(LONG, || !alive(pid)), "{how}: {pid} lives on after SIGKILL");
+        assert!(!sb.read("log").contains("done"), "{how}: ended before it was killed");
+        let (status, _, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+        assert!(status.success(), "daemon {how} ({component}): restart {status:?}: {stderr}");
+        // A restarted self daemon forks away again: adopt its new PID.
+        if let Some(again) = logged_pid(&sb).filter(|p| *p != pid) {
+            sb.adopt(again);
+        }
+        assert!(
+            wait_until(LONG, || sb.read("log").contains(&expected)),
+            "daemon {how} ({component}): {}",
+            sb.read("log")
+        );
+    }
+}
+
+#[test]
+fn a_self_daemon_is_checkpointed_by_the_pid_that_runs_on() {
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    daemon_checkpointed_by_the_pid_that_runs_on("self", &exe);
+}
+
+#[test]
+fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
+    require_criu!();
+    let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
 }
