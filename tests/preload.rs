@@ -252,7 +252,11 @@ fn wrapped(sb: &Sandbox, how: &str, exe: &std::path::Path, args: &[&str]) -> Com
 
 /// The PID that preload_app last logged as its own.
 fn logged_pid(sb: &Sandbox) -> Option<u32> {
-    sb.read("log").lines().rev().find_map(|l| l.strip_prefix("main pid=")).and_then(|p| p.parse().ok())
+    sb.read("log")
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("main pid="))
+        .and_then(|p| p.parse().ok())
 }
 
 /// For every wrapper: preload through it, checkpoint the real program by its PID, kill
@@ -349,4 +353,73 @@ fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
     require_criu!();
     let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
     daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
+}
+
+/// Lines the job script's producer writes, 50 ms apart, and what its consumer sums.
+const JOB_LINES: u64 = 100;
+
+/// Starts a preloaded job script whose two children (a python3 producer and an `awk`
+/// consumer, both preloaded) are joined by a pipe; its output goes through a pipe to
+/// `<sb>/job.out`. Returns the outer shell and the script's PID once it runs.
+fn start_job_script(sb: &Sandbox) -> (std::process::Child, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = sb.path("job.sh");
+    let text = format!(
+        "#!/bin/bash\npython3 -uc 'import time\nfor i in range(1, {}): print(i); time.sleep(0.05)' | awk '{{ s += $1 }} END {{ print \"sum \" s }}'\necho \"script: children ended with $?\"\nexit 7\n",
+        JOB_LINES + 1
+    );
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = sb.command("bash");
+    // In a session of its own, as a batch system starts a job script.
+    let line = format!("LD_PRELOAD='{}' setsid '{}' | cat > job.out", library(), script.display());
+    command.args(["-c", &line]).env("OMPI_MCA_crs", "criu");
+    let outer = sb.spawn(command, "outer");
+    let mut job = None;
+    assert!(wait_until(LONG, || {
+        job = process_tree(outer.id()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "job.sh")
+        });
+        job.is_some_and(|j| process_tree(j).len() >= 3)
+    }));
+    (outer, job.unwrap())
+}
+
+#[test]
+fn a_job_script_is_checkpointed_with_its_children_by_its_pid_and_restored_twice() {
+    require_criu!();
+    let expected =
+        format!("sum {}\nscript: children ended with 0\n", JOB_LINES * (JOB_LINES + 1) / 2);
+    let sb = Sandbox::new("preload-job-tree");
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    let tree = process_tree(job);
+    for pid in &tree {
+        sb.adopt(*pid);
+    }
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // Restored while the original tree still runs: a fresh PID namespace, and no
+    // control socket of the original's children in the way.
+    let (status, stdout, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+    assert_eq!(status.code(), Some(7), "restore beside the original: {stdout}{stderr}");
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert_eq!(stdout, expected, "restore beside the original: {stderr}");
+    assert!(outer.wait().unwrap().success());
+    assert_eq!(sb.read("job.out"), expected, "the original run");
+
+    // Once more, the second time after killing the whole tree.
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    let tree = process_tree(job);
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    for pid in &tree {
+        kill(*pid);
+    }
+    stop(&mut outer);
+    assert!(wait_until(LONG, || tree.iter().all(|p| !alive(*p))));
+    let (status, stdout, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+    assert_eq!(status.code(), Some(7), "restore after the kill: {stdout}{stderr}");
+    assert_eq!(stdout, expected, "restore after the kill: {stderr}");
 }
