@@ -139,7 +139,7 @@ extern "C" fn watch_parent(parent: *mut libc::c_void) -> *mut libc::c_void {
     }
     let _ = std::panic::catch_unwind(|| match runtime::init() {
         Ok(()) => super::vtable::publish_selected(),
-        Err(e) => warn(&format!("checkpoint/restart disabled in the daemon: {e}")),
+        Err(e) => warn(&format!("checkpoint/restart disabled: {e}")),
     });
     TAKING_OVER.store(0, Ordering::SeqCst);
     std::ptr::null_mut()
