@@ -396,6 +396,21 @@ pub fn quiet_descendants(root: i32) -> usize {
     quieted
 }
 
+/// The nearest ancestor of this process that is dumping its tree right now, if any: a
+/// process starting below it must not bind a control socket until the dump is over.
+pub fn dumping_ancestor() -> Option<i32> {
+    // SAFETY: getppid has no preconditions.
+    let mut pid = unsafe { libc::getppid() };
+    while pid > 1 {
+        if being_dumped(pid) {
+            return Some(pid);
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        pid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().parse().ok()?;
+    }
+    None
+}
+
 /// The children of `pid`, from every thread's list in /proc.
 fn children(pid: i32) -> Vec<i32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();

@@ -123,9 +123,14 @@ extern "C" fn watch_for_orphaning() {
 
 extern "C" fn watch_parent(parent: *mut libc::c_void) -> *mut libc::c_void {
     let parent = parent as isize as libc::pid_t;
-    // SAFETY: getppid has no preconditions.
-    while unsafe { libc::getppid() } == parent {
+    // A child that execs at once (a helper that forks twice, then execs) is gone before
+    // the first look.
+    loop {
         std::thread::sleep(ORPHAN_POLL);
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            break;
+        }
     }
     // No fork may run meanwhile (see TAKING_OVER); a daemon forking again is waited for.
     let me = thread_id();

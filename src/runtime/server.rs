@@ -212,8 +212,9 @@ pub struct Server {
     /// The process ends once the tool has the result of this job, or at the deadline.
     exit_after: Option<(u64, i32, Instant)>,
     /// Quiet while this ancestor dumps the tree (the listener thread meanwhile carries
-    /// the dump thread name, so tools learn "in progress").
-    quiet_for: Option<(i32, control::DumpMarker)>,
+    /// the dump thread name, so tools learn "in progress"; not when the process started
+    /// during the dump).
+    quiet_for: Option<(i32, Option<control::DumpMarker>)>,
 }
 
 impl Server {
@@ -250,7 +251,10 @@ impl Server {
             exit_after: None,
             quiet_for: None,
         };
-        server.open_listener()?;
+        match control::dumping_ancestor() {
+            Some(dumper) => server.quiet_for = Some((dumper, None)),
+            None => server.open_listener()?,
+        }
         server.schedule_interval();
         Ok(server)
     }
@@ -509,7 +513,7 @@ impl Server {
             control::Request::Quiet { dumper } => {
                 if self.quiet_for.is_none() {
                     self.close_connections();
-                    self.quiet_for = Some((dumper, control::DumpMarker::set()));
+                    self.quiet_for = Some((dumper, Some(control::DumpMarker::set())));
                 }
                 Some(Reply { v: PROTOCOL_VERSION, ..Reply::default() })
             }
