@@ -518,6 +518,11 @@ mod tests {
     }
 
     #[test]
+    fn no_ancestor_of_the_test_is_dumping() {
+        assert_eq!(dumping_ancestor(), None);
+    }
+
+    #[test]
     fn quieting_a_tree_skips_children_without_a_control_socket() {
         let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
         assert_eq!(quiet_descendants(std::process::id() as i32), 0);
