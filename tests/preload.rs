@@ -272,7 +272,18 @@ fn checkpoint_through_every_wrapper(component: &str, exe: &std::path::Path) {
         let pid = logged_pid(&sb).unwrap();
         sb.adopt(pid);
         assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
-        let out = sb.checkpoint(&[&pid.to_string()]);
+        if how == &"timeout" && component == "criu" {
+            // The wrapper that stays is a C/R process too: its PID dumps it with the
+            // program below it (one ids image per process).
+            let (_, tree) = checkpoint_ok(&sb, &["-n", "timeout-tree", &wrapper.id().to_string()]);
+            let processes = std::fs::read_dir(&tree)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ids-"))
+                .count();
+            assert_eq!(processes, 2, "timeout's snapshot {}", tree.display());
+        }
+        // --wait: after timeout's dump the program binds its socket again a moment later.
+        let out = sb.checkpoint(&["--wait", &pid.to_string()]);
         assert!(out.status.success(), "{how} ({component}): {:?}", text(&out));
         let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
         assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{how}: {meta}");
@@ -444,4 +455,43 @@ fn a_job_script_is_checkpointed_with_its_children_by_its_pid_and_restored_twice(
         "restore after the kill: {}{stderr}",
         sb.read("restart.stdout")
     );
+}
+
+/// Launchers that only pass the program through behave as without the library: same
+/// output, same messages, same exit status.
+#[test]
+fn pass_through_launchers_behave_the_same_under_the_preload() {
+    let sb = Sandbox::new("preload-pass-through");
+    let job = sb.path("pass.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/bash\nsh -c 'echo in \"$X\"; echo err >&2; exit 3'\necho after $?\nexit 4\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let job = job.to_str().unwrap();
+    let launchers: &[&[&str]] = &[
+        &["setsid", "-w", job],
+        &["nohup", job],
+        &["env", "X=1", job],
+        &["timeout", "600", job],
+        &["stdbuf", "-oL", job],
+        &["bash", "-c", job],
+        &[job],
+    ];
+    for launcher in launchers {
+        let run = |preload: bool| {
+            let mut command = sb.command(launcher[0]);
+            command.args(&launcher[1..]);
+            if preload {
+                command.env("LD_PRELOAD", library());
+            }
+            let out = command.output().unwrap();
+            (out.status.code(), text(&out))
+        };
+        let (plain, preloaded) = (run(false), run(true));
+        assert_eq!(plain.0, Some(4), "{launcher:?}: {plain:?}");
+        assert_eq!(preloaded, plain, "{launcher:?}");
+    }
 }
