@@ -1,20 +1,26 @@
 /* A program that knows nothing of libopalcrs (not linked with it, no OPAL headers):
  * checkpointed through LD_PRELOAD. Built with -rdynamic so the self callbacks below
  * are exported; built with -DNO_CALLBACKS it has none (criu territory).
- *   preload_app LOG STATE [--children PIDFILE]
- * counts every 50 ms into LOG; the checkpoint callback saves the count in STATE; with
- * --children it forks a child that only sleeps and a child that execs `sleep 60`, and
- * writes "<forked> <execed>" to PIDFILE. */
+ *   preload_app LOG STATE [--children PIDFILE | --limit N [--daemon once|twice]]
+ * counts every 50 ms into LOG and sums the counts; the checkpoint callback saves count
+ * and sum in STATE; with --children it forks a child that only sleeps and a child that
+ * execs `sleep 60`, and writes "<forked> <execed>" to PIDFILE; with --limit it logs
+ * "done count=N sum=S" after count N and exits 0; with --daemon it first becomes a
+ * daemon: forks and lets its parent exit (twice: the child calls setsid and forks
+ * again), then counts on in the last child. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "say.h"
 
-static volatile long counter;
+static volatile long counter, sum;
+/* The checkpoint callback runs on the library's thread: count and sum change together. */
+static pthread_mutex_t step = PTHREAD_MUTEX_INITIALIZER;
 static const char *state_path;
 static char restart_line[8192];
 static int constructor_ran;
@@ -48,9 +54,11 @@ int opal_crs_self_user_checkpoint(char **restart_cmd)
     FILE *f = fopen(state_path, "w");
     if (f == NULL)
         return -1;
-    fprintf(f, "%ld\n", counter);
+    pthread_mutex_lock(&step);
+    fprintf(f, "%ld\n%ld\n", counter, sum);
     fclose(f);
     say("checkpoint value=%ld", counter);
+    pthread_mutex_unlock(&step);
     *restart_cmd = strdup(restart_line);
     return 0;
 }
@@ -63,13 +71,14 @@ int opal_crs_self_user_restart(void)
 {
     open_from_cmdline();
     FILE *f = fopen(state_path, "r");
-    long value = -1;
+    long value = -1, saved_sum = -1;
     if (f != NULL) {
-        if (fscanf(f, "%ld", &value) != 1)
-            value = -1;
+        if (fscanf(f, "%ld %ld", &value, &saved_sum) != 2)
+            value = saved_sum = -1;
         fclose(f);
     }
     counter = value;
+    sum = saved_sum;
     say("restart value=%ld own_constructor_ran=%d", value, constructor_ran);
     return 0;
 }
@@ -105,10 +114,27 @@ int main(int argc, char **argv)
         fprintf(f, "%d %d\n", (int)forked, (int)execed);
         fclose(f);
     }
+    long limit = argc > 4 && strcmp(argv[3], "--limit") == 0 ? atol(argv[4]) : -1;
+    if (argc > 6 && strcmp(argv[5], "--daemon") == 0) {
+        if (fork() != 0)
+            exit(0);
+        if (strcmp(argv[6], "twice") == 0) {
+            setsid();
+            if (fork() != 0)
+                _exit(0);
+        }
+    }
     say("main pid=%d", (int)getpid());
     for (;;) {
+        if (limit >= 0 && counter >= limit) {
+            say("done count=%ld sum=%ld", counter, sum);
+            return 0;
+        }
+        pthread_mutex_lock(&step);
         counter++;
+        sum += counter;
         say("count %ld", counter);
+        pthread_mutex_unlock(&step);
         usleep(50000);
     }
 }

@@ -41,6 +41,12 @@ pub enum Request {
         id: u64,
     },
     Status,
+    /// Sent by an ancestor that is about to dump its whole tree (criu): close the
+    /// control socket now, so that no restored copy of the tree binds the name this
+    /// process still holds, and bind anew once `dumper` is no longer dumping.
+    Quiet {
+        dumper: i32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,12 +356,68 @@ fn listening_name(pid: i32) -> Result<Option<String>> {
 pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
 
 /// Whether a thread of `pid` carries [`DUMP_THREAD_NAME`].
-fn being_dumped(pid: i32) -> bool {
+pub fn being_dumped(pid: i32) -> bool {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
     tasks.into_iter().any(|task| {
         std::fs::read_to_string(task.path().join("comm"))
             .is_ok_and(|comm| comm.trim_end_matches('\n') == DUMP_THREAD_NAME)
     })
+}
+
+/// Asks every libopalcrs process below `root` to close its control socket while `root`
+/// dumps the tree (see [`Request::Quiet`]). Returns once each has answered and closed
+/// its end of the connection, or could not be reached; says how many were quieted.
+pub fn quiet_descendants(root: i32) -> usize {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children(tree[next]));
+        next += 1;
+    }
+    let timeout = Duration::from_secs(2);
+    let mut quieted = 0;
+    for &pid in &tree[1..] {
+        let Ok(endpoint) = locate(pid) else { continue };
+        let asked = endpoint.connect(timeout).and_then(|stream| {
+            let request =
+                RequestEnvelope { v: PROTOCOL_VERSION, request: Request::Quiet { dumper: root } };
+            write_message(&stream, &request)?;
+            read_message::<Reply>(&stream)?;
+            // The process closes its end too: no connection may be left for the dump.
+            let mut rest = Vec::new();
+            (&stream).read_to_end(&mut rest)?;
+            Ok(())
+        });
+        match asked {
+            Ok(()) => quieted += 1,
+            Err(e) => log::debug!(target: "cr", "cr: process {pid} below {root} not quieted: {e}"),
+        }
+    }
+    quieted
+}
+
+/// The nearest ancestor of this process that is dumping its tree right now, if any: a
+/// process starting below it must not bind a control socket until the dump is over.
+pub fn dumping_ancestor() -> Option<i32> {
+    // SAFETY: getppid has no preconditions.
+    let mut pid = unsafe { libc::getppid() };
+    while pid > 1 {
+        if being_dumped(pid) {
+            return Some(pid);
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        pid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().parse().ok()?;
+    }
+    None
+}
+
+/// The children of `pid`, from every thread's list in /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
 }
 
 /// The calling thread carries [`DUMP_THREAD_NAME`] until this is dropped.
@@ -444,6 +506,28 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn a_quiet_request_names_the_dumper() {
+        let request =
+            RequestEnvelope { v: PROTOCOL_VERSION, request: Request::Quiet { dumper: 42 } };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"v":1,"op":"quiet","dumper":42}"#);
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn no_ancestor_of_the_test_is_dumping() {
+        assert_eq!(dumping_ancestor(), None);
+    }
+
+    #[test]
+    fn quieting_a_tree_skips_children_without_a_control_socket() {
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        assert_eq!(quiet_descendants(std::process::id() as i32), 0);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn pending(client_sends: &[u8]) -> (UnixStream, PendingRequest) {

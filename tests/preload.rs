@@ -46,7 +46,7 @@ fn self_callbacks_of_a_preloaded_binary_checkpoint_and_restart() {
         meta.contains("# OPAL CRS Component: self") && meta.contains("# OPALCRS Preload: "),
         "{meta}"
     );
-    let saved: i64 = sb.read("state").trim().parse().unwrap();
+    let saved: i64 = sb.read("state").lines().next().unwrap().parse().unwrap();
     stop(&mut app);
     // The restarted program gets the preload again, so its restart callback runs: in
     // the library's constructor, before main and before the program's own constructors.
@@ -99,12 +99,12 @@ fn a_binary_without_callbacks_is_checkpointed_with_criu() {
     );
 }
 
-#[test]
-fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
-    let sb = Sandbox::new("preload-children");
+/// Starts preload_app with `--children` and returns it with its forked and its exec'd
+/// child (`sleep 60`, once it runs).
+fn start_with_children(sb: &Sandbox, env: &[(&str, &str)]) -> (std::process::Child, u32, u32) {
     let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let pids = sb.path("pids");
-    let mut app = start(&sb, &exe, &["--children", pids.to_str().unwrap()], &[]);
+    let app = start(sb, &exe, &["--children", pids.to_str().unwrap()], env);
     let text_pids = std::fs::read_to_string(&pids).unwrap();
     let children: Vec<u32> = text_pids.split_whitespace().map(|p| p.parse().unwrap()).collect();
     for child in &children {
@@ -113,11 +113,36 @@ fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
     let (forked, execed) = (children[0], children[1]);
     assert!(wait_until(LONG, || std::fs::read_link(format!("/proc/{execed}/exe"))
         .is_ok_and(|e| e.ends_with("sleep"))));
-    // The forked child closed the parent's socket; the exec'd one never had the library.
-    for child in [forked, execed] {
-        let out = sb.checkpoint(&[&child.to_string()]);
-        assert_eq!(out.status.code(), Some(3), "child {child}: {:?}", text(&out));
-    }
+    (app, forked, execed)
+}
+
+#[test]
+fn children_that_exec_inherit_the_preload_and_a_forked_one_never_answers_for_its_parent() {
+    let sb = Sandbox::new("preload-children");
+    let (mut app, forked, execed) = start_with_children(&sb, &[]);
+    // The forked child closed the parent's socket (its parent lives on).
+    let out = sb.checkpoint(&[&forked.to_string()]);
+    assert_eq!(out.status.code(), Some(3), "forked child: {:?}", text(&out));
+    // The exec'd child has the library from LD_PRELOAD and answers for itself.
+    let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("libopalcrs"));
+    assert!(wait_until(LONG, || sb
+        .checkpoint(&["--status", &execed.to_string()])
+        .status
+        .success()));
+    let status = text(&sb.checkpoint(&["--status", &execed.to_string()])).0;
+    assert!(status.contains(&format!("PID: {execed}")), "{status}");
+    // The parent still answers.
+    let out = sb.checkpoint(&[&app.id().to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    stop(&mut app);
+}
+
+#[test]
+fn with_preload_children_off_children_that_exec_do_not_inherit_it() {
+    let sb = Sandbox::new("preload-children-off");
+    let (mut app, _, execed) =
+        start_with_children(&sb, &[("OMPI_MCA_opal_cr_preload_children", "0")]);
     let environ = std::fs::read(format!("/proc/{execed}/environ")).unwrap();
     assert!(
         !String::from_utf8_lossy(&environ).contains("libopalcrs"),
@@ -125,9 +150,7 @@ fn children_neither_answer_for_the_parent_nor_inherit_the_preload() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{execed}/maps")).unwrap();
     assert!(!maps.contains("libopalcrs"));
-    // The parent still answers.
-    let out = sb.checkpoint(&[&app.id().to_string()]);
-    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(sb.checkpoint(&[&execed.to_string()]).status.code(), Some(3));
     stop(&mut app);
 }
 
@@ -189,4 +212,286 @@ fn open_mpis_own_library_keeps_us_out() {
     assert!(wait_until(LONG, || sb.read("log").contains("main pid=")));
     assert_eq!(sb.checkpoint(&[&app.id().to_string()]).status.code(), Some(3));
     stop(&mut app);
+}
+
+/// The count a wrapped preload_app stops at, and its sum then (what an uninterrupted run
+/// logs).
+const LIMIT: i64 = 60;
+
+/// The ways a program is commonly started through something else.
+const WRAPPERS: &[&str] = &["setsid", "nohup", "env", "timeout", "stdbuf", "script", "shim"];
+
+/// `exe ARGS` started through `how`, with the library preloaded into the first process.
+fn wrapped(sb: &Sandbox, how: &str, exe: &std::path::Path, args: &[&str]) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let script = |name: &str, text: String| {
+        let path = sb.path(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let exe = exe.to_str().unwrap();
+    let (program, before): (std::path::PathBuf, Vec<&str>) = match how {
+        "setsid" | "nohup" => (how.into(), vec![exe]),
+        "env" => ("env".into(), vec!["X=1", exe]),
+        "timeout" => ("timeout".into(), vec!["600", exe]),
+        "stdbuf" => ("stdbuf".into(), vec!["-oL", exe]),
+        // A job script: the shell runs the program as its child and goes on after it.
+        "script" => {
+            let text = "#!/bin/bash\n\"$@\"\necho \"script: status $?\"\n".to_string();
+            (script("job.sh", text), vec![exe])
+        }
+        // A pyenv-style shim: `env` finds bash, which execs the real program.
+        "shim" => (script("shim", format!("#!/usr/bin/env bash\nexec '{exe}' \"$@\"\n")), vec![]),
+        other => panic!("unknown wrapper {other}"),
+    };
+    let mut command = sb.command(program);
+    command.args(before).args(args).env("LD_PRELOAD", library());
+    command
+}
+
+/// The PID that preload_app last logged as its own.
+fn logged_pid(sb: &Sandbox) -> Option<u32> {
+    sb.read("log")
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("main pid="))
+        .and_then(|p| p.parse().ok())
+}
+
+/// For every wrapper: preload through it, checkpoint the real program by its PID, kill
+/// it, restart, and the restarted program ends with the result of an uninterrupted run.
+fn checkpoint_through_every_wrapper(component: &str, exe: &std::path::Path) {
+    let expected = format!("done count={LIMIT} sum={}", LIMIT * (LIMIT + 1) / 2);
+    for how in WRAPPERS {
+        let sb = Sandbox::new(&format!("wrapped-{component}-{how}"));
+        let (log, state) = (sb.path("log"), sb.path("state"));
+        let args = [log.to_str().unwrap(), state.to_str().unwrap(), "--limit", &LIMIT.to_string()];
+        let mut wrapper = sb.spawn(wrapped(&sb, how, exe, &args), "app");
+        assert!(wait_until(LONG, || logged_pid(&sb).is_some()), "{how}: {}", sb.read("app.out"));
+        let pid = logged_pid(&sb).unwrap();
+        sb.adopt(pid);
+        assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
+        if how == &"timeout" && component == "criu" {
+            // The wrapper that stays is a C/R process too: its PID dumps it with the
+            // program below it (one ids image per process).
+            let (_, tree) = checkpoint_ok(&sb, &["-n", "timeout-tree", &wrapper.id().to_string()]);
+            let processes = std::fs::read_dir(&tree)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ids-"))
+                .count();
+            assert_eq!(processes, 2, "timeout's snapshot {}", tree.display());
+        }
+        // --wait: after timeout's dump the program binds its socket again a moment later.
+        let out = sb.checkpoint(&["--wait", &pid.to_string()]);
+        assert!(out.status.success(), "{how} ({component}): {:?}", text(&out));
+        let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+        assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{how}: {meta}");
+        kill(pid);
+        stop(&mut wrapper);
+        assert!(wait_until(LONG, || !alive(pid)), "{how}: {pid} lives on after SIGKILL");
+        assert!(!sb.read("log").contains("done"), "{how}: ended before it was killed");
+        let (status, _, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+        assert!(status.success(), "{how} ({component}): restart {status:?}: {stderr}");
+        assert!(sb.read("log").contains(&expected), "{how} ({component}): {}", sb.read("log"));
+    }
+}
+
+#[test]
+fn self_program_started_through_any_wrapper_is_checkpointed_by_its_pid() {
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    checkpoint_through_every_wrapper("self", &exe);
+}
+
+#[test]
+fn plain_program_started_through_any_wrapper_is_checkpointed_by_its_pid() {
+    require_criu!();
+    let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    checkpoint_through_every_wrapper("criu", &exe);
+}
+
+/// preload_app becomes a daemon (`once`: fork, the parent exits; `twice`: and setsid,
+/// fork again); the PID that keeps running is checkpointed, killed and restarted, and
+/// ends with the result of an uninterrupted run.
+fn daemon_checkpointed_by_the_pid_that_runs_on(component: &str, exe: &std::path::Path) {
+    let expected = format!("done count={LIMIT} sum={}", LIMIT * (LIMIT + 1) / 2);
+    for how in ["once", "twice"] {
+        let sb = Sandbox::new(&format!("daemon-{component}-{how}"));
+        let (log, state) = (sb.path("log"), sb.path("state"));
+        let limit = LIMIT.to_string();
+        let args = [log.to_str().unwrap(), state.to_str().unwrap(), "--limit", &limit];
+        let mut command = sb.command(exe);
+        command.args(args).args(["--daemon", how]).env("LD_PRELOAD", library());
+        let mut first = sb.spawn(command, "app");
+        assert!(wait_until(LONG, || logged_pid(&sb).is_some()), "{how}: {}", sb.read("app.out"));
+        let pid = logged_pid(&sb).unwrap();
+        sb.adopt(pid);
+        assert_ne!(pid, first.id());
+        assert!(first.wait().unwrap().success());
+        assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
+        // It takes over the runtime once it sees its parent gone.
+        let answers = || sb.checkpoint(&["--status", &pid.to_string()]).status.success();
+        assert!(wait_until(LONG, answers), "daemon {how} ({component}) never answers");
+        let out = sb.checkpoint(&[&pid.to_string()]);
+        assert!(out.status.success(), "daemon {how} ({component}): {:?}", text(&out));
+        let meta = std::fs::read_to_string(snapshot_path(&out).join("snapshot_meta.data")).unwrap();
+        assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{how}: {meta}");
+        kill(pid);
+        assert!(wait_until(LONG, || !alive(pid)), "{how}: {pid} lives on after SIGKILL");
+        assert!(!sb.read("log").contains("done"), "{how}: ended before it was killed");
+        let (status, _, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+        assert!(status.success(), "daemon {how} ({component}): restart {status:?}: {stderr}");
+        // A restarted self daemon forks away again: adopt its new PID.
+        if let Some(again) = logged_pid(&sb).filter(|p| *p != pid) {
+            sb.adopt(again);
+        }
+        assert!(
+            wait_until(LONG, || sb.read("log").contains(&expected)),
+            "daemon {how} ({component}): {}",
+            sb.read("log")
+        );
+    }
+}
+
+#[test]
+fn a_self_daemon_is_checkpointed_by_the_pid_that_runs_on() {
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    daemon_checkpointed_by_the_pid_that_runs_on("self", &exe);
+}
+
+#[test]
+fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
+    require_criu!();
+    let exe = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+    daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
+}
+
+/// Lines the job script's producer writes, 50 ms apart, and what its consumer sums.
+const JOB_LINES: u64 = 100;
+
+/// Starts a preloaded job script whose two children (a python3 producer and an `awk`
+/// consumer, both preloaded) are joined by a pipe; its output goes through a pipe to
+/// `<sb>/job.out`. Returns the outer shell and the script's PID once it runs.
+fn start_job_script(sb: &Sandbox) -> (std::process::Child, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = sb.path("job.sh");
+    let text = format!(
+        "#!/bin/bash\npython3 -uc 'import time\nfor i in range(1, {}): print(i); time.sleep(0.05)' | awk '{{ s += $1 }} END {{ print \"sum \" s }}'\necho \"script: children ended with $?\"\nexit 7\n",
+        JOB_LINES + 1
+    );
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = sb.command("bash");
+    // In a session of its own, as a batch system starts a job script.
+    let line = format!("LD_PRELOAD='{}' setsid '{}' | cat > job.out", library(), script.display());
+    command.args(["-c", &line]).env("OMPI_MCA_crs", "criu");
+    let outer = sb.spawn(command, "outer");
+    let mut job = None;
+    assert!(wait_until(LONG, || {
+        job = process_tree(outer.id()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "job.sh")
+        });
+        job.is_some_and(|j| process_tree(j).len() >= 3)
+    }));
+    // Each of the three answers (its library has started); a forked shell that has
+    // not exec'd yet may be in the tree for a moment.
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let all_answer = || {
+        let tree = process_tree(job.unwrap());
+        let names: Vec<String> = tree.iter().map(|p| comm(*p).trim().to_string()).collect();
+        ["job.sh", "python3", "awk"].iter().all(|n| names.iter().any(|m| m == n))
+            && tree.iter().all(|p| sb.checkpoint(&["--status", &p.to_string()]).status.success())
+    };
+    assert!(wait_until(LONG, all_answer), "the job's processes never all answer");
+    (outer, job.unwrap())
+}
+
+#[test]
+fn a_job_script_is_checkpointed_with_its_children_by_its_pid_and_restored_twice() {
+    require_criu!();
+    let expected =
+        format!("sum {}\nscript: children ended with 0\n", JOB_LINES * (JOB_LINES + 1) / 2);
+    let sb = Sandbox::new("preload-job-tree");
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    let tree = process_tree(job);
+    for pid in &tree {
+        sb.adopt(*pid);
+    }
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // Restored while the original tree still runs: a fresh PID namespace, and no
+    // control socket of the original's children in the way.
+    let (status, stdout, stderr) = run_restart(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+    assert_eq!(status.code(), Some(7), "restore beside the original: {stdout}{stderr}");
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert_eq!(stdout, expected, "restore beside the original: {stderr}");
+    assert!(outer.wait().unwrap().success());
+    assert_eq!(sb.read("job.out"), expected, "the original run");
+
+    // Once more, the second time after killing the whole tree, children first so that
+    // each is reaped by its parent and its PID is free again: the tree comes back at
+    // its own PIDs, and each restored process can be checkpointed again (--wait: right
+    // after the restore, or after its parent's checkpoint, it may still be quiet).
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    let tree = process_tree(job);
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    for pid in tree.iter().rev() {
+        kill(*pid);
+        assert!(wait_until(LONG, || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    }
+    stop(&mut outer);
+    let (restored, stderr) = restart_fork(&sb, &[snapshot_path(&out).to_str().unwrap()]);
+    assert_eq!(restored, job, "{stderr}");
+    for pid in process_tree(restored) {
+        sb.adopt(pid);
+        let again = sb.checkpoint(&["--wait", "-n", &format!("again-{pid}"), &pid.to_string()]);
+        assert!(again.status.success(), "restored {pid}: {:?}", text(&again));
+    }
+    assert!(
+        wait_until(LONG, || sb.read("restart.stdout").ends_with(&expected)),
+        "restore after the kill: {}{stderr}",
+        sb.read("restart.stdout")
+    );
+}
+
+/// Launchers that only pass the program through behave as without the library: same
+/// output, same messages, same exit status.
+#[test]
+fn pass_through_launchers_behave_the_same_under_the_preload() {
+    let sb = Sandbox::new("preload-pass-through");
+    let job = sb.path("pass.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/bash\nsh -c 'echo in \"$X\"; echo err >&2; exit 3'\necho after $?\nexit 4\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let job = job.to_str().unwrap();
+    let launchers: &[&[&str]] = &[
+        &["setsid", "-w", job],
+        &["nohup", job],
+        &["env", "X=1", job],
+        &["timeout", "600", job],
+        &["stdbuf", "-oL", job],
+        &["bash", "-c", job],
+        &[job],
+    ];
+    for launcher in launchers {
+        let run = |preload: bool| {
+            let mut command = sb.command(launcher[0]);
+            command.args(&launcher[1..]);
+            if preload {
+                command.env("LD_PRELOAD", library());
+            }
+            let out = command.output().unwrap();
+            (out.status.code(), text(&out))
+        };
+        let (plain, preloaded) = (run(false), run(true));
+        assert_eq!(plain.0, Some(4), "{launcher:?}: {plain:?}");
+        assert_eq!(preloaded, plain, "{launcher:?}");
+    }
 }

@@ -796,3 +796,72 @@ fn figures_from_a_job_output() {
     assert_eq!(expected_value(0), 0);
     assert_eq!(expected_value(2400), 12371230527612661168);
 }
+
+/// `srun --export=ALL,LD_PRELOAD=…`: the job step's program is preloaded (not srun), is
+/// checkpointed by its PID on the node (self and criu), killed, and restarts to the
+/// end of an uninterrupted run. The same with LD_PRELOAD in srun's own environment
+/// (srun is preloaded then, and passes it on).
+#[test]
+fn srun_with_the_preload_on_its_command_line_preloads_the_step_program() {
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-srun");
+    let cluster = Cluster::start(&sb.path("slurm"))
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let self_app = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    let mut cases = vec![("self", self_app.clone(), true), ("self", self_app, false)];
+    if criu_missing().is_none() {
+        let plain = cc_without_library("preload_app.c", "preload-app-plain", &["-DNO_CALLBACKS"]);
+        cases.push(("criu", plain, true));
+    }
+    let limit = 60;
+    let library = lib_dir().join("libopalcrs.so");
+    for (component, exe, on_command_line) in cases {
+        let tag = format!("{component}-{}", if on_command_line { "export" } else { "env" });
+        let (log, state) = (sb.path(&format!("{tag}.log")), sb.path(&format!("{tag}.state")));
+        let mut srun = sb.command("srun");
+        srun.env("SLURM_CONF", &cluster.conf);
+        if on_command_line {
+            srun.arg(format!("--export=ALL,LD_PRELOAD={}", library.display()));
+        } else {
+            srun.env("LD_PRELOAD", &library);
+        }
+        srun.arg(&exe).args([&log, &state]).args(["--limit", &limit.to_string()]);
+        let mut srun = sb.spawn(srun, &format!("srun-{tag}"));
+        let logged_pid = || {
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("main pid="))
+                .and_then(|p| p.parse::<u32>().ok())
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || logged_pid().is_some()),
+            "{tag}: the step did not start: {}\n{}",
+            sb.read(&format!("srun-{tag}.out")),
+            cluster.logs()
+        );
+        let pid = logged_pid().unwrap();
+        sb.adopt(pid);
+        let maps = fs::read_to_string(format!("/proc/{}/maps", srun.id())).unwrap_or_default();
+        assert_eq!(maps.contains("libopalcrs"), !on_command_line, "{tag}: srun's own preload");
+        assert!(wait_until(Duration::from_secs(10), || {
+            last_count(&fs::read_to_string(&log).unwrap_or_default()).unwrap_or(0) >= 8
+        }));
+        let (_, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+        let meta = fs::read_to_string(snapshot.join("snapshot_meta.data")).unwrap();
+        assert!(meta.contains(&format!("# OPAL CRS Component: {component}")), "{meta}");
+        kill(pid);
+        assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+        assert!(wait_exit(&mut srun, Duration::from_secs(20)).is_some(), "srun did not end");
+        let done = fs::read_to_string(&log).unwrap_or_default();
+        assert!(!done.contains("done"), "{tag}: ended before it was killed");
+        let (status, _, stderr) = run_restart(&sb, &[snapshot.to_str().unwrap()]);
+        assert!(status.success(), "{tag}: restart {status:?}: {stderr}");
+        let expected = format!("done count={limit} sum={}", limit * (limit + 1) / 2);
+        let log_text = fs::read_to_string(&log).unwrap_or_default();
+        assert!(log_text.contains(&expected), "{tag}: {log_text}");
+    }
+}

@@ -8,7 +8,8 @@ use crate::runtime;
 use std::ffi::{CStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 #[used]
 #[link_section = ".init_array"]
@@ -36,13 +37,24 @@ extern "C" fn on_load() {
             );
             return;
         }
-        // Off the environment before anything runs a child (CRIU is probed in init).
+        // Off the environment while init may run a child (CRIU is probed there); put
+        // back afterwards unless opal_cr_preload_children=0, so that whatever a wrapper
+        // executes is preloaded too.
         strip_from_preload(&preload, &ours);
         match runtime::init() {
             Ok(()) => {
                 INITIALISED_HERE.store(true, Ordering::SeqCst);
                 runtime::set_preloaded_from(ours.clone());
                 super::vtable::publish_selected();
+                static ATFORK: std::sync::Once = std::sync::Once::new();
+                // SAFETY: registering fork handlers that only make async-signal-safe calls.
+                ATFORK.call_once(|| unsafe {
+                    libc::pthread_atfork(
+                        Some(before_fork),
+                        Some(after_fork_in_parent),
+                        Some(watch_for_orphaning),
+                    );
+                });
             }
             Err(e) => warn(&format!("checkpoint/restart disabled: {e}")),
         }
@@ -50,6 +62,92 @@ extern "C" fn on_load() {
             std::env::set_var("LD_PRELOAD", &preload);
         }
     });
+}
+
+/// The process that is forking, noted before the fork for its child to watch.
+static FORKING_PID: AtomicI32 = AtomicI32::new(0);
+/// Threads inside `fork` right now, and the thread taking over the runtime in a
+/// daemon (0: none). The two never overlap: a child forked while the runtime is being
+/// set up would inherit its locks held, and its own take-over would hang on them.
+static FORKS_IN_PROGRESS: AtomicI32 = AtomicI32::new(0);
+static TAKING_OVER: AtomicI32 = AtomicI32::new(0);
+/// How often a forked child looks whether its parent is still there.
+const ORPHAN_POLL: Duration = Duration::from_millis(100);
+
+fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// `pthread_atfork` prepare handler: waits out a take-over in progress (unless this
+/// thread is the one taking over, starting CRIU).
+extern "C" fn before_fork() {
+    FORKS_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+    let me = thread_id();
+    loop {
+        let owner = TAKING_OVER.load(Ordering::SeqCst);
+        if owner == 0 || owner == me {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    FORKING_PID.store(std::process::id() as i32, Ordering::SeqCst);
+}
+
+extern "C" fn after_fork_in_parent() {
+    FORKS_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// `pthread_atfork` child handler: a forked child never answers for its parent (the
+/// runtime closed the parent's socket), but a daemon's child whose parent exits is the
+/// program from then on. A thread waits for that and then initialises the runtime in
+/// the child. Only async-signal-safe calls here; an exec ends the thread.
+extern "C" fn watch_for_orphaning() {
+    FORKS_IN_PROGRESS.store(0, Ordering::SeqCst);
+    TAKING_OVER.store(0, Ordering::SeqCst);
+    let parent = FORKING_PID.load(Ordering::SeqCst);
+    // SAFETY: a detached thread running `watch_parent`, which takes the PID by value.
+    unsafe {
+        let mut thread: libc::pthread_t = std::mem::zeroed();
+        if libc::pthread_create(
+            &mut thread,
+            std::ptr::null(),
+            watch_parent,
+            parent as isize as *mut libc::c_void,
+        ) == 0
+        {
+            libc::pthread_detach(thread);
+        }
+    }
+}
+
+extern "C" fn watch_parent(parent: *mut libc::c_void) -> *mut libc::c_void {
+    let parent = parent as isize as libc::pid_t;
+    // A child that execs at once (a helper that forks twice, then execs) is gone before
+    // the first look.
+    loop {
+        std::thread::sleep(ORPHAN_POLL);
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            break;
+        }
+    }
+    // No fork may run meanwhile (see TAKING_OVER); a daemon forking again is waited for.
+    let me = thread_id();
+    loop {
+        TAKING_OVER.store(me, Ordering::SeqCst);
+        if FORKS_IN_PROGRESS.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        TAKING_OVER.store(0, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = std::panic::catch_unwind(|| match runtime::init() {
+        Ok(()) => super::vtable::publish_selected(),
+        Err(e) => warn(&format!("checkpoint/restart disabled: {e}")),
+    });
+    TAKING_OVER.store(0, Ordering::SeqCst);
+    std::ptr::null_mut()
 }
 
 extern "C" fn on_unload() {
@@ -98,7 +196,7 @@ fn names_us(preload: &OsString, ours: &Path) -> bool {
     entries(preload).any(|e| is_us(e, ours))
 }
 
-/// Children do not inherit the preload unless `opal_cr_preload_children` asks.
+/// LD_PRELOAD without this library (for `opal_cr_preload_children=0`).
 fn strip_from_preload(preload: &OsString, ours: &Path) {
     let rest: Vec<&[u8]> = entries(preload).filter(|e| !is_us(e, ours)).collect();
     if rest.is_empty() {

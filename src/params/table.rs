@@ -267,8 +267,8 @@ pub static PARAMS: &[ParamDef] = &[
     def(
         "opal_cr_preload_children",
         Bool,
-        "0",
-        "Let exec'd children inherit LD_PRELOAD of this library; by default a preloaded library removes itself from LD_PRELOAD.",
+        "1",
+        "Keep this library in LD_PRELOAD, so the program a wrapper (setsid, nohup, env, timeout, a script) executes, and the program's own exec'd children, are preloaded too; 0 removes it in the first process that loads it.",
     ),
     def(
         "opal_cr_enable_timer",

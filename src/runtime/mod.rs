@@ -387,8 +387,10 @@ fn install_signal(signal: c_int) -> Option<c_int> {
     // SAFETY: querying and setting a signal disposition with valid sigaction structs.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
+        // Our own handler is there already in a forked child taking over the runtime.
         if libc::sigaction(signal, std::ptr::null(), &mut old) != 0
-            || old.sa_sigaction != libc::SIG_DFL
+            || (old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != server::on_signal as *const () as usize)
         {
             log::info!(target: "cr", "cr: signal {signal} already handled by the program; not installing the checkpoint doorbell");
             return None;

@@ -212,6 +212,10 @@ pub struct Server {
     next_interval: Option<Instant>,
     /// The process ends once the tool has the result of this job, or at the deadline.
     exit_after: Option<(u64, i32, Instant)>,
+    /// Quiet while this ancestor dumps the tree (the listener thread meanwhile carries
+    /// the dump thread name, so tools learn "in progress"; not when the process started
+    /// during the dump).
+    quiet_for: Option<(i32, Option<control::DumpMarker>)>,
 }
 
 impl Server {
@@ -246,8 +250,12 @@ impl Server {
             waiters: Vec::new(),
             next_interval: None,
             exit_after: None,
+            quiet_for: None,
         };
-        server.open_listener()?;
+        match control::dumping_ancestor() {
+            Some(dumper) => server.quiet_for = Some((dumper, None)),
+            None => server.open_listener()?,
+        }
         server.schedule_interval();
         Ok(server)
     }
@@ -333,6 +341,10 @@ impl Server {
         if self.next_interval.is_some_and(|due| Instant::now() >= due) && !self.busy() {
             self.next_interval = None;
             self.enqueue(Request::default_options(Origin::Interval), None);
+        }
+        if self.quiet_for.as_ref().is_some_and(|(dumper, _)| !control::being_dumped(*dumper)) {
+            self.quiet_for = None;
+            self.reopen_listener();
         }
         if let Some((_, status, deadline)) = self.exit_after {
             if Instant::now() >= deadline {
@@ -502,6 +514,13 @@ impl Server {
                 }
                 Some(Reply::error(ErrorKind::UnknownId, format!("no checkpoint with id {id}")))
             }
+            control::Request::Quiet { dumper } => {
+                if self.quiet_for.is_none() {
+                    self.close_connections();
+                    self.quiet_for = Some((dumper, Some(control::DumpMarker::set())));
+                }
+                Some(Reply { v: PROTOCOL_VERSION, ..Reply::default() })
+            }
             control::Request::Status => {
                 let last = self.rt.last_published();
                 Some(Reply {
@@ -584,6 +603,7 @@ impl Server {
             let marker = quiet.then(control::DumpMarker::set);
             if quiet {
                 shared.quiet_down();
+                control::quiet_descendants(current_pid());
             }
             let result = checkpoint::take(&rt, &request);
             if quiet {
@@ -604,6 +624,7 @@ impl Server {
         let marker = quiet.then(control::DumpMarker::set);
         if quiet {
             self.close_connections();
+            control::quiet_descendants(current_pid());
         }
         let result = checkpoint::take(&self.rt, &job.request);
         if quiet {
@@ -663,7 +684,9 @@ impl Server {
             revents: 0,
         }));
         let now = Instant::now();
-        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d)]
+        // While quiet for an ancestor's dump, look every 20 ms whether it is over.
+        let quiet_check = self.quiet_for.is_some().then(|| now + Duration::from_millis(20));
+        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d), quiet_check]
             .into_iter()
             .flatten()
             .chain(self.pending.iter().map(PendingRequest::deadline))
