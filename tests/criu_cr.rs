@@ -281,16 +281,8 @@ fn stdout_in_a_file_without_append_that_grew() {
         .env("OMPI_MCA_crs", "criu")
         .stdout(Stdio::from(File::create(&stdout_file).unwrap()))
         .stderr(Stdio::from(File::create(sb.path("stderr.txt")).unwrap()));
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut app = command.spawn().unwrap();
+    let mut app = sb.spawn_in_session(command).unwrap();
     let pid = app.id();
-    sb.adopt(pid);
     let counting = wait_until(LONG, || count_lines(&sb).len() >= 2);
     assert!(counting, "{:?} {}{}", app.try_wait(), sb.read("stdout.txt"), sb.read("stderr.txt"));
     checkpoint_ok(&sb, &[&pid.to_string()]);

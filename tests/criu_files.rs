@@ -10,7 +10,6 @@ use common::*;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,16 +40,7 @@ fn spawn_xz(sb: &Sandbox, args: &[&str], stdin: Stdio, stdout: Stdio) -> Child {
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::from(File::create(sb.path("xz.err")).unwrap()));
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = command.spawn().expect("spawning xz");
-    sb.adopt(child.id());
-    child
+    sb.spawn_in_session(command).expect("spawning xz")
 }
 
 /// The uninterrupted run to compare with, started at once: `xz -9 -T1 < input`.
@@ -103,25 +93,32 @@ fn timed_checkpoint(sb: &Sandbox, pid: u32) -> Duration {
     started.elapsed()
 }
 
-#[test]
-fn xz_with_stdin_and_stdout_in_regular_files_restores_at_their_offsets() {
-    require_criu!();
-    let sb = Sandbox::new("files-xz-stdio");
-    let input = make_input(&sb, "in.txt");
-    let mut uninterrupted = reference(&sb, &input);
+/// `xz -9 -T1 <in.txt >out.xz`, checkpointed in the middle, left to write on, killed;
+/// with the uninterrupted run beside it. Returns its PID, the checkpoint's time, the
+/// uninterrupted run and out.xz.
+fn xz_stdio_checkpointed_and_killed(sb: &Sandbox) -> (u32, Duration, Child, PathBuf) {
+    let input = make_input(sb, "in.txt");
+    let uninterrupted = reference(sb, &input);
     let out = sb.path("out.xz");
     let mut xz = spawn_xz(
-        &sb,
+        sb,
         &["-9", "-T1"],
         Stdio::from(File::open(&input).unwrap()),
         Stdio::from(File::create(&out).unwrap()),
     );
     let pid = xz.id();
     grows_past(&out, 200_000, "xz did not start writing");
-    let took = timed_checkpoint(&sb, pid);
-    let at_checkpoint = size(&out);
-    grows_past(&out, at_checkpoint + 100_000, "xz did not go on after the checkpoint");
+    let took = timed_checkpoint(sb, pid);
+    grows_past(&out, size(&out) + 100_000, "xz did not go on after the checkpoint");
     kill_and_reap(&mut xz);
+    (pid, took, uninterrupted, out)
+}
+
+#[test]
+fn xz_with_stdin_and_stdout_in_regular_files_restores_at_their_offsets() {
+    require_criu!();
+    let sb = Sandbox::new("files-xz-stdio");
+    let (pid, took, mut uninterrupted, out) = xz_stdio_checkpointed_and_killed(&sb);
 
     let started = Instant::now();
     let (restored, stderr) = restart_fork(&sb, &[&series(pid)]);
@@ -184,20 +181,7 @@ fn xz_writing_its_own_output_file_is_cut_back_and_finishes_identical() {
 fn xz_restored_into_a_fresh_pid_namespace_finishes_identical() {
     require_criu!();
     let sb = Sandbox::new("files-xz-pidns");
-    let input = make_input(&sb, "in.txt");
-    let mut uninterrupted = reference(&sb, &input);
-    let out = sb.path("out.xz");
-    let mut xz = spawn_xz(
-        &sb,
-        &["-9", "-T1"],
-        Stdio::from(File::open(&input).unwrap()),
-        Stdio::from(File::create(&out).unwrap()),
-    );
-    let pid = xz.id();
-    grows_past(&out, 200_000, "xz did not start writing");
-    let took = timed_checkpoint(&sb, pid);
-    grows_past(&out, size(&out) + 100_000, "xz did not go on after the checkpoint");
-    kill_and_reap(&mut xz);
+    let (pid, took, mut uninterrupted, out) = xz_stdio_checkpointed_and_killed(&sb);
 
     let started = Instant::now();
     let (restored, stderr) = restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", &series(pid)]);
@@ -225,16 +209,8 @@ fn counter_checkpointed_and_killed(sb: &Sandbox) -> (u32, u64) {
         .env("OMPI_MCA_crs", "criu")
         .stdout(Stdio::from(File::create(sb.path("stdout.txt")).unwrap()))
         .stderr(Stdio::from(File::create(sb.path("stderr.txt")).unwrap()));
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut app = command.spawn().unwrap();
+    let mut app = sb.spawn_in_session(command).unwrap();
     let pid = app.id();
-    sb.adopt(pid);
     let counting = wait_until(LONG, || sb.read("count").lines().count() >= 2);
     assert!(counting, "the counter does not count: {}", sb.read("stderr.txt"));
     checkpoint_ok(sb, &[&pid.to_string()]);

@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -56,18 +55,10 @@ fn start(sb: &Sandbox, mut command: Command, stdout: &Path) -> Child {
     command
         .stdout(File::create(stdout).unwrap())
         .stderr(File::create(stdout.with_extension("err")).unwrap());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = command.spawn().unwrap_or_else(|e| {
-        panic!("starting {:?}: {e} (scripts/install-deps.sh installs it)", command.get_program())
-    });
-    sb.adopt(child.id());
-    child
+    let program = command.get_program().to_owned();
+    sb.spawn_in_session(command).unwrap_or_else(|e| {
+        panic!("starting {program:?}: {e} (scripts/install-deps.sh installs it)")
+    })
 }
 
 /// SIGKILLs the process group our child leads (the tree it started), reaps the child and

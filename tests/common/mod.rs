@@ -119,6 +119,11 @@ impl Sandbox {
             .open(self.path(&format!("{name}.out")))
             .unwrap();
         command.stdout(out.try_clone().unwrap()).stderr(out);
+        self.spawn_in_session(command).expect("spawning a test program")
+    }
+
+    /// Starts `command` as it is set up, in its own session, ended with the sandbox.
+    pub fn spawn_in_session(&self, mut command: Command) -> std::io::Result<Child> {
         // SAFETY: setsid is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
@@ -126,9 +131,9 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let child = command.spawn().expect("spawning a test program");
+        let child = command.spawn()?;
         self.children.lock().unwrap().push(child.id());
-        child
+        Ok(child)
     }
 
     /// A copy of `program` in the sandbox under `name` (which another user may run: the
