@@ -106,6 +106,9 @@ extern "C" fn watch_for_orphaning() {
     FORKS_IN_PROGRESS.store(0, Ordering::SeqCst);
     TAKING_OVER.store(0, Ordering::SeqCst);
     let parent = FORKING_PID.load(Ordering::SeqCst);
+    // Created with every signal blocked, which it inherits: the program's signals are
+    // not taken by it (the forking thread's own mask is put back at once).
+    let program_mask = runtime::block_all_signals();
     // SAFETY: a detached thread running `watch_parent`, which takes the PID by value.
     unsafe {
         let mut thread: libc::pthread_t = std::mem::zeroed();
@@ -118,6 +121,7 @@ extern "C" fn watch_for_orphaning() {
         {
             libc::pthread_detach(thread);
         }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &program_mask, std::ptr::null_mut());
     }
 }
 

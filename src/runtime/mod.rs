@@ -183,15 +183,19 @@ fn forget_inherited(state: &mut State) {
     }
 }
 
-/// Blocks every signal in the calling thread, the listener (its checkpoint workers
-/// inherit the mask): a signal sent to the whole process then goes to the program's own
-/// threads only, as without the library, and one the program blocks stays pending.
-fn block_all_signals() {
-    // SAFETY: sigfillset and pthread_sigmask on a local set and this thread's own mask.
+/// Blocks every signal in the calling thread and returns the mask it had. Every thread
+/// of the library runs with all signals blocked (the listener blocks them itself, its
+/// checkpoint workers inherit the mask, the orphan watcher is created under it): a signal
+/// sent to the whole process then goes to the program's own threads only, as without
+/// the library, and one the program blocks stays pending. Async-signal-safe.
+pub(crate) fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: sigfillset and pthread_sigmask on local sets and this thread's own mask.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
+        let (mut all, mut before): (libc::sigset_t, libc::sigset_t) =
+            (std::mem::zeroed(), std::mem::zeroed());
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+        before
     }
 }
 
