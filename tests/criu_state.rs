@@ -235,3 +235,24 @@ fn a_child_stopped_before_its_fork_handlers_keeps_no_connection_unanswered_and_s
     kill(child);
     kill(restored);
 }
+
+#[test]
+fn a_child_subreaper_is_checkpointed_and_stays_one() {
+    require_criu!();
+    let sb = Sandbox::new("state-subreaper");
+    let exe = cc_without_library("child_subreaper.c", "child-subreaper", &[]);
+    let mut command = sb.command(&exe);
+    command.env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("ready")), "{}", sb.read("app.out"));
+    // CRIU refused ("The criu itself is within dumped tree"): its detached helper was
+    // handed to the subreaper when the intermediate child exited.
+    checkpoint_ok(&sb, &["--timeout", "20", &pid.to_string()]);
+    assert!(children(pid).is_empty(), "the checkpoint left children: {:?}", children(pid));
+    kill_and_reap(&mut app);
+    let (restored, stderr) = restart_fork(&sb, &[&format!("opal_snapshot_{pid}.ckpt")]);
+    assert_eq!(restored, pid, "{stderr}");
+    assert!(alive(pid), "the restored subreaper is gone: {stderr}");
+    kill(restored);
+}
