@@ -41,11 +41,12 @@ REPO=$PWD
 
 # The quick subset: tests that pass both ways, none with an INET socket (CRIU 4.1.1
 # cannot dump one on new kernels): processes and trees, memory, registers, signals,
-# timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys.
+# timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys, a
+# stopped child, a child subreaper.
 QUICK="busyloop00 sleeping00 caps00 wait00 zombie00 fpu00 futex-rl mprotect00 timers01
 timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 pthread00 vdso00 maps00
 sigaltstack pdeath_sig xids00 sockets00 sockets_dgram pipe01 write_read00 file_append
-cwd00 fifo file_fown epoll eventfs00 pty00"
+cwd00 fifo file_fown epoll eventfs00 pty00 stopped child_subreaper"
 
 die() { echo "zdtm: $*" >&2; exit "${2:-2}"; }
 cannot() { echo "zdtm: cannot run: $*" >&2; exit 3; }
