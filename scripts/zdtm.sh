@@ -41,7 +41,8 @@ REPO=$PWD
 
 # The quick subset: tests that pass both ways, none with an INET socket (CRIU 4.1.1
 # cannot dump one on new kernels): processes and trees, memory, registers, signals,
-# timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys; and
+# timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys, a
+# stopped child, a child subreaper; and
 # what the library once got wrong (its fds on numbers tests use, pending signals,
 # signalfd, files under /proc, file locks). Not sigpending: since the library follows
 # the program into its children by default it fails now and then (README).
@@ -49,7 +50,7 @@ QUICK="pipe00 tty00 signalfd00 child_opened_proc file_locks00
 busyloop00 sleeping00 caps00 wait00 zombie00 fpu00 futex-rl mprotect00 timers01
 timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 pthread00 vdso00 maps00
 sigaltstack pdeath_sig xids00 sockets00 sockets_dgram pipe01 write_read00 file_append
-cwd00 fifo file_fown epoll eventfs00 pty00"
+cwd00 fifo file_fown epoll eventfs00 pty00 stopped child_subreaper"
 
 die() { echo "zdtm: $*" >&2; exit "${2:-2}"; }
 cannot() { echo "zdtm: cannot run: $*" >&2; exit 3; }

@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -187,4 +189,70 @@ fn a_checkpoint_sends_the_program_no_sigchld() {
         sb.read("app.out")
     );
     assert!(wait_exit(&mut app, LONG).is_some_and(|status| status.success()));
+}
+
+#[test]
+fn a_child_stopped_before_its_fork_handlers_keeps_no_connection_unanswered_and_stays_stopped() {
+    require_criu!();
+    let sb = Sandbox::new("state-stopped-in-fork");
+    let exe = cc_without_library("stopped_in_fork.c", "stopped-in-fork", &[]);
+    let mut command = sb.command(&exe);
+    command.env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("ready ")), "{}", sb.read("app.out"));
+    let child: u32 = sb.read("app.out").split_whitespace().nth(1).unwrap().parse().unwrap();
+    sb.adopt(child);
+    let before = opalcrs::control::locate(pid as i32).unwrap();
+    checkpoint_ok(&sb, &["--timeout", "20", &pid.to_string()]);
+
+    // The stopped child still holds the socket the process closed for its dump: a tool
+    // that connects there (it found the name just before) is refused, or answered,
+    // never left waiting (opal-checkpoint timed out so on zdtm `stopped`).
+    let address = SocketAddr::from_abstract_name(before.name.as_bytes()).unwrap();
+    if let Ok(stream) = UnixStream::connect_addr(&address) {
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let request = opalcrs::control::RequestEnvelope {
+            v: opalcrs::control::PROTOCOL_VERSION,
+            request: opalcrs::control::Request::Status,
+        };
+        opalcrs::control::write_message(&stream, &request).unwrap();
+        let reply: std::io::Result<opalcrs::control::Reply> =
+            opalcrs::control::read_message(&stream);
+        assert!(
+            !reply.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a connection to the socket given up for the dump was left unanswered: {reply:?}"
+        );
+    }
+
+    kill_and_reap(&mut app);
+    kill(child);
+    assert!(gone(child), "the stopped child {child} was not reaped");
+    let (restored, stderr) = restart_fork(&sb, &[&format!("opal_snapshot_{pid}.ckpt")]);
+    assert_eq!(restored, pid, "{stderr}");
+    let state = proc_status(child, "State").unwrap_or_default();
+    assert!(state.starts_with('T'), "the restored child is not stopped: {state:?}");
+    kill(child);
+    kill(restored);
+}
+
+#[test]
+fn a_child_subreaper_is_checkpointed_and_stays_one() {
+    require_criu!();
+    let sb = Sandbox::new("state-subreaper");
+    let exe = cc_without_library("child_subreaper.c", "child-subreaper", &[]);
+    let mut command = sb.command(&exe);
+    command.env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("app.out").contains("ready")), "{}", sb.read("app.out"));
+    // CRIU refused ("The criu itself is within dumped tree"): its detached helper was
+    // handed to the subreaper when the intermediate child exited.
+    checkpoint_ok(&sb, &["--timeout", "20", &pid.to_string()]);
+    assert!(children(pid).is_empty(), "the checkpoint left children: {:?}", children(pid));
+    kill_and_reap(&mut app);
+    let (restored, stderr) = restart_fork(&sb, &[&format!("opal_snapshot_{pid}.ckpt")]);
+    assert_eq!(restored, pid, "{stderr}");
+    assert!(alive(pid), "the restored subreaper is gone: {stderr}");
+    kill(restored);
 }

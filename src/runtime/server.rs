@@ -282,7 +282,17 @@ impl Server {
 
     fn close_connections(&mut self) {
         LISTENER_FD.store(-1, Ordering::SeqCst);
-        self.listener = None;
+        if let Some(listener) = self.listener.take() {
+            // A child stopped before its fork handlers ran still holds this socket, so
+            // closing ours would leave it listening with nobody to accept: a shutdown
+            // refuses new connections for every holder (the tool asks again), and the
+            // ones already queued are taken and closed here.
+            // SAFETY: shutdown of a socket we own.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+            while let Ok((queued, _)) = listener.accept() {
+                drop(queued);
+            }
+        }
         self.pending.clear();
         self.waiters.clear();
     }

@@ -588,6 +588,14 @@ pub(crate) unsafe fn spawn_swrk(
         return Err(errno());
     }
     let [status_read, status_write] = status_pipe;
+    // A caller that is a child subreaper would adopt the detached helper when the
+    // intermediate child exits, and CRIU refuses to dump a tree it is part of: the
+    // flag is off until the intermediate child is reaped.
+    let subreaper = helper == Helper::Detached && is_child_subreaper();
+    if subreaper {
+        // SAFETY: prctl on this process's own flag.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    }
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
     let first = unsafe {
         match helper {
@@ -623,6 +631,10 @@ pub(crate) unsafe fn spawn_swrk(
     // SAFETY: closing our copy of the write end so that reads see EOF after exec.
     unsafe { libc::close(status_write) };
     if first < 0 {
+        if subreaper {
+            // SAFETY: prctl on this process's own flag.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        }
         // SAFETY: status_read is ours.
         unsafe { libc::close(status_read) };
         return Err(fork_errno);
@@ -634,6 +646,10 @@ pub(crate) unsafe fn spawn_swrk(
         while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
             && errno() == libc::EINTR
         {}
+    }
+    if subreaper {
+        // SAFETY: prctl on this process's own flag.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
     let report = read_status_pipe(status_read);
     // SAFETY: status_read is ours.
@@ -651,6 +667,14 @@ pub(crate) unsafe fn spawn_swrk(
             })
         }
     }
+}
+
+/// Whether this process is a child subreaper (PR_SET_CHILD_SUBREAPER).
+fn is_child_subreaper() -> bool {
+    let mut flag: c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer.
+    let rc = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut c_int, 0, 0, 0) };
+    rc == 0 && flag != 0
 }
 
 /// What the status pipe said: nothing (exec succeeded), a PID, or an errno.
