@@ -12,7 +12,7 @@
 //! recorded offset.
 
 use super::proto::{Reader, Value};
-use super::restore::IMG_COMMON_MAGIC;
+use super::restore::image_entries;
 use crate::codes;
 use crate::error::{Error, Result};
 use crate::owner::{c_path, Owner, StepError};
@@ -72,31 +72,10 @@ struct RegEntry {
     external: bool,
 }
 
-/// The entries of a CRIU image with the given magic: each a length and a message.
-fn image_entries(bytes: &[u8], magic: u32) -> Result<Vec<&[u8]>> {
-    let bad = |what: &str| {
-        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU files image: {what}"))
-    };
-    let word = |at: usize| -> Option<u32> {
-        bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(magic) {
-        return Err(bad("wrong magic"));
-    }
-    let mut entries = Vec::new();
-    let mut at = 8;
-    while at < bytes.len() {
-        let len = word(at).ok_or_else(|| bad("truncated entry size"))? as usize;
-        entries.push(bytes.get(at + 4..at + 4 + len).ok_or_else(|| bad("truncated entry"))?);
-        at += 4 + len;
-    }
-    Ok(entries)
-}
-
 /// The regular files in `files.img`.
 fn parse_files(bytes: &[u8]) -> Result<Vec<RegEntry>> {
     let mut found = Vec::new();
-    for entry in image_entries(bytes, FILES_MAGIC)? {
+    for entry in image_entries(bytes, FILES_MAGIC, "files")? {
         let (mut kind, mut reg) = (None, None);
         let mut reader = Reader::new(entry);
         while let Some((number, value)) = reader.next_field()? {
@@ -133,7 +112,7 @@ fn parse_files(bytes: &[u8]) -> Result<Vec<RegEntry>> {
 /// `remap-fpath.img` (unlinked or hidden ones CRIU restores from its own copy or link).
 fn parse_ids(bytes: &[u8], magic: u32, field: u32) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for entry in image_entries(bytes, magic)? {
+    for entry in image_entries(bytes, magic, "files")? {
         let mut reader = Reader::new(entry);
         while let Some((number, value)) = reader.next_field()? {
             if number == field {
@@ -390,7 +369,7 @@ mod tests {
 
     fn image(magic: u32, entries: &[Vec<u8>]) -> Vec<u8> {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&super::super::restore::IMG_COMMON_MAGIC.to_le_bytes());
         bytes.extend_from_slice(&magic.to_le_bytes());
         for entry in entries {
             bytes.extend_from_slice(&(entry.len() as u32).to_le_bytes());

@@ -280,22 +280,34 @@ pub fn image_pids(images_dir: &Path) -> Result<Vec<i32>> {
     parse_pstree(&bytes).map_err(|e| e.context(path.display()))
 }
 
-fn parse_pstree(bytes: &[u8]) -> Result<Vec<i32>> {
-    let bad = |what: &str| {
-        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU pstree image: {what}"))
+/// The entries of a CRIU image (`what` names it in errors) with the given magic: after
+/// the two magic words, each entry is a length and a protobuf message.
+pub(super) fn image_entries<'a>(bytes: &'a [u8], magic: u32, what: &str) -> Result<Vec<&'a [u8]>> {
+    let bad = |why: &str| {
+        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU {what} image: {why}"))
     };
     let word = |at: usize| -> Option<u32> {
         bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(magic) {
         return Err(bad("wrong magic"));
     }
-    let mut pids = Vec::new();
+    let mut entries = Vec::new();
     let mut at = 8;
     while at < bytes.len() {
         let len = word(at).ok_or_else(|| bad("truncated entry size"))? as usize;
-        let entry = bytes.get(at + 4..at + 4 + len).ok_or_else(|| bad("truncated entry"))?;
+        entries.push(bytes.get(at + 4..at + 4 + len).ok_or_else(|| bad("truncated entry"))?);
         at += 4 + len;
+    }
+    Ok(entries)
+}
+
+fn parse_pstree(bytes: &[u8]) -> Result<Vec<i32>> {
+    let bad = |what: &str| {
+        Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU pstree image: {what}"))
+    };
+    let mut pids = Vec::new();
+    for entry in image_entries(bytes, PSTREE_MAGIC, "pstree")? {
         let mut reader = Reader::new(entry);
         while let Some((number, value)) = reader.next_field()? {
             if let (PSTREE_PID | PSTREE_THREADS, Value::Varint(raw)) = (number, value) {
@@ -329,14 +341,8 @@ fn parse_core_groups(bytes: &[u8]) -> Result<Vec<u32>> {
     let bad = |what: &str| {
         Error::new(codes::OPAL_ERR_FILE_READ_FAILURE, format!("not a CRIU core image: {what}"))
     };
-    let word = |at: usize| -> Option<u32> {
-        bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(CORE_MAGIC) {
-        return Err(bad("wrong magic"));
-    }
-    let len = word(8).ok_or_else(|| bad("no entry"))? as usize;
-    let entry = bytes.get(12..12 + len).ok_or_else(|| bad("truncated entry"))?;
+    let entries = image_entries(bytes, CORE_MAGIC, "core")?;
+    let entry = *entries.first().ok_or_else(|| bad("no entry"))?;
     let field = |message: &[u8], number: u32| -> Result<Option<Vec<u8>>> {
         let mut reader = Reader::new(message);
         while let Some((found, value)) = reader.next_field()? {
