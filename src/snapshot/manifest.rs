@@ -620,15 +620,15 @@ mod tests {
         }
     }
 
+    /// Cuts the test snapshot's page image down to 4 bytes.
+    fn truncate_pages(dir: &Path) {
+        File::options().write(true).open(dir.join("images/pages.img")).unwrap().set_len(4).unwrap();
+    }
+
     #[test]
     fn verify_detects_a_truncated_file() {
         let dir = snapshot(b"payload bytes");
-        File::options()
-            .write(true)
-            .open(dir.path().join("images/pages.img"))
-            .unwrap()
-            .set_len(4)
-            .unwrap();
+        truncate_pages(dir.path());
         let verdict = verify(dir.path());
         assert_eq!(
             verdict,
@@ -762,12 +762,7 @@ mod tests {
         fs::write(dir.path().join("images/pages.img"), b"payload bytez").unwrap();
         assert_eq!(verify_sizes(dir.path()), Verdict::Good);
         assert!(matches!(verify(dir.path()), Verdict::Corrupt { .. }));
-        File::options()
-            .write(true)
-            .open(dir.path().join("images/pages.img"))
-            .unwrap()
-            .set_len(4)
-            .unwrap();
+        truncate_pages(dir.path());
         let truncated = Verdict::Corrupt {
             file: "images/pages.img".into(),
             reason: "size 4, expected 13".into(),
