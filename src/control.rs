@@ -152,6 +152,9 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::i
 /// stream is non-blocking and the whole line must arrive before `deadline`.
 pub struct PendingRequest {
     stream: UnixStream,
+    /// The connecting process, so that one process's connections cannot crowd out
+    /// another's.
+    peer: i32,
     line: Vec<u8>,
     deadline: Instant,
 }
@@ -168,9 +171,17 @@ pub enum Received {
 }
 
 impl PendingRequest {
-    pub fn new(stream: UnixStream, deadline: Instant) -> std::io::Result<PendingRequest> {
+    pub fn new(
+        stream: UnixStream,
+        peer: i32,
+        deadline: Instant,
+    ) -> std::io::Result<PendingRequest> {
         stream.set_nonblocking(true)?;
-        Ok(PendingRequest { stream, line: Vec::new(), deadline })
+        Ok(PendingRequest { stream, peer, line: Vec::new(), deadline })
+    }
+
+    pub fn peer(&self) -> i32 {
+        self.peer
     }
 
     pub fn stream(&self) -> &UnixStream {
@@ -533,7 +544,7 @@ mod tests {
     fn pending(client_sends: &[u8]) -> (UnixStream, PendingRequest) {
         let (client, server) = UnixStream::pair().unwrap();
         (&client).write_all(client_sends).unwrap();
-        (client, PendingRequest::new(server, Instant::now()).unwrap())
+        (client, PendingRequest::new(server, 1, Instant::now()).unwrap())
     }
 
     #[test]

@@ -889,12 +889,10 @@ fn slow_or_silent_clients_do_not_delay_a_real_checkpoint() {
          while a client opens connections without end {flooded:?} (ok {flooded_ok})"
     );
     assert!(trickled_ok && silent_ok && flooded_ok, "{:?}", text(&out));
+    // A client that never stops connecting once kept the listener accepting forever,
+    // so the finished checkpoint was never answered (20 s, timed out).
     let bound = normal + Duration::from_secs(1);
-    assert!(trickled < bound && with_silent < bound, "delayed beyond {bound:?}");
-    // A client that never stops connecting can push the tool's connection out of the
-    // bounded backlog (the oldest goes); the tool then asks again: one more round.
-    let flood_bound = normal + Duration::from_secs(3);
-    assert!(flooded < flood_bound, "delayed beyond {flood_bound:?} by a flood of connections");
+    assert!(trickled < bound && with_silent < bound && flooded < bound, "delayed beyond {bound:?}");
     // The process still serves.
     checkpoint_ok(&sb, &[&app.arg()]);
 }

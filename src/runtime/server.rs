@@ -385,9 +385,12 @@ impl Server {
         }
     }
 
-    /// Takes every waiting connection, then serves what has arrived on any of them.
+    /// Takes the waiting connections, then serves what has arrived on any of them. At
+    /// most a bound's worth per round, so that a client connecting without end cannot
+    /// keep the loop from finishing jobs and answering their waiters.
     fn accept_all(&mut self) {
-        while let Some(listener) = &self.listener {
+        for _ in 0..MAX_CONNECTIONS {
+            let Some(listener) = &self.listener else { break };
             match listener.accept() {
                 Ok((stream, _)) => {
                     self.admit(UnixStream::from(own_fd::above_program(stream.into())))
@@ -404,32 +407,39 @@ impl Server {
     }
 
     /// A new connection of an allowed peer is served at once if its request is there
-    /// (a tool sends it as it connects), else waits for it without blocking anyone;
-    /// past the bound the oldest waiting connection is closed.
+    /// (a tool sends it as it connects), else waits for it without blocking anyone.
+    /// Past the bound the oldest waiting connection of the process holding the most is
+    /// closed, so a process that opens connections without end only pushes out its own.
     fn admit(&mut self, stream: UnixStream) {
         // SAFETY: geteuid has no preconditions.
         let own_uid = unsafe { libc::geteuid() };
-        let refusal = match control::peer_cred(&stream) {
-            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => None,
-            Ok(cred) => Some(format!(
-                "permission denied: uid {} may not checkpoint a process of uid {own_uid}",
-                cred.uid
-            )),
-            Err(e) => Some(format!("cannot check the peer's credentials: {e}")),
+        let cred = match control::peer_cred(&stream) {
+            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => cred,
+            refused => {
+                let refusal = match refused {
+                    Ok(cred) => format!(
+                        "permission denied: uid {} may not checkpoint a process of uid {own_uid}",
+                        cred.uid
+                    ),
+                    Err(e) => format!("cannot check the peer's credentials: {e}"),
+                };
+                answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
+                return;
+            }
         };
-        if let Some(refusal) = refusal {
-            answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
-            return;
-        }
-        match PendingRequest::new(stream, Instant::now() + REQUEST_DEADLINE) {
+        match PendingRequest::new(stream, cred.pid, Instant::now() + REQUEST_DEADLINE) {
             Ok(request) => self.serve(request, Instant::now()),
             Err(e) => log::warn!(target: "cr", "cr: cannot serve a control connection: {e}"),
         }
-        while self.pending.len() + self.waiters.len() > MAX_CONNECTIONS {
-            if self.pending.pop_front().is_none() {
-                // A tool whose wait is closed asks again.
-                self.waiters.remove(0);
+        while self.pending.len() > MAX_CONNECTIONS {
+            let crowding = most_connected(self.pending.iter().map(PendingRequest::peer));
+            if let Some(oldest) = self.pending.iter().position(|r| Some(r.peer()) == crowding) {
+                self.pending.remove(oldest);
             }
+        }
+        if self.waiters.len() > MAX_CONNECTIONS {
+            // A tool whose wait is closed asks again.
+            self.waiters.remove(0);
         }
     }
 
@@ -709,6 +719,18 @@ impl Server {
     }
 }
 
+/// The peer holding the most connections (the first of equals).
+fn most_connected(peers: impl Iterator<Item = i32>) -> Option<i32> {
+    let mut counts: Vec<(i32, usize)> = Vec::new();
+    for peer in peers {
+        match counts.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((peer, 1)),
+        }
+    }
+    counts.iter().rev().max_by_key(|(_, n)| *n).map(|(p, _)| *p)
+}
+
 /// Replies on a non-blocking connection: a reply fits in the socket's buffer, and a
 /// client that does not read it loses it.
 fn answer(stream: &UnixStream, reply: &Reply) {
@@ -718,4 +740,16 @@ fn answer(stream: &UnixStream, reply: &Reply) {
 fn end_process(status: i32) -> ! {
     log::info!(target: "cr", "cr: ending the process after its checkpoint (exit status {status})");
     std::process::exit(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_connected;
+
+    #[test]
+    fn the_process_holding_the_most_connections_is_found() {
+        assert_eq!(most_connected([7, 9, 9, 7, 9].into_iter()), Some(9));
+        assert_eq!(most_connected([5, 3, 3, 5].into_iter()), Some(5));
+        assert_eq!(most_connected(std::iter::empty()), None);
+    }
 }
