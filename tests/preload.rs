@@ -457,6 +457,60 @@ fn a_job_script_is_checkpointed_with_its_children_by_its_pid_and_restored_twice(
     );
 }
 
+/// The PID a process sees for itself (the last of its `NSpid:` line).
+fn pid_inside(pid: u32) -> Option<u32> {
+    proc_status(pid, "NSpid")?.split_whitespace().last()?.parse().ok()
+}
+
+/// A tree restored into a fresh PID namespace is checkpointed again by its root's PID as
+/// seen from outside, its namespace killed, and restored again, for three rounds, each
+/// into a fresh namespace; the last run ends as an uninterrupted one would.
+#[test]
+fn a_job_tree_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_after_round() {
+    require_criu!();
+    let expected =
+        format!("sum {}\nscript: children ended with 0\n", JOB_LINES * (JOB_LINES + 1) / 2);
+    let sb = Sandbox::new("preload-job-retree");
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    for pid in process_tree(job) {
+        sb.adopt(pid);
+    }
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut snapshot = snapshot_path(&out);
+    for round in 1..=2 {
+        // The original still runs in the first round; later ones ask for a namespace.
+        let (restored, stderr) =
+            restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
+        assert!(stderr.contains("new PID namespace"), "round {round}: {stderr}");
+        let tree = process_tree(restored);
+        for pid in &tree {
+            sb.adopt(*pid);
+        }
+        assert_eq!(pid_inside(restored), Some(job), "round {round}: the root's own PID");
+        let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+        sb.adopt(init);
+        std::thread::sleep(Duration::from_millis(400));
+        let name = format!("round-{round}");
+        let again = sb.checkpoint(&["--wait", "-n", &name, &restored.to_string()]);
+        assert!(again.status.success(), "round {round}: {:?}", text(&again));
+        snapshot = snapshot_path(&again);
+        // The namespace ends with its init, and the restored tree with it.
+        kill(init);
+        assert!(
+            wait_until(LONG, || tree.iter().all(|pid| !alive(*pid))),
+            "round {round}: the restored tree outlives its namespace"
+        );
+    }
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(7), "last restore: {stdout}{stderr}");
+    assert_eq!(stdout, expected, "last restore: {stderr}");
+    assert!(outer.wait().unwrap().success());
+    assert_eq!(sb.read("job.out"), expected, "the original run");
+}
+
 /// Launchers that only pass the program through behave as without the library: same
 /// output, same messages, same exit status.
 #[test]
