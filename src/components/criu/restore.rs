@@ -569,6 +569,7 @@ enum Step {
     MountPrivate,
     MountProc,
     SetLastPid,
+    NewSession,
     SpawnCriu,
     SendRequest,
     ReceiveAnswer,
@@ -579,13 +580,14 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 11] = [
+    const ALL: [Step; 12] = [
         Step::Done,
         Step::Unshare,
         Step::ForkInit,
         Step::MountPrivate,
         Step::MountProc,
         Step::SetLastPid,
+        Step::NewSession,
         Step::SpawnCriu,
         Step::SendRequest,
         Step::ReceiveAnswer,
@@ -601,6 +603,7 @@ impl Step {
             Step::MountPrivate => "making / private in the new mount namespace",
             Step::MountProc => "mounting /proc for the new PID namespace",
             Step::SetLastPid => "moving the new PID namespace's next PID past the image's PIDs",
+            Step::NewSession => "starting a session in the new PID namespace",
             Step::SpawnCriu => "starting criu swrk",
             Step::SendRequest => "sending the request to criu swrk",
             Step::ReceiveAnswer => "reading the answer of criu swrk",
@@ -1194,6 +1197,12 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
         }
         if last_pid >= 0 {
             libc::close(last_pid);
+        }
+        // A session inside: a restored root that did not lead its own session (a shell
+        // job) joins CRIU's, which was the caller's, outside, and CRIU cannot dump a
+        // process whose session leader is outside its namespace.
+        if libc::setsid() < 0 {
+            fail(plan, Step::NewSession, rpc::errno());
         }
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
