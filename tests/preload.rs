@@ -511,6 +511,45 @@ fn a_job_tree_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_af
     assert_eq!(sb.read("job.out"), expected, "the original run");
 }
 
+/// A preloaded `cat` reading a pipe, restored into a fresh PID namespace with a file
+/// for stdin and another for stdout (each reaches it through a pipe that the namespace
+/// holder relays): it copies the file and ends at its end, and opal-restart with it.
+#[test]
+fn a_process_restored_into_a_fresh_pid_namespace_reads_our_stdin_file_to_its_end() {
+    require_criu!();
+    let sb = Sandbox::new("preload-pidns-stdin");
+    let mut command = sb.command("cat");
+    command
+        .env("LD_PRELOAD", library())
+        .env("OMPI_MCA_crs", "criu")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut cat = sb.spawn_in_session(command).unwrap();
+    let pid = cat.id().to_string();
+    let answers = || sb.checkpoint(&["--status", &pid]).status.success();
+    assert!(wait_until(LONG, answers), "cat never answers");
+    let out = sb.checkpoint(&[&pid]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let lines: String = (1..=5000).map(|n| format!("line {n}\n")).collect();
+    std::fs::write(sb.path("input"), &lines).unwrap();
+    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
+    let restart = sb
+        .command(restart_tool())
+        .args(["-mca", "crs_criu_pidns", "always", snapshot_path(&out).to_str().unwrap()])
+        .stdin(std::fs::File::open(sb.path("input")).unwrap())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    sb.adopt(restart.id());
+    let status = wait_exit(&mut { restart }, LONG);
+    kill_and_reap(&mut cat);
+    let stderr = sb.read("restart.stderr");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert!(sb.read("restart.stdout") == lines, "cat's output differs from its input: {stderr}");
+}
+
 /// Launchers that only pass the program through behave as without the library: same
 /// output, same messages, same exit status.
 #[test]

@@ -1407,6 +1407,27 @@ mod tests {
     }
 
     #[test]
+    fn only_what_lies_on_a_mount_is_relayed() {
+        let (read, write) = pipe().unwrap();
+        let (socket, _peer) = rpc::socket_pair().unwrap();
+        let null = File::open("/dev/null").unwrap();
+        let file = File::open("/proc/self/exe").unwrap();
+        assert!(!Relay::needed_for(read.as_raw_fd()) && !Relay::needed_for(write.as_raw_fd()));
+        assert!(!Relay::needed_for(socket.as_raw_fd()));
+        let terminal = File::options().read(true).write(true).open("/dev/ptmx").unwrap();
+        assert!(!Relay::needed_for(terminal.as_raw_fd()), "a terminal");
+        assert!(Relay::needed_for(null.as_raw_fd()) && Relay::needed_for(file.as_raw_fd()));
+        let outbound = Relay::new(file.as_raw_fd(), false).unwrap();
+        // SAFETY: fcntl only queries the descriptors.
+        let mode = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE;
+        assert_eq!(mode(outbound.fds.tree_end), libc::O_WRONLY, "the tree writes");
+        let inbound = Relay::new(file.as_raw_fd(), true).unwrap();
+        assert_eq!(mode(inbound.fds.tree_end), libc::O_RDONLY, "the tree reads");
+        assert_eq!(inbound.fds.handed, file.as_raw_fd());
+        assert_ne!(inbound.fds.ours, file.as_raw_fd());
+    }
+
+    #[test]
     fn reads_our_own_ns_pids() {
         let own = std::process::id() as i32;
         assert_eq!(ns_pids(own).last(), Some(&own));
