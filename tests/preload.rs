@@ -496,6 +496,15 @@ fn a_job_tree_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_af
         let again = sb.checkpoint(&["--wait", "-n", &name, &restored.to_string()]);
         assert!(again.status.success(), "round {round}: {:?}", text(&again));
         snapshot = snapshot_path(&again);
+        // A process inside the tree, by its PID outside: it alone (with its descendants).
+        let comm = |pid: &&u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        let producer = *tree.iter().find(|p| comm(p).as_deref() == Some("python3\n")).unwrap();
+        let inner =
+            sb.checkpoint(&["--wait", "-n", &format!("{name}-inner"), &producer.to_string()]);
+        assert!(inner.status.success(), "round {round}: {:?}", text(&inner));
+        let pids = opalcrs::components::criu::restore::image_pids(&snapshot_path(&inner)).unwrap();
+        assert_eq!(pids.first().copied(), pid_inside(producer).map(|p| p as i32));
+        assert!(!pids.contains(&(job as i32)), "round {round}: the script in {pids:?}");
         // The namespace ends with its init, and the restored tree with it.
         kill(init);
         assert!(
