@@ -479,7 +479,7 @@ fn a_job_tree_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_af
     let out = sb.checkpoint(&[&job.to_string()]);
     assert!(out.status.success(), "{:?}", text(&out));
     let mut snapshot = snapshot_path(&out);
-    for round in 1..=2 {
+    for round in 1..=3 {
         // The original still runs in the first round; later ones ask for a namespace.
         let (restored, stderr) =
             restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
