@@ -15,9 +15,8 @@
 //! the task's PID in its own namespace), then reaps and exits with the task's status,
 //! which the holder passes on to the caller. A descriptor of ours that the tree could
 //! not be dumped with again reaches it through a pipe that the holder relays (see
-//! [`Relay`]). Holder and init run in children forked from
-//! a possibly multi-threaded process, so they only make system calls on data prepared
-//! before the fork.
+//! [`Relay`]). Holder and init run in children forked from a possibly multi-threaded
+//! process, so they only make system calls on data prepared before the fork.
 
 use super::binary::CriuBinary;
 use super::proto::{InheritFd, Opts, Reader, ReqType, Request, Response, Value};
@@ -746,7 +745,8 @@ fn restore_in_new_pidns(
     ];
     keep.extend_from_slice(context.inherit_fds);
     if relays.len() > MAX_RELAYS {
-        return Err(Error::msg(format!("{} descriptors to relay, not at most 3", relays.len())));
+        let count = relays.len();
+        return Err(Error::msg(format!("{count} descriptors to relay, more than {MAX_RELAYS}")));
     }
     let mut relay_keep: Vec<RawFd> =
         relays.iter().flat_map(|relay| [relay.fds.ours, relay.fds.our_end]).collect();
