@@ -865,3 +865,142 @@ fn srun_with_the_preload_on_its_command_line_preloads_the_step_program() {
         assert!(log_text.contains(&expected), "{tag}: {log_text}");
     }
 }
+
+/// A cgroup directory of one v1 hierarchy made by a test, removed when dropped (after
+/// the processes in it, the test's own, are ended).
+struct TestCgroup {
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    /// `/sys/fs/cgroup/<controller>/<name>`; None when the hierarchy is not there.
+    fn create(controller: &str, name: &str) -> Option<TestCgroup> {
+        let hierarchy = Path::new("/sys/fs/cgroup").join(controller);
+        if !hierarchy.join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = hierarchy.join(name);
+        fs::create_dir_all(&dir).ok()?;
+        Some(TestCgroup { dir })
+    }
+
+    fn sub(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The cgroup of `pid` in this hierarchy, relative to this test's directory.
+    fn of(&self, pid: u32) -> Option<String> {
+        let hierarchy = self.dir.parent()?.file_name()?.to_str()?.to_string();
+        let name = self.dir.file_name()?.to_str()?.to_string();
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == hierarchy).then(|| path.to_string())
+        })?;
+        Some(path.strip_prefix(&format!("/{name}")).unwrap_or(&path).to_string())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Deepest first: a cgroup directory is removed by rmdir once it is empty.
+        let mut dirs = vec![self.dir.clone()];
+        let mut next = 0;
+        while next < dirs.len() {
+            if let Ok(entries) = fs::read_dir(&dirs[next]) {
+                dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            next += 1;
+        }
+        for dir in dirs.iter().rev() {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                kill(pid);
+            }
+            wait_until(Duration::from_secs(5), || fs::remove_dir(dir).is_ok() || !dir.exists());
+        }
+    }
+}
+
+/// What a requeued job's restore must do with cgroups (Slurm's proctrack/cgroup and
+/// task/cgroup): the restored tree lives in the cgroups of the process that restores
+/// it (the new job's step), never in those it was dumped from. A tree whose child was
+/// in another cgroup than its root (so CRIU records the cgroups) is dumped, that cgroup
+/// is removed with its job, and the tree is restored by an opal-restart placed in a
+/// cgroup of its own: parent and child must come back there.
+#[test]
+fn a_restored_tree_lives_in_the_cgroups_of_the_process_that_restores_it() {
+    if !is_root() || criu_missing().is_some() {
+        eprintln!("skipped: needs root and CRIU >= 4 ({:?})", criu_missing());
+        return;
+    }
+    let sb = Sandbox::new("slurm-cgroups");
+    let Some(cgroup) =
+        TestCgroup::create("freezer", &format!("opalcrs-test-{}", std::process::id()))
+    else {
+        eprintln!("skipped: no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer");
+        return;
+    };
+    let (old_job, new_job) = (cgroup.sub("old_job"), cgroup.sub("new_job"));
+    let mut command = sb.command(cc("soak_tree.c", "soak_tree", &[]));
+    command.arg(sb.path("parent")).arg(sb.path("child")).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let child_pid =
+        || sb.read("child").lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    assert!(
+        wait_until(Duration::from_secs(20), || child_pid().is_some()),
+        "soak_tree did not start: {}",
+        sb.read("app.out")
+    );
+    let child: u32 = child_pid().unwrap();
+    sb.adopt(child);
+    fs::write(old_job.join("cgroup.procs"), child.to_string()).unwrap();
+    assert_eq!(cgroup.of(child).as_deref(), Some("/old_job"));
+    let (_, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    kill(child);
+    kill_and_reap(&mut app);
+    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{child}")).exists()));
+    fs::remove_dir(&old_job).unwrap();
+
+    // opal-restart --fork, moved into the new job's cgroup before it runs.
+    let procs = std::ffi::CString::new(new_job.join("cgroup.procs").as_os_str().as_encoded_bytes())
+        .unwrap();
+    let mut restart = sb.command(restart_tool());
+    restart.args(["--fork", snapshot.to_str().unwrap()]);
+    // SAFETY: open/write/close of a prepared path, async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut restart, move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let written = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if written {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = restart.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "opal-restart: {stdout}{stderr}");
+    let restored: u32 = stdout.trim().parse().unwrap();
+    sb.adopt(restored);
+    assert_eq!(restored, pid);
+    assert!(wait_until(Duration::from_secs(10), || children(restored).contains(&child)));
+    sb.adopt(child);
+    let places = (cgroup.of(restored), cgroup.of(child));
+    kill(child);
+    kill(restored);
+    assert_eq!(
+        places,
+        (Some("/new_job".to_string()), Some("/new_job".to_string())),
+        "the restored parent and child (the child was in /old_job at the dump; {}) ",
+        if old_job.exists() { "CRIU made /old_job again" } else { "/old_job is gone" }
+    );
+}
