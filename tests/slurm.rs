@@ -912,7 +912,9 @@ fn batch_jobs_finish_correctly_across_requeues() {
     let mut jobs: Vec<Job> = plans
         .into_iter()
         .filter(|plan| {
-            !(short && plan.warnings == 0) && !(plan.component == "criu" && criu.is_some())
+            let left_out =
+                (short && plan.warnings == 0) || (plan.component == "criu" && criu.is_some());
+            !left_out
         })
         .map(|plan| submit(&cluster, &sb, &programs, plan))
         .collect();
@@ -1428,4 +1430,89 @@ fn requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups() {
         panic!("{}\n{report}\n{}", failures.join("\n"), cluster.logs());
     }
     drop(cluster);
+}
+
+/// A criu snapshot restores only on a node with the kernel, executable and libraries
+/// it was dumped with. Its record (`criu-compat.json`, kept in agreement with the
+/// manifest here, as a snapshot of another node would be) names another kernel, then
+/// another executable hash: opal-restart refuses each with exit 126, naming what
+/// differs and where the snapshot was dumped, and restores nothing; with the record
+/// as dumped, the same snapshot restores.
+#[test]
+fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
+    if !is_root() || criu_missing().is_some() {
+        eprintln!("skipped: needs root and CRIU >= 4 ({:?})", criu_missing());
+        return;
+    }
+    let sb = Sandbox::new("slurm-compat");
+    let program = cc("plain_counter.c", "plain_counter", &[]);
+    let mut command = sb.command(&program);
+    command.arg(sb.path("count"));
+    let mut app = sb.spawn(command, "app");
+    assert!(
+        wait_until(Duration::from_secs(20), || sb.read("count").lines().count() >= 2),
+        "plain_counter did not start: {}",
+        sb.read("app.out")
+    );
+    let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
+    kill_and_reap(&mut app);
+    let record = snapshot.join("criu-compat.json");
+    let dumped = fs::read_to_string(&record).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&dumped).unwrap();
+    let release = recorded["kernel"]["release"].as_str().unwrap().to_string();
+    assert!(
+        recorded["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == program.to_str().unwrap()),
+        "{dumped}"
+    );
+    let host = opalcrs::snapshot::Manifest::read(&snapshot).unwrap().host;
+    let forge = |text: String| {
+        fs::write(&record, text).unwrap();
+        let mut manifest = opalcrs::snapshot::Manifest::read(&snapshot).unwrap();
+        let entry = manifest.files.iter_mut().find(|f| f.path == "criu-compat.json").unwrap();
+        (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&record).unwrap();
+        manifest.write_to(&snapshot).unwrap();
+    };
+    let exe_hash = recorded["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == program.to_str().unwrap())
+        .unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            dumped.replace(&format!("\"{release}\""), "\"2.6.32-other\""),
+            "the image needs kernel 2.6.32-other".to_string(),
+        ),
+        (
+            dumped.replace(&exe_hash, &"0".repeat(32)),
+            format!("{} differs from the file the image maps", program.display()),
+        ),
+    ];
+    for (text, why) in cases {
+        forge(text);
+        let (status, stdout, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
+        if let Ok(restored) = stdout.trim().parse() {
+            sb.adopt(restored);
+        }
+        assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+        assert!(stderr.contains(&why), "{stderr}");
+        assert!(stderr.contains(&format!("(it was dumped on {host})")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot restore {} here", snapshot.display())),
+            "{stderr}"
+        );
+        assert!(stdout.trim().is_empty(), "{stdout}");
+    }
+    forge(dumped);
+    let (pid, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
+    let lines = sb.read("count").lines().count();
+    assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
+    kill(pid);
 }
