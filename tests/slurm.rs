@@ -325,7 +325,7 @@ impl Cluster {
             .iter()
             .map(|n| {
                 format!(
-                    "NodeName={} NodeHostname={} NodeAddr={} Port={} CPUs=4 RealMemory=1000 State=UNKNOWN\n",
+                    "NodeName={} NodeHostname={} NodeAddr={} Port={} CPUs=8 RealMemory=1000 State=UNKNOWN\n",
                     n.name, n.name, n.addr, n.port
                 )
             })
@@ -1270,7 +1270,9 @@ fn last_step_pid(output: &str) -> Option<u32> {
 /// first node (the second is drained meanwhile); then the first node is drained, and
 /// every later run restarts on the second: self anywhere, criu there because kernel,
 /// executable and libraries are the same. Self and criu, each warned twice (work three
-/// times what a run gets), end COMPLETED with the exact result. Every run's program is
+/// times what a run gets), and self and criu with a real one-minute time limit and
+/// 120 s of work (left out with `OPALCRS_SLURM_SHORT=1`), end COMPLETED with the exact
+/// result. Every run's program is
 /// in its own job's step cgroup on the node it ran on (a criu program too, restored
 /// into the new job's cgroups). A third job (criu), once restored on the second node,
 /// is seen by `sstat`, stays RUNNING while its program works, and `scancel` ends the
@@ -1309,6 +1311,22 @@ fn requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups() {
             warnings: SHORT_WARNINGS,
         });
         plans.push(Plan { label: CANCELLED, component: "criu", steps: LONG_STEPS, warnings: 1 });
+    }
+    if std::env::var_os("OPALCRS_SLURM_SHORT").is_none() {
+        plans.push(Plan {
+            label: "self, 1-minute limit, moved by a drain",
+            component: "self",
+            steps: LONG_STEPS,
+            warnings: 0,
+        });
+        if criu.is_none() {
+            plans.push(Plan {
+                label: "criu, 1-minute limit, moved by a drain",
+                component: "criu",
+                steps: LONG_STEPS,
+                warnings: 0,
+            });
+        }
     }
     let mut jobs: Vec<Job> =
         plans.into_iter().map(|plan| submit(&cluster, &sb, &programs, plan)).collect();
