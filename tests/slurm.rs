@@ -1,9 +1,12 @@
-//! Batch jobs that outlive their time limit, on a real Slurm: a private cluster on
-//! localhost (munged, slurmctld and slurmd of Debian's slurm-wlm 22.05, started here
-//! with their own configuration, key, state directories and ports, and stopped by PID
-//! at the end) runs the job scripts of examples/slurm/ on the example programs.
+//! Batch jobs that outlive their time limit, on a real Slurm: a private cluster
+//! (munged, slurmctld and one slurmd per node of Debian's slurm-wlm 22.05, started here
+//! with their own configuration, key, state directories and ports, with Slurm's cgroup
+//! plugins, and stopped by PID at the end; see [`Cluster`]) runs the job scripts of
+//! examples/slurm/ on the example programs. One node runs on localhost; two nodes each
+//! in network and UTS namespaces of their own, where requeued jobs move from one node to
+//! the other (`requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups`).
 //!
-//! Four jobs run at once, each for a computation whose result the test knows:
+//! On one node, four jobs run at once, each for a computation whose result the test knows:
 //! - self and criu, each warned twice by `scancel --signal=USR1 --batch` (what
 //!   `--signal=B:USR1@N` does, without waiting for a time limit), so each finishes in
 //!   its third run after two automatic requeues;
@@ -19,7 +22,9 @@
 //!
 //! The other tests run `opal-run` alone, as the job scripts do: fresh start,
 //! checkpoint on USR1 with exit status 85, restart, for self and criu; series names
-//! from the Slurm job; exit codes.
+//! from the Slurm job; exit codes. And what a restore on another node needs: a tree
+//! restored into the cgroups of whoever restores it; a criu snapshot of another kernel
+//! or executable refused.
 
 mod common;
 use common::*;
