@@ -4,7 +4,8 @@
 //! another node is restored there only when the kernel, the executable and every mapped
 //! library are the same. What the image needs is recorded at dump time in
 //! `criu-compat.json` (listed, and so checked, by the snapshot's manifest): the kernel
-//! (`uname` release, version and machine) and the XXH3-128 of each file. Before CRIU
+//! (`uname` release, version and machine) and the XXH3-128 of each file the process
+//! may read. Before CRIU
 //! starts, a restore compares them with this node and refuses, naming what differs.
 
 use crate::codes;
@@ -72,15 +73,17 @@ impl std::fmt::Display for Kernel {
 }
 
 /// Records what the image in `dir` needs: this kernel and the files of `identity`
-/// (the executable and mapped libraries), hashed as they are now.
+/// (the executable and mapped libraries), hashed as they are now. A file the process
+/// may not read (an execute-only program) is left to the manifest's identity check
+/// (size, build-id): CRIU dumps such a process all the same.
 pub(crate) fn record(dir: &Path, identity: &[IdentityEntry]) -> Result<()> {
     let files = identity
         .iter()
-        .map(|entry| {
-            let (_, hash) = hash_file(Path::new(&entry.path))?;
-            Ok(HashedFile { path: entry.path.clone(), hash })
+        .filter_map(|entry| {
+            let (_, hash) = hash_file(Path::new(&entry.path)).ok()?;
+            Some(HashedFile { path: entry.path.clone(), hash })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     let needs = Needs { kernel: Kernel::running(), files };
     let path = dir.join(COMPAT_FILE);
     let text = serde_json::to_string_pretty(&needs).expect("plain data serializes");
@@ -173,6 +176,19 @@ mod tests {
         record(dir.path(), &[IdentityEntry::of(&exe).unwrap()]).unwrap();
         serde_json::from_str(&std::fs::read_to_string(dir.path().join(COMPAT_FILE)).unwrap())
             .unwrap()
+    }
+
+    #[test]
+    fn a_file_the_process_may_not_read_is_left_out_and_the_dump_goes_on() {
+        let dir = TempDir::new("criu-compat").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let gone = IdentityEntry { path: "/nonexistent/exec-only".into(), size: 1, build_id: None };
+        record(dir.path(), &[gone, IdentityEntry::of(&exe).unwrap()]).unwrap();
+        let needs: Needs =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(COMPAT_FILE)).unwrap())
+                .unwrap();
+        let paths: Vec<&str> = needs.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, [exe.to_str().unwrap()]);
     }
 
     #[test]
