@@ -201,8 +201,8 @@ impl Component for CriuComponent {
                 ),
             ));
         }
-        compat::check(&plan.dir)?;
         check_identity(&plan.dir)?;
+        compat::check(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
