@@ -5,8 +5,8 @@
 //! library are the same. What the image needs is recorded at dump time in
 //! `criu-compat.json` (listed, and so checked, by the snapshot's manifest): the kernel
 //! (`uname` release, version and machine) and the XXH3-128 of each file the process
-//! may read. Before CRIU
-//! starts, a restore compares them with this node and refuses, naming what differs.
+//! may read. Before CRIU starts, a restore compares them with this node and refuses,
+//! naming what differs.
 
 use crate::codes;
 use crate::error::{Error, Result};
