@@ -72,13 +72,15 @@ impl std::fmt::Display for Kernel {
     }
 }
 
-/// Records what the image in `dir` needs: this kernel and the files of `identity`
-/// (the executable and mapped libraries), hashed as they are now. A file the process
-/// may not read (an execute-only program) is left to the manifest's identity check
-/// (size, build-id): CRIU dumps such a process all the same.
+/// Records what the image in `dir` needs: this kernel and the regular files of
+/// `identity` (the executable and mapped libraries), hashed as they are now. A file the
+/// process may not read (an execute-only program) is left to the manifest's identity
+/// check (size, build-id): CRIU dumps such a process all the same. A device mapped
+/// executable (`/dev/zero`) is no file to compare.
 pub(crate) fn record(dir: &Path, identity: &[IdentityEntry]) -> Result<()> {
     let files = identity
         .iter()
+        .filter(|entry| std::fs::metadata(&entry.path).is_ok_and(|m| m.is_file()))
         .filter_map(|entry| {
             let (_, hash) = hash_file(Path::new(&entry.path)).ok()?;
             Some(HashedFile { path: entry.path.clone(), hash })
@@ -112,6 +114,9 @@ pub(crate) fn check(dir: &Path) -> Result<()> {
         )));
     }
     for file in &needs.files {
+        if !std::fs::metadata(&file.path).map_or(true, |m| m.is_file()) {
+            return Err(refuse(format!("{} is not a regular file here", file.path)));
+        }
         match hash_file(Path::new(&file.path)) {
             Err(e) => return Err(refuse(format!("{} is not readable here: {}", file.path, e))),
             Ok((_, hash)) if hash != file.hash => {
@@ -179,11 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn a_file_the_process_may_not_read_is_left_out_and_the_dump_goes_on() {
+    fn a_file_the_process_may_not_read_and_a_device_are_left_out_and_the_dump_goes_on() {
         let dir = TempDir::new("criu-compat").unwrap();
         let exe = std::env::current_exe().unwrap();
         let gone = IdentityEntry { path: "/nonexistent/exec-only".into(), size: 1, build_id: None };
-        record(dir.path(), &[gone, IdentityEntry::of(&exe).unwrap()]).unwrap();
+        // A device mapped executable (zdtm maps00 maps /dev/zero so) has no end to hash.
+        let device = IdentityEntry::of(Path::new("/dev/zero")).unwrap();
+        record(dir.path(), &[gone, device, IdentityEntry::of(&exe).unwrap()]).unwrap();
         let needs: Needs =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(COMPAT_FILE)).unwrap())
                 .unwrap();
@@ -227,6 +234,9 @@ mod tests {
         needs.files[0].path = "/nonexistent/lib.so".into();
         let err = check(snapshot_with(&needs).path()).unwrap_err();
         assert!(err.message().contains("/nonexistent/lib.so is not readable here"), "{err}");
+        needs.files[0].path = "/dev/zero".into();
+        let err = check(snapshot_with(&needs).path()).unwrap_err();
+        assert!(err.message().contains("/dev/zero is not a regular file here"), "{err}");
     }
 
     #[test]
