@@ -6,6 +6,7 @@
 
 pub mod behalf;
 pub mod binary;
+mod compat;
 pub mod files;
 pub mod net;
 pub mod proto;
@@ -165,6 +166,7 @@ impl Component for CriuComponent {
         match dumped {
             Ok(rpc::DumpOutcome::Dumped) => {
                 files::record(job.dir)?;
+                compat::record(job.dir, &self.identity())?;
                 Ok(CheckpointOutcome::Continue)
             }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
@@ -200,6 +202,7 @@ impl Component for CriuComponent {
             ));
         }
         check_identity(&plan.dir)?;
+        compat::check(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
