@@ -125,3 +125,185 @@ fn the_ring_runs_to_its_end_under_the_launcher() {
     let sb = Sandbox::new("jobs-ring");
     uninterrupted_ring(&sb, 4, "200");
 }
+
+/// A running ring job of 4 ranks under `opal-run`, with its results in `dir`.
+struct RingJob {
+    launcher: Child,
+    dir: PathBuf,
+}
+
+impl RingJob {
+    /// Starts the job and waits until every rank has built the ring (rank 0 counts).
+    fn start(sb: &Sandbox, name: &str, rounds: &str, env: &[(&str, &str)]) -> RingJob {
+        let dir = sb.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ring = ring().display().to_string();
+        let dir_arg = dir.display().to_string();
+        let launcher = launch(sb, &["-np", "4", &ring, &dir_arg, rounds], env, name);
+        let pid = launcher.id();
+        assert!(
+            wait_until(LONG, || children(pid).len() == 4
+                && (0..4).all(|r| dir.join(format!("ring.{r}.sock")).exists())),
+            "the ring did not start: {}",
+            sb.read(&format!("{name}.out"))
+        );
+        RingJob { launcher, dir }
+    }
+
+    fn pid(&self) -> String {
+        self.launcher.id().to_string()
+    }
+
+    fn series(&self) -> String {
+        format!("ompi_global_snapshot_{}.ckpt", self.launcher.id())
+    }
+
+    /// SIGKILLs the launcher and every rank (its process group) and reaps the launcher.
+    fn kill_all(&mut self) {
+        let ranks = children(self.launcher.id());
+        // SAFETY: the launcher leads its own process group (the sandbox's setsid).
+        unsafe { libc::kill(-(self.launcher.id() as i32), libc::SIGKILL) };
+        kill_and_reap(&mut self.launcher);
+        assert!(wait_until(LONG, || ranks.iter().all(|&pid| !alive(pid))), "ranks survived");
+    }
+}
+
+#[test]
+fn a_self_job_checkpointed_through_its_launcher_restarts_to_the_uninterrupted_checksum() {
+    let sb = Sandbox::new("jobs-self");
+    let reference = uninterrupted_ring(&sb, 4, "1500");
+    let mut job = RingJob::start(&sb, "job", "1500", &[]);
+    let out = sb.checkpoint(&["-v", &job.pid()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let series = job.series();
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    for state in ["Requested", "Pending", "Running", "Locally Finished"] {
+        assert!(stderr.contains(&format!("] {state} - ...")), "{state}: {stderr}");
+    }
+    for state in ["Checkpoint Established", "Continuing/Recovered"] {
+        assert!(stderr.contains(&format!("] {state} - {series}")), "{state}: {stderr}");
+    }
+    let global = snapshot_path(&out);
+    assert_eq!(global, sb.path(&series).join("0"));
+    let meta = std::fs::read_to_string(global.join("global_snapshot_meta.data")).unwrap();
+    assert!(meta.starts_with("# Seq: 0\n# Timestamp: "), "{meta}");
+    let ranks = children(job.launcher.id());
+    for (rank, pid) in ranks.iter().enumerate() {
+        assert!(meta.contains(&format!("# Process: {rank} {pid}\n")), "{meta}");
+        let state = global.join(format!("opal_snapshot_{rank}.ckpt/0/state"));
+        assert!(state.is_file(), "{}", state.display());
+    }
+    assert!(meta.contains("# OPAL CRS Component: self\n"), "{meta}");
+    let verify = sb.restart(&["--verify", &series]);
+    assert!(verify.status.success(), "{:?}", text(&verify));
+
+    job.kill_all();
+    assert!(ring_results(&job.dir, 4).iter().all(String::is_empty), "the job ended already");
+    // The same opal-run line, with the series named, restarts the job from it.
+    let ring = ring().display().to_string();
+    let dir_arg = job.dir.display().to_string();
+    let mut again =
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "1500"], &[], "again");
+    let relaunched = again.id().to_string();
+    // The restarted job's launcher can be checkpointed again, into the same series.
+    assert!(wait_until(LONG, || children(again.id()).len() == 4));
+    let second = sb.checkpoint(&[&relaunched]);
+    let (stdout, stderr) = text(&second);
+    assert!(second.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   1 {series}\n")), "{stdout}");
+    assert_eq!(
+        finish(&mut again, "the restarted job", &sb, "again"),
+        0,
+        "{}",
+        sb.read("again.out")
+    );
+    assert!(
+        sb.read("again.out").contains(&format!(
+            "opal-run: restarting the job of 4 ranks from global snapshot {} (component self)",
+            global.display()
+        )),
+        "{}",
+        sb.read("again.out")
+    );
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn a_rank_whose_callback_fails_publishes_nothing_and_the_job_goes_on() {
+    let sb = Sandbox::new("jobs-fail-rank");
+    let reference = uninterrupted_ring(&sb, 4, "1500");
+    let mut job = RingJob::start(&sb, "job", "1500", &[("RING_FAIL_RANK", "2")]);
+    let rank2 = children(job.launcher.id())[2];
+    let out = sb.checkpoint(&[&job.pid()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stderr
+            .contains(&format!("job checkpoint failed, nothing published: rank 2 (PID {rank2}): "))
+            && stderr.contains("opal_crs_self_user_checkpoint"),
+        "{stderr}"
+    );
+    let series = sb.path(&job.series());
+    let entries: Vec<_> =
+        std::fs::read_dir(&series).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, [std::ffi::OsString::from(".lock")], "left in the series: {entries:?}");
+    assert_eq!(finish(&mut job.launcher, "the job", &sb, "job"), 0, "{}", sb.read("job.out"));
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn a_damaged_rank_makes_the_job_restart_from_the_previous_global_snapshot() {
+    let sb = Sandbox::new("jobs-damaged");
+    let reference = uninterrupted_ring(&sb, 4, "1500");
+    let mut job = RingJob::start(&sb, "job", "1500", &[]);
+    checkpoint_ok(&sb, &[&job.pid()]);
+    let (_, newest) = checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    // Rank 1's state in the newest global snapshot changes by one byte.
+    let state = newest.join("opal_snapshot_1.ckpt/0/state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let series = job.series();
+    let verify = sb.restart(&["--verify", &series]);
+    assert_eq!(verify.status.code(), Some(1), "{:?}", text(&verify));
+    let mut restarted = sb.spawn(
+        {
+            let mut command = sb.command(restart_tool());
+            command.arg(&series);
+            command
+        },
+        "restart",
+    );
+    assert_eq!(
+        finish(&mut restarted, "the restart", &sb, "restart"),
+        0,
+        "{}",
+        sb.read("restart.out")
+    );
+    let out = sb.read("restart.out");
+    assert!(
+        out.contains("opal-restart: skipping snapshot 1: corrupt: opal_snapshot_1.ckpt/0/state"),
+        "{out}"
+    );
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn the_checkpoint_signal_to_the_launcher_takes_a_global_snapshot() {
+    let sb = Sandbox::new("jobs-usr1");
+    let mut job = RingJob::start(&sb, "job", "100000", &[]);
+    // SAFETY: plain kill of the launcher this test started.
+    unsafe { libc::kill(job.launcher.id() as i32, libc::SIGUSR1) };
+    let global = sb.path(&job.series()).join("0");
+    assert!(
+        wait_until(LONG, || global.join("global_snapshot_meta.data").is_file()),
+        "no global snapshot: {}",
+        sb.read("job.out")
+    );
+    let verify = sb.restart(&["--verify", &job.series()]);
+    assert!(verify.status.success(), "{:?}", text(&verify));
+    assert_eq!(children(job.launcher.id()).len(), 4, "the job did not go on");
+    job.kill_all();
+}

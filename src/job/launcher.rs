@@ -153,7 +153,7 @@ fn ranks_alive(ranks: &[i32], live: &[bool]) -> Vec<i32> {
 
 /// Sends each of `signals` to each of `pids`; with none, ends them at once (SIGKILL)
 /// and reaps them (a rank that failed to start leaves no one running).
-fn end_all(pids: &[i32], signals: &[libc::c_int]) {
+pub(crate) fn end_all(pids: &[i32], signals: &[libc::c_int]) {
     for &pid in pids {
         if signals.is_empty() {
             // SAFETY: kill and waitpid of our own children.

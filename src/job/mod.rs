@@ -9,8 +9,17 @@
 //! its own control socket, so ranks started elsewhere (by `srun`) only need another way
 //! to reach them.
 
+pub mod endpoint;
+pub mod global;
 pub mod launcher;
 
+use crate::codes::*;
+use crate::error::Error;
+use crate::framework::RestartOutcome;
+use crate::params::Params;
+use crate::restart::{Check, Step, Target};
+use crate::snapshot;
+use global::GlobalMetadata;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -22,6 +31,11 @@ pub struct JobOptions {
     pub mca: Vec<(String, String)>,
     /// `-w`: the directory that holds the job's series, also the ranks' own.
     pub dir: Option<PathBuf>,
+    /// The job's global series: its directory and name.
+    pub base: PathBuf,
+    pub name: String,
+    /// The launcher's parameters (the store's: keep, fsync; the checkpoint signal).
+    pub params: Params,
 }
 
 /// The environment every rank gets on a fresh start: the `-mca` parameters and the
@@ -38,7 +52,117 @@ pub fn job_environment(options: &JobOptions) -> Vec<(String, OsString)> {
 /// Starts the job fresh and supervises it: the job's exit status, or why its program
 /// could not be started.
 pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
-    launcher::install_signal_handlers(&[]);
+    let signal = checkpoint_signal(&options.params);
+    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
     let ranks = launcher::start(&options.command, options.size, &job_environment(options))?;
-    Ok(launcher::supervise(&ranks, &mut |_| {}))
+    let job = endpoint::Job {
+        launcher_pid: std::process::id() as i32,
+        ranks,
+        base: options.base.clone(),
+        name: options.name.clone(),
+        params: options.params.clone(),
+    };
+    Ok(serve_and_supervise(job, signal))
+}
+
+/// Whether `target` names a job's global series (or one global snapshot).
+pub fn is_job(target: &Target) -> bool {
+    snapshot::locate(&target.reference, &target.base, target.seq)
+        .is_ok_and(|located| global::is_global_snapshot(&located.dir))
+}
+
+/// The global snapshot a job restart would use: the newest good one of the series (or
+/// `seq`); a rank whose snapshot is damaged fails the whole global snapshot's check.
+pub fn choose(target: &Target) -> Result<(snapshot::Resolved, GlobalMetadata), Error> {
+    let resolved = snapshot::resolve(&target.reference, &target.base, target.seq)?;
+    let metadata = GlobalMetadata::read(&resolved.dir)?;
+    Ok((resolved, metadata))
+}
+
+/// Restarts every rank of the global snapshot `resolved` as a child of this process,
+/// which becomes the job's launcher (checkpointable again, into the same series), and
+/// supervises them: the job's status. A rank that cannot be restarted ends the others.
+pub fn restart(
+    resolved: &snapshot::Resolved,
+    metadata: &GlobalMetadata,
+    params: &Params,
+    verbose: bool,
+) -> Result<i32, (Step, Error)> {
+    if metadata.component != "self" {
+        return Err((
+            Step::Choose,
+            Error::new(
+                OPAL_ERR_NOT_SUPPORTED,
+                format!(
+                    "global snapshot {}: a job restart of component {} is not done yet (self only)",
+                    resolved.dir.display(),
+                    metadata.component
+                ),
+            ),
+        ));
+    }
+    let size = metadata.ranks.len();
+    let mut plans = Vec::with_capacity(size);
+    for rank in 0..size {
+        let local = Target::path(global::rank_snapshot(&resolved.dir, rank));
+        let mut prepared =
+            crate::restart::prepare(&local, params.clone(), verbose, Check::First, &[])
+                .map_err(|e| (Step::Choose, e))?;
+        // The rank's own series is inside the global snapshot: its later checkpoints of
+        // its own go to its default series instead.
+        prepared.plan.series = None;
+        plans.push(prepared);
+    }
+    let signal = checkpoint_signal(params);
+    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
+    let mut ranks = Vec::with_capacity(size);
+    for (rank, prepared) in plans.iter().enumerate() {
+        let started = crate::restart::apply_records(&prepared.plan).and_then(|()| {
+            for (name, value) in launcher::rank_environment(rank, size) {
+                // Single-threaded here: the endpoint's thread starts after the ranks.
+                std::env::set_var(name, value);
+            }
+            prepared.component.restart(&prepared.plan, true)
+        });
+        match started {
+            Ok(RestartOutcome::Spawned { pid, .. }) => ranks.push(pid),
+            Ok(_) => unreachable!("a self restart as a child is spawned"),
+            Err(e) => {
+                launcher::end_all(&ranks, &[]);
+                return Err((Step::Start, e));
+            }
+        }
+    }
+    let series = resolved.series.as_ref().map_or(resolved.dir.as_path(), |s| s.path());
+    let job = endpoint::Job {
+        launcher_pid: std::process::id() as i32,
+        ranks,
+        base: series.parent().unwrap_or(std::path::Path::new("/")).to_path_buf(),
+        name: series.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        params: params.clone(),
+    };
+    Ok(serve_and_supervise(job, signal))
+}
+
+/// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.
+fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
+    let signal = params.int("opal_cr_signal") as libc::c_int;
+    (signal > 0 && !launcher::FORWARDED.contains(&signal)).then_some(signal)
+}
+
+/// Serves checkpoints of the job and waits for its ranks: the job's status.
+fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
+    let ranks = job.ranks.clone();
+    let endpoint = match endpoint::Endpoint::start(job) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            eprintln!("opal-run: warning: the job cannot be checkpointed (no control socket: {e})");
+            None
+        }
+    };
+    launcher::supervise(&ranks, &mut |received| {
+        if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
+            endpoint.checkpoint_now();
+        }
+    })
 }

@@ -101,18 +101,6 @@ pub fn main() -> i32 {
         Some(Ok(size)) => Some(size),
         Some(Err(why)) => return usage_error(&why),
     };
-    if let Some(size) = size {
-        let options = crate::job::JobOptions {
-            size,
-            command: command.to_vec(),
-            mca: parsed.mca.clone(),
-            dir,
-        };
-        return match crate::job::launch(&options) {
-            Ok(status) => status,
-            Err(e) => start_failed(&command[0], &e),
-        };
-    }
     let mut cmdline = parsed.mca.clone();
     if let Some(dir) = &dir {
         cmdline.push(("crs_base_snapshot_dir".into(), dir.display().to_string()));
@@ -122,8 +110,14 @@ pub fn main() -> i32 {
         Err(e) => return fail(e, EXIT_USAGE),
     };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let name = match series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env) {
+    let named_series = series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env);
+    // A job's default series is new with each launcher: nothing to say about it.
+    let named = named_series.is_some();
+    let name = match named_series {
         Some(name) => name,
+        None if size.is_some() => {
+            crate::job::global::default_series_name(std::process::id() as i32)
+        }
         None => return usage_error(
             "no series: give -n SERIES (or set crs_base_snapshot_name, or run inside a Slurm job)",
         ),
@@ -132,6 +126,44 @@ pub fn main() -> i32 {
         return fail(e, EXIT_USAGE);
     }
     let base = crate::runtime::snapshot_base_dir(&params);
+    if let Some(size) = size {
+        let series = Series::at(&base.join(&name));
+        match published(&series) {
+            Ok(false) => {
+                if named {
+                    eprintln!(
+                        "opal-run: no snapshot in series {}: starting {size} ranks of {program} fresh",
+                        series.path().display()
+                    );
+                }
+            }
+            Ok(true) => {
+                let target = Target { reference: name, base, seq: None };
+                return super::restart::restart_job(
+                    "opal-run",
+                    &target,
+                    &params,
+                    verbose,
+                    Some(size),
+                    &fail,
+                );
+            }
+            Err(e) => return fail(e, EXIT_USAGE),
+        }
+        let options = crate::job::JobOptions {
+            size,
+            command: command.to_vec(),
+            mca: parsed.mca.clone(),
+            dir,
+            base,
+            name,
+            params,
+        };
+        return match crate::job::launch(&options) {
+            Ok(status) => status,
+            Err(e) => start_failed(&command[0], &e),
+        };
+    }
     let series = Series::at(&base.join(&name));
 
     match published(&series) {
