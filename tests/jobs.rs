@@ -307,3 +307,76 @@ fn the_checkpoint_signal_to_the_launcher_takes_a_global_snapshot() {
     assert_eq!(children(job.launcher.id()).len(), 4, "the job did not go on");
     job.kill_all();
 }
+
+/// A pause of 0 to `max_ms` milliseconds, different each call.
+fn random_pause(max_ms: u64) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            as u64;
+    Duration::from_micros(nanos.wrapping_mul(2654435761) % (max_ms * 1000 + 1))
+}
+
+/// What is killed while the job checkpoint runs.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Tool,
+    Rank,
+}
+
+/// A job with one good global snapshot gets a second checkpoint, and the tool or a rank
+/// is SIGKILLed at a random point of it; then the whole job is killed. The newest good
+/// global snapshot (the first, or the second if it completed) always restarts the job
+/// to the uninterrupted checksum.
+fn killed_during_a_job_checkpoint(victim: Victim, tries: usize) {
+    let sb = Sandbox::new(&format!("jobs-kill-{victim:?}"));
+    let reference = uninterrupted_ring(&sb, 4, "3000");
+    for attempt in 0..tries {
+        let name = format!("job{attempt}");
+        let mut job = RingJob::start(&sb, &name, "3000", &[]);
+        checkpoint_ok(&sb, &[&job.pid()]);
+        let ranks = children(job.launcher.id());
+        let mut tool = sb
+            .command(checkpoint_tool())
+            .arg(job.pid())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(random_pause(30));
+        match victim {
+            Victim::Tool => stop(&mut tool),
+            Victim::Rank => kill(ranks[attempt % 4]),
+        }
+        let _ = wait_exit(&mut tool, LONG);
+        job.kill_all();
+        let series = job.series();
+        let listing = sb.restart(&["--list", &series]);
+        let (listed, _) = text(&listing);
+        let mut restarted = sb.spawn(
+            {
+                let mut command = sb.command(restart_tool());
+                command.arg(&series).env("RING_DELAY_US", "0");
+                command
+            },
+            &format!("restart{attempt}"),
+        );
+        let log = format!("restart{attempt}");
+        assert_eq!(
+            finish(&mut restarted, "the restart", &sb, &log),
+            0,
+            "{victim:?} attempt {attempt}: {}\n{listed}",
+            sb.read(&format!("{log}.out"))
+        );
+        assert_eq!(ring_results(&job.dir, 4), reference, "{victim:?} attempt {attempt}\n{listed}");
+    }
+}
+
+#[test]
+fn sigkill_of_the_tool_during_a_job_checkpoint_leaves_a_good_global_snapshot() {
+    killed_during_a_job_checkpoint(Victim::Tool, 3);
+}
+
+#[test]
+fn sigkill_of_a_rank_during_a_job_checkpoint_leaves_a_good_global_snapshot() {
+    killed_during_a_job_checkpoint(Victim::Rank, 4);
+}
