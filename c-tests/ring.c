@@ -11,7 +11,9 @@
  * checkpoint, or RING_PARK_LIMIT seconds) lets the ring go on. A restart loads the
  * state and builds the ring anew.
  *   RING_FAIL_RANK=R  rank R's checkpoint callback fails (after the ring is parked).
- *   RING_DELAY_US=N   rank 0 pauses N microseconds per round (default 2000). */
+ *   RING_DELAY_US=N   rank 0 pauses N microseconds per round (default 2000).
+ *   RING_STATE_BYTES=N  the state file also holds N bytes of padding (for figures).
+ * A restarted rank creates DIR/ring.R.restarted once its state is loaded. */
 #define _GNU_SOURCE
 #include <opal/runtime/opal.h>
 #include <opal/runtime/opal_cr.h>
@@ -146,10 +148,14 @@ static int wanted(void)
 
 static void save_state(const char *path)
 {
+    const char *padding = getenv("RING_STATE_BYTES");
+    long bytes = padding ? atol(padding) : 0;
     FILE *f = fopen(path, "w");
-    if (f == NULL || fprintf(f, "%ld %llu %llu\n", rounds_done, (unsigned long long)checksum,
-                             (unsigned long long)token) < 0 ||
-        fclose(f) != 0)
+    int ok = f != NULL && fprintf(f, "%ld %llu %llu\n", rounds_done, (unsigned long long)checksum,
+                                  (unsigned long long)token) > 0;
+    for (long i = 0; ok && i < bytes; i++)
+        ok = fputc('.', f) != EOF;
+    if (f == NULL || !ok || fclose(f) != 0)
         die("saving the state");
 }
 
@@ -205,6 +211,12 @@ int opal_crs_self_user_restart(void)
     fclose(f);
     checksum = sum;
     token = tok;
+    char marker[PATH_MAX + 32];
+    snprintf(marker, sizeof marker, "%s/ring.%d.restarted", dir, rank);
+    int fd = open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("marking the restart");
+    close(fd);
     return OPAL_SUCCESS;
 }
 
