@@ -13,6 +13,7 @@
  *   RING_FAIL_RANK=R  rank R's checkpoint callback fails (after the ring is parked).
  *   RING_DELAY_US=N   rank 0 pauses N microseconds per round (default 2000).
  *   RING_STATE_BYTES=N  the state file also holds N bytes of padding (for figures).
+ *   RING_TCP_PORT=P   the ring is loopback TCP instead: rank r listens on 127.0.0.1:P+r.
  * A restarted rank creates DIR/ring.R.restarted once its state is loaded. */
 #define _GNU_SOURCE
 #include <opal/runtime/opal.h>
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -90,19 +92,47 @@ static struct message recv_msg(int fd)
     return m;
 }
 
+/* The address rank r listens on: DIR/ring.r.sock, or 127.0.0.1:RING_TCP_PORT+r. */
+static socklen_t ring_address(struct sockaddr_storage *addr, int r)
+{
+    const char *port = getenv("RING_TCP_PORT");
+    memset(addr, 0, sizeof *addr);
+    if (port != NULL) {
+        struct sockaddr_in *in = (struct sockaddr_in *)addr;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)(atoi(port) + r));
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return sizeof *in;
+    }
+    sock_path((struct sockaddr_un *)addr, r);
+    return sizeof(struct sockaddr_un);
+}
+
 /* Listens, connects to the next rank (retrying while it starts), accepts the previous. */
 static void build_ring(int *to_next, int *from_prev)
 {
-    struct sockaddr_un addr;
-    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sock_path(&addr, rank);
-    unlink(addr.sun_path);
-    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) != 0 ||
+    struct sockaddr_storage addr;
+    socklen_t len = ring_address(&addr, rank);
+    int listener = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (addr.ss_family == AF_UNIX)
+        unlink(((struct sockaddr_un *)&addr)->sun_path);
+    else
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, len) != 0 ||
         listen(listener, 4) != 0)
         die("listen");
-    *to_next = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sock_path(&addr, (rank + 1) % size);
-    for (int tries = 0; connect(*to_next, (struct sockaddr *)&addr, sizeof addr) != 0; tries++) {
+    if (addr.ss_family == AF_INET) {
+        /* The tests wait for these files to know the ring is up. */
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/ring.%d.sock", dir, rank);
+        close(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    }
+    len = ring_address(&addr, (rank + 1) % size);
+    for (int tries = 0;; tries++) {
+        *to_next = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(*to_next, (struct sockaddr *)&addr, len) == 0)
+            break;
+        close(*to_next);
         if (tries > 1000)
             die("connect");
         usleep(10000);

@@ -171,8 +171,8 @@ impl RingJob {
 #[test]
 fn a_self_job_checkpointed_through_its_launcher_restarts_to_the_uninterrupted_checksum() {
     let sb = Sandbox::new("jobs-self");
-    let reference = uninterrupted_ring(&sb, 4, "1500");
-    let mut job = RingJob::start(&sb, "job", "1500", &[]);
+    let reference = uninterrupted_ring(&sb, 4, "3000");
+    let mut job = RingJob::start(&sb, "job", "3000", &[]);
     let out = sb.checkpoint(&["-v", &job.pid()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -204,10 +204,11 @@ fn a_self_job_checkpointed_through_its_launcher_restarts_to_the_uninterrupted_ch
     let ring = ring().display().to_string();
     let dir_arg = job.dir.display().to_string();
     let mut again =
-        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "1500"], &[], "again");
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "3000"], &[], "again");
     let relaunched = again.id().to_string();
-    // The restarted job's launcher can be checkpointed again, into the same series.
-    assert!(wait_until(LONG, || children(again.id()).len() == 4));
+    // The restarted job's launcher can be checkpointed again, into the same series,
+    // once its control socket is up (after it has started the ranks).
+    assert!(wait_until(LONG, || sb.checkpoint(&["--status", &relaunched]).status.success()));
     let second = sb.checkpoint(&[&relaunched]);
     let (stdout, stderr) = text(&second);
     assert!(second.status.success(), "{stdout}{stderr}");
@@ -379,4 +380,82 @@ fn sigkill_of_the_tool_during_a_job_checkpoint_leaves_a_good_global_snapshot() {
 #[test]
 fn sigkill_of_a_rank_during_a_job_checkpoint_leaves_a_good_global_snapshot() {
     killed_during_a_job_checkpoint(Victim::Rank, 4);
+}
+
+/// criu: the job (ranks without self callbacks taken into account: `crs=criu`) is
+/// dumped as the launcher's tree at one instant, killed, and restored by
+/// `opal-restart`: the ring's connections (Unix sockets, or loopback TCP with
+/// `tcp_port`) come back connected, the restored launcher can be checkpointed again,
+/// and the checksum equals an uninterrupted run's.
+fn criu_job_round_trip(tag: &str, tcp_port: Option<&str>) {
+    let sb = Sandbox::new(&format!("jobs-criu-{tag}"));
+    let reference = uninterrupted_ring(&sb, 4, "3000");
+    let mut env = vec![("OMPI_MCA_crs", "criu"), ("OMPI_MCA_crs_criu_tcp_established", "1")];
+    if let Some(port) = tcp_port {
+        env.push(("RING_TCP_PORT", port));
+    }
+    let mut job = RingJob::start(&sb, "job", "3000", &env);
+    let out = sb.checkpoint(&["-v", &job.pid()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", sb.read("job.out"));
+    let series = job.series();
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    let global = snapshot_path(&out);
+    let meta = std::fs::read_to_string(global.join("global_snapshot_meta.data")).unwrap();
+    assert!(meta.contains("# OPAL CRS Component: criu\n"), "{meta}");
+    // One image set: the launcher's and every rank's process image side by side.
+    let launcher = job.launcher.id();
+    for pid in std::iter::once(launcher).chain(children(launcher)) {
+        assert!(global.join(format!("core-{pid}.img")).is_file(), "no image of {pid}");
+    }
+    job.kill_all();
+    assert!(ring_results(&job.dir, 4).iter().all(String::is_empty), "the job ended already");
+
+    let mut restarted = sb.spawn(
+        {
+            let mut command = sb.command(restart_tool());
+            command.arg(&series);
+            for (k, v) in &env {
+                command.env(k, v);
+            }
+            command
+        },
+        "restart",
+    );
+    // The restored launcher (the original's PID) answers again once it is out of the
+    // restored dump (before, the tool only learns "checkpointing"), and is checkpointed
+    // again.
+    let pid = launcher.to_string();
+    let answers = || {
+        let status = sb.checkpoint(&["--status", &pid]);
+        status.status.success() && text(&status).0.contains("Component: job\n")
+    };
+    assert!(
+        wait_until(LONG, answers),
+        "the restored launcher does not answer: {}",
+        sb.read("restart.out")
+    );
+    let again = sb.checkpoint(&[&pid]);
+    let (stdout, stderr) = text(&again);
+    assert!(again.status.success(), "{stdout}{stderr}\n{}", sb.read("restart.out"));
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   1 {series}\n")), "{stdout}");
+    assert_eq!(
+        finish(&mut restarted, "the restart", &sb, "restart"),
+        0,
+        "{}",
+        sb.read("restart.out")
+    );
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn a_criu_job_over_unix_sockets_restarts_to_the_uninterrupted_checksum() {
+    require_criu!();
+    criu_job_round_trip("unix", None);
+}
+
+#[test]
+fn a_criu_job_over_loopback_tcp_restarts_to_the_uninterrupted_checksum() {
+    require_criu!();
+    criu_job_round_trip("tcp", Some("41260"));
 }

@@ -13,10 +13,12 @@ use super::global::{self, GlobalMetadata};
 use crate::codes::*;
 use crate::control::{self, CheckpointResult, ErrorBody, ErrorKind, Reply, Request, Status};
 use crate::error::Error;
+use crate::framework::CheckpointOutcome;
 use crate::params::Params;
-use crate::snapshot::{Metadata, PublishOptions, Series};
+use crate::snapshot::{Metadata, PendingSnapshot, PublishOptions, Series};
 use parking_lot::{Condvar, Mutex};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,8 +28,14 @@ use std::time::{Duration, Instant};
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a rank may take to take up the request and to publish its snapshot.
 const RANK_LIMIT: Duration = Duration::from_secs(120);
+/// How long a rank that is busy (its socket closed for a dump) is waited for.
+const BUSY_LIMIT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 64;
+/// How often the accepting thread looks whether it is to close the socket.
+const QUIET_POLL_MS: libc::c_int = 50;
+/// How long a dump waits for open connections to end.
+const QUIET_LIMIT: Duration = Duration::from_secs(3);
 
 type JobResult = Result<CheckpointResult, ErrorBody>;
 /// A rank asked to checkpoint and hold: the connection it answers on and the
@@ -46,13 +54,29 @@ pub struct Job {
     pub params: Params,
 }
 
-#[derive(Default)]
 struct State {
+    /// The socket is to be closed (criu dump of the launcher's tree).
+    quiet: bool,
+    listening: bool,
     next_id: u64,
     running: Option<u64>,
     results: Vec<(u64, JobResult)>,
     connections: usize,
     last: Option<CheckpointResult>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            quiet: false,
+            listening: true,
+            next_id: 0,
+            running: None,
+            results: Vec::new(),
+            connections: 0,
+            last: None,
+        }
+    }
 }
 
 pub struct Endpoint {
@@ -77,12 +101,41 @@ impl Endpoint {
         Ok(endpoint)
     }
 
+    /// Accepts connections, each served on a thread of its own. While the launcher's
+    /// tree is dumped (criu) the socket is closed, and bound anew afterwards (under a
+    /// new name in a restored copy, which must not answer for the original).
     fn serve(self: Arc<Self>, listener: UnixListener) {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
+        let mut listener = Some(listener);
+        loop {
+            if self.state.lock().quiet {
+                drop(listener.take());
+                let mut state = self.state.lock();
+                state.listening = false;
+                self.changed.notify_all();
+                while state.quiet {
+                    self.changed.wait(&mut state);
+                }
+                drop(state);
+                match control::bind(std::process::id() as i32) {
+                    Ok((bound, _)) => listener = Some(bound),
+                    Err(e) => {
+                        eprintln!("opal-run: warning: the job's control socket is gone: {e}");
+                        return;
+                    }
+                }
+                self.state.lock().listening = true;
+                self.changed.notify_all();
+            }
+            let Some(open) = &listener else { return };
+            let mut poll = libc::pollfd { fd: open.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; the timeout lets a quiet request be seen.
+            if unsafe { libc::poll(&mut poll, 1, QUIET_POLL_MS) } <= 0 {
+                continue;
+            }
+            let Ok((stream, _)) = open.accept() else { continue };
             {
                 let mut state = self.state.lock();
-                if state.connections >= MAX_CONNECTIONS {
+                if state.connections >= MAX_CONNECTIONS || state.quiet {
                     continue;
                 }
                 state.connections += 1;
@@ -91,10 +144,36 @@ impl Endpoint {
             let spawned =
                 std::thread::Builder::new().name("opalcrs-job-conn".into()).spawn(move || {
                     endpoint.answer(&stream);
-                    endpoint.state.lock().connections -= 1;
+                    drop(stream);
+                    let mut state = endpoint.state.lock();
+                    state.connections -= 1;
+                    endpoint.changed.notify_all();
                 });
             if spawned.is_err() {
                 self.state.lock().connections -= 1;
+            }
+        }
+    }
+
+    /// Closes the control socket and waits until no connection is open, so that nothing
+    /// outside the tree is connected to it when it is dumped; `false` opens it again
+    /// and waits until it listens (then the dump marker may go: a tool never finds the
+    /// launcher neither listening nor dumping). Each wait lasts at most `QUIET_LIMIT`.
+    fn quiet(&self, quiet: bool) {
+        let mut state = self.state.lock();
+        state.quiet = quiet;
+        self.changed.notify_all();
+        let until = Instant::now() + QUIET_LIMIT;
+        let done = |state: &State| {
+            if quiet {
+                !state.listening && state.connections == 0
+            } else {
+                state.listening
+            }
+        };
+        while !done(&state) {
+            if self.changed.wait_until(&mut state, until).timed_out() {
+                break;
             }
         }
     }
@@ -153,29 +232,24 @@ impl Endpoint {
                     Err(error) => Reply::error(error.kind, error.message),
                 }
             }
+            // Answered at once, empty while the checkpoint runs (the tool asks again):
+            // no connection stays open while a tree is dumped.
             Request::Result { id } => {
-                let mut state = self.state.lock();
-                loop {
-                    if let Some((_, result)) = state.results.iter().find(|(done, _)| *done == id) {
-                        let mut reply = Reply {
-                            v: control::PROTOCOL_VERSION,
-                            id: Some(id),
-                            ..Reply::default()
-                        };
-                        match result.clone() {
-                            Ok(result) => reply.result = Some(result),
-                            Err(error) => reply.error = Some(error),
-                        }
-                        return reply;
-                    }
-                    if state.running != Some(id) {
+                let state = self.state.lock();
+                let mut reply =
+                    Reply { v: control::PROTOCOL_VERSION, id: Some(id), ..Reply::default() };
+                match state.results.iter().find(|(done, _)| *done == id) {
+                    Some((_, Ok(result))) => reply.result = Some(result.clone()),
+                    Some((_, Err(error))) => reply.error = Some(error.clone()),
+                    None if state.running == Some(id) => {}
+                    None => {
                         return Reply::error(
                             ErrorKind::UnknownId,
                             format!("no checkpoint with id {id}"),
-                        );
+                        )
                     }
-                    self.changed.wait(&mut state);
                 }
+                reply
             }
             Request::Status => {
                 let state = self.state.lock();
@@ -262,8 +336,155 @@ impl Endpoint {
         self.changed.notify_all();
     }
 
-    /// One global snapshot of every rank into `series` (self: two phases).
+    /// One global snapshot of every rank into `series`, by the ranks' component: self
+    /// in two phases, criu as one image of the launcher's tree.
     fn checkpoint(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        let components = self.rank_components()?;
+        match components.first().map(String::as_str) {
+            Some(first) if components.iter().any(|c| c != first) => Err(Error::new(
+                OPAL_ERR_NOT_SUPPORTED,
+                format!(
+                    "job checkpoint failed, nothing published: the ranks use different components ({})",
+                    components.join(", ")
+                ),
+            )),
+            Some("criu") => self.checkpoint_tree(series),
+            _ => self.checkpoint_self(series),
+        }
+    }
+
+    /// Each rank's component, asked of the rank.
+    fn rank_components(&self) -> Result<Vec<String>, Error> {
+        let failed = |rank: usize, why: String| {
+            Error::new(
+                OPAL_ERROR,
+                format!(
+                    "job checkpoint failed, nothing published: rank {rank} (PID {}): {why}",
+                    self.job.ranks[rank]
+                ),
+            )
+        };
+        let mut components = Vec::with_capacity(self.job.ranks.len());
+        for (rank, &pid) in self.job.ranks.iter().enumerate() {
+            // A rank whose socket is closed for a dump (just after a restore of the tree it
+            // is still closed for a moment) is waited for.
+            let until = Instant::now() + BUSY_LIMIT;
+            let endpoint = loop {
+                match control::locate(pid) {
+                    Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    located => break located.map_err(|e| failed(rank, e.message().into()))?,
+                }
+            };
+            let reply = endpoint
+                .call(Request::Status, RANK_LIMIT)
+                .map_err(|e| failed(rank, format!("no status: {e}")))?;
+            match (reply.status, reply.error) {
+                (Some(status), _) => components.push(status.component),
+                (None, Some(error)) => return Err(failed(rank, error.message)),
+                (None, None) => return Err(failed(rank, "an empty status".into())),
+            }
+        }
+        Ok(components)
+    }
+
+    /// criu: the launcher dumps its own tree, the ranks with it, at one instant, so that
+    /// what connects the ranks comes back connected. The control sockets (the
+    /// launcher's and the ranks') are closed meanwhile, as for any tree dump.
+    fn checkpoint_tree(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        let started = Instant::now();
+        let pending = series.begin(self.job.launcher_pid)?;
+        let component = crate::framework::by_name("criu").expect("criu is a component");
+        let marker = control::DumpMarker::set();
+        self.quiet(true);
+        control::quiet_descendants(std::process::id() as i32);
+        let running_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut metadata = Metadata {
+            component: Some(component.name().to_string()),
+            cwd: std::env::current_dir().ok(),
+            ..Metadata::default()
+        };
+        let mut job = crate::framework::CheckpointJob {
+            params: &self.job.params,
+            dir: &pending.dir,
+            metadata: &mut metadata,
+            dump_helper: None,
+        };
+        let outcome = component.checkpoint(&mut job);
+        self.quiet(false);
+        drop(marker);
+        let finished_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (state, published) = match outcome {
+            Err(e) => {
+                pending.abandon();
+                return Err(e.context("job checkpoint failed, nothing published"));
+            }
+            // This is the restored launcher: the original published the snapshot.
+            Ok(CheckpointOutcome::Restarted) => {
+                let seq = pending.seq;
+                std::mem::forget(pending);
+                ("restart", crate::snapshot::Published { seq, path: series.snapshot_dir(seq) })
+            }
+            Ok(CheckpointOutcome::Continue) => {
+                ("continue", self.publish(series, pending, metadata, component.identity())?)
+            }
+        };
+        Ok(CheckpointResult {
+            seq: published.seq,
+            series: series.path().display().to_string(),
+            path: published.path.display().to_string(),
+            component: component.name().into(),
+            state: state.into(),
+            running_ms,
+            finished_ms,
+            established_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Writes the metadata (the store's own, so that listing and checking treat the
+    /// global snapshot as any snapshot, and `global_snapshot_meta.data`, which tells a
+    /// restart that it is a job's) and publishes the global snapshot.
+    fn publish(
+        &self,
+        series: &Series,
+        pending: PendingSnapshot,
+        mut metadata: Metadata,
+        identity: Vec<crate::snapshot::IdentityEntry>,
+    ) -> Result<crate::snapshot::Published, Error> {
+        let component = metadata.component.clone().unwrap_or_default();
+        let global = GlobalMetadata {
+            seq: pending.seq,
+            timestamp: global::timestamp_now(),
+            component: component.clone(),
+            launcher_pid: self.job.launcher_pid,
+            ranks: self.job.ranks.clone(),
+        };
+        metadata.pid = Some(self.job.launcher_pid);
+        metadata.series = Some(series.path().to_path_buf());
+        metadata.seq = Some(pending.seq);
+        metadata.version = Some(env!("CARGO_PKG_VERSION").to_string());
+        metadata.host = Some(crate::output::hostname());
+        let options = PublishOptions {
+            fsync: self.job.params.bool("crs_base_snapshot_fsync"),
+            keep: self.job.params.int("crs_base_snapshot_keep").max(0) as u64,
+            component,
+            pid: self.job.launcher_pid,
+            host: crate::output::hostname(),
+            identity,
+        };
+        metadata
+            .render()
+            .and_then(|text| pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes()))
+            .and_then(|()| {
+                pending.write_file(global::GLOBAL_METADATA_FILE, global.render().as_bytes())
+            })
+            .and_then(|()| pending.publish(options))
+    }
+
+    /// self: every rank checkpoints into its place in the global snapshot and holds;
+    /// the global snapshot is published only if all succeeded; then every rank goes on.
+    fn checkpoint_self(&self, series: &Series) -> Result<CheckpointResult, Error> {
         let started = Instant::now();
         let millis = || started.elapsed().as_secs_f64() * 1000.0;
         let pending = series.begin(self.job.launcher_pid)?;
@@ -305,41 +526,9 @@ impl Endpoint {
 
         // Phase two: publish only a complete global snapshot; then every rank goes on.
         let published = if failures.is_empty() {
-            let metadata = GlobalMetadata {
-                seq: pending.seq,
-                timestamp: global::timestamp_now(),
-                component: component.clone().unwrap_or_default(),
-                launcher_pid: self.job.launcher_pid,
-                ranks: self.job.ranks.clone(),
-            };
-            let options = PublishOptions {
-                fsync: self.job.params.bool("crs_base_snapshot_fsync"),
-                keep: self.job.params.int("crs_base_snapshot_keep").max(0) as u64,
-                component: component.clone().unwrap_or_default(),
-                pid: self.job.launcher_pid,
-                host: crate::output::hostname(),
-                identity: Vec::new(),
-            };
-            // Also the store's own metadata, so that listing and checking treat it as
-            // any snapshot; the global file tells a restart that it is a job's.
-            let local = Metadata {
-                pid: Some(self.job.launcher_pid),
-                component: component.clone(),
-                series: Some(series.path().to_path_buf()),
-                seq: Some(pending.seq),
-                version: Some(env!("CARGO_PKG_VERSION").to_string()),
-                host: Some(crate::output::hostname()),
-                ..Metadata::default()
-            };
-            local
-                .render()
-                .and_then(|text| {
-                    pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes())
-                })
-                .and_then(|()| {
-                    pending.write_file(global::GLOBAL_METADATA_FILE, metadata.render().as_bytes())
-                })
-                .and_then(|()| pending.publish(options))
+            let component = component.clone().unwrap_or_default();
+            let metadata = Metadata { component: Some(component), ..Metadata::default() };
+            self.publish(series, pending, metadata, Vec::new())
         } else {
             pending.abandon();
             Err(Error::new(

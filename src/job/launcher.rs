@@ -99,7 +99,7 @@ fn describe(status: i32) -> String {
 
 /// Waits for every rank and returns the job's status: that of the first rank to fail,
 /// or 0. `on_signal` gets each signal that is not passed on (e.g. the checkpoint
-/// signal). Children that are not ranks (a restore's helpers) are reaped silently.
+/// signal).
 pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
     let mut live: Vec<bool> = vec![true; ranks.len()];
     let mut failed: Option<i32> = None;
@@ -119,21 +119,16 @@ pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
             end_all(ranks_alive(ranks, &live).as_slice(), &[libc::SIGKILL]);
             kill_at = None;
         }
-        let mut status = 0;
         // Once the job is failing, poll so that the SIGKILL comes on time.
-        let flags = if kill_at.is_some() { libc::WNOHANG } else { 0 };
-        // SAFETY: status is a valid out-pointer.
-        let reaped = unsafe { libc::waitpid(-1, &mut status, flags) };
-        if reaped == 0 {
+        let Some(reaped) = (match next_rank_exit(ranks, kill_at.is_some()) {
+            Ok(reaped) => reaped,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => break,
+        }) else {
             std::thread::sleep(Duration::from_millis(10));
             continue;
-        }
-        if reaped < 0 {
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                _ => break,
-            }
-        }
+        };
+        let (reaped, status) = reaped;
         let Some(rank) = ranks.iter().position(|&pid| pid == reaped) else { continue };
         let Some(code) = exit_status(status) else { continue };
         live[rank] = false;
@@ -145,6 +140,31 @@ pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
         }
     }
     failed.unwrap_or(0)
+}
+
+/// Waits for a rank to end (with `poll`, only looks) and reaps it: its PID and wait
+/// status; None when none has ended, or when the child that ended is not a rank. Other
+/// children (CRIU's helpers, `criu --version`) belong to the thread that started them,
+/// which reaps them itself: they are only looked at, never reaped here.
+fn next_rank_exit(ranks: &[i32], poll: bool) -> std::io::Result<Option<(i32, libc::c_int)>> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | if poll { libc::WNOHANG } else { 0 };
+    // SAFETY: info is a valid out-pointer.
+    if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded, so si_pid is set (0 when nothing ended under WNOHANG).
+    let pid = unsafe { info.si_pid() };
+    if pid == 0 || !ranks.contains(&pid) {
+        return Ok(None);
+    }
+    let mut status = 0;
+    // SAFETY: reaps the rank that waitid reported; status is a valid out-pointer.
+    match unsafe { libc::waitpid(pid, &mut status, 0) } {
+        reaped if reaped == pid => Ok(Some((pid, status))),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 fn ranks_alive(ranks: &[i32], live: &[bool]) -> Vec<i32> {

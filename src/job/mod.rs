@@ -88,13 +88,16 @@ pub fn restart(
     params: &Params,
     verbose: bool,
 ) -> Result<i32, (Step, Error)> {
+    if metadata.component == "criu" {
+        return restore_tree(resolved, params, verbose);
+    }
     if metadata.component != "self" {
         return Err((
             Step::Choose,
             Error::new(
                 OPAL_ERR_NOT_SUPPORTED,
                 format!(
-                    "global snapshot {}: a job restart of component {} is not done yet (self only)",
+                    "global snapshot {}: written by component {}, which a job restart does not know",
                     resolved.dir.display(),
                     metadata.component
                 ),
@@ -142,6 +145,25 @@ pub fn restart(
         params: params.clone(),
     };
     Ok(serve_and_supervise(job, signal))
+}
+
+/// criu: the global snapshot is one image of the launcher's tree; it is restored as
+/// this process's child (the launcher, with its ranks below it, goes on as it was) and
+/// waited for: the job's status.
+fn restore_tree(
+    resolved: &snapshot::Resolved,
+    params: &Params,
+    verbose: bool,
+) -> Result<i32, (Step, Error)> {
+    let target = Target::path(resolved.dir.clone());
+    match crate::restart::run(&target, params, verbose, &mut |_| false)? {
+        RestartOutcome::Exited(status) => Ok(status),
+        RestartOutcome::Rejected(why) => Err((Step::Start, Error::msg(why))),
+        RestartOutcome::Spawned { pid, .. } => Err((
+            Step::Start,
+            Error::msg(format!("the restored launcher {pid} was not waited for")),
+        )),
+    }
 }
 
 /// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.
