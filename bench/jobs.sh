@@ -3,7 +3,10 @@
 #   1. a global checkpoint of 4 ranks (opal-checkpoint of the launcher) against 4 single
 #      checkpoints, one after the other, of 4 processes with the same state size;
 #   2. the round trip (checkpoint, SIGKILL, restart until every process has loaded its
-#      state) of the 4-rank job against that of one process.
+#      state) of the 4-rank job against that of one process;
+#   3. as root with CRIU (criu component): a global checkpoint of the 4-rank ring (one
+#      dump of the launcher's tree) against single checkpoints of 4 ring processes
+#      (each the one rank of its own job, dumped by itself), one after the other.
 #
 #   bash bench/jobs.sh [RUNS]     best and median of RUNS (default 5) of each
 #
@@ -47,14 +50,15 @@ wait_for() { # CONDITION...: polls for up to 20 s
     echo "jobs.sh: timed out waiting for: $*" >&2
     exit 1
 }
-ring_up() { local r; for r in 0 1 2 3; do [[ -S $1/ring.$r.sock ]] || return 1; done; }
+ring_up() { local r; for ((r = 0; r < ${NP:-4}; r++)); do [[ -S $1/ring.$r.sock ]] || return 1; done; }
 ring_restored() { local r; for r in 0 1 2 3; do [[ -e $1/ring.$r.restarted ]] || return 1; done; }
 log_has() { grep -q "$2" "$1" 2>/dev/null; }
 
-# Starts the 4-rank ring in its own session with results in $1; sets LAUNCHER.
+# Starts the ring of ${NP:-4} ranks in its own session with results in $1 (series $2 if
+# given); sets LAUNCHER.
 start_job() {
     mkdir -p "$1"
-    setsid "$BIN/opal-run" -np 4 ${2:+-n "$2"} "$WORK/ring" "$1" 100000000 >"$1.out" 2>&1 &
+    setsid "$BIN/opal-run" -np "${NP:-4}" ${2:+-n "$2"} "$WORK/ring" "$1" 100000000 >"$1.out" 2>&1 &
     LAUNCHER=$!
     disown "$LAUNCHER"
     GROUPS_STARTED+=("$LAUNCHER")
@@ -123,3 +127,29 @@ for ((i = 0; i < RUNS; i++)); do
     kill -KILL -- "-$restarted"
     echo $(((t1 - t0) / 1000000))
 done | summary | sed 's/^/round trip, one process:         /'
+
+CRIU=${CRIU:-/opt/criu/sbin/criu}
+if [[ $EUID -ne 0 || ! -x $CRIU ]]; then
+    echo "criu figures skipped: they need root and CRIU (\$CRIU=$CRIU)"
+    exit 0
+fi
+export OMPI_MCA_crs=criu OMPI_MCA_crs_criu_binary=$CRIU
+
+start_job "$WORK/criu-job"
+for ((i = 0; i < RUNS; i++)); do
+    t0=$(now); "$BIN/opal-checkpoint" -q "$LAUNCHER" >/dev/null; t1=$(now)
+    echo $(((t1 - t0) / 1000000))
+done | summary | sed 's/^/criu: global checkpoint, 4 ranks: /'
+kill -KILL -- "-$LAUNCHER"
+
+ranks=()
+for r in 0 1 2 3; do
+    NP=1 start_job "$WORK/criu-single$r"
+    ranks+=("$(tr -d " " <"/proc/$LAUNCHER/task/$LAUNCHER/children")")
+done
+for ((i = 0; i < RUNS; i++)); do
+    t0=$(now)
+    for rank in "${ranks[@]}"; do "$BIN/opal-checkpoint" -q "$rank" >/dev/null; done
+    t1=$(now)
+    echo $(((t1 - t0) / 1000000))
+done | summary | sed 's/^/criu: 4 single checkpoints:      /'

@@ -2,12 +2,13 @@
 //! process, so `opal-checkpoint <launcher pid>` (and the launcher's checkpoint signal)
 //! asks it for a checkpoint of the whole job, and it answers with the global snapshot.
 //!
-//! A job checkpoint (self) has two phases. First every rank is asked, over its own
-//! control socket, to checkpoint into `opal_snapshot_<rank>.ckpt` inside the global
-//! snapshot being written, and to hold before its continue phase (`hold`). Once every
-//! rank has answered, the global snapshot is published if all succeeded, and every
-//! rank then gets its go; if one failed nothing is published, all continue, and the
-//! failure names the rank and its cause.
+//! A job checkpoint goes the way of the ranks' component. self has two phases: first
+//! every rank is asked, over its own control socket, to checkpoint into
+//! `opal_snapshot_<rank>.ckpt` inside the global snapshot being written, and to hold
+//! before its continue phase (`hold`). Once every rank has answered, the global snapshot
+//! is published if all succeeded, and every rank then gets its go; if one failed nothing
+//! is published, all continue, and the failure names the rank and its cause. criu: the
+//! launcher dumps its own tree, the ranks with it, into the global snapshot.
 
 use super::global::{self, GlobalMetadata};
 use crate::codes::*;
