@@ -459,3 +459,29 @@ fn a_criu_job_over_loopback_tcp_restarts_to_the_uninterrupted_checksum() {
     require_criu!();
     criu_job_round_trip("tcp", Some("41260"));
 }
+
+#[test]
+fn the_interval_takes_global_snapshots_and_the_ranks_take_none_of_their_own() {
+    let sb = Sandbox::new("jobs-interval");
+    let ring = ring().display().to_string();
+    let dir = sb.path("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.display().to_string();
+    let args = ["-np", "4", "-mca", "opal_cr_checkpoint_interval", "1", &ring, &dir_arg, "100000"];
+    let mut job = RingJob { launcher: launch(&sb, &args, &[], "job"), dir };
+    let series = sb.path(&job.series());
+    assert!(
+        wait_until(LONG, || series.join("1/global_snapshot_meta.data").is_file()),
+        "no second global snapshot: {}",
+        sb.read("job.out")
+    );
+    // Every snapshot in the sandbox is the job's: no rank checkpointed itself.
+    let others: Vec<_> = std::fs::read_dir(&sb.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("opal_snapshot_"))
+        .collect();
+    assert!(others.is_empty(), "ranks' own series: {others:?}");
+    job.kill_all();
+}

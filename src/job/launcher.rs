@@ -27,17 +27,21 @@ pub fn rank_environment(rank: usize, size: usize) -> [(&'static str, String); 3]
     ]
 }
 
-/// Starts `size` ranks of `argv`, each with `env` and its place in the job. Rank 0
-/// gets the launcher's standard input, the others none. A rank that cannot be started
-/// ends the ones already started.
+/// Starts `size` ranks of `argv`, each with `env` (and without the variables `removed`)
+/// and its place in the job. Rank 0 gets the launcher's standard input, the others
+/// none. A rank that cannot be started ends the ones already started.
 pub fn start(
     argv: &[OsString],
     size: usize,
     env: &[(String, OsString)],
+    removed: &[String],
 ) -> std::io::Result<Vec<i32>> {
     let mut ranks = Vec::with_capacity(size);
     for rank in 0..size {
         let mut command = Command::new(&argv[0]);
+        for name in removed {
+            command.env_remove(name);
+        }
         command.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
         command.envs(rank_environment(rank, size));
         if rank > 0 {

@@ -38,11 +38,19 @@ pub struct JobOptions {
     pub params: Params,
 }
 
-/// The environment every rank gets on a fresh start: the `-mca` parameters and the
-/// snapshot directory.
+/// Parameters that the launcher acts on for the whole job, and that the ranks therefore
+/// do not get: each rank checkpointing itself on an interval would be no job checkpoint.
+const LAUNCHER_ONLY: &[&str] = &["opal_cr_checkpoint_interval"];
+
+/// The environment every rank gets on a fresh start: the `-mca` parameters (but the
+/// launcher's own) and the snapshot directory.
 pub fn job_environment(options: &JobOptions) -> Vec<(String, OsString)> {
-    let mut env: Vec<(String, OsString)> =
-        options.mca.iter().map(|(k, v)| (format!("OMPI_MCA_{k}"), v.into())).collect();
+    let mut env: Vec<(String, OsString)> = options
+        .mca
+        .iter()
+        .filter(|(k, _)| !LAUNCHER_ONLY.contains(&k.as_str()))
+        .map(|(k, v)| (format!("OMPI_MCA_{k}"), v.into()))
+        .collect();
     if let Some(dir) = &options.dir {
         env.push(("OMPI_MCA_crs_base_snapshot_dir".into(), dir.as_os_str().to_owned()));
     }
@@ -54,7 +62,10 @@ pub fn job_environment(options: &JobOptions) -> Vec<(String, OsString)> {
 pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
     let signal = checkpoint_signal(&options.params);
     launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
-    let ranks = launcher::start(&options.command, options.size, &job_environment(options))?;
+    let removed: Vec<String> =
+        LAUNCHER_ONLY.iter().map(|name| format!("OMPI_MCA_{name}")).collect();
+    let ranks =
+        launcher::start(&options.command, options.size, &job_environment(options), &removed)?;
     let job = endpoint::Job {
         launcher_pid: std::process::id() as i32,
         ranks,
@@ -172,9 +183,11 @@ fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
     (signal > 0 && !launcher::FORWARDED.contains(&signal)).then_some(signal)
 }
 
-/// Serves checkpoints of the job and waits for its ranks: the job's status.
+/// Serves checkpoints of the job (asked for, on the checkpoint signal and every
+/// `opal_cr_checkpoint_interval` seconds) and waits for its ranks: the job's status.
 fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
     let ranks = job.ranks.clone();
+    let params = job.params.clone();
     let endpoint = match endpoint::Endpoint::start(job) {
         Ok(endpoint) => Some(endpoint),
         Err(e) => {
@@ -182,6 +195,18 @@ fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
             None
         }
     };
+    let interval = params.int("opal_cr_checkpoint_interval");
+    if let (Some(endpoint), true) = (&endpoint, interval > 0) {
+        let endpoint = endpoint.clone();
+        let spawned =
+            std::thread::Builder::new().name("opalcrs-interval".into()).spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(interval as u64));
+                endpoint.checkpoint_now();
+            });
+        if let Err(e) = spawned {
+            eprintln!("opal-run: warning: no interval checkpoints: {e}");
+        }
+    }
     launcher::supervise(&ranks, &mut |received| {
         if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
             endpoint.checkpoint_now();
