@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
@@ -484,4 +485,66 @@ fn the_interval_takes_global_snapshots_and_the_ranks_take_none_of_their_own() {
         .collect();
     assert!(others.is_empty(), "ranks' own series: {others:?}");
     job.kill_all();
+}
+
+/// The uids of a process (real, effective, saved, filesystem).
+fn uids(pid: u32) -> String {
+    proc_status(pid, "Uid").unwrap_or_default()
+}
+
+#[test]
+fn a_users_job_is_checkpointed_by_root_refused_to_others_and_restarted_as_the_user() {
+    let (Some(user), Some(other)) = (TempUser::create("job"), TempUser::create("jobx")) else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("jobs-privilege");
+    let home = user.home_in(&sb);
+    let other_home = other.home_in(&sb);
+    let ring = sb.copy_program(&ring(), "ring");
+    let run = sb.copy_program(&run_tool(), "opal-run");
+    let tool = sb.copy_program(&checkpoint_tool(), "opal-checkpoint");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let home_arg = home.display().to_string();
+    let mut command = user.command(&sb, &run, &home);
+    command.env("LD_LIBRARY_PATH", &sb.dir).args(["-np", "2", "-w", &home_arg, "-n", "job.ckpt"]);
+    command.arg(&ring).args([&home_arg, "100000"]);
+    let mut launcher = sb.spawn(command, "job");
+    let pid = launcher.id().to_string();
+    let up = || (0..2).all(|r| home.join(format!("ring.{r}.sock")).exists());
+    assert!(wait_until(LONG, up), "{}", sb.read("job.out"));
+    let ranks = children(launcher.id());
+    assert_eq!(uids(launcher.id()), format!("{0}\t{0}\t{0}\t{0}", user.uid));
+
+    // Another user may not ask; root may, and the user's launcher writes as the user.
+    let refused = other.command(&sb, &tool, &other_home).arg(&pid).output().unwrap();
+    assert_eq!(refused.status.code(), Some(4), "{:?}", text(&refused));
+    let (_, global) = checkpoint_ok(&sb, &[&pid]);
+    assert_eq!(global, home.join("job.ckpt/0"));
+    assert_eq!(std::fs::metadata(&global).unwrap().uid(), user.uid);
+
+    // SAFETY: the launcher leads its own process group (the sandbox's setsid).
+    unsafe { libc::kill(-(launcher.id() as i32), libc::SIGKILL) };
+    kill_and_reap(&mut launcher);
+    assert!(wait_until(LONG, || ranks.iter().all(|&r| !alive(r))));
+
+    // Root restarts it: the launcher and the ranks are the user's, and the user may
+    // checkpoint the restarted job.
+    let series = home.join("job.ckpt");
+    let mut restart = sb.command(restart_tool());
+    restart.env("LD_LIBRARY_PATH", &sb.dir).arg(&series);
+    let restarted = sb.spawn(restart, "restart");
+    let back = || (0..2).all(|r| home.join(format!("ring.{r}.restarted")).exists());
+    assert!(wait_until(LONG, back), "{}", sb.read("restart.out"));
+    let user_uids = format!("{0}\t{0}\t{0}\t{0}", user.uid);
+    assert_eq!(uids(restarted.id()), user_uids, "the restarted launcher");
+    for rank in children(restarted.id()) {
+        assert_eq!(uids(rank), user_uids, "restarted rank {rank}");
+    }
+    let again = user.command(&sb, &tool, &home).arg(restarted.id().to_string()).output().unwrap();
+    let (stdout, stderr) = text(&again);
+    assert!(again.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("Snapshot Ref.:   1 job.ckpt\n"), "{stdout}");
+    // SAFETY: the restart leads its own process group (the sandbox's setsid).
+    unsafe { libc::kill(-(restarted.id() as i32), libc::SIGKILL) };
 }

@@ -127,6 +127,26 @@ pub fn restart(
         prepared.plan.series = None;
         plans.push(prepared);
     }
+    // Root restarting another user's job: the launcher becomes that user before it
+    // starts anything, so the ranks, the launcher's socket and the snapshots it writes
+    // into the user's series are the user's (and the user may checkpoint the job).
+    let owner = &plans[0].plan.owner;
+    if plans.iter().any(|p| p.plan.owner.uid != owner.uid) {
+        let message = format!(
+            "global snapshot {}: its ranks belong to different users",
+            resolved.dir.display()
+        );
+        return Err((Step::Choose, Error::new(OPAL_ERR_PERM, message)));
+    }
+    if owner.needs_switch() {
+        owner.become_owner().map_err(|e| {
+            (Step::Start, Error::io(format!("becoming uid {}, the owner of the job", owner.uid), e))
+        })?;
+        // The id change made the process undumpable, which would hide its control
+        // socket from the user's tools; it holds nothing of root's any more.
+        // SAFETY: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    }
     let signal = checkpoint_signal(params);
     launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
     let mut ranks = Vec::with_capacity(size);
