@@ -533,7 +533,7 @@ fn a_users_job_is_checkpointed_by_root_refused_to_others_and_restarted_as_the_us
     let series = home.join("job.ckpt");
     let mut restart = sb.command(restart_tool());
     restart.env("LD_LIBRARY_PATH", &sb.dir).arg(&series);
-    let restarted = sb.spawn(restart, "restart");
+    let mut restarted = sb.spawn(restart, "restart");
     let back = || (0..2).all(|r| home.join(format!("ring.{r}.restarted")).exists());
     assert!(wait_until(LONG, back), "{}", sb.read("restart.out"));
     let user_uids = format!("{0}\t{0}\t{0}\t{0}", user.uid);
@@ -547,4 +547,5 @@ fn a_users_job_is_checkpointed_by_root_refused_to_others_and_restarted_as_the_us
     assert!(stdout.starts_with("Snapshot Ref.:   1 job.ckpt\n"), "{stdout}");
     // SAFETY: the restart leads its own process group (the sandbox's setsid).
     unsafe { libc::kill(-(restarted.id() as i32), libc::SIGKILL) };
+    kill_and_reap(&mut restarted);
 }
