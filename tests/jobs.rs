@@ -549,3 +549,18 @@ fn a_users_job_is_checkpointed_by_root_refused_to_others_and_restarted_as_the_us
     unsafe { libc::kill(-(restarted.id() as i32), libc::SIGKILL) };
     kill_and_reap(&mut restarted);
 }
+
+#[test]
+fn keep_prunes_a_global_series_as_any_series() {
+    let sb = Sandbox::new("jobs-keep");
+    let mut job = RingJob::start(&sb, "job", "100000", &[("OMPI_MCA_crs_base_snapshot_keep", "1")]);
+    checkpoint_ok(&sb, &[&job.pid()]);
+    let (_, newest) = checkpoint_ok(&sb, &[&job.pid()]);
+    let series = sb.path(&job.series());
+    assert_eq!(newest, series.join("1"));
+    assert!(!series.join("0").exists(), "snapshot 0 was kept");
+    let listing = sb.restart(&["--list", &job.series()]);
+    let (listed, _) = text(&listing);
+    assert!(listing.status.success() && listed.contains("  good"), "{listed}");
+    job.kill_all();
+}
