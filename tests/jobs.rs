@@ -463,19 +463,28 @@ fn a_criu_job_over_loopback_tcp_restarts_to_the_uninterrupted_checksum() {
 
 #[test]
 fn the_interval_takes_global_snapshots_and_the_ranks_take_none_of_their_own() {
+    // The ranks get neither the interval nor the job's series name.
     let sb = Sandbox::new("jobs-interval");
     let ring = ring().display().to_string();
     let dir = sb.path("job");
     std::fs::create_dir_all(&dir).unwrap();
     let dir_arg = dir.display().to_string();
     let args = ["-np", "4", "-mca", "opal_cr_checkpoint_interval", "1", &ring, &dir_arg, "100000"];
-    let mut job = RingJob { launcher: launch(&sb, &args, &[], "job"), dir };
-    let series = sb.path(&job.series());
+    let env = [("OMPI_MCA_crs_base_snapshot_name", "named.ckpt")];
+    let mut job = RingJob { launcher: launch(&sb, &args, &env, "job"), dir };
+    let series = sb.path("named.ckpt");
     assert!(
         wait_until(LONG, || series.join("1/global_snapshot_meta.data").is_file()),
         "no second global snapshot: {}",
         sb.read("job.out")
     );
+    for rank in children(job.launcher.id()) {
+        let environ = std::fs::read(format!("/proc/{rank}/environ")).unwrap();
+        for name in ["OMPI_MCA_opal_cr_checkpoint_interval=", "OMPI_MCA_crs_base_snapshot_name="] {
+            let given = environ.split(|&b| b == 0).any(|var| var.starts_with(name.as_bytes()));
+            assert!(!given, "rank {rank} has {name}");
+        }
+    }
     // Every snapshot in the sandbox is the job's: no rank checkpointed itself.
     let others: Vec<_> = std::fs::read_dir(&sb.dir)
         .unwrap()

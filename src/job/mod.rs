@@ -39,8 +39,9 @@ pub struct JobOptions {
 }
 
 /// Parameters that the launcher acts on for the whole job, and that the ranks therefore
-/// do not get: each rank checkpointing itself on an interval would be no job checkpoint.
-const LAUNCHER_ONLY: &[&str] = &["opal_cr_checkpoint_interval"];
+/// do not get: each rank checkpointing itself on an interval would be no job checkpoint,
+/// and a rank's own checkpoint must not land in the job's global series.
+const LAUNCHER_ONLY: &[&str] = &["opal_cr_checkpoint_interval", "crs_base_snapshot_name"];
 
 /// The environment every rank gets on a fresh start: the `-mca` parameters (but the
 /// launcher's own) and the snapshot directory.
