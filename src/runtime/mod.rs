@@ -303,10 +303,13 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         pid: std::process::id() as i32,
         series: Mutex::new(inherited_series.clone()),
     });
-    if let (Some(series), Some(dir)) = (&inherited_series, &restored_from) {
+    // A rank of a job restarts without a series to continue (its own is inside the
+    // global snapshot), but still learns the snapshot it restarts from.
+    if let Some(dir) = &restored_from {
+        let series = inherited_series.clone().or_else(|| dir.parent().map(PathBuf::from));
         let seq =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        *LAST_SNAPSHOT.lock() = Some((series.clone(), seq, dir.clone()));
+        *LAST_SNAPSHOT.lock() = series.map(|series| (series, seq, dir.clone()));
     }
     component.init(&params)?;
     for name in [ENV_DO_RESTART, ENV_SERIES, ENV_SNAPSHOT_DIR] {
