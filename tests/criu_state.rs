@@ -60,6 +60,23 @@ fn the_librarys_descriptors_leave_the_numbers_programs_use_free() {
     kill_and_reap(&mut app);
 }
 
+/// A signal sent to the whole process right after `opal_init` and blocked by the program
+/// stays pending for the program: the listener thread, not yet run when it came (the
+/// program runs SCHED_FIFO on one CPU), took it with the mask it inherited (zdtm
+/// sigpending, now and then under load).
+#[test]
+fn a_signal_the_program_blocks_is_not_taken_by_a_library_thread_not_yet_run() {
+    if !is_root() {
+        eprintln!("skipped: SCHED_FIFO needs root");
+        return;
+    }
+    let sb = Sandbox::new("state-signal-after-init");
+    let exe = cc("signal_after_init.c", "signal-after-init", &[]);
+    let mut app = sb.spawn(sb.command(&exe), "app");
+    let status = wait_exit(&mut app, LONG);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", sb.read("app.out"));
+}
+
 /// Waits until `pid` has left /proc (an orphan is reaped by whoever adopted it).
 fn gone(pid: u32) -> bool {
     wait_until(LONG, || !std::path::Path::new(&format!("/proc/{pid}")).exists())

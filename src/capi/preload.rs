@@ -124,8 +124,8 @@ extern "C" fn watch_for_orphaning() {
         if libc::pthread_create(&mut thread, std::ptr::null(), watch_parent, tid_word.cast()) == 0 {
             libc::pthread_detach(thread);
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &program_mask, std::ptr::null_mut());
     }
+    runtime::restore_signal_mask(&program_mask);
 }
 
 /// The parent a forked child watches (set in the child, so a later fork of the child

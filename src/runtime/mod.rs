@@ -184,8 +184,8 @@ fn forget_inherited(state: &mut State) {
 }
 
 /// Blocks every signal in the calling thread and returns the mask it had. Every thread
-/// of the library runs with all signals blocked (the listener blocks them itself, its
-/// checkpoint workers inherit the mask, the orphan watcher is created under it): a signal
+/// of the library runs with all signals blocked, from its creation on (the listener and
+/// the orphan watcher are created under it, the checkpoint workers inherit it): a signal
 /// sent to the whole process then goes to the program's own threads only, as without
 /// the library, and one the program blocks stays pending. Async-signal-safe.
 pub(crate) fn block_all_signals() -> libc::sigset_t {
@@ -197,6 +197,13 @@ pub(crate) fn block_all_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
         before
     }
+}
+
+/// Puts back the calling thread's mask returned by [`block_all_signals`].
+/// Async-signal-safe.
+pub(crate) fn restore_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: pthread_sigmask on this thread's own mask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
 /// `pthread_atfork` child handler: close the parent's control socket and doorbell so
@@ -326,13 +333,15 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         USES_THREAD.store(params.bool("opal_cr_use_thread"), Ordering::SeqCst);
         state.server = Some(if params.bool("opal_cr_use_thread") {
             let shared = server.shared();
-            let thread = std::thread::Builder::new()
-                .name("opalcrs".into())
-                .spawn(move || {
-                    block_all_signals();
-                    server.run()
-                })
-                .map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?;
+            // Created under a full mask: a new thread gets its creator's mask when it
+            // first runs, and one the scheduler starts late took signals the program had
+            // blocked since (zdtm sigpending).
+            let program_mask = block_all_signals();
+            let spawned =
+                std::thread::Builder::new().name("opalcrs".into()).spawn(move || server.run());
+            restore_signal_mask(&program_mask);
+            let thread =
+                spawned.map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?;
             ServerHandle::Thread { shared, thread }
         } else {
             ServerHandle::Inline(Arc::new(Mutex::new(server)))
