@@ -141,7 +141,8 @@ fn end_like_the_program_thread() -> ! {
     match status & 0x7f {
         0 => {}
         libc::SIGSYS => killed_by_seccomp(),
-        // SAFETY: SIGKILL (a SECCOMP_MODE_STRICT violation) to this process.
+        // SIGKILL: the end of a SECCOMP_MODE_STRICT violation.
+        // SAFETY: a signal to this process.
         signal => unsafe {
             libc::kill(libc::getpid(), signal);
         },
@@ -198,7 +199,7 @@ fn seccomp_state(status_path: &CStr) -> Option<([u8; 64], usize)> {
 }
 
 /// The end a seccomp filter gives the last thread it kills: the watcher confines itself
-/// to a filter that kills it on `getppid`, and calls it.
+/// to a filter that kills it at its next system call, and makes one.
 fn killed_by_seccomp() {
     let filter = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }]; // BPF_RET|BPF_K: KILL_THREAD
     let program = libc::sock_fprog { len: 1, filter: filter.as_ptr().cast_mut() };
