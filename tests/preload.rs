@@ -366,6 +366,20 @@ fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
     daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
 }
 
+/// A forked child whose only thread ends alone (the raw exit system call, also under
+/// SECCOMP_MODE_STRICT, or killed by a seccomp filter) ends as a process, as without the
+/// library (zdtm seccomp_*: the orphan watcher thread kept such a child alive).
+#[test]
+fn a_forked_child_whose_only_thread_ends_ends() {
+    let sb = Sandbox::new("preload-lone-thread");
+    let exe = cc_without_library("lone_thread_exit.c", "lone-thread-exit", &[]);
+    let mut command = sb.command(&exe);
+    command.env("LD_PRELOAD", library());
+    let mut app = sb.spawn(command, "app");
+    let status = wait_exit(&mut app, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", sb.read("app.out"));
+}
+
 /// Lines the job script's producer writes, 50 ms apart, and what its consumer sums.
 const JOB_LINES: u64 = 100;
 
