@@ -119,6 +119,13 @@ fn a_checkpoint_leaves_the_process_with_as_many_mappings_as_before() {
     let mut app = sb.spawn(command, "app");
     let pid = app.id().to_string();
     assert!(wait_until(LONG, || sb.checkpoint(&["--status", &pid]).status.success()));
+    // The library answers before sleep's main has run (its setlocale maps the locale's
+    // files): count from the moment sleep sleeps (nanosleep or clock_nanosleep).
+    let asleep = || {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        matches!(call.split_whitespace().next(), Some("35" | "230"))
+    };
+    assert!(wait_until(LONG, asleep), "sleep {pid} never went to sleep");
     let mappings = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let before = mappings();
     for round in 1..=2 {
