@@ -336,6 +336,7 @@ impl PendingSnapshot {
     /// On failure the temporary directory is removed, and nothing is published when it
     /// is no longer the directory [`Series::begin`] made.
     pub fn publish(mut self, options: PublishOptions) -> Result<Published> {
+        let started = std::time::Instant::now();
         let (series, temp) = self.reopen()?;
         let payload = Payload::scan(&temp, &self.dir)?;
         // Flushing the payload (disk-bound) and hashing it (reads from the page cache)
@@ -355,11 +356,14 @@ impl PendingSnapshot {
                         })
                 })
                 .collect::<Result<Vec<_>>>();
+            let hashed_at = started.elapsed();
             let flushed = flusher.map_or(Ok(()), |thread| {
                 thread
                     .join()
                     .unwrap_or_else(|_| Err(Error::msg("the snapshot flush thread panicked")))
             });
+            log::debug!(target: "crs", "crs: publish phases: hashed {:.2} ms, flushed {:.2} ms",
+                hashed_at.as_secs_f64() * 1000.0, started.elapsed().as_secs_f64() * 1000.0);
             (files, flushed)
         });
         let files = files?;
@@ -434,6 +438,7 @@ impl PendingSnapshot {
             }
             self.series.retire_beyond(&series, options.keep, self.seq)
         };
+        log::debug!(target: "crs", "crs: publish phases: published {:.2} ms", started.elapsed().as_secs_f64() * 1000.0);
         for name in retired {
             let dir = self.series.path().join(&name);
             log::debug!(target: "crs", "crs: pruning {}", dir.display());

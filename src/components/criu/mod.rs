@@ -26,6 +26,10 @@ const STDIO_FILE: &str = "stdio";
 /// The log of the last failed dump, kept in the series.
 const FAILED_LOG: &str = "criu-failed.log";
 
+fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
 fn configured_binary(params: &Params) -> Option<PathBuf> {
     Some(params.str("crs_criu_binary")).filter(|p| !p.is_empty()).map(PathBuf::from)
 }
@@ -102,6 +106,7 @@ impl Component for CriuComponent {
     fn checkpoint(&self, job: &mut CheckpointJob) -> Result<CheckpointOutcome> {
         let pid = std::process::id() as i32;
         log::debug!(target: "crs", "crs:criu: checkpoint({pid}, ---)");
+        let started = std::time::Instant::now();
         let bin = find_binary(job.params)?;
         let privileged = binary::privileged();
         if !privileged && job.dump_helper.is_none() {
@@ -127,6 +132,7 @@ impl Component for CriuComponent {
         if privileged {
             bin.check()?;
         }
+        let checked = started.elapsed();
         let network_lock = network_lock(job.params, pid)?;
         let stdio: Vec<String> = (0..3)
             .map(|fd| {
@@ -155,6 +161,7 @@ impl Component for CriuComponent {
             external: &[],
             as_user: None,
         };
+        let prepared = started.elapsed();
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
             Some(helper) => {
@@ -164,7 +171,11 @@ impl Component for CriuComponent {
         };
         match dumped {
             Ok(rpc::DumpOutcome::Dumped) => {
+                let dumped_at = started.elapsed();
                 files::record(job.dir)?;
+                // Phases of a checkpoint, for bench/run.sh (milliseconds since the start).
+                log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, files recorded {:.2} ms",
+                    ms(checked), ms(prepared), ms(dumped_at), ms(started.elapsed()));
                 Ok(CheckpointOutcome::Continue)
             }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),

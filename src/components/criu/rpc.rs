@@ -195,6 +195,7 @@ pub(crate) fn dump_into(
     let as_user =
         opts.as_user.map(|(uid, gid)| (Owner::without_groups(uid, gid), DUMP_CAPABILITIES));
     let session = Session::start(bin, Helper::Detached, &[images.fd()], as_user)?;
+    let helper_started = started.elapsed();
     let images_dir = images.close();
     // A self-dump is frozen inside `call`, waiting for the answer; the restored copy
     // wakes up there too and finds CRIU's "restored" answer on the socket.
@@ -207,7 +208,11 @@ pub(crate) fn dump_into(
     }
     let outcome =
         if response.restored == Some(true) { DumpOutcome::Restored } else { DumpOutcome::Dumped };
-    debug!("crs:criu: dump of pid {}: {outcome:?} after {:?}", opts.pid, started.elapsed());
+    debug!(
+        "crs:criu: dump of pid {}: {outcome:?} after {:?} (swrk started after {helper_started:?})",
+        opts.pid,
+        started.elapsed()
+    );
     Ok(outcome)
 }
 
