@@ -18,7 +18,7 @@
 //! restore would look for the temporary's name, which no longer exists.
 
 use super::manifest::{
-    hash_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, MANIFEST_FILE,
+    hash_open_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, MANIFEST_FILE,
 };
 use crate::codes;
 use crate::error::{Error, Result};
@@ -347,13 +347,8 @@ impl PendingSnapshot {
                 .files
                 .iter()
                 .map(|(relative, file)| {
-                    // The descriptor's /proc link names this very file, wherever its
-                    // name now points.
-                    hash_file(&fd_path(file))
+                    hash_open_file(file, &self.dir.join(relative))
                         .map(|(size, hash)| FileEntry::new(relative.clone(), size, hash))
-                        .map_err(|e| {
-                            e.context(format!("cannot hash {}", self.dir.join(relative).display()))
-                        })
                 })
                 .collect::<Result<Vec<_>>>();
             let hashed_at = started.elapsed();
@@ -1025,11 +1020,6 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
-}
-
-/// The path through which `file`'s descriptor reaches that very file.
-fn fd_path(file: &File) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Removes `name` from `parent` and, if it is a directory, everything in it, through
