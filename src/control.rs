@@ -547,8 +547,14 @@ mod tests {
         await_dump_thread(own, Duration::from_secs(20));
         let waited = started.elapsed();
         worker.join().unwrap();
-        assert!(waited >= Duration::from_millis(250), "returned before the thread ended: {waited:?}");
-        assert!(waited < Duration::from_secs(5), "waited {waited:?} for a thread that ended after 0.3 s");
+        assert!(
+            waited >= Duration::from_millis(250),
+            "returned before the thread ended: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "waited {waited:?} for a thread that ended after 0.3 s"
+        );
     }
 
     #[test]

@@ -447,7 +447,8 @@ fn check_hash(snapshot_dir: &Path, entry: &FileEntry) -> std::result::Result<(),
 
 /// Size and XXH3-128 (32 lowercase hex digits) of a file, read in 1 MiB blocks.
 pub fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let file =
+        File::open(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     hash_from_start(&file, path)
 }
 
@@ -602,7 +603,9 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path().join("f");
         let window = MAPPED_HASH_WINDOW as usize;
-        for len in [0, 5, MAPPED_HASH_MIN as usize - 1, MAPPED_HASH_MIN as usize, window, window + 4097] {
+        for len in
+            [0, 5, MAPPED_HASH_MIN as usize - 1, MAPPED_HASH_MIN as usize, window, window + 4097]
+        {
             let data: Vec<u8> = (0..len).map(|i| (i * 131 % 253) as u8).collect();
             fs::write(&path, &data).unwrap();
             let expected = (len as u64, format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&data)));

@@ -605,9 +605,8 @@ pub(crate) unsafe fn spawn_swrk(
     // a large process spends milliseconds on (twice for the double fork), and leaves the
     // process's pages writable; not when switching users, where glibc would broadcast the
     // change to our threads through the shared memory.
-    let shared_stacks = (helper == Helper::Detached && command.as_user.is_none())
-        .then(ChildStacks::new)
-        .flatten();
+    let shared_stacks =
+        (helper == Helper::Detached && command.as_user.is_none()).then(ChildStacks::new).flatten();
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
     let first = unsafe {
         match (helper, &shared_stacks) {
@@ -1342,7 +1341,10 @@ mod tests {
         // A fork would have made every page copy-on-write: each write faults again.
         let faults = touch(&mut memory, 2);
         drop(session);
-        assert!(faults < PAGES as i64 / 10, "{faults} faults writing {PAGES} pages after the spawn");
+        assert!(
+            faults < PAGES as i64 / 10,
+            "{faults} faults writing {PAGES} pages after the spawn"
+        );
     }
 
     #[test]
