@@ -87,14 +87,14 @@ fn is_tcp(fd: &Path) -> bool {
     let len = unsafe {
         libc::getxattr(
             path.as_ptr(),
-            c"system.sockprotoname".as_ptr(),
+            b"system.sockprotoname\0".as_ptr().cast(),
             name.as_mut_ptr().cast(),
             name.len(),
         )
     };
     // A name of another length, or unreadable: the tables decide, as before.
     let name = usize::try_from(len).ok().and_then(|len| name.get(..len));
-    name.is_none_or(|name| matches!(name.strip_suffix(b"\0").unwrap_or(name), b"TCP" | b"TCPv6"))
+    name.map_or(true, |name| matches!(name.strip_suffix(b"\0").unwrap_or(name), b"TCP" | b"TCPv6"))
 }
 
 fn socket_inode(target: &Path) -> Option<u64> {
