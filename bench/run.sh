@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks of libopalcrs, printed side by side with their reference or goal.
 #
-#   bash bench/run.sh          full run (~40 s plus the build): 1 GiB process, 3 CRIU rounds
-#   bash bench/run.sh quick    short run (~10 s plus the build): 256 MiB, 1 CRIU round
+#   bash bench/run.sh          full run (~90 s plus the build): 1 GiB process, 3 CRIU rounds;
+#                              tmpfs: 512 MiB best of 10, 4 MiB median of 15
+#   bash bench/run.sh quick    short run (~20 s plus the build): 256 MiB, 1 CRIU round;
+#                              tmpfs: 128 MiB best of 4, 4 MiB median of 6
 #
 # Builds the library and tools (cargo, into $CARGO_TARGET_DIR or the repository's
 # target/), copies them and the C programs of bench/ into a temporary directory that
-# is removed at exit, and ends every process it started by PID. Needs root (CRIU dumps,
-# drop_caches), a C compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
+# is removed at exit (part 5 mounts a private tmpfs in it, unmounted first), and ends
+# every process it started by PID. Needs root (CRIU dumps, drop_caches, the mount), a C
+# compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
 # Optional: xxhsum (Debian package xxhash) for the hashing figures of part 4.
 # BENCH_MIB and BENCH_ROUNDS override the process size and the number of CRIU rounds.
 # See bench/README.md for what each figure means.
@@ -19,7 +22,7 @@ case $MODE in
 full) MIB=1024 ROUNDS=3 CKPT_RUNS=30 TMPFS_MIB=512 TMPFS_RUNS=10 SMALL_RUNS=15 ;;
 quick) MIB=256 ROUNDS=1 CKPT_RUNS=20 TMPFS_MIB=128 TMPFS_RUNS=4 SMALL_RUNS=6 ;;
 -h | --help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
