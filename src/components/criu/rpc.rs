@@ -775,9 +775,22 @@ unsafe fn spawn_detached_sharing_memory(
         }
     }
     let arg = (&spawn as *const DetachedSpawn).cast_mut().cast();
-    // SAFETY: the child runs `intermediate` on its own stack; CLONE_VFORK keeps `spawn`
-    // alive until it has exited.
-    unsafe { libc::clone(intermediate, stacks.top(0), libc::CLONE_VM | libc::CLONE_VFORK, arg) }
+    // A handler of the program must never run in a child that shares its memory: the
+    // children start with every signal blocked, and the helper unblocks them only once
+    // every handler is reset (see exec_swrk).
+    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask fill and swap the
+    // calling thread's mask (restored below; pthread_sigmask leaves errno, which the
+    // caller reads after a failed clone, alone).
+    unsafe {
+        let (mut all, mut previous): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        // The child runs `intermediate` on its own stack; CLONE_VFORK keeps `spawn`
+        // alive until it has exited.
+        let pid = libc::clone(intermediate, stacks.top(0), libc::CLONE_VM | libc::CLONE_VFORK, arg);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        pid
+    }
 }
 
 /// Whether this process is a child subreaper (PR_SET_CHILD_SUBREAPER).
@@ -848,12 +861,22 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
     // SAFETY: system calls on our own (the child's) signal state and descriptors.
     unsafe {
         // CRIU relies on SIGCHLD; the caller may have it blocked or ignored, and a Rust
-        // program ignores SIGPIPE, which exec would otherwise pass on.
+        // program ignores SIGPIPE, which exec would otherwise pass on. The program's
+        // handlers go before any signal is unblocked: this child may share its memory.
+        for signal in 1..=libc::SIGRTMAX() {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            let caught = libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction != libc::SIG_DFL
+                && action.sa_sigaction != libc::SIG_IGN;
+            if caught {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         // CRIU may print on stdout ("Looks good." after a check), which belongs to the
         // caller; it keeps it only when stdout is handed over explicitly.
         let stdout_handed_over = command.socket == libc::STDOUT_FILENO
