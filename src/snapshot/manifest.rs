@@ -510,7 +510,7 @@ pub fn hash_open_file(file: &File, shown: &Path) -> Result<(u64, String)> {
         // Making the page table entries costs more than hashing the bytes: a second
         // thread makes those of the window's second half meanwhile (where the kernel
         // cannot, before Linux 5.14, the hashing faults them in itself).
-        let (start, half) = (window as usize, len / 2 & !(PAGE_SIZE - 1));
+        let (start, half) = (window as usize, (len / 2) & !(PAGE_SIZE - 1));
         std::thread::scope(|scope| {
             let populate = |from: usize, len: usize| {
                 // SAFETY: advice on a range of our mapping; it only fills page tables.
