@@ -5,8 +5,10 @@
 # printing nothing.
 #
 # Only the programs are installed: no daemon is started and none is configured. The
-# test starts its own munged, slurmctld and slurmd with a private configuration, key,
-# state directories and ports. When this script has to install, it keeps Debian's
+# test starts its own munged, slurmctld and one slurmd per node with a private
+# configuration, key, state directories and ports (several nodes on this machine: the
+# package is built with --enable-multiple-slurmd; each node in namespaces of its own
+# made with ip, nsenter and unshare, from iproute2 and util-linux, when they are there). When this script has to install, it keeps Debian's
 # maintainer scripts from starting the packaged services (a temporary policy-rc.d that
 # denies every start, unless the machine already has one).
 #
@@ -20,9 +22,12 @@ have_all() {
     for tool in slurmctld slurmd sbatch squeue scontrol scancel sinfo munged; do
         [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || return 1
     done
-    # The plugins the test's configuration names.
-    [ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/proctrack_linuxproc.so ] ||
-        [ -n "$(find /usr/lib -name proctrack_linuxproc.so -print -quit 2>/dev/null)" ]
+    # The plugins the test's configuration names (cgroup v1 and the cgroup plugins).
+    local plugin
+    for plugin in cgroup_v1 proctrack_cgroup task_cgroup jobacct_gather_cgroup; do
+        [ -e "/usr/lib/x86_64-linux-gnu/slurm-wlm/$plugin.so" ] ||
+            [ -n "$(find /usr/lib -name "$plugin.so" -print -quit 2>/dev/null)" ] || return 1
+    done
 }
 
 have_all && exit 0

@@ -44,9 +44,10 @@ REPO=$PWD
 # timers, credentials, files, pipes, FIFOs, UNIX sockets, epoll, fsnotify, ptys, a
 # stopped child, a child subreaper; and
 # what the library once got wrong (its fds on numbers tests use, pending signals,
-# signalfd, files under /proc, file locks). Not sigpending: since the library follows
-# the program into its children by default it fails now and then (README).
-QUICK="pipe00 tty00 signalfd00 child_opened_proc file_locks00
+# signalfd, files under /proc, file locks, seccomp in a forked child, a descriptor
+# table shared by clone()'d children).
+QUICK="pipe00 tty00 signalfd00 sigpending child_opened_proc file_locks00 seccomp_filter_tsync
+fdt_shared
 busyloop00 sleeping00 caps00 wait00 zombie00 fpu00 futex-rl mprotect00 timers01
 timerfd sched_prio00 rlimits00 env00 umask00 cmdlinenv00 pthread00 vdso00 maps00
 sigaltstack pdeath_sig xids00 sockets00 sockets_dgram pipe01 write_read00 file_append

@@ -35,6 +35,12 @@ pub enum Request {
         /// CRIU itself asks the tool to dump it (`components::criu::behalf`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dump_helper: Option<String>,
+        /// Sent by a job's launcher (`job::endpoint`): once the snapshot is published,
+        /// answer with its result on this same connection and run the continue phase
+        /// only after the launcher's go (a line), so that no rank continues before all
+        /// have finished. Old tools leave it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
     },
     /// The result of checkpoint `id`; answered when it is known.
     Result {
@@ -567,6 +573,7 @@ mod tests {
                 dir: None,
                 wait: false,
                 dump_helper: Some("/tmp/opalcrs-dump-1-ab".into()),
+                hold: true,
             },
         };
         let text = serde_json::to_string(&request).unwrap();
@@ -581,7 +588,8 @@ mod tests {
                 name: None,
                 dir: None,
                 wait: false,
-                dump_helper: None
+                dump_helper: None,
+                hold: false
             }
         );
         assert!(serde_json::from_str::<RequestEnvelope>(r#"{"v":1,"op":"explode"}"#).is_err());

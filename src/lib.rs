@@ -10,6 +10,7 @@ pub mod control;
 mod elf;
 pub mod error;
 pub mod framework;
+pub mod job;
 pub mod output;
 pub mod owner;
 pub mod params;

@@ -255,6 +255,55 @@ fn restart_while_the_original_runs_uses_a_new_pid_namespace() {
     assert!(wait_until(LONG, || !alive(restored) && !alive(init)));
 }
 
+/// A process restored into a fresh PID namespace is checkpointed again by its PID as
+/// seen from outside, its namespace killed, and restored again, three rounds. It is not
+/// its session's leader (a shell started it in the background), and its stdout, a pipe
+/// when dumped, is opal-restart's once restored, a file opened outside that namespace:
+/// CRIU refused both.
+#[test]
+fn a_process_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_after_round() {
+    require_criu!();
+    let sb = Sandbox::new("criu-pidns-again");
+    let mut command = sb.command("bash");
+    command
+        .args(["-c", "\"$0\" \"$@\" & echo $! > counter.pid; wait"])
+        .arg(plain_counter())
+        .arg(sb.path("count"))
+        .arg("4")
+        .env("OMPI_MCA_crs", "criu")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut shell = sb.spawn_in_session(command).unwrap();
+    assert!(wait_until(LONG, || count_lines(&sb).len() >= 2), "plain_counter did not start");
+    let pid: u32 = sb.read("counter.pid").trim().parse().unwrap();
+    sb.adopt(pid);
+    assert_ne!(proc_status(pid, "NSsid"), Some(pid.to_string()), "a session leader");
+    let (_, mut snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    for round in 1..=3 {
+        let (restored, stderr) =
+            restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
+        assert!(stderr.contains("new PID namespace"), "round {round}: {stderr}");
+        assert_eq!(ns_pids(restored).last(), Some(&pid), "round {round}: its own PID");
+        let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+        sb.adopt(init);
+        let before = count_lines(&sb).len();
+        assert!(
+            wait_until(LONG, || count_lines(&sb)[before..].iter().any(|c| c.pid == pid)),
+            "round {round}: the restored copy does not count"
+        );
+        let out =
+            sb.checkpoint(&["--wait", "-n", &format!("round-{round}"), &restored.to_string()]);
+        assert!(out.status.success(), "round {round}: {:?}", text(&out));
+        snapshot = snapshot_path(&out);
+        kill(init);
+        assert!(wait_until(LONG, || !alive(restored)), "round {round}: outlives its namespace");
+    }
+    kill(pid);
+    kill_and_reap(&mut shell);
+    // Every restored copy went on from its own snapshot, its memory intact.
+    assert!(count_lines(&sb).iter().all(|c| c.ok && c.pid == pid));
+}
+
 #[test]
 fn term_ends_the_process_after_the_snapshot() {
     require_criu!();

@@ -60,6 +60,23 @@ fn the_librarys_descriptors_leave_the_numbers_programs_use_free() {
     kill_and_reap(&mut app);
 }
 
+/// A signal sent to the whole process right after `opal_init` and blocked by the program
+/// stays pending for the program: the listener thread, not yet run when it came (the
+/// program runs SCHED_FIFO on one CPU), took it with the mask it inherited (zdtm
+/// sigpending, now and then under load).
+#[test]
+fn a_signal_the_program_blocks_is_not_taken_by_a_library_thread_not_yet_run() {
+    if !is_root() {
+        eprintln!("skipped: SCHED_FIFO needs root");
+        return;
+    }
+    let sb = Sandbox::new("state-signal-after-init");
+    let exe = cc("signal_after_init.c", "signal-after-init", &[]);
+    let mut app = sb.spawn(sb.command(&exe), "app");
+    let status = wait_exit(&mut app, LONG);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", sb.read("app.out"));
+}
+
 /// Waits until `pid` has left /proc (an orphan is reaped by whoever adopted it).
 fn gone(pid: u32) -> bool {
     wait_until(LONG, || !std::path::Path::new(&format!("/proc/{pid}")).exists())
@@ -88,6 +105,32 @@ fn a_restore_gives_back_stopped_children_pending_signals_signalfd_and_timers() {
     assert!(wait_until(LONG, || sb.read("app.out").contains("verdict:")), "{}", sb.read("app.out"));
     let out = sb.read("app.out");
     assert!(out.contains("verdict: ok"), "the restore changed the process's state:\n{out}");
+}
+
+/// A checkpoint leaves the process with the mappings it had: the threads it starts
+/// reuse stacks and malloc arenas the library reserved at `opal_init` (8 areas more
+/// before; zdtm vdso-proxy allows 2, for the vDSO). The second checkpoint too.
+#[test]
+fn a_checkpoint_leaves_the_process_with_as_many_mappings_as_before() {
+    require_criu!();
+    let sb = Sandbox::new("state-maps");
+    let mut command = sb.command("sleep");
+    command.arg("60").env("LD_PRELOAD", library()).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id().to_string();
+    assert!(wait_until(LONG, || sb.checkpoint(&["--status", &pid]).status.success()));
+    let mappings = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let before = mappings();
+    for round in 1..=2 {
+        checkpoint_ok(&sb, &[&pid]);
+        let after = mappings();
+        assert_eq!(
+            after.lines().count(),
+            before.lines().count(),
+            "checkpoint {round}: before\n{before}after\n{after}"
+        );
+    }
+    kill_and_reap(&mut app);
 }
 
 #[test]

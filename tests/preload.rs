@@ -366,6 +366,20 @@ fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
     daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
 }
 
+/// A forked child whose only thread ends alone (the raw exit system call, also under
+/// SECCOMP_MODE_STRICT, or killed by a seccomp filter) ends as a process, as without the
+/// library (zdtm seccomp_*: the orphan watcher thread kept such a child alive).
+#[test]
+fn a_forked_child_whose_only_thread_ends_ends() {
+    let sb = Sandbox::new("preload-lone-thread");
+    let exe = cc_without_library("lone_thread_exit.c", "lone-thread-exit", &[]);
+    let mut command = sb.command(&exe);
+    command.env("LD_PRELOAD", library());
+    let mut app = sb.spawn(command, "app");
+    let status = wait_exit(&mut app, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", sb.read("app.out"));
+}
+
 /// Lines the job script's producer writes, 50 ms apart, and what its consumer sums.
 const JOB_LINES: u64 = 100;
 
@@ -455,6 +469,108 @@ fn a_job_script_is_checkpointed_with_its_children_by_its_pid_and_restored_twice(
         "restore after the kill: {}{stderr}",
         sb.read("restart.stdout")
     );
+}
+
+/// The PID a process sees for itself (the last of its `NSpid:` line).
+fn pid_inside(pid: u32) -> Option<u32> {
+    proc_status(pid, "NSpid")?.split_whitespace().last()?.parse().ok()
+}
+
+/// A tree restored into a fresh PID namespace is checkpointed again by its root's PID as
+/// seen from outside, its namespace killed, and restored again, for three rounds, each
+/// into a fresh namespace; the last run ends as an uninterrupted one would.
+#[test]
+fn a_job_tree_restored_into_a_fresh_pid_namespace_is_checkpointed_again_round_after_round() {
+    require_criu!();
+    let expected =
+        format!("sum {}\nscript: children ended with 0\n", JOB_LINES * (JOB_LINES + 1) / 2);
+    let sb = Sandbox::new("preload-job-retree");
+    let (mut outer, job) = start_job_script(&sb);
+    std::thread::sleep(Duration::from_millis(800));
+    for pid in process_tree(job) {
+        sb.adopt(pid);
+    }
+    let out = sb.checkpoint(&[&job.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut snapshot = snapshot_path(&out);
+    for round in 1..=3 {
+        // The original still runs in the first round; later ones ask for a namespace.
+        let (restored, stderr) =
+            restart_fork(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
+        assert!(stderr.contains("new PID namespace"), "round {round}: {stderr}");
+        let tree = process_tree(restored);
+        for pid in &tree {
+            sb.adopt(*pid);
+        }
+        assert_eq!(pid_inside(restored), Some(job), "round {round}: the root's own PID");
+        let init: u32 = proc_status(restored, "PPid").unwrap().parse().unwrap();
+        sb.adopt(init);
+        std::thread::sleep(Duration::from_millis(400));
+        let name = format!("round-{round}");
+        let again = sb.checkpoint(&["--wait", "-n", &name, &restored.to_string()]);
+        assert!(again.status.success(), "round {round}: {:?}", text(&again));
+        snapshot = snapshot_path(&again);
+        // A process inside the tree, by its PID outside: it alone (with its descendants).
+        let comm = |pid: &&u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        let producer = *tree.iter().find(|p| comm(p).as_deref() == Some("python3\n")).unwrap();
+        let inner =
+            sb.checkpoint(&["--wait", "-n", &format!("{name}-inner"), &producer.to_string()]);
+        assert!(inner.status.success(), "round {round}: {:?}", text(&inner));
+        let pids = opalcrs::components::criu::restore::image_pids(&snapshot_path(&inner)).unwrap();
+        assert_eq!(pids.first().copied(), pid_inside(producer).map(|p| p as i32));
+        assert!(!pids.contains(&(job as i32)), "round {round}: the script in {pids:?}");
+        // The namespace ends with its init, and the restored tree with it.
+        kill(init);
+        assert!(
+            wait_until(LONG, || tree.iter().all(|pid| !alive(*pid))),
+            "round {round}: the restored tree outlives its namespace"
+        );
+    }
+    let (status, stdout, stderr) =
+        run_restart(&sb, &["-mca", "crs_criu_pidns", "always", snapshot.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(7), "last restore: {stdout}{stderr}");
+    assert_eq!(stdout, expected, "last restore: {stderr}");
+    assert!(outer.wait().unwrap().success());
+    assert_eq!(sb.read("job.out"), expected, "the original run");
+}
+
+/// A preloaded `cat` reading a pipe, restored into a fresh PID namespace with a file
+/// for stdin and another for stdout (each reaches it through a pipe that the namespace
+/// holder relays): it copies the file and ends at its end, and opal-restart with it.
+#[test]
+fn a_process_restored_into_a_fresh_pid_namespace_reads_our_stdin_file_to_its_end() {
+    require_criu!();
+    let sb = Sandbox::new("preload-pidns-stdin");
+    let mut command = sb.command("cat");
+    command
+        .env("LD_PRELOAD", library())
+        .env("OMPI_MCA_crs", "criu")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut cat = sb.spawn_in_session(command).unwrap();
+    let pid = cat.id().to_string();
+    let answers = || sb.checkpoint(&["--status", &pid]).status.success();
+    assert!(wait_until(LONG, answers), "cat never answers");
+    let out = sb.checkpoint(&[&pid]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let lines: String = (1..=5000).map(|n| format!("line {n}\n")).collect();
+    std::fs::write(sb.path("input"), &lines).unwrap();
+    let (out_file, err_file) = (sb.path("restart.stdout"), sb.path("restart.stderr"));
+    let restart = sb
+        .command(restart_tool())
+        .args(["-mca", "crs_criu_pidns", "always", snapshot_path(&out).to_str().unwrap()])
+        .stdin(std::fs::File::open(sb.path("input")).unwrap())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    sb.adopt(restart.id());
+    let status = wait_exit(&mut { restart }, LONG);
+    kill_and_reap(&mut cat);
+    let stderr = sb.read("restart.stderr");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    assert!(stderr.contains("new PID namespace"), "{stderr}");
+    assert!(sb.read("restart.stdout") == lines, "cat's output differs from its input: {stderr}");
 }
 
 /// Launchers that only pass the program through behave as without the library: same

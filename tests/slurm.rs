@@ -1,9 +1,12 @@
-//! Batch jobs that outlive their time limit, on a real Slurm: a private cluster on
-//! localhost (munged, slurmctld and slurmd of Debian's slurm-wlm 22.05, started here
-//! with their own configuration, key, state directories and ports, and stopped by PID
-//! at the end) runs the job scripts of examples/slurm/ on the example programs.
+//! Batch jobs that outlive their time limit, on a real Slurm: a private cluster
+//! (munged, slurmctld and one slurmd per node of Debian's slurm-wlm 22.05, started here
+//! with their own configuration, key, state directories and ports, with Slurm's cgroup
+//! plugins, and stopped by PID at the end; see [`Cluster`]) runs the job scripts of
+//! examples/slurm/ on the example programs. One node runs on localhost; two nodes each
+//! in network and UTS namespaces of their own, where requeued jobs move from one node to
+//! the other (`requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups`).
 //!
-//! Four jobs run at once, each for a computation whose result the test knows:
+//! On one node, four jobs run at once, each for a computation whose result the test knows:
 //! - self and criu, each warned twice by `scancel --signal=USR1 --batch` (what
 //!   `--signal=B:USR1@N` does, without waiting for a time limit), so each finishes in
 //!   its third run after two automatic requeues;
@@ -19,7 +22,9 @@
 //!
 //! The other tests run `opal-run` alone, as the job scripts do: fresh start,
 //! checkpoint on USR1 with exit status 85, restart, for self and criu; series names
-//! from the Slurm job; exit codes.
+//! from the Slurm job; exit codes. And what a restore on another node needs: a tree
+//! restored into the cgroups of whoever restores it; a criu snapshot of another kernel
+//! or executable refused.
 
 mod common;
 use common::*;
@@ -81,11 +86,11 @@ fn opal_run() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_opal-run"))
 }
 
-/// Two different TCP ports on 127.0.0.1 that nothing listens on right now.
-fn free_ports() -> (u16, u16) {
-    let first = TcpListener::bind("127.0.0.1:0").unwrap();
-    let second = TcpListener::bind("127.0.0.1:0").unwrap();
-    (first.local_addr().unwrap().port(), second.local_addr().unwrap().port())
+/// `count` different TCP ports that nothing listens on right now.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("0.0.0.0:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 fn short_hostname() -> String {
@@ -98,15 +103,172 @@ fn short_hostname() -> String {
     name.split('.').next().unwrap().to_string()
 }
 
-/// A private Slurm cluster of one node; its daemons are our children, ended by PID.
+/// A cgroup directory of one v1 hierarchy, removed when dropped with what is below it
+/// (the processes in it, the test's own, are ended first).
+struct CgroupDir {
+    dir: PathBuf,
+}
+
+impl CgroupDir {
+    /// `/sys/fs/cgroup/<controller>/<name>`, made; None when the hierarchy is not there.
+    fn create(controller: &str, name: &str) -> Option<CgroupDir> {
+        let hierarchy = Path::new("/sys/fs/cgroup").join(controller);
+        if !hierarchy.join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = hierarchy.join(name);
+        fs::create_dir_all(&dir).ok()?;
+        Some(CgroupDir { dir })
+    }
+
+    fn sub(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The cgroup of `pid` in this hierarchy, relative to this directory.
+    fn of(&self, pid: u32) -> Option<String> {
+        let hierarchy = self.dir.parent()?.file_name()?.to_str()?.to_string();
+        let name = self.dir.file_name()?.to_str()?.to_string();
+        let path = cgroup_of(pid, &hierarchy)?;
+        Some(path.strip_prefix(&format!("/{name}")).unwrap_or(&path).to_string())
+    }
+}
+
+/// The cgroup of `pid` in the v1 hierarchy of `controller`, from /proc/PID/cgroup.
+fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == controller).then(|| path.to_string())
+    })
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        // Deepest first: a cgroup directory is removed by rmdir once it is empty.
+        let mut dirs = vec![self.dir.clone()];
+        let mut next = 0;
+        while next < dirs.len() {
+            if let Ok(entries) = fs::read_dir(&dirs[next]) {
+                dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            next += 1;
+        }
+        for dir in dirs.iter().rev() {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                kill(pid);
+            }
+            wait_until(Duration::from_secs(5), || fs::remove_dir(dir).is_ok() || !dir.exists());
+        }
+    }
+}
+
+/// The v1 hierarchies Slurm's cgroup plugins use here (proctrack: freezer; task:
+/// memory, and cpuset and devices when asked; jobacct_gather: cpuacct, memory).
+const SLURM_CGROUP_CONTROLLERS: [&str; 6] =
+    ["freezer", "memory", "cpuset", "devices", "cpuacct", "pids"];
+
+/// A private bridge with one network namespace per node, each joined to it by a veth
+/// pair; all removed when dropped.
+struct Network {
+    bridge: String,
+    /// The first three numbers of the bridge's /24 (10.X.Y).
+    subnet: String,
+    namespaces: Vec<String>,
+}
+
+impl Network {
+    /// The bridge at `<subnet>.1`, and `nodes` namespaces at `<subnet>.11`, `.12`, ….
+    fn create(tag: &str, nodes: usize) -> Result<Network, String> {
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let used = Command::new("ip")
+            .args(["-4", "-o", "addr"])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        let used = String::from_utf8_lossy(&used.stdout).into_owned();
+        let pid = std::process::id();
+        let subnet = (0..250u32)
+            .map(|k| format!("10.{}.{}", 200 + (pid + k) % 50, (pid / 50 + k) % 250))
+            .find(|net| !used.contains(&format!(" {net}.")))
+            .ok_or("no free 10.x.y.0/24 for the bridge")?;
+        let mut network = Network { bridge: format!("ocb{tag}"), subnet, namespaces: Vec::new() };
+        ip(&["link", "add", &network.bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{}.1/24", network.subnet), "dev", &network.bridge])?;
+        ip(&["link", "set", &network.bridge, "up"])?;
+        for i in 0..nodes {
+            let ns = format!("opalcrs-{tag}-{i}");
+            ip(&["netns", "add", &ns])?;
+            network.namespaces.push(ns.clone());
+            let veth = format!("ocv{tag}{i}");
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["link", "set", &veth, "master", &network.bridge, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", network.addr(i)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(network)
+    }
+
+    fn addr(&self, node: usize) -> String {
+        format!("{}.{}", self.subnet, 11 + node)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // A namespace's veth goes with it; the bridge last.
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+/// One slurmd of a cluster.
+struct Node {
+    name: String,
+    addr: String,
+    port: u16,
+}
+
+/// A private Slurm cluster: munged, slurmctld and one `slurmd -N NODE` per node, with
+/// Slurm's cgroup plugins (proctrack/cgroup, task/cgroup, jobacct_gather/cgroup on
+/// cgroup v1). Its daemons are our children, ended by PID; the cgroups its slurmd
+/// made, its namespaces and bridge are removed when it is dropped.
 struct Cluster {
     dir: PathBuf,
     conf: PathBuf,
-    daemons: Vec<(&'static str, Child)>,
+    nodes: Vec<Node>,
+    daemons: Vec<(String, Child)>,
+    /// Each node in network and UTS namespaces of its own; None: all on 127.0.0.1.
+    network: Option<Network>,
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Result<Cluster, String> {
+    /// A cluster of `nodes` nodes. One node runs on 127.0.0.1 with this machine's
+    /// hostname; more run each in a network and UTS namespace of its own (hostname and
+    /// address on a private bridge), or, when that cannot be set up, all on 127.0.0.1
+    /// (said on stderr).
+    fn start(dir: &Path, nodes: usize) -> Result<Cluster, String> {
+        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Names unique on the machine: the cgroups slurmd makes are named after its node.
+        let tag = format!("{}{serial}", std::process::id() % 100_000);
         for sub in ["munge", "state", "spool", "log"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -118,8 +280,29 @@ impl Cluster {
         fs::set_permissions(dir.join("munge"), fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join("munge/munge.socket");
         let conf = dir.join("slurm.conf");
-        let mut cluster =
-            Cluster { dir: dir.to_path_buf(), conf: conf.clone(), daemons: Vec::new() };
+        let network = match nodes {
+            1 => None,
+            _ => Network::create(&tag, nodes)
+                .map_err(|why| {
+                    eprintln!("Slurm test: nodes share 127.0.0.1 (no namespaces: {why})")
+                })
+                .ok(),
+        };
+        let ports = free_ports(nodes + 1);
+        let node_list: Vec<Node> = (0..nodes)
+            .map(|i| Node {
+                name: format!("oc{tag}n{}", i + 1),
+                addr: network.as_ref().map_or("127.0.0.1".to_string(), |n| n.addr(i)),
+                port: ports[i + 1],
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            conf: conf.clone(),
+            nodes: node_list,
+            daemons: Vec::new(),
+            network,
+        };
 
         let d = |name: &str| dir.join(name).display().to_string();
         let munged = Command::new("munged")
@@ -134,36 +317,49 @@ impl Cluster {
             .stderr(fs::File::create(dir.join("log/munged.err")).unwrap())
             .spawn()
             .map_err(|e| format!("starting munged: {e}"))?;
-        cluster.daemons.push(("munged", munged));
+        cluster.daemons.push(("munged".into(), munged));
         if !wait_until(Duration::from_secs(10), || socket.exists()) {
             return Err(format!("munged did not create its socket:\n{}", cluster.logs()));
         }
 
         let host = short_hostname();
-        let (ctld_port, slurmd_port) = free_ports();
+        let ctld_addr =
+            cluster.network.as_ref().map_or("127.0.0.1".to_string(), |n| format!("{}.1", n.subnet));
+        let node_lines: String = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "NodeName={} NodeHostname={} NodeAddr={} Port={} CPUs=8 RealMemory=1000 State=UNKNOWN\n",
+                    n.name, n.name, n.addr, n.port
+                )
+            })
+            .collect();
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
         // Slurm's floor for cred_expire is 5 s (less is refused and becomes 120 s); a
-        // requeued job waits for it before it starts again.
+        // requeued job waits for it before it starts again. %n: each slurmd has its own
+        // spool, PID and log file.
         let text = format!(
             "ClusterName=opalcrstest\n\
-             SlurmctldHost={host}(127.0.0.1)\n\
+             SlurmctldHost={host}({ctld_addr})\n\
              SlurmctldPort={ctld_port}\n\
-             SlurmdPort={slurmd_port}\n\
              SlurmUser=root\n\
              SlurmdUser=root\n\
              AuthType=auth/munge\n\
              CredType=cred/munge\n\
              AuthInfo=socket={socket},cred_expire=5\n\
              StateSaveLocation={state}\n\
-             SlurmdSpoolDir={spool}\n\
+             SlurmdSpoolDir={spool}/%n\n\
              SlurmctldPidFile={ctld_pid}\n\
              SlurmdPidFile={slurmd_pid}\n\
              SlurmctldLogFile={ctld_log}\n\
              SlurmdLogFile={slurmd_log}\n\
              SlurmctldDebug=info\n\
              SlurmdDebug=info\n\
-             ProctrackType=proctrack/linuxproc\n\
-             TaskPlugin=task/none\n\
-             JobAcctGatherType=jobacct_gather/none\n\
+             ProctrackType=proctrack/cgroup\n\
+             TaskPlugin=task/cgroup\n\
+             JobAcctGatherType=jobacct_gather/cgroup\n\
+             JobAcctGatherFrequency=task=1\n\
              AccountingStorageType=accounting_storage/none\n\
              JobCompType=jobcomp/none\n\
              MpiDefault=none\n\
@@ -178,37 +374,78 @@ impl Cluster {
              KillWait=5\n\
              InactiveLimit=0\n\
              Waittime=0\n\
-             NodeName={host} NodeAddr=127.0.0.1 CPUs=4 RealMemory=1000 State=UNKNOWN\n\
-             PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+             {node_lines}\
+             PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP\n",
+            ctld_port = ports[0],
             socket = socket.display(),
             state = d("state"),
             spool = d("spool"),
             ctld_pid = d("slurmctld.pid"),
-            slurmd_pid = d("slurmd.pid"),
+            slurmd_pid = d("slurmd-%n.pid"),
             ctld_log = d("log/slurmctld.log"),
-            slurmd_log = d("log/slurmd.log"),
+            slurmd_log = d("log/slurmd-%n.log"),
+            names = names.join(","),
         );
         fs::write(&conf, text).unwrap();
+        // The cgroup plugins read cgroup.conf beside slurm.conf. Cores are not confined:
+        // the nodes share this machine's cores and declare more, so that jobs run side by
+        // side; memory is (task/cgroup's memory hierarchy).
+        fs::write(
+            dir.join("cgroup.conf"),
+            "CgroupPlugin=cgroup/v1\n\
+             CgroupMountpoint=/sys/fs/cgroup\n\
+             ConstrainCores=no\n\
+             ConstrainRAMSpace=yes\n\
+             ConstrainSwapSpace=no\n\
+             ConstrainDevices=no\n",
+        )
+        .unwrap();
 
-        for (name, args) in [("slurmctld", &["-D"][..]), ("slurmd", &["-D"][..])] {
-            let child = Command::new(name)
-                .args(args)
+        let start = |name: &str, command: &mut Command, log: &str| -> Result<Child, String> {
+            command
+                .arg("-D")
                 .arg("-f")
                 .arg(&conf)
                 // Not in their environment: it marks the processes of the jobs alone.
                 .env_remove("SLURM_CONF")
                 .stdin(Stdio::null())
-                .stdout(fs::File::create(dir.join(format!("log/{name}.out"))).unwrap())
-                .stderr(fs::File::create(dir.join(format!("log/{name}.err"))).unwrap())
+                .stdout(fs::File::create(dir.join(format!("log/{log}.out"))).unwrap())
+                .stderr(fs::File::create(dir.join(format!("log/{log}.err"))).unwrap())
                 .spawn()
-                .map_err(|e| format!("starting {name}: {e}"))?;
-            cluster.daemons.push((name, child));
+                .map_err(|e| format!("starting {name}: {e}"))
+        };
+        let ctld = start("slurmctld", &mut Command::new("slurmctld"), "slurmctld")?;
+        cluster.daemons.push(("slurmctld".into(), ctld));
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            fs::create_dir_all(dir.join("spool").join(&node.name)).unwrap();
+            // In its namespaces: nsenter and unshare exec, the shell sets the hostname
+            // and execs slurmd, so the child we hold is slurmd.
+            let mut command = match &cluster.network {
+                Some(network) => {
+                    let mut command = Command::new("nsenter");
+                    command
+                        .arg(format!("--net=/run/netns/{}", network.namespaces[i]))
+                        .args(["unshare", "--uts", "--", "sh", "-c"])
+                        .arg("hostname \"$0\" && exec slurmd -N \"$0\" \"$@\"")
+                        .arg(&node.name);
+                    command
+                }
+                None => {
+                    let mut command = Command::new("slurmd");
+                    command.args(["-N", &node.name]);
+                    command
+                }
+            };
+            let slurmd = start("slurmd", &mut command, &format!("slurmd-{}", node.name))?;
+            cluster.daemons.push((format!("slurmd {}", node.name), slurmd));
         }
         let idle = wait_until(Duration::from_secs(30), || {
-            cluster.slurm("sinfo", &["-h", "-o", "%T"]).is_ok_and(|out| out.trim() == "idle")
+            cluster.slurm("sinfo", &["-h", "-N", "-o", "%T"]).is_ok_and(|out| {
+                out.lines().filter(|state| state.trim() == "idle").count() == nodes
+            })
         });
         if !idle {
-            return Err(format!("the node did not become idle:\n{}", cluster.logs()));
+            return Err(format!("the nodes did not become idle:\n{}", cluster.logs()));
         }
         Ok(cluster)
     }
@@ -234,6 +471,17 @@ impl Cluster {
         }
     }
 
+    /// `scontrol update nodename=NODE state=STATE` (e.g. `drain`, `resume`).
+    fn set_node_state(&self, node: &str, state: &str) {
+        let mut args =
+            vec!["update".to_string(), format!("nodename={node}"), format!("state={state}")];
+        if state == "drain" {
+            args.push("reason=opalcrs-test".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.slurm("scontrol", &args).unwrap();
+    }
+
     /// `scontrol show job -o ID` as key=value pairs.
     fn job(&self, id: &str) -> Option<Vec<(String, String)>> {
         let out = self.slurm("scontrol", &["show", "job", "-o", id]).ok()?;
@@ -247,16 +495,15 @@ impl Cluster {
 
     /// The ends of the daemons' logs, for a failure message.
     fn logs(&self) -> String {
+        let mut names: Vec<String> =
+            ["munged.err", "munged.log", "slurmctld.err", "slurmctld.log"].map(String::from).into();
+        for node in &self.nodes {
+            names.push(format!("slurmd-{}.err", node.name));
+            names.push(format!("slurmd-{}.log", node.name));
+        }
         let mut text = String::new();
-        for name in [
-            "munged.err",
-            "munged.log",
-            "slurmctld.err",
-            "slurmctld.log",
-            "slurmd.err",
-            "slurmd.log",
-        ] {
-            let log = fs::read_to_string(self.dir.join("log").join(name)).unwrap_or_default();
+        for name in names {
+            let log = fs::read_to_string(self.dir.join("log").join(&name)).unwrap_or_default();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("pmix")).collect();
             let tail = &tail[tail.len().saturating_sub(15)..];
             text.push_str(&format!("--- {name}\n{}\n", tail.join("\n")));
@@ -299,7 +546,7 @@ impl Drop for Cluster {
         }
         // slurmctld first: stopped after slurmd, it waits for it for 10 s.
         self.daemons.sort_by_key(|(name, _)| {
-            ["slurmctld", "slurmd", "munged"].iter().position(|n| n == name)
+            ["slurmctld", "slurmd", "munged"].iter().position(|n| name.starts_with(n))
         });
         for (_, child) in self.daemons.iter_mut() {
             // SAFETY: SIGTERM to a daemon this test started.
@@ -312,6 +559,18 @@ impl Drop for Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
             stop(child);
+        }
+        // The cgroups each slurmd made (`slurm_<node>` in every hierarchy); the
+        // namespaces and bridge go with `network`.
+        for node in &self.nodes {
+            for controller in SLURM_CGROUP_CONTROLLERS {
+                let dir = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(format!("slurm_{}", node.name));
+                if dir.exists() {
+                    drop(CgroupDir { dir });
+                }
+            }
         }
     }
 }
@@ -326,6 +585,8 @@ struct Run {
     checkpointed: bool,
     /// What opal-run said it did.
     started: Option<String>,
+    /// The node it ran on (`hostname` in the job script).
+    host: Option<String>,
     /// When the job script began and ended this run (seconds since the epoch).
     began_at: Option<f64>,
     ended_at: Option<f64>,
@@ -342,7 +603,12 @@ fn runs(output: &str) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for line in output.lines() {
         if line.starts_with("=== job ") {
-            runs.push(Run { began_at: time_of(line), ..Run::default() });
+            let host = line.split(" on ").nth(1).and_then(|rest| rest.split(" at ").next());
+            runs.push(Run {
+                began_at: time_of(line),
+                host: host.map(str::to_string),
+                ..Run::default()
+            });
             continue;
         }
         let Some(run) = runs.last_mut() else { continue };
@@ -390,8 +656,9 @@ struct Job {
     label: &'static str,
     component: &'static str,
     steps: u64,
-    /// Warned by scancel (after SHORT_WARN_AFTER steps of each run) rather than by Slurm.
-    warned_by_test: bool,
+    /// Warned by scancel (after SHORT_WARN_AFTER steps of each run) this many times,
+    /// rather than by Slurm.
+    warnings: usize,
     id: String,
     output: PathBuf,
     result: PathBuf,
@@ -404,6 +671,211 @@ impl Job {
     fn field<'a>(&'a self, name: &str) -> Option<&'a str> {
         self.finished.as_ref()?.1.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    fn runs(&self) -> Vec<Run> {
+        runs(&fs::read_to_string(&self.output).unwrap_or_default())
+    }
+}
+
+/// The example programs, built as a user would: `sum_self` (self) and `sum` (criu).
+fn example_programs(sb: &Sandbox) -> (PathBuf, PathBuf) {
+    let bin = sb.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let sum_self = cc("../examples/slurm/sum_self.c", "sum_self", &["-O2", "-pthread"]);
+    let sum = bin.join("sum");
+    let status = Command::new("cc")
+        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&sum)
+        .arg(repo().join("examples/slurm/sum.c"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc sum.c failed");
+    (sum_self, sum)
+}
+
+/// What to submit: the example job script of `component` on a computation of `steps`.
+struct Plan {
+    label: &'static str,
+    component: &'static str,
+    steps: u64,
+    /// Warnings the test sends; 0: the job has a real one-minute time limit.
+    warnings: usize,
+}
+
+/// `sbatch` of the example job script for `plan`, as a user would submit it.
+fn submit(cluster: &Cluster, sb: &Sandbox, programs: &(PathBuf, PathBuf), plan: Plan) -> Job {
+    let tag = format!(
+        "{}-{}",
+        plan.component,
+        if plan.warnings > 0 { format!("scancel{}", plan.warnings) } else { "timelimit".into() }
+    );
+    let result = sb.path(&format!("{tag}.result"));
+    let output = sb.path(&format!("{tag}.out"));
+    let (script, program) = match plan.component {
+        "self" => ("self.sbatch", &programs.0),
+        _ => ("criu.sbatch", &programs.1),
+    };
+    let mut sbatch = sb.command("sbatch");
+    sbatch
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OPAL_RUN", opal_run())
+        .env("OPALCRS_LIB", lib_dir().join("libopalcrs.so"))
+        .env("CKPT_DIR", sb.path("checkpoints"))
+        .arg("--parsable")
+        .arg(format!("--job-name={tag}"))
+        .arg(format!("--output={}", output.display()));
+    if plan.warnings == 0 {
+        sbatch.args(["--time=1", "--signal=B:USR1@10"]);
+    }
+    let out = sbatch
+        .arg(repo().join("examples/slurm").join(script))
+        .arg(program)
+        .arg(plan.steps.to_string())
+        .arg(STEP_MS.to_string())
+        .arg(&result)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    Job {
+        label: plan.label,
+        component: plan.component,
+        steps: plan.steps,
+        warnings: plan.warnings,
+        id: stdout.trim().split(';').next().unwrap().to_string(),
+        output,
+        result,
+        warnings_sent: 0,
+        submitted: Instant::now(),
+        finished: None,
+    }
+}
+
+/// One look at the jobs: a job that ended is marked finished; a job the test warns is
+/// warned (`scancel --signal=USR1 --batch`, what `--signal=B:USR1@N` does without
+/// waiting for a time limit) once its current run has done SHORT_WARN_AFTER steps.
+fn poll(cluster: &Cluster, jobs: &mut [Job]) {
+    for job in jobs.iter_mut().filter(|j| j.finished.is_none()) {
+        let info = cluster.job(&job.id).unwrap_or_default();
+        let state = info.iter().find(|(k, _)| k == "JobState").map_or("", |(_, v)| v.as_str());
+        if matches!(
+            state,
+            "COMPLETED"
+                | "FAILED"
+                | "CANCELLED"
+                | "TIMEOUT"
+                | "NODE_FAIL"
+                | "OUT_OF_MEMORY"
+                | "BOOT_FAIL"
+                | "DEADLINE"
+        ) {
+            job.finished = Some((Instant::now(), info));
+            continue;
+        }
+        if state == "RUNNING" && job.warnings_sent < job.warnings {
+            let runs = job.runs();
+            let current = runs.len().saturating_sub(1);
+            let done = match (runs.last().and_then(|r| r.first), runs.last().and_then(|r| r.last)) {
+                (Some(first), Some(last)) => (last - first + 1) as usize,
+                _ => 0,
+            };
+            if current == job.warnings_sent && done >= SHORT_WARN_AFTER {
+                cluster.slurm("scancel", &["--signal=USR1", "--batch", &job.id]).unwrap();
+                job.warnings_sent += 1;
+            }
+        }
+    }
+}
+
+/// The figures of a job (its lines of the report) and what is wrong with it: it must
+/// end COMPLETED with the exact result, requeued as often as warned, every run but the
+/// last ending with a checkpoint and the next restarting from it.
+fn assess(job: &Job) -> (String, Vec<String>) {
+    let output = fs::read_to_string(&job.output).unwrap_or_default();
+    let runs = runs(&output);
+    let lost = lost_per_requeue(&runs);
+    let requeues = runs.len().saturating_sub(1);
+    let expected = format!("steps {} value {}\n", job.steps, expected_value(job.steps));
+    let result = fs::read_to_string(&job.result).unwrap_or_default();
+    let duration =
+        job.finished.as_ref().map(|(at, _)| at.duration_since(job.submitted).as_secs_f64());
+    let hosts: Vec<&str> = runs.iter().map(|r| r.host.as_deref().unwrap_or("?")).collect();
+    let report = format!(
+        "  {} (job {}): {}, {} steps ({:.0} s of work) in {}\n    \
+         {requeues} requeues (Slurm: Restarts={}); work lost per requeue {lost:?} steps of {STEP_MS} ms; \
+         checkpoint to next start {}; runs {} on {hosts:?}\n",
+        job.label,
+        job.id,
+        job.field("JobState").unwrap_or("not finished"),
+        job.steps,
+        (job.steps * STEP_MS) as f64 / 1000.0,
+        duration.map_or("-".to_string(), |d| format!("{d:.1} s")),
+        job.field("Restarts").unwrap_or("?"),
+        seconds(&requeue_gaps(&runs)),
+        seconds(&run_lengths(&runs)),
+    );
+    let mut problems = Vec::new();
+    if job.finished.is_none() {
+        problems.push(format!("did not finish within {DEADLINE:?}"));
+    } else if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
+        problems.push(format!(
+            "ended {:?} with exit code {:?}",
+            job.field("JobState"),
+            job.field("ExitCode")
+        ));
+    }
+    if result != expected {
+        problems.push(format!("result {result:?}, expected {expected:?}"));
+    }
+    if job.warnings > 0 && requeues != job.warnings {
+        problems.push(format!("{requeues} requeues, expected {}", job.warnings));
+    }
+    if job.warnings == 0 && requeues < 1 {
+        problems.push("never requeued: the work fits in the limit?".to_string());
+    }
+    if job.field("Restarts").is_some_and(|r| r != requeues.to_string()) {
+        problems.push(format!(
+            "Slurm counts {:?} restarts, the output {requeues} runs after the first",
+            job.field("Restarts")
+        ));
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let last_run = i + 1 == runs.len();
+        if run.checkpointed == last_run {
+            problems.push(format!(
+                "run {i}: checkpointed={} (every run but the last must end with a checkpoint)",
+                run.checkpointed
+            ));
+        }
+        let said = run.started.as_deref().unwrap_or("");
+        let wanted = if i == 0 {
+            "opal-run: no snapshot in series".to_string()
+        } else {
+            format!("opal-run: restarting from snapshot {} of series", i - 1)
+        };
+        if !said.starts_with(&wanted)
+            || (i > 0 && !said.ends_with(&format!("(component {})", job.component)))
+        {
+            problems.push(format!("run {i}: opal-run said {said:?}, expected {wanted:?}…"));
+        }
+    }
+    if let Some(too_many) = lost.iter().find(|&&l| l > MAX_LOST_STEPS) {
+        problems.push(format!("a requeue lost {too_many} steps (more than {MAX_LOST_STEPS})"));
+    }
+    (report, problems)
+}
+
+/// A failure message for `job` with its `problems` and its output without step lines.
+fn failure(job: &Job, problems: &[String]) -> String {
+    let output = fs::read_to_string(&job.output).unwrap_or_default();
+    let lines: Vec<&str> = output.lines().filter(|l| !l.starts_with("step ")).collect();
+    format!(
+        "{} (job {}): {}\n  output without step lines:\n    {}",
+        job.label,
+        job.id,
+        problems.join("; "),
+        lines.join("\n    ")
+    )
 }
 
 #[test]
@@ -418,207 +890,52 @@ fn batch_jobs_finish_correctly_across_requeues() {
         eprintln!("Slurm test: the criu jobs are left out: needs CRIU >= 4 ({why})");
     }
     let sb = Sandbox::new("slurm");
-    // The job scripts and programs, as a user would have them.
-    let bin = sb.path("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let sum_self = cc("../examples/slurm/sum_self.c", "sum_self", &["-O2", "-pthread"]);
-    let sum = bin.join("sum");
-    let status = Command::new("cc")
-        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&sum)
-        .arg(repo().join("examples/slurm/sum.c"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cc sum.c failed");
-    let library = lib_dir().join("libopalcrs.so");
-
-    let cluster = match Cluster::start(&sb.path("slurm")) {
+    let programs = example_programs(&sb);
+    let cluster = match Cluster::start(&sb.path("slurm"), 1) {
         Ok(c) => c,
         Err(e) => panic!("cannot start the private Slurm cluster: {e}"),
     };
     let cluster_ready = started.elapsed();
 
-    let mut jobs = Vec::new();
     let short = std::env::var_os("OPALCRS_SLURM_SHORT").is_some();
-    let plans: [(&str, &str, u64, bool); 4] = [
-        ("self, warned by scancel", "self", SHORT_STEPS, true),
-        ("criu, warned by scancel", "criu", SHORT_STEPS, true),
-        ("self, 1-minute limit", "self", LONG_STEPS, false),
-        ("criu, 1-minute limit", "criu", LONG_STEPS, false),
+    let plans = [
+        Plan {
+            label: "self, warned by scancel",
+            component: "self",
+            steps: SHORT_STEPS,
+            warnings: SHORT_WARNINGS,
+        },
+        Plan {
+            label: "criu, warned by scancel",
+            component: "criu",
+            steps: SHORT_STEPS,
+            warnings: SHORT_WARNINGS,
+        },
+        Plan { label: "self, 1-minute limit", component: "self", steps: LONG_STEPS, warnings: 0 },
+        Plan { label: "criu, 1-minute limit", component: "criu", steps: LONG_STEPS, warnings: 0 },
     ];
-    for (label, component, steps, warned_by_test) in plans {
-        if short && !warned_by_test {
-            continue;
-        }
-        if component == "criu" && criu.is_some() {
-            continue;
-        }
-        let tag = format!("{component}-{}", if warned_by_test { "scancel" } else { "timelimit" });
-        let result = sb.path(&format!("{tag}.result"));
-        let output = sb.path(&format!("{tag}.out"));
-        let (script, program) = match component {
-            "self" => ("self.sbatch", sum_self.clone()),
-            _ => ("criu.sbatch", sum.clone()),
-        };
-        let mut sbatch = sb.command("sbatch");
-        sbatch
-            .env("SLURM_CONF", &cluster.conf)
-            .env("OPAL_RUN", opal_run())
-            .env("OPALCRS_LIB", &library)
-            .env("CKPT_DIR", sb.path("checkpoints"))
-            .arg("--parsable")
-            .arg(format!("--job-name={tag}"))
-            .arg(format!("--output={}", output.display()));
-        if !warned_by_test {
-            sbatch.args(["--time=1", "--signal=B:USR1@10"]);
-        }
-        let out = sbatch
-            .arg(repo().join("examples/slurm").join(script))
-            .arg(&program)
-            .arg(steps.to_string())
-            .arg(STEP_MS.to_string())
-            .arg(&result)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
-        let id = stdout.trim().split(';').next().unwrap().to_string();
-        jobs.push(Job {
-            label,
-            component,
-            steps,
-            warned_by_test,
-            id,
-            output,
-            result,
-            warnings_sent: 0,
-            submitted: Instant::now(),
-            finished: None,
-        });
-    }
-
-    // Warn the scancel jobs, two runs each, once a run has done a third of the work;
-    // wait for every job to end.
+    let mut jobs: Vec<Job> = plans
+        .into_iter()
+        .filter(|plan| {
+            let left_out =
+                (short && plan.warnings == 0) || (plan.component == "criu" && criu.is_some());
+            !left_out
+        })
+        .map(|plan| submit(&cluster, &sb, &programs, plan))
+        .collect();
     while jobs.iter().any(|j| j.finished.is_none()) && started.elapsed() < DEADLINE {
-        for job in jobs.iter_mut().filter(|j| j.finished.is_none()) {
-            let info = cluster.job(&job.id).unwrap_or_default();
-            let state = info.iter().find(|(k, _)| k == "JobState").map_or("", |(_, v)| v.as_str());
-            if matches!(
-                state,
-                "COMPLETED"
-                    | "FAILED"
-                    | "CANCELLED"
-                    | "TIMEOUT"
-                    | "NODE_FAIL"
-                    | "OUT_OF_MEMORY"
-                    | "BOOT_FAIL"
-                    | "DEADLINE"
-            ) {
-                job.finished = Some((Instant::now(), info));
-                continue;
-            }
-            if job.warned_by_test && state == "RUNNING" && job.warnings_sent < SHORT_WARNINGS {
-                let runs = runs(&fs::read_to_string(&job.output).unwrap_or_default());
-                let current = runs.len().saturating_sub(1);
-                let done =
-                    match (runs.last().and_then(|r| r.first), runs.last().and_then(|r| r.last)) {
-                        (Some(first), Some(last)) => (last - first + 1) as usize,
-                        _ => 0,
-                    };
-                if current == job.warnings_sent && done >= SHORT_WARN_AFTER {
-                    cluster.slurm("scancel", &["--signal=USR1", "--batch", &job.id]).unwrap();
-                    job.warnings_sent += 1;
-                }
-            }
-        }
+        poll(&cluster, &mut jobs);
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Check every job and gather the figures.
     let mut failures = Vec::new();
     let mut report =
         format!("Slurm test: cluster ready after {:.1} s\n", cluster_ready.as_secs_f64());
     for job in &jobs {
-        let output = fs::read_to_string(&job.output).unwrap_or_default();
-        let runs = runs(&output);
-        let lost = lost_per_requeue(&runs);
-        let requeues = runs.len().saturating_sub(1);
-        let expected = format!("steps {} value {}\n", job.steps, expected_value(job.steps));
-        let result = fs::read_to_string(&job.result).unwrap_or_default();
-        let duration =
-            job.finished.as_ref().map(|(at, _)| at.duration_since(job.submitted).as_secs_f64());
-        report.push_str(&format!(
-            "  {} (job {}): {}, {} steps ({:.0} s of work) in {}\n    \
-             {requeues} requeues (Slurm: Restarts={}); work lost per requeue {lost:?} steps of {STEP_MS} ms; \
-             checkpoint to next start {}; runs {}\n",
-            job.label,
-            job.id,
-            job.field("JobState").unwrap_or("not finished"),
-            job.steps,
-            (job.steps * STEP_MS) as f64 / 1000.0,
-            duration.map_or("-".to_string(), |d| format!("{d:.1} s")),
-            job.field("Restarts").unwrap_or("?"),
-            seconds(&requeue_gaps(&runs)),
-            seconds(&run_lengths(&runs)),
-        ));
-        let mut problems = Vec::new();
-        if job.finished.is_none() {
-            problems.push(format!("did not finish within {DEADLINE:?}"));
-        } else if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0"))
-        {
-            problems.push(format!(
-                "ended {:?} with exit code {:?}",
-                job.field("JobState"),
-                job.field("ExitCode")
-            ));
-        }
-        if result != expected {
-            problems.push(format!("result {result:?}, expected {expected:?}"));
-        }
-        if job.warned_by_test && requeues != SHORT_WARNINGS {
-            problems.push(format!("{requeues} requeues, expected {SHORT_WARNINGS}"));
-        }
-        if !job.warned_by_test && requeues < 1 {
-            problems.push("never requeued: the work fits in the limit?".to_string());
-        }
-        if job.field("Restarts").is_some_and(|r| r != requeues.to_string()) {
-            problems.push(format!(
-                "Slurm counts {:?} restarts, the output {requeues} runs after the first",
-                job.field("Restarts")
-            ));
-        }
-        for (i, run) in runs.iter().enumerate() {
-            let last_run = i + 1 == runs.len();
-            if run.checkpointed == last_run {
-                problems.push(format!(
-                    "run {i}: checkpointed={} (every run but the last must end with a checkpoint)",
-                    run.checkpointed
-                ));
-            }
-            let said = run.started.as_deref().unwrap_or("");
-            let wanted = if i == 0 {
-                "opal-run: no snapshot in series".to_string()
-            } else {
-                format!("opal-run: restarting from snapshot {} of series", i - 1)
-            };
-            if !said.starts_with(&wanted)
-                || (i > 0 && !said.ends_with(&format!("(component {})", job.component)))
-            {
-                problems.push(format!("run {i}: opal-run said {said:?}, expected {wanted:?}…"));
-            }
-        }
-        if let Some(too_many) = lost.iter().find(|&&l| l > MAX_LOST_STEPS) {
-            problems.push(format!("a requeue lost {too_many} steps (more than {MAX_LOST_STEPS})"));
-        }
+        let (figures, problems) = assess(job);
+        report.push_str(&figures);
         if !problems.is_empty() {
-            let lines: Vec<&str> = output.lines().filter(|l| !l.starts_with("step ")).collect();
-            failures.push(format!(
-                "{} (job {}): {}\n  output without step lines:\n    {}",
-                job.label,
-                job.id,
-                problems.join("; "),
-                lines.join("\n    ")
-            ));
+            failures.push(failure(job, &problems));
         }
     }
     report.push_str(&format!("  total {:.1} s", started.elapsed().as_secs_f64()));
@@ -789,6 +1106,7 @@ fn figures_from_a_job_output() {
     assert_eq!((runs[0].first, runs[0].last, runs[0].checkpointed), (Some(1), Some(3), true));
     assert_eq!((runs[1].first, runs[1].last, runs[1].checkpointed), (Some(3), Some(4), false));
     assert!(runs[1].started.as_deref().unwrap().contains("component self"));
+    assert_eq!((runs[0].host.as_deref(), runs[1].host.as_deref()), (Some("n"), Some("n")));
     assert_eq!(lost_per_requeue(&runs), [1]);
     assert_eq!(requeue_gaps(&runs), [6.5]);
     assert_eq!(run_lengths(&runs), [30.5, 3.0]);
@@ -808,7 +1126,7 @@ fn srun_with_the_preload_on_its_command_line_preloads_the_step_program() {
         return;
     }
     let sb = Sandbox::new("slurm-srun");
-    let cluster = Cluster::start(&sb.path("slurm"))
+    let cluster = Cluster::start(&sb.path("slurm"), 1)
         .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
     let self_app = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let mut cases = vec![("self", self_app.clone(), true), ("self", self_app, false)];
@@ -864,4 +1182,360 @@ fn srun_with_the_preload_on_its_command_line_preloads_the_step_program() {
         let log_text = fs::read_to_string(&log).unwrap_or_default();
         assert!(log_text.contains(&expected), "{tag}: {log_text}");
     }
+}
+
+/// What a requeued job's restore must do with cgroups (Slurm's proctrack/cgroup and
+/// task/cgroup): the restored tree lives in the cgroups of the process that restores
+/// it (the new job's step), never in those it was dumped from. A tree whose child was
+/// in another cgroup than its root (so CRIU records the cgroups) is dumped, that cgroup
+/// is removed with its job, and the tree is restored by an opal-restart placed in a
+/// cgroup of its own: parent and child must come back there.
+#[test]
+fn a_restored_tree_lives_in_the_cgroups_of_the_process_that_restores_it() {
+    if !is_root() || criu_missing().is_some() {
+        eprintln!("skipped: needs root and CRIU >= 4 ({:?})", criu_missing());
+        return;
+    }
+    let sb = Sandbox::new("slurm-cgroups");
+    let Some(cgroup) =
+        CgroupDir::create("freezer", &format!("opalcrs-test-{}", std::process::id()))
+    else {
+        eprintln!("skipped: no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer");
+        return;
+    };
+    let (old_job, new_job) = (cgroup.sub("old_job"), cgroup.sub("new_job"));
+    let mut command = sb.command(cc("soak_tree.c", "soak_tree", &[]));
+    command.arg(sb.path("parent")).arg(sb.path("child")).env("OMPI_MCA_crs", "criu");
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    let child_pid =
+        || sb.read("child").lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    assert!(
+        wait_until(Duration::from_secs(20), || child_pid().is_some()),
+        "soak_tree did not start: {}",
+        sb.read("app.out")
+    );
+    let child: u32 = child_pid().unwrap();
+    sb.adopt(child);
+    fs::write(old_job.join("cgroup.procs"), child.to_string()).unwrap();
+    assert_eq!(cgroup.of(child).as_deref(), Some("/old_job"));
+    let (_, snapshot) = checkpoint_ok(&sb, &[&pid.to_string()]);
+    kill(child);
+    kill_and_reap(&mut app);
+    assert!(wait_until(Duration::from_secs(10), || !Path::new(&format!("/proc/{child}")).exists()));
+    fs::remove_dir(&old_job).unwrap();
+
+    // opal-restart --fork, moved into the new job's cgroup before it runs.
+    let procs = std::ffi::CString::new(new_job.join("cgroup.procs").as_os_str().as_encoded_bytes())
+        .unwrap();
+    let mut restart = sb.command(restart_tool());
+    restart.args(["--fork", snapshot.to_str().unwrap()]);
+    // SAFETY: open/write/close of a prepared path, async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut restart, move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let written = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if written {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = restart.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "opal-restart: {stdout}{stderr}");
+    let restored: u32 = stdout.trim().parse().unwrap();
+    sb.adopt(restored);
+    assert_eq!(restored, pid);
+    assert!(wait_until(Duration::from_secs(10), || children(restored).contains(&child)));
+    sb.adopt(child);
+    let places = (cgroup.of(restored), cgroup.of(child));
+    kill(child);
+    kill(restored);
+    assert_eq!(
+        places,
+        (Some("/new_job".to_string()), Some("/new_job".to_string())),
+        "the restored parent and child (the child was in /old_job at the dump; {}) ",
+        if old_job.exists() { "CRIU made /old_job again" } else { "/old_job is gone" }
+    );
+}
+
+/// The PID in the last `step N pid P` line of a job's output.
+fn last_step_pid(output: &str) -> Option<u32> {
+    let line = output.lines().rev().find(|l| l.starts_with("step "))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Requeued jobs on a private Slurm of two nodes, each node in namespaces of its own
+/// (hostname, address), with Slurm's cgroup plugins. The jobs' first runs are on the
+/// first node (the second is drained meanwhile); then the first node is drained, and
+/// every later run restarts on the second: self anywhere, criu there because kernel,
+/// executable and libraries are the same. Self and criu, each warned twice (work three
+/// times what a run gets), and self and criu with a real one-minute time limit and
+/// 120 s of work (left out with `OPALCRS_SLURM_SHORT=1`), end COMPLETED with the exact
+/// result. Every run's program is
+/// in its own job's step cgroup on the node it ran on (a criu program too, restored
+/// into the new job's cgroups). A third job (criu), once restored on the second node,
+/// is seen by `sstat`, stays RUNNING while its program works, and `scancel` ends the
+/// restored program.
+#[test]
+fn requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups() {
+    let started = Instant::now();
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let criu = criu_missing();
+    if let Some(why) = &criu {
+        eprintln!("Slurm test: the criu jobs are left out: needs CRIU >= 4 ({why})");
+    }
+    let sb = Sandbox::new("slurm-nodes");
+    let programs = example_programs(&sb);
+    let cluster = Cluster::start(&sb.path("slurm"), 2)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let cluster_ready = started.elapsed();
+    let (first, second) = (cluster.nodes[0].name.clone(), cluster.nodes[1].name.clone());
+    cluster.set_node_state(&second, "drain");
+
+    const CANCELLED: &str = "criu, cancelled once restored";
+    let mut plans = vec![Plan {
+        label: "self, moved by a drain",
+        component: "self",
+        steps: SHORT_STEPS,
+        warnings: SHORT_WARNINGS,
+    }];
+    if criu.is_none() {
+        plans.push(Plan {
+            label: "criu, moved by a drain",
+            component: "criu",
+            steps: SHORT_STEPS,
+            warnings: SHORT_WARNINGS,
+        });
+        plans.push(Plan { label: CANCELLED, component: "criu", steps: LONG_STEPS, warnings: 1 });
+    }
+    if std::env::var_os("OPALCRS_SLURM_SHORT").is_none() {
+        plans.push(Plan {
+            label: "self, 1-minute limit, moved by a drain",
+            component: "self",
+            steps: LONG_STEPS,
+            warnings: 0,
+        });
+        if criu.is_none() {
+            plans.push(Plan {
+                label: "criu, 1-minute limit, moved by a drain",
+                component: "criu",
+                steps: LONG_STEPS,
+                warnings: 0,
+            });
+        }
+    }
+    let mut jobs: Vec<Job> =
+        plans.into_iter().map(|plan| submit(&cluster, &sb, &programs, plan)).collect();
+    let mut drained = false;
+    // (job, run, node, PID, its freezer cgroup), once per run that has done 5 steps.
+    let mut placements: Vec<(String, usize, String, u32, Option<String>)> = Vec::new();
+    // The cancelled job: its state and sstat's line before scancel, and whether its
+    // restored program was gone within 10 s.
+    let mut cancel: Option<(String, Result<String, String>, u32, bool)> = None;
+    while jobs.iter().any(|j| j.finished.is_none()) && started.elapsed() < DEADLINE {
+        poll(&cluster, &mut jobs);
+        if !drained && jobs.iter().all(|j| j.runs().first().is_some_and(|r| r.first.is_some())) {
+            cluster.set_node_state(&first, "drain");
+            cluster.set_node_state(&second, "resume");
+            drained = true;
+        }
+        for job in jobs.iter().filter(|j| j.finished.is_none()) {
+            let output = fs::read_to_string(&job.output).unwrap_or_default();
+            let runs = runs(&output);
+            let Some(run) = runs.last() else { continue };
+            let (Some(first_step), Some(last_step)) = (run.first, run.last) else { continue };
+            let index = runs.len() - 1;
+            if last_step < first_step + 5 || run.ended_at.is_some() {
+                continue;
+            }
+            if !placements.iter().any(|(id, i, ..)| *id == job.id && *i == index) {
+                let pid = last_step_pid(&output).unwrap();
+                let node = run.host.clone().unwrap_or_default();
+                placements.push((job.id.clone(), index, node, pid, cgroup_of(pid, "freezer")));
+            }
+            if job.label == CANCELLED
+                && index == 1
+                && cancel.is_none()
+                && last_step >= first_step + 20
+            {
+                let pid = last_step_pid(&output).unwrap();
+                let info = cluster.job(&job.id).unwrap_or_default();
+                let state = info.iter().find(|(k, _)| k == "JobState").map_or("", |(_, v)| v);
+                let sstat = cluster.slurm(
+                    "sstat",
+                    &["-n", "-P", "-a", "-j", &job.id, "-o", "JobID,NTasks,MaxRSS,AveCPU"],
+                );
+                let state = state.to_string();
+                cluster.slurm("scancel", &[&job.id]).unwrap();
+                let gone = wait_until(Duration::from_secs(10), || !alive(pid));
+                cancel = Some((state, sstat, pid, gone));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let mut failures = Vec::new();
+    let mut report = format!(
+        "Slurm test, 2 nodes ({}): cluster ready after {:.1} s\n",
+        if cluster.network.is_some() { "network and UTS namespaces" } else { "on 127.0.0.1" },
+        cluster_ready.as_secs_f64()
+    );
+    for job in &jobs {
+        let runs = job.runs();
+        let (figures, mut problems) = assess(job);
+        if job.label == CANCELLED {
+            report.push_str(&format!(
+                "  {} (job {}): {}, runs on {:?}\n",
+                job.label,
+                job.id,
+                job.field("JobState").unwrap_or("not finished"),
+                runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect::<Vec<_>>()
+            ));
+            problems.clear();
+            match &cancel {
+                None => problems.push("its restored run was never seen working".into()),
+                Some((state, sstat, pid, gone)) => {
+                    report.push_str(&format!("    before scancel: {state}; sstat: {sstat:?}\n"));
+                    if state != "RUNNING" {
+                        problems.push(format!("{state} while its restored program worked"));
+                    }
+                    if !sstat.as_ref().is_ok_and(|s| s.contains(&format!("{}.batch", job.id))) {
+                        problems.push(format!("sstat does not see its batch step: {sstat:?}"));
+                    }
+                    if !gone {
+                        problems.push(format!("scancel left its restored program {pid} running"));
+                    }
+                    if job.field("JobState") != Some("CANCELLED") {
+                        problems.push(format!("ended {:?}, not CANCELLED", job.field("JobState")));
+                    }
+                }
+            }
+        } else {
+            report.push_str(&figures);
+        }
+        let hosts: Vec<Option<&str>> = runs.iter().map(|r| r.host.as_deref()).collect();
+        if hosts.first() != Some(&Some(first.as_str()))
+            || hosts.iter().skip(1).any(|h| *h != Some(second.as_str()))
+        {
+            problems.push(format!(
+                "ran on {hosts:?}: the first run belongs on {first}, every later one on {second}"
+            ));
+        }
+        for (index, _) in runs.iter().enumerate() {
+            match placements.iter().find(|(id, i, ..)| *id == job.id && *i == index) {
+                None => problems.push(format!("run {index}: its program was never seen working")),
+                Some((_, _, node, pid, cgroup)) => {
+                    let step = format!("/slurm_{node}/uid_0/job_{}/step_batch", job.id);
+                    if !cgroup.as_deref().is_some_and(|c| c.starts_with(&step)) {
+                        problems.push(format!(
+                            "run {index}: its program {pid} is in freezer cgroup {cgroup:?}, not in {step}"
+                        ));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(failure(job, &problems));
+        }
+    }
+    report.push_str(&format!("  total {:.1} s", started.elapsed().as_secs_f64()));
+    eprintln!("{report}");
+    if !failures.is_empty() {
+        panic!("{}\n{report}\n{}", failures.join("\n"), cluster.logs());
+    }
+    drop(cluster);
+}
+
+/// A criu snapshot restores only on a node with the kernel, executable and libraries
+/// it was dumped with. Its record (`criu-compat.json`, kept in agreement with the
+/// manifest here, as a snapshot of another node would be) names another kernel, then
+/// another executable hash: opal-restart refuses each with exit 126, naming what
+/// differs and where the snapshot was dumped, and restores nothing; with the record
+/// as dumped, the same snapshot restores.
+#[test]
+fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
+    if !is_root() || criu_missing().is_some() {
+        eprintln!("skipped: needs root and CRIU >= 4 ({:?})", criu_missing());
+        return;
+    }
+    let sb = Sandbox::new("slurm-compat");
+    let program = cc("plain_counter.c", "plain_counter", &[]);
+    let mut command = sb.command(&program);
+    command.arg(sb.path("count"));
+    let mut app = sb.spawn(command, "app");
+    assert!(
+        wait_until(Duration::from_secs(20), || sb.read("count").lines().count() >= 2),
+        "plain_counter did not start: {}",
+        sb.read("app.out")
+    );
+    let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
+    kill_and_reap(&mut app);
+    let record = snapshot.join("criu-compat.json");
+    let dumped = fs::read_to_string(&record).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&dumped).unwrap();
+    let release = recorded["kernel"]["release"].as_str().unwrap().to_string();
+    assert!(
+        recorded["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == program.to_str().unwrap()),
+        "{dumped}"
+    );
+    let host = opalcrs::snapshot::Manifest::read(&snapshot).unwrap().host;
+    let forge = |text: String| {
+        fs::write(&record, text).unwrap();
+        let mut manifest = opalcrs::snapshot::Manifest::read(&snapshot).unwrap();
+        let entry = manifest.files.iter_mut().find(|f| f.path == "criu-compat.json").unwrap();
+        (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&record).unwrap();
+        manifest.write_to(&snapshot).unwrap();
+    };
+    let exe_hash = recorded["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == program.to_str().unwrap())
+        .unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            dumped.replace(&format!("\"{release}\""), "\"2.6.32-other\""),
+            "the image needs kernel 2.6.32-other".to_string(),
+        ),
+        (
+            dumped.replace(&exe_hash, &"0".repeat(32)),
+            format!("{} differs from the file the image maps", program.display()),
+        ),
+    ];
+    for (text, why) in cases {
+        forge(text);
+        let (status, stdout, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
+        if let Ok(restored) = stdout.trim().parse() {
+            sb.adopt(restored);
+        }
+        assert_eq!(status.code(), Some(126), "{stdout}{stderr}");
+        assert!(stderr.contains(&why), "{stderr}");
+        assert!(stderr.contains(&format!("(it was dumped on {host})")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot restore {} here", snapshot.display())),
+            "{stderr}"
+        );
+        assert!(stdout.trim().is_empty(), "{stdout}");
+    }
+    forge(dumped);
+    let (pid, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
+    let lines = sb.read("count").lines().count();
+    assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
+    kill(pid);
 }

@@ -105,36 +105,163 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn watch_for_orphaning() {
     FORKS_IN_PROGRESS.store(0, Ordering::SeqCst);
     TAKING_OVER.store(0, Ordering::SeqCst);
-    let parent = FORKING_PID.load(Ordering::SeqCst);
+    WATCHED_PARENT.store(FORKING_PID.load(Ordering::SeqCst), Ordering::SeqCst);
+    // The word the kernel clears (and wakes) when this, the child's only thread, ends.
+    let mut tid_word: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the address given.
+    if unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_word as *mut *mut libc::c_int) } != 0
+        || tid_word.is_null()
+    {
+        // Without it the watcher could outlive the program's thread: no watcher.
+        return;
+    }
     // Created with every signal blocked, which it inherits: the program's signals are
     // not taken by it (the forking thread's own mask is put back at once).
     let program_mask = runtime::block_all_signals();
-    // SAFETY: a detached thread running `watch_parent`, which takes the PID by value.
+    // SAFETY: a detached thread running `watch_parent`, which takes the address by value.
     unsafe {
         let mut thread: libc::pthread_t = std::mem::zeroed();
-        if libc::pthread_create(
-            &mut thread,
-            std::ptr::null(),
-            watch_parent,
-            parent as isize as *mut libc::c_void,
-        ) == 0
-        {
+        if libc::pthread_create(&mut thread, std::ptr::null(), watch_parent, tid_word.cast()) == 0 {
             libc::pthread_detach(thread);
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &program_mask, std::ptr::null_mut());
+    }
+    runtime::restore_signal_mask(&program_mask);
+}
+
+/// The parent a forked child watches (set in the child, so a later fork of the child
+/// does not change it).
+static WATCHED_PARENT: AtomicI32 = AtomicI32::new(0);
+
+/// Ends the watcher, the last thread left once the program's only thread has ended
+/// alone (the raw exit call, or killed by a seccomp filter: zdtm `seccomp_*`), so that
+/// the process ends as it would have without it: the kernel reports the last thread's
+/// end as the process's, so the watcher ends the same way.
+fn end_like_the_program_thread() -> ! {
+    let status = leader_exit_status().unwrap_or(0);
+    match status & 0x7f {
+        0 => {}
+        libc::SIGSYS => killed_by_seccomp(),
+        // SIGKILL: the end of a SECCOMP_MODE_STRICT violation.
+        // SAFETY: a signal to this process.
+        signal => unsafe {
+            libc::kill(libc::getpid(), signal);
+        },
+    }
+    exit_thread((status >> 8) & 0xff)
+}
+
+/// Ends the watcher, with nothing but the exit system call: a seccomp filter may forbid
+/// what glibc's thread exit does.
+fn exit_thread(code: i32) -> ! {
+    // SAFETY: SYS_exit ends this thread only; it holds no lock and nothing waits for it.
+    unsafe { libc::syscall(libc::SYS_exit, code) };
+    unreachable!("SYS_exit returned")
+}
+
+/// The wait status of the thread group leader that has ended (`exit_code`, field 52 of
+/// /proc/self/stat).
+fn leader_exit_status() -> Option<i32> {
+    let mut buf = [0u8; 2048];
+    let text = read_proc(c"/proc/self/stat", &mut buf)?;
+    // Fields 3 on follow the command name's closing parenthesis.
+    let rest = &text[text.iter().rposition(|&b| b == b')')? + 1..];
+    let field = rest.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(52 - 3)?;
+    std::str::from_utf8(field).ok()?.trim().parse().ok()
+}
+
+/// A file of /proc read into a buffer on the stack: the watcher never allocates (its
+/// first `malloc` would map a glibc arena of its own into the program).
+fn read_proc<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: open, read into a buffer of its length, close.
+    let len = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        usize::try_from(len).ok()?
+    };
+    Some(&buf[..len])
+}
+
+/// The `Seccomp:` and `Seccomp_filters:` lines of a thread's status, concatenated.
+fn seccomp_state(status_path: &CStr) -> Option<([u8; 64], usize)> {
+    let mut buf = [0u8; 4096];
+    let text = read_proc(status_path, &mut buf)?;
+    let (mut state, mut len) = ([0u8; 64], 0);
+    for line in text.split(|&b| b == b'\n').filter(|l| l.starts_with(b"Seccomp")) {
+        let end = (len + line.len()).min(state.len());
+        state[len..end].copy_from_slice(&line[..end - len]);
+        len = end;
+    }
+    Some((state, len))
+}
+
+/// The end a seccomp filter gives the last thread it kills: the watcher confines itself
+/// to a filter that kills it at its next system call, and makes one.
+fn killed_by_seccomp() {
+    let filter = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }]; // BPF_RET|BPF_K: KILL_THREAD
+    let program = libc::sock_fprog { len: 1, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: no_new_privs and a filter for this thread alone, then the call it kills.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program);
+        libc::getppid();
     }
 }
 
-extern "C" fn watch_parent(parent: *mut libc::c_void) -> *mut libc::c_void {
-    let parent = parent as isize as libc::pid_t;
+/// The orphan watcher. It lives only as long as the thread that forked (the child's
+/// only thread until the program starts more): the process then ends as it would
+/// without the library. It leaves as soon as that thread's seccomp state differs from
+/// its own (inherited at its start): a program confining itself gets no thread beside
+/// its own (CRIU restores the filters of threads that share theirs as one, which later
+/// `SECCOMP_FILTER_FLAG_TSYNC` calls rely on: zdtm `seccomp_filter_tsync`). Parked, it
+/// makes these system calls every `ORPHAN_POLL`: a futex wait on the forking thread's
+/// TID word (which the kernel clears and wakes when that thread ends), a read of that
+/// thread's /proc status, and `getppid`.
+extern "C" fn watch_parent(tid_word: *mut libc::c_void) -> *mut libc::c_void {
+    let tid_word = tid_word.cast::<libc::c_int>();
+    // SAFETY: getpid has no preconditions. In a forked child the thread that forked is
+    // the thread group leader.
+    let forker = unsafe { libc::getpid() };
+    let parent = WATCHED_PARENT.load(Ordering::SeqCst);
+    let mut forker_status = [0u8; 48];
+    let path = {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut forker_status[..]);
+        let _ = write!(cursor, "/proc/self/task/{forker}/status\0");
+        let len = cursor.position() as usize;
+        CStr::from_bytes_with_nul(&forker_status[..len]).ok()
+    };
+    let (Some(path), Some(own)) = (path, seccomp_state(c"/proc/thread-self/status")) else {
+        return std::ptr::null_mut();
+    };
+    let confined = || seccomp_state(path) != Some(own);
+    let poll = libc::timespec { tv_sec: 0, tv_nsec: ORPHAN_POLL.as_nanos() as libc::c_long };
     // A child that execs at once (a helper that forks twice, then execs) is gone before
     // the first look.
     loop {
-        std::thread::sleep(ORPHAN_POLL);
+        // SAFETY: the TID word lives as long as the forking thread's descriptor, which
+        // glibc keeps until that thread is joined (never: it is the main thread) or the
+        // process ends. Shared futex: the kernel's wake on thread exit is not private.
+        unsafe {
+            libc::syscall(libc::SYS_futex, tid_word, libc::FUTEX_WAIT, forker, &poll, 0, 0);
+        }
+        // SAFETY: as above; the kernel writes the word, so read it volatile.
+        if unsafe { std::ptr::read_volatile(tid_word) } != forker {
+            end_like_the_program_thread();
+        }
+        if confined() {
+            exit_thread(0);
+        }
         // SAFETY: getppid has no preconditions.
         if unsafe { libc::getppid() } != parent {
             break;
         }
+    }
+    if confined() {
+        exit_thread(0);
     }
     // No fork may run meanwhile (see TAKING_OVER); a daemon forking again is waited for.
     let me = thread_id();

@@ -8,8 +8,11 @@ use crate::codes::*;
 use crate::error::{Error, Result};
 use crate::framework::{CheckpointJob, CheckpointOutcome};
 use crate::snapshot::{Metadata, PublishOptions, Series};
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What started a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,9 @@ pub struct Request {
     pub run_callbacks: bool,
     /// A privileged tool's offer to dump the process (see [`CheckpointJob`]).
     pub dump_helper: Option<crate::components::criu::behalf::DumpHelper>,
+    /// A job launcher's connection (`hold` in the control protocol): the result goes to
+    /// it once the snapshot is published, and the continue phase waits for its go.
+    pub hold: Option<Arc<UnixStream>>,
 }
 
 impl Request {
@@ -42,6 +48,7 @@ impl Request {
             origin,
             run_callbacks: true,
             dump_helper: None,
+            hold: None,
         }
     }
 }
@@ -68,7 +75,10 @@ pub struct Done {
 }
 
 /// How long a coordination callback may keep answering OPAL_EXISTS ("not ready").
-const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// How long a held checkpoint waits for its launcher's go before continuing anyway, so
+/// that a launcher that dies never stalls the rank.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
 
 fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
@@ -140,9 +150,6 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
 
     let final_state =
         if outcome == CheckpointOutcome::Restarted { OPAL_CRS_RESTART } else { OPAL_CRS_CONTINUE };
-    if request.run_callbacks {
-        recover(final_state);
-    }
     let outcome = match outcome {
         CheckpointOutcome::Restarted => Outcome::Restarted,
         CheckpointOutcome::Continue => {
@@ -154,7 +161,7 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         }
     };
     log::debug!(target: "cr", "cr: checkpoint {seq} of {} established in {established_ms:.2} ms", series.path().display());
-    Ok(Done {
+    let done = Done {
         outcome,
         seq,
         series: series.path().to_path_buf(),
@@ -163,7 +170,35 @@ pub fn take(rt: &Runtime, request: &Request) -> Result<Done> {
         running_ms,
         finished_ms,
         established_ms,
-    })
+    };
+    if let (Some(launcher), Outcome::Continue) = (&request.hold, outcome) {
+        hold(launcher, &done);
+    }
+    if request.run_callbacks {
+        recover(final_state);
+    }
+    Ok(done)
+}
+
+/// Tells the launcher that this rank's snapshot is published and waits for its go (a
+/// line, the connection's end, or [`HOLD_LIMIT`]): whatever the launcher decides, the
+/// rank continues.
+fn hold(launcher: &UnixStream, done: &Done) {
+    let told = launcher
+        .set_nonblocking(false)
+        .and_then(|()| launcher.set_write_timeout(Some(HOLD_LIMIT)))
+        .and_then(|()| crate::control::write_message(launcher, &super::server::held_reply(done)));
+    if let Err(e) = told {
+        log::warn!(target: "cr", "cr: cannot tell the job launcher that the checkpoint is done: {e}");
+        return;
+    }
+    let mut go = String::new();
+    let waited = launcher
+        .set_read_timeout(Some(HOLD_LIMIT))
+        .and_then(|()| BufReader::new(launcher).read_line(&mut go));
+    if let Err(e) = waited {
+        log::warn!(target: "cr", "cr: no go from the job launcher ({e}); continuing");
+    }
 }
 
 /// Phase one and the component's checkpoint; returns the outcome and the metadata.

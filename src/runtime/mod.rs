@@ -184,8 +184,8 @@ fn forget_inherited(state: &mut State) {
 }
 
 /// Blocks every signal in the calling thread and returns the mask it had. Every thread
-/// of the library runs with all signals blocked (the listener blocks them itself, its
-/// checkpoint workers inherit the mask, the orphan watcher is created under it): a signal
+/// of the library runs with all signals blocked, from its creation on (the listener and
+/// the orphan watcher are created under it, the checkpoint workers inherit it): a signal
 /// sent to the whole process then goes to the program's own threads only, as without
 /// the library, and one the program blocks stays pending. Async-signal-safe.
 pub(crate) fn block_all_signals() -> libc::sigset_t {
@@ -197,6 +197,13 @@ pub(crate) fn block_all_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
         before
     }
+}
+
+/// Puts back the calling thread's mask returned by [`block_all_signals`].
+/// Async-signal-safe.
+pub(crate) fn restore_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: pthread_sigmask on this thread's own mask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
 /// `pthread_atfork` child handler: close the parent's control socket and doorbell so
@@ -303,10 +310,13 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         pid: std::process::id() as i32,
         series: Mutex::new(inherited_series.clone()),
     });
-    if let (Some(series), Some(dir)) = (&inherited_series, &restored_from) {
+    // A rank of a job restarts without a series to continue (its own is inside the
+    // global snapshot), but still learns the snapshot it restarts from.
+    if let Some(dir) = &restored_from {
+        let series = inherited_series.clone().or_else(|| dir.parent().map(PathBuf::from));
         let seq =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        *LAST_SNAPSHOT.lock() = Some((series.clone(), seq, dir.clone()));
+        *LAST_SNAPSHOT.lock() = series.map(|series| (series, seq, dir.clone()));
     }
     component.init(&params)?;
     for name in [ENV_DO_RESTART, ENV_SERIES, ENV_SNAPSHOT_DIR] {
@@ -324,19 +334,32 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         let server = server::Server::new(runtime.clone())
             .map_err(|e| Error::io("opal_cr_init: opening the control socket", e))?;
         USES_THREAD.store(params.bool("opal_cr_use_thread"), Ordering::SeqCst);
-        state.server = Some(if params.bool("opal_cr_use_thread") {
+        // Threads are created under a full mask: a new thread gets its creator's mask
+        // when it first runs, and one the scheduler starts late took signals the program
+        // had blocked since (zdtm sigpending).
+        let program_mask = block_all_signals();
+        let handle = if params.bool("opal_cr_use_thread") {
             let shared = server.shared();
-            let thread = std::thread::Builder::new()
-                .name("opalcrs".into())
-                .spawn(move || {
-                    block_all_signals();
-                    server.run()
-                })
-                .map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?;
-            ServerHandle::Thread { shared, thread }
+            let (ready, reserved) = std::sync::mpsc::sync_channel(1);
+            let spawned = std::thread::Builder::new().name("opalcrs".into()).spawn(move || {
+                // Its own malloc arena first, then those of the threads it starts.
+                std::hint::black_box(Box::new(0u8));
+                reserve_checkpoint_threads(2);
+                let _ = ready.send(());
+                server.run()
+            });
+            spawned.map(|thread| {
+                // The mappings are complete when opal_init returns.
+                let _ = reserved.recv();
+                ServerHandle::Thread { shared, thread }
+            })
         } else {
-            ServerHandle::Inline(Arc::new(Mutex::new(server)))
-        });
+            reserve_checkpoint_threads(1);
+            Ok(ServerHandle::Inline(Arc::new(Mutex::new(server))))
+        };
+        restore_signal_mask(&program_mask);
+        state.server =
+            Some(handle.map_err(|e| Error::io("opal_cr_init: starting the listener thread", e))?);
         state.signal = install_signal(params.int("opal_cr_signal") as c_int);
     }
     state.runtime = Some(runtime);
@@ -368,6 +391,25 @@ fn cr_finalize_locked(state: &mut State) {
     }
     state.runtime = None;
     OWNER_PID.store(0, Ordering::SeqCst);
+}
+
+/// The threads a checkpoint starts (its worker, and the worker's flusher; the flusher
+/// alone without a listener thread) find a stack and a malloc arena that glibc keeps for
+/// reuse, so a checkpoint leaves the process's
+/// mappings as they were (it left two stacks and two arenas, 8 areas: zdtm vdso-proxy
+/// allows 2, for the vDSO): `depth` threads, each started by the one before, allocate
+/// once and end. glibc caches an ended thread's stack and hands its arena to the next
+/// thread that allocates.
+fn reserve_checkpoint_threads(depth: u32) {
+    let reserve = move || {
+        std::hint::black_box(Box::new(0u8));
+        if depth > 1 {
+            reserve_checkpoint_threads(depth - 1);
+        }
+    };
+    if let Ok(thread) = std::thread::Builder::new().name("opalcrs-ckpt".into()).spawn(reserve) {
+        let _ = thread.join();
+    }
 }
 
 /// Puts back SIG_DFL, unless the program has installed its own handler since.

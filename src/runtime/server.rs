@@ -186,6 +186,12 @@ fn to_wire(result: &JobResult) -> WireResult {
     }
 }
 
+/// What a held checkpoint tells its launcher once its snapshot is published.
+pub(super) fn held_reply(done: &Done) -> Reply {
+    let wire = to_wire(&Ok(done.clone()));
+    Reply { v: PROTOCOL_VERSION, result: wire.ok(), ..Reply::default() }
+}
+
 fn result_reply(id: u64, result: WireResult) -> Reply {
     match result {
         Ok(result) => {
@@ -485,7 +491,7 @@ impl Server {
     /// Answers a request; None when the connection was parked until a result is known.
     fn handle(&mut self, request: control::Request, stream: &UnixStream) -> Option<Reply> {
         match request {
-            control::Request::Checkpoint { term, name, dir, wait, dump_helper } => {
+            control::Request::Checkpoint { term, name, dir, wait, dump_helper, hold } => {
                 if self.rt.component().name() == "none" {
                     return Some(Reply::error(
                         ErrorKind::NotCheckpointable,
@@ -495,6 +501,22 @@ impl Server {
                 if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
                     return Some(Reply::error(ErrorKind::BadRequest, bad.message()));
                 }
+                if hold && self.rt.component().needs_quiet_connections() {
+                    return Some(Reply::error(
+                        ErrorKind::BadRequest,
+                        "a held checkpoint needs a component that leaves the connection open (self)",
+                    ));
+                }
+                let hold = match hold.then(|| stream.try_clone()) {
+                    None => None,
+                    Some(Ok(stream)) => Some(Arc::new(stream)),
+                    Some(Err(e)) => {
+                        return Some(Reply::error(
+                            ErrorKind::BadRequest,
+                            format!("cannot keep the launcher's connection: {e}"),
+                        ))
+                    }
+                };
                 if self.busy() && !wait {
                     return Some(Reply::error(
                         ErrorKind::InProgress,
@@ -511,6 +533,7 @@ impl Server {
                         let tool = control::peer_cred(stream).map_or(0, |cred| cred.pid);
                         crate::components::criu::behalf::DumpHelper::new(rendezvous.into(), tool)
                     }),
+                    hold,
                 };
                 let id = self.enqueue(request, None);
                 Some(Reply { v: PROTOCOL_VERSION, id: Some(id), ..Reply::default() })

@@ -374,6 +374,7 @@ fn checkpoint(settings: &Settings) -> Result<(), Failure> {
         dir: settings.dir.clone(),
         wait: settings.wait,
         dump_helper: offer.as_ref().map(|o| o.path().display().to_string()),
+        hold: false,
     };
     let reply = send(settings, endpoint, request)?;
     if let Some(error) = &reply.error {

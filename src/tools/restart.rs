@@ -152,6 +152,15 @@ pub fn main() -> i32 {
         };
     }
     let fork = parsed.has("fork");
+    if crate::job::is_job(&target) {
+        if fork {
+            return fail(
+                Error::msg("--fork: opal-restart stays the launcher of the job it restarts"),
+                EXIT_USAGE,
+            );
+        }
+        return restart_job("opal-restart", &target, &params, verbose, None, &fail);
+    }
     let announce = &mut |prepared: &restart::Prepared| {
         for (skipped, why) in &prepared.skipped {
             eprintln!("opal-restart: skipping snapshot {skipped}: {why}");
@@ -181,6 +190,46 @@ pub fn main() -> i32 {
         }
         Ok(RestartOutcome::Exited(status)) => status,
         Ok(RestartOutcome::Rejected(why)) => fail(Error::msg(why), EXIT_CANNOT_RESTART),
+        Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
+        Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
+        Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),
+    }
+}
+
+/// Restarts the job of the global series `target` (`opal-restart`, `opal-run -np`) and
+/// supervises it as its launcher: the job's status, or the exit code of the failure.
+/// `size`: the number of ranks asked for, which the snapshot must have.
+pub(crate) fn restart_job(
+    tool: &str,
+    target: &Target,
+    params: &crate::params::Params,
+    verbose: bool,
+    size: Option<usize>,
+    fail: &dyn Fn(Error, i32) -> i32,
+) -> i32 {
+    let (resolved, metadata) = match crate::job::choose(target) {
+        Ok(chosen) => chosen,
+        Err(e) => return fail(e, EXIT_USAGE),
+    };
+    for (skipped, why) in &resolved.skipped {
+        eprintln!("{tool}: skipping snapshot {skipped}: {why}");
+    }
+    let ranks = metadata.ranks.len();
+    if size.is_some_and(|size| size != ranks) {
+        let message = format!(
+            "global snapshot {} has {ranks} ranks, not the {} asked for",
+            resolved.dir.display(),
+            size.unwrap_or_default()
+        );
+        return fail(Error::msg(message), EXIT_USAGE);
+    }
+    eprintln!(
+        "{tool}: restarting the job of {ranks} ranks from global snapshot {} (component {})",
+        resolved.dir.display(),
+        metadata.component
+    );
+    match crate::job::restart(&resolved, &metadata, params, verbose) {
+        Ok(status) => status,
         Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
         Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
         Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),

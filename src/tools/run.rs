@@ -45,9 +45,18 @@ pub const OPTIONS: &[OptionDef] = &[
         value: Some("DIR"),
         help: "Directory that holds the series (crs_base_snapshot_dir)",
     },
+    OptionDef {
+        names: &["np"],
+        value: Some("N"),
+        help: "Start N ranks of COMMAND as one parallel job (see \"Parallel jobs\")",
+    },
 ];
 
-const SYNOPSIS: &str = "opal-run [-n SERIES] [-w DIR] [-v] [-mca NAME VALUE]... -- COMMAND [ARGS]";
+/// The most ranks one launcher starts.
+const MAX_RANKS: usize = 4096;
+
+const SYNOPSIS: &str =
+    "opal-run [-np N] [-n SERIES] [-w DIR] [-v] [-mca NAME VALUE]... -- COMMAND [ARGS]";
 const TITLE: &str = "Start COMMAND, or restart it from the newest good snapshot of SERIES";
 
 /// The signals passed on to a restored child.
@@ -87,6 +96,11 @@ pub fn main() -> i32 {
         Some(Ok(dir)) => Some(dir),
         Some(Err(e)) => return fail(e, EXIT_USAGE),
     };
+    let size = match parsed.value("np").map(ranks) {
+        None => None,
+        Some(Ok(size)) => Some(size),
+        Some(Err(why)) => return usage_error(&why),
+    };
     let mut cmdline = parsed.mca.clone();
     if let Some(dir) = &dir {
         cmdline.push(("crs_base_snapshot_dir".into(), dir.display().to_string()));
@@ -96,8 +110,14 @@ pub fn main() -> i32 {
         Err(e) => return fail(e, EXIT_USAGE),
     };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let name = match series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env) {
+    let named_series = series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env);
+    // A job's default series is new with each launcher: nothing to say about it.
+    let named = named_series.is_some();
+    let name = match named_series {
         Some(name) => name,
+        None if size.is_some() => {
+            crate::job::global::default_series_name(std::process::id() as i32)
+        }
         None => return usage_error(
             "no series: give -n SERIES (or set crs_base_snapshot_name, or run inside a Slurm job)",
         ),
@@ -106,6 +126,44 @@ pub fn main() -> i32 {
         return fail(e, EXIT_USAGE);
     }
     let base = crate::runtime::snapshot_base_dir(&params);
+    if let Some(size) = size {
+        let series = Series::at(&base.join(&name));
+        match published(&series) {
+            Ok(false) => {
+                if named {
+                    eprintln!(
+                        "opal-run: no snapshot in series {}: starting {size} ranks of {program} fresh",
+                        series.path().display()
+                    );
+                }
+            }
+            Ok(true) => {
+                let target = Target { reference: name, base, seq: None };
+                return super::restart::restart_job(
+                    "opal-run",
+                    &target,
+                    &params,
+                    verbose,
+                    Some(size),
+                    &fail,
+                );
+            }
+            Err(e) => return fail(e, EXIT_USAGE),
+        }
+        let options = crate::job::JobOptions {
+            size,
+            command: command.to_vec(),
+            mca: parsed.mca.clone(),
+            dir,
+            base,
+            name,
+            params,
+        };
+        return match crate::job::launch(&options) {
+            Ok(status) => status,
+            Err(e) => start_failed(&command[0], &e),
+        };
+    }
     let series = Series::at(&base.join(&name));
 
     match published(&series) {
@@ -282,13 +340,24 @@ fn start_fresh(argv: &[OsString], name: &str, dir: Option<&Path>, mca: &[(String
         .args(&argv[1..])
         .envs(fresh_environment(name, dir, mca))
         .exec();
-    let exit = if error.kind() == std::io::ErrorKind::NotFound {
+    start_failed(&argv[0], &error)
+}
+
+fn start_failed(program: &OsString, error: &std::io::Error) -> i32 {
+    eprintln!("opal-run: cannot execute {program:?}: {error}");
+    if error.kind() == std::io::ErrorKind::NotFound {
         EXIT_NOT_FOUND
     } else {
         EXIT_CANNOT_RESTART
-    };
-    eprintln!("opal-run: cannot execute {:?}: {error}", argv[0]);
-    exit
+    }
+}
+
+/// The `-np` value: a number of ranks from 1 to [`MAX_RANKS`].
+fn ranks(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_RANKS).contains(&n) => Ok(n),
+        _ => Err(format!("-np takes a number of ranks from 1 to {MAX_RANKS}, not {value:?}")),
+    }
 }
 
 /// PID that received signals are passed on to; 0 while it is not known yet.

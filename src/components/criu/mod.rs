@@ -6,6 +6,7 @@
 
 pub mod behalf;
 pub mod binary;
+mod compat;
 pub mod files;
 pub mod net;
 pub mod proto;
@@ -173,6 +174,7 @@ impl Component for CriuComponent {
             Ok(rpc::DumpOutcome::Dumped) => {
                 let dumped_at = started.elapsed();
                 files::record(job.dir)?;
+                compat::record(job.dir, &self.identity())?;
                 // Phases of a checkpoint, for bench/run.sh (milliseconds since the start).
                 log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, files recorded {:.2} ms",
                     ms(checked), ms(prepared), ms(dumped_at), ms(started.elapsed()));
@@ -212,6 +214,7 @@ impl Component for CriuComponent {
             ));
         }
         check_identity(&plan.dir)?;
+        compat::check(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {
@@ -224,7 +227,7 @@ impl Component for CriuComponent {
             Ok(open_files) => open_files,
             Err(why) => return Ok(RestartOutcome::Rejected(why)),
         };
-        let (inherit, _copies) =
+        let (inherit, _copies, inherit_stdin) =
             stdio_handover(&plan.dir, &open_files, !new_pidns, as_owner.map(|owner| owner.uid))?;
         // A file handed over is the process's new output: nothing to check or cut there.
         let handed_over = |file: &&files::OpenFile| {
@@ -248,6 +251,7 @@ impl Component for CriuComponent {
             tcp_established: plan.params.bool("crs_criu_tcp_established"),
             file_locks: plan.params.bool("crs_criu_file_locks"),
             inherit_fds: &inherit,
+            inherit_stdin,
             new_pidns,
             before_resume: None,
             timeout: match plan.params.int("crs_criu_restore_timeout") {
@@ -431,8 +435,9 @@ fn check_identity(dir: &Path) -> Result<()> {
     }
 }
 
-/// CRIU `inherit_fd` keys with our descriptors, and the copies made for them.
-type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>);
+/// CRIU `inherit_fd` keys with our descriptors, the copies made for them, and which
+/// copy is our stdin.
+type Handover = (Vec<(String, RawFd)>, Vec<std::fs::File>, Option<RawFd>);
 
 /// What to hand the restored process for fds 0–2: copies of our own stdio where the
 /// checkpointed process had pipes or sockets (those ends are gone with the original).
@@ -454,9 +459,9 @@ fn stdio_handover(
 ) -> Result<Handover> {
     use std::os::unix::fs::MetadataExt;
     let Ok(text) = std::fs::read_to_string(dir.join(STDIO_FILE)) else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((Vec::new(), Vec::new(), None));
     };
-    let (mut inherit, mut copies) = (Vec::new(), Vec::new());
+    let (mut inherit, mut copies, mut stdin) = (Vec::new(), Vec::new(), None);
     for (fd, target) in text.lines().enumerate() {
         // SAFETY: fds 0-2 of this process stay open while it runs.
         let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as RawFd) };
@@ -489,10 +494,14 @@ fn stdio_handover(
         let copy = ours
             .try_clone_to_owned()
             .map_err(|e| Error::io(format!("duplicating our fd {fd} for the restore"), e))?;
-        inherit.push((key, std::os::fd::AsRawFd::as_raw_fd(&copy)));
+        let copy_fd = std::os::fd::AsRawFd::as_raw_fd(&copy);
+        if fd == 0 {
+            stdin = Some(copy_fd);
+        }
+        inherit.push((key, copy_fd));
         copies.push(std::fs::File::from(copy));
     }
-    Ok((inherit, copies))
+    Ok((inherit, copies, stdin))
 }
 
 #[cfg(test)]
@@ -602,7 +611,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opalcrs-stdio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(super::STDIO_FILE), "/dev/null\npipe:[42]\nsocket:[7]\n").unwrap();
-        let (handover, copies) = super::stdio_handover(&dir, &[], true, None).unwrap();
+        let (handover, copies, stdin) = super::stdio_handover(&dir, &[], true, None).unwrap();
+        assert_eq!(stdin, None, "stdin was /dev/null");
         let keys: Vec<&str> = handover.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(keys, ["pipe:[42]", "socket:[7]"]);
         // Copies of our fds 1 and 2, above 2 (CRIU closes what it inherits).

@@ -95,6 +95,9 @@ impl Default for Opts {
     }
 }
 
+/// `criu_cg_mode.IGNORE` (rpc.proto): CRIU leaves cgroups alone.
+pub(crate) const CG_MODE_IGNORE: i32 = 0;
+
 /// rpc.proto's default for `criu_opts.log_level`.
 pub(crate) const DEFAULT_LOG_LEVEL: i32 = 2;
 
@@ -148,6 +151,7 @@ mod field {
     pub(crate) const OPTS_NOTIFY_SCRIPTS: u32 = 12;
     pub(crate) const OPTS_RST_SIBLING: u32 = 26;
     pub(crate) const OPTS_INHERIT_FD: u32 = 27;
+    pub(crate) const OPTS_MANAGE_CGROUPS_MODE: u32 = 34;
     pub(crate) const OPTS_EXTERNAL: u32 = 37;
     pub(crate) const OPTS_NETWORK_LOCK: u32 = 64;
     pub(crate) const OPTS_UNPRIVILEGED: u32 = 67;
@@ -260,6 +264,10 @@ impl Opts {
             entry.int32(field::INHERIT_FD_FD, inherit.fd);
             w.bytes(field::OPTS_INHERIT_FD, &entry.buf);
         }
+        // Never: a dump records no cgroups, and a restored tree stays in the cgroups of
+        // whoever restores it (a batch job's new step under Slurm's proctrack/cgroup),
+        // instead of going back to, or making anew, those it was dumped from.
+        w.int32(field::OPTS_MANAGE_CGROUPS_MODE, CG_MODE_IGNORE);
         for external in &self.external {
             w.bytes(field::OPTS_EXTERNAL, external.as_bytes());
         }
@@ -509,6 +517,9 @@ mod tests {
                         other => panic!("unexpected network_lock {other}"),
                     })
                 }
+                field::OPTS_MANAGE_CGROUPS_MODE => {
+                    assert_eq!(expect_int(&value, "manage_cgroups_mode")?, CG_MODE_IGNORE)
+                }
                 field::OPTS_UNPRIVILEGED => opts.unprivileged = flag(&value)?,
                 field::OPTS_IMAGES_DIR => opts.images_dir = Some(text(&value)?),
                 _ => panic!("unexpected opts field {number}"),
@@ -667,11 +678,12 @@ mod tests {
         #[rustfmt::skip]
         let expected: &[u8] = &[
             0x08, 0x01,             // type (1, varint) = DUMP
-            0x12, 0x17,             // opts (2, length-delimited), 23 bytes:
+            0x12, 0x1a,             // opts (2, length-delimited), 26 bytes:
             0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, // images_dir_fd = -1
             0x10, 0xd2, 0x09,       // pid = 1234 (0x4d2 = 0x52 | 0x80, 0x09)
             0x18, 0x01,             // leave_running = true
             0x48, 0x04,             // log_level (9) = 4
+            0x90, 0x02, 0x00,       // manage_cgroups_mode (34 << 3 = 0x110) = IGNORE
             0xa2, 0x04, 0x02, b'/', b'i', // images_dir: key 68 << 3 | 2 = 546 = 0xa2 0x04
         ];
         assert_eq!(request.encode(), expected);

@@ -13,9 +13,10 @@
 //! The init mounts a private /proc for the namespace, runs the restore, reports CRIU's
 //! answer on a pipe, waits for the caller to acknowledge (by then the caller has found
 //! the task's PID in its own namespace), then reaps and exits with the task's status,
-//! which the holder passes on to the caller. Holder and init run in children forked from
-//! a possibly multi-threaded process, so they only make system calls on data prepared
-//! before the fork.
+//! which the holder passes on to the caller. A descriptor of ours that the tree could
+//! not be dumped with again reaches it through a pipe that the holder relays (see
+//! [`Relay`]). Holder and init run in children forked from a possibly multi-threaded
+//! process, so they only make system calls on data prepared before the fork.
 
 use super::binary::CriuBinary;
 use super::proto::{InheritFd, Opts, Reader, ReqType, Request, Response, Value};
@@ -74,6 +75,9 @@ pub struct RestoreOptions<'a> {
     /// Files of the image replaced by our descriptors, e.g. `("pipe:[1234]", 1)` hands
     /// our stdout to the task in place of the pipe it had when dumped.
     pub inherit_fds: &'a [(String, RawFd)],
+    /// Which of `inherit_fds` is the restored root's stdin: a [`Relay`] for it, in a
+    /// fresh PID namespace, copies towards the tree.
+    pub inherit_stdin: Option<RawFd>,
     /// Restore into a fresh PID namespace (needed while the original PIDs are taken).
     pub new_pidns: bool,
     /// Checks the restored tree while CRIU still holds it, before any of its tasks runs
@@ -425,7 +429,13 @@ pub fn restore(bin: &CriuBinary, opts: &RestoreOptions) -> Result<Restored> {
     debug!("crs:criu: {} (PIDs {pids:?}, new PID namespace: {})", context.what, opts.new_pidns);
     let started = Instant::now();
     let restored = if opts.new_pidns {
-        restore_in_new_pidns(&context, &pids)?
+        let relays = opts
+            .inherit_fds
+            .iter()
+            .filter(|&&(_, fd)| Relay::needed_for(fd))
+            .map(|&(_, fd)| Relay::new(fd, opts.inherit_stdin == Some(fd)))
+            .collect::<Result<Vec<Relay>>>()?;
+        restore_in_new_pidns(&context, &pids, relays)?
     } else {
         wait_until_free(&pids, &images.path)?;
         restore_here(&context, pids[0])?
@@ -558,26 +568,30 @@ enum Step {
     MountPrivate,
     MountProc,
     SetLastPid,
+    NewSession,
     SpawnCriu,
     SendRequest,
     ReceiveAnswer,
     /// CRIU holds the restored tree before resuming it; the init waits for the
     /// caller's verdict (one byte on the acknowledgement pipe, 1: let it run).
     Held,
+    Relay,
 }
 
 impl Step {
-    const ALL: [Step; 10] = [
+    const ALL: [Step; 12] = [
         Step::Done,
         Step::Unshare,
         Step::ForkInit,
         Step::MountPrivate,
         Step::MountProc,
         Step::SetLastPid,
+        Step::NewSession,
         Step::SpawnCriu,
         Step::SendRequest,
         Step::ReceiveAnswer,
         Step::Held,
+        Step::Relay,
     ];
 
     fn describe(self) -> &'static str {
@@ -588,10 +602,12 @@ impl Step {
             Step::MountPrivate => "making / private in the new mount namespace",
             Step::MountProc => "mounting /proc for the new PID namespace",
             Step::SetLastPid => "moving the new PID namespace's next PID past the image's PIDs",
+            Step::NewSession => "starting a session in the new PID namespace",
             Step::SpawnCriu => "starting criu swrk",
             Step::SendRequest => "sending the request to criu swrk",
             Step::ReceiveAnswer => "reading the answer of criu swrk",
             Step::Held => "holding the restored tree",
+            Step::Relay => "handing a pipe to the restored tree in place of our descriptor",
         }
     }
 }
@@ -624,6 +640,71 @@ struct PidnsPlan<'a> {
     /// The acknowledgements of a notification of CRIU: go on, or fail.
     notice_go: Vec<u8>,
     notice_refused: Vec<u8>,
+    relays: Vec<RelayFds>,
+    /// What the holder keeps once the init runs: each relay's `ours` and `our_end`, sorted.
+    relay_keep: Vec<RawFd>,
+}
+
+/// A descriptor of ours handed to a tree restored into a fresh PID namespace through a
+/// pipe, which the holder copies to or from our descriptor. The tree's mount namespace
+/// is a copy of ours, and a file opened out here (opal-restart's output file, /dev/null)
+/// lies on a mount that the copy does not list: CRIU, dumping the tree again from
+/// inside, failed with "Can't lookup mount". A pipe lies on no mount, and a pipe is what
+/// the tree had there when it was dumped (only pipes and sockets are handed over into a
+/// fresh namespace).
+struct Relay {
+    /// Our descriptor, a copy of the handed one.
+    ours: OwnedFd,
+    /// The pipe's ends: the tree's (in the holder, it takes the handed number) and ours.
+    tree_end: OwnedFd,
+    our_end: OwnedFd,
+    fds: RelayFds,
+}
+
+/// The numbers of a [`Relay`], for the holder and the init.
+#[derive(Clone, Copy)]
+struct RelayFds {
+    /// The descriptor number named in CRIU's `inherit_fd`.
+    handed: RawFd,
+    ours: RawFd,
+    tree_end: RawFd,
+    our_end: RawFd,
+    /// Towards the tree (its stdin): the holder reads `ours` and writes the pipe.
+    inbound: bool,
+}
+
+/// At most one relay for each of fds 0-2.
+const MAX_RELAYS: usize = 3;
+
+impl Relay {
+    /// Whether `fd` needs one: all but pipes, sockets (on no mount) and terminals
+    /// (CRIU leaves a shell job's terminal alone).
+    fn needed_for(fd: RawFd) -> bool {
+        // SAFETY: fstat into a zeroed struct; isatty only queries fd.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            return false;
+        }
+        let kind = stat.st_mode & libc::S_IFMT;
+        kind != libc::S_IFIFO && kind != libc::S_IFSOCK && unsafe { libc::isatty(fd) } == 0
+    }
+
+    fn new(handed: RawFd, inbound: bool) -> Result<Relay> {
+        // SAFETY: handed is open (checked by the caller) and stays so for the restore.
+        let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(handed) }
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(format!("duplicating descriptor {handed} for a relay"), e))?;
+        let (read, write) = pipe()?;
+        let (tree_end, our_end) = if inbound { (read, write) } else { (write, read) };
+        let fds = RelayFds {
+            handed,
+            ours: ours.as_raw_fd(),
+            tree_end: tree_end.as_raw_fd(),
+            our_end: our_end.as_raw_fd(),
+            inbound,
+        };
+        Ok(Relay { ours, tree_end, our_end, fds })
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -636,7 +717,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restored> {
+fn restore_in_new_pidns(
+    context: &RestoreContext,
+    pids: &[i32],
+    relays: Vec<Relay>,
+) -> Result<Restored> {
     if pids.contains(&1) {
         // Our own init holds PID 1 there (a namespace ends with its init).
         return Err(Error::new(
@@ -659,6 +744,15 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
         ack_read.as_raw_fd(),
     ];
     keep.extend_from_slice(context.inherit_fds);
+    if relays.len() > MAX_RELAYS {
+        let count = relays.len();
+        return Err(Error::msg(format!("{count} descriptors to relay, more than {MAX_RELAYS}")));
+    }
+    let mut relay_keep: Vec<RawFd> =
+        relays.iter().flat_map(|relay| [relay.fds.ours, relay.fds.our_end]).collect();
+    relay_keep.sort_unstable();
+    keep.extend_from_slice(&relay_keep);
+    keep.extend(relays.iter().map(|relay| relay.fds.tree_end));
     keep.retain(|&fd| fd > libc::STDERR_FILENO);
     keep.sort_unstable();
     keep.dedup();
@@ -676,6 +770,8 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
         last_pid_required: pids.iter().any(|&pid| pid < FIRST_PIDS_OF_A_NAMESPACE),
         notice_go: super::proto::notify_answer(true),
         notice_refused: super::proto::notify_answer(false),
+        relays: relays.iter().map(|relay| relay.fds).collect(),
+        relay_keep,
     };
     // SAFETY: the child runs run_holder, which only makes system calls on `plan`.
     let holder = unsafe { libc::fork() };
@@ -688,6 +784,10 @@ fn restore_in_new_pidns(context: &RestoreContext, pids: &[i32]) -> Result<Restor
     }
     // Only the init keeps these; the report pipe then ends when the init has reported.
     drop((socket, criu_socket, report_write, ack_read));
+    // Only the holder and the tree: a relay from the tree ends when the tree has ended.
+    for relay in relays {
+        drop((relay.ours, relay.tree_end, relay.our_end));
+    }
     let report_read = File::from(report_read);
     let mut deadline = context.deadline;
     let mut header = [0u8; REPORT_HEADER];
@@ -937,6 +1037,59 @@ fn close_all_except(keep: &[RawFd]) {
     close_range(next, RawFd::MAX);
 }
 
+/// Copies through the relays until each is done: one from the tree once no writer is
+/// left (the tree has ended), one to the tree once our side ends or no reader is left.
+/// A failed write ends a relay, so the tree's next write fails as it would have on our
+/// descriptor. Our side is a file or a device, where reads and writes do not wait.
+/// Async-signal-safe.
+fn run_relays(relays: &[RelayFds]) {
+    const EMPTY: libc::pollfd = libc::pollfd { fd: -1, events: 0, revents: 0 };
+    let mut polls = [EMPTY; MAX_RELAYS];
+    for (poll, relay) in polls.iter_mut().zip(relays) {
+        let events = if relay.inbound { libc::POLLOUT } else { libc::POLLIN };
+        *poll = libc::pollfd { fd: relay.our_end, events, revents: 0 };
+    }
+    // PIPE_BUF: a write of this much into a pipe that polls writable does not wait.
+    let mut buffer = [0u8; 4096];
+    // SAFETY: system calls on this process's own descriptors and buffers. Writes to a
+    // pipe without readers fail with EPIPE instead of ending the holder.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        while polls.iter().any(|poll| poll.fd >= 0) {
+            if libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) < 0 {
+                if rpc::errno() == libc::EINTR {
+                    continue;
+                }
+                return;
+            }
+            for (poll, relay) in polls.iter_mut().zip(relays) {
+                if poll.fd < 0 || poll.revents == 0 {
+                    continue;
+                }
+                let (from, to) = if relay.inbound {
+                    (relay.ours, relay.our_end)
+                } else {
+                    (relay.our_end, relay.ours)
+                };
+                let gone = relay.inbound && poll.revents & (libc::POLLERR | libc::POLLHUP) != 0;
+                let done = gone || {
+                    let n = libc::read(from, buffer.as_mut_ptr().cast(), buffer.len());
+                    match n {
+                        0 => true,
+                        n if n < 0 => rpc::errno() != libc::EINTR,
+                        n => rpc::write_all(to, &buffer[..n as usize]).is_err(),
+                    }
+                };
+                if done {
+                    libc::close(relay.ours);
+                    libc::close(relay.our_end);
+                    poll.fd = -1;
+                }
+            }
+        }
+    }
+}
+
 /// Default signal handling for a forked child that does not exec (holder and init):
 /// the caller's handlers, say a SIGCHLD handler that reaps, must not run there.
 /// Ignored signals stay ignored, as across exec, except SIGCHLD, which waitpid needs.
@@ -970,6 +1123,12 @@ unsafe fn run_holder(plan: &PidnsPlan) -> ! {
     close_all_except(&plan.keep);
     // SAFETY: system calls on this child's own state.
     unsafe {
+        // CRIU hands the tree what the request names: the pipe in place of our descriptor.
+        for relay in &plan.relays {
+            if libc::dup2(relay.tree_end, relay.handed) < 0 {
+                fail(plan, Step::Relay, rpc::errno());
+            }
+        }
         if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
             fail(plan, Step::Unshare, rpc::errno());
         }
@@ -980,9 +1139,10 @@ unsafe fn run_holder(plan: &PidnsPlan) -> ! {
         if init < 0 {
             fail(plan, Step::ForkInit, rpc::errno());
         }
-        // The holder needs none of its descriptors; the report pipe must end with the init.
-        close_all_except(&[]);
+        // The holder needs only its relays; the report pipe must end with the init.
+        close_all_except(&plan.relay_keep);
         detach_stdio();
+        run_relays(&plan.relays);
         libc::_exit(rpc::wait_exit_code(init).unwrap_or(HELPER_FAILED));
     }
 }
@@ -994,6 +1154,13 @@ unsafe fn run_holder(plan: &PidnsPlan) -> ! {
 unsafe fn run_init(plan: &PidnsPlan) -> ! {
     // SAFETY: system calls on this child's own state; the buffers are ours.
     unsafe {
+        // The relays' other ends are the holder's: the tree's output must see no reader
+        // left once the holder is gone, and our input its end once the tree is.
+        for relay in &plan.relays {
+            for fd in [relay.ours, relay.tree_end, relay.our_end] {
+                libc::close(fd);
+            }
+        }
         // Our /proc must not propagate to the caller's mount namespace.
         let flags = libc::MS_REC | libc::MS_PRIVATE;
         if libc::mount(
@@ -1030,6 +1197,12 @@ unsafe fn run_init(plan: &PidnsPlan) -> ! {
         }
         if last_pid >= 0 {
             libc::close(last_pid);
+        }
+        // A session inside: a restored root that did not lead its own session (a shell
+        // job) joins CRIU's, which was the caller's, outside, and CRIU cannot dump a
+        // process whose session leader is outside its namespace.
+        if libc::setsid() < 0 {
+            fail(plan, Step::NewSession, rpc::errno());
         }
         let criu = match rpc::spawn_swrk(&plan.swrk, Helper::Child) {
             Ok(pid) => pid,
@@ -1199,6 +1372,7 @@ mod tests {
             tcp_established: false,
             file_locks: false,
             inherit_fds: &[],
+            inherit_stdin: None,
             new_pidns: true,
             before_resume: None,
             timeout: None,
@@ -1230,6 +1404,27 @@ mod tests {
     fn missing_images_are_a_clear_error() {
         let err = image_pids(Path::new("/nonexistent/images")).unwrap_err();
         assert!(err.message().contains("no CRIU images in /nonexistent/images"), "{err}");
+    }
+
+    #[test]
+    fn only_what_lies_on_a_mount_is_relayed() {
+        let (read, write) = pipe().unwrap();
+        let (socket, _peer) = rpc::socket_pair().unwrap();
+        let null = File::open("/dev/null").unwrap();
+        let file = File::open("/proc/self/exe").unwrap();
+        assert!(!Relay::needed_for(read.as_raw_fd()) && !Relay::needed_for(write.as_raw_fd()));
+        assert!(!Relay::needed_for(socket.as_raw_fd()));
+        let terminal = File::options().read(true).write(true).open("/dev/ptmx").unwrap();
+        assert!(!Relay::needed_for(terminal.as_raw_fd()), "a terminal");
+        assert!(Relay::needed_for(null.as_raw_fd()) && Relay::needed_for(file.as_raw_fd()));
+        let outbound = Relay::new(file.as_raw_fd(), false).unwrap();
+        // SAFETY: fcntl only queries the descriptors.
+        let mode = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE;
+        assert_eq!(mode(outbound.fds.tree_end), libc::O_WRONLY, "the tree writes");
+        let inbound = Relay::new(file.as_raw_fd(), true).unwrap();
+        assert_eq!(mode(inbound.fds.tree_end), libc::O_RDONLY, "the tree reads");
+        assert_eq!(inbound.fds.handed, file.as_raw_fd());
+        assert_ne!(inbound.fds.ours, file.as_raw_fd());
     }
 
     #[test]

@@ -1280,6 +1280,7 @@ mod tests {
             tcp_established: false,
             file_locks: false,
             inherit_fds,
+            inherit_stdin: None,
             new_pidns,
             before_resume: None,
             timeout: None,

@@ -1,0 +1,604 @@
+//! The launcher as a checkpoint endpoint: it binds a control socket like any library
+//! process, so `opal-checkpoint <launcher pid>` (and the launcher's checkpoint signal)
+//! asks it for a checkpoint of the whole job, and it answers with the global snapshot.
+//!
+//! A job checkpoint goes the way of the ranks' component. self has two phases: first
+//! every rank is asked, over its own control socket, to checkpoint into
+//! `opal_snapshot_<rank>.ckpt` inside the global snapshot being written, and to hold
+//! before its continue phase (`hold`). Once every rank has answered, the global snapshot
+//! is published if all succeeded, and every rank then gets its go; if one failed nothing
+//! is published, all continue, and the failure names the rank and its cause. criu: the
+//! launcher dumps its own tree, the ranks with it, into the global snapshot.
+
+use super::global::{self, GlobalMetadata};
+use crate::codes::*;
+use crate::control::{self, CheckpointResult, ErrorBody, ErrorKind, Reply, Request, Status};
+use crate::error::Error;
+use crate::framework::CheckpointOutcome;
+use crate::params::Params;
+use crate::snapshot::{Metadata, PendingSnapshot, PublishOptions, Series};
+use parking_lot::{Condvar, Mutex};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connecting client has to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a rank may take to take up the request and to publish its snapshot.
+const RANK_LIMIT: Duration = Duration::from_secs(120);
+/// How long a rank that is busy (its socket closed for a dump) is waited for.
+const BUSY_LIMIT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// How often the accepting thread looks whether it is to close the socket.
+const QUIET_POLL_MS: libc::c_int = 50;
+/// How long a dump waits for open connections to end.
+const QUIET_LIMIT: Duration = Duration::from_secs(3);
+
+type JobResult = Result<CheckpointResult, ErrorBody>;
+/// A rank asked to checkpoint and hold: the connection it answers on and the
+/// checkpoint's id, or why it could not be asked.
+type Held = Result<(UnixStream, u64), String>;
+
+/// What the endpoint knows of the job.
+pub struct Job {
+    pub launcher_pid: i32,
+    /// The PID of each rank, by rank.
+    pub ranks: Vec<i32>,
+    /// Where the job's global series is, and its name: where checkpoints go unless the
+    /// request names another.
+    pub base: PathBuf,
+    pub name: String,
+    pub params: Params,
+}
+
+struct State {
+    /// The socket is to be closed (criu dump of the launcher's tree).
+    quiet: bool,
+    listening: bool,
+    next_id: u64,
+    running: Option<u64>,
+    results: Vec<(u64, JobResult)>,
+    connections: usize,
+    last: Option<CheckpointResult>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            quiet: false,
+            listening: true,
+            next_id: 0,
+            running: None,
+            results: Vec::new(),
+            connections: 0,
+            last: None,
+        }
+    }
+}
+
+pub struct Endpoint {
+    job: Job,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Endpoint {
+    /// Binds the launcher's control socket and serves it on a thread of its own.
+    pub fn start(job: Job) -> std::io::Result<Arc<Endpoint>> {
+        let (listener, _) = control::bind(job.launcher_pid)?;
+        let endpoint = Arc::new(Endpoint {
+            job,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let serving = endpoint.clone();
+        std::thread::Builder::new()
+            .name("opalcrs-job".into())
+            .spawn(move || serving.serve(listener))?;
+        Ok(endpoint)
+    }
+
+    /// Accepts connections, each served on a thread of its own. While the launcher's
+    /// tree is dumped (criu) the socket is closed, and bound anew afterwards (under a
+    /// new name in a restored copy, which must not answer for the original).
+    fn serve(self: Arc<Self>, listener: UnixListener) {
+        let mut listener = Some(listener);
+        loop {
+            if self.state.lock().quiet {
+                drop(listener.take());
+                let mut state = self.state.lock();
+                state.listening = false;
+                self.changed.notify_all();
+                while state.quiet {
+                    self.changed.wait(&mut state);
+                }
+                drop(state);
+                match control::bind(std::process::id() as i32) {
+                    Ok((bound, _)) => listener = Some(bound),
+                    Err(e) => {
+                        eprintln!("opal-run: warning: the job's control socket is gone: {e}");
+                        return;
+                    }
+                }
+                self.state.lock().listening = true;
+                self.changed.notify_all();
+            }
+            let Some(open) = &listener else { return };
+            let mut poll = libc::pollfd { fd: open.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; the timeout lets a quiet request be seen.
+            if unsafe { libc::poll(&mut poll, 1, QUIET_POLL_MS) } <= 0 {
+                continue;
+            }
+            let Ok((stream, _)) = open.accept() else { continue };
+            {
+                let mut state = self.state.lock();
+                if state.connections >= MAX_CONNECTIONS || state.quiet {
+                    continue;
+                }
+                state.connections += 1;
+            }
+            let endpoint = self.clone();
+            let spawned =
+                std::thread::Builder::new().name("opalcrs-job-conn".into()).spawn(move || {
+                    endpoint.answer(&stream);
+                    drop(stream);
+                    let mut state = endpoint.state.lock();
+                    state.connections -= 1;
+                    endpoint.changed.notify_all();
+                });
+            if spawned.is_err() {
+                self.state.lock().connections -= 1;
+            }
+        }
+    }
+
+    /// Closes the control socket and waits until no connection is open, so that nothing
+    /// outside the tree is connected to it when it is dumped; `false` opens it again
+    /// and waits until it listens (then the dump marker may go: a tool never finds the
+    /// launcher neither listening nor dumping). Each wait lasts at most `QUIET_LIMIT`.
+    fn quiet(&self, quiet: bool) {
+        let mut state = self.state.lock();
+        state.quiet = quiet;
+        self.changed.notify_all();
+        let until = Instant::now() + QUIET_LIMIT;
+        let done = |state: &State| {
+            if quiet {
+                !state.listening && state.connections == 0
+            } else {
+                state.listening
+            }
+        };
+        while !done(&state) {
+            if self.changed.wait_until(&mut state, until).timed_out() {
+                break;
+            }
+        }
+    }
+
+    fn answer(self: &Arc<Self>, stream: &UnixStream) {
+        // SAFETY: geteuid has no preconditions.
+        let own_uid = unsafe { libc::geteuid() };
+        let reply = match control::peer_cred(stream) {
+            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => {
+                let _ = stream.set_read_timeout(Some(REQUEST_DEADLINE));
+                match control::read_message::<control::RequestEnvelope>(stream) {
+                    Ok(envelope) if envelope.v == control::PROTOCOL_VERSION => {
+                        self.handle(envelope.request)
+                    }
+                    Ok(envelope) => Reply::error(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "protocol version {} not supported (this launcher speaks {})",
+                            envelope.v,
+                            control::PROTOCOL_VERSION
+                        ),
+                    ),
+                    Err(e) => {
+                        Reply::error(ErrorKind::BadRequest, format!("unreadable request: {e}"))
+                    }
+                }
+            }
+            Ok(cred) => Reply::error(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "permission denied: uid {} may not checkpoint a job of uid {own_uid}",
+                    cred.uid
+                ),
+            ),
+            Err(e) => Reply::error(
+                ErrorKind::PermissionDenied,
+                format!("cannot check the peer's credentials: {e}"),
+            ),
+        };
+        let _ = control::write_message(stream, &reply);
+    }
+
+    fn handle(self: &Arc<Self>, request: Request) -> Reply {
+        match request {
+            Request::Checkpoint { term, name, dir, hold, .. } => {
+                if term || hold {
+                    return Reply::error(
+                        ErrorKind::BadRequest,
+                        "a job checkpoint takes neither --term nor a hold",
+                    );
+                }
+                match self.begin(name, dir) {
+                    Ok(id) => {
+                        Reply { v: control::PROTOCOL_VERSION, id: Some(id), ..Reply::default() }
+                    }
+                    Err(error) => Reply::error(error.kind, error.message),
+                }
+            }
+            // Answered at once, empty while the checkpoint runs (the tool asks again):
+            // no connection stays open while a tree is dumped.
+            Request::Result { id } => {
+                let state = self.state.lock();
+                let mut reply =
+                    Reply { v: control::PROTOCOL_VERSION, id: Some(id), ..Reply::default() };
+                match state.results.iter().find(|(done, _)| *done == id) {
+                    Some((_, Ok(result))) => reply.result = Some(result.clone()),
+                    Some((_, Err(error))) => reply.error = Some(error.clone()),
+                    None if state.running == Some(id) => {}
+                    None => {
+                        return Reply::error(
+                            ErrorKind::UnknownId,
+                            format!("no checkpoint with id {id}"),
+                        )
+                    }
+                }
+                reply
+            }
+            Request::Status => {
+                let state = self.state.lock();
+                let last = state.last.as_ref();
+                Reply {
+                    v: control::PROTOCOL_VERSION,
+                    status: Some(Status {
+                        pid: self.job.launcher_pid,
+                        component: "job".into(),
+                        state: if state.running.is_some() { "checkpointing" } else { "idle" }
+                            .into(),
+                        series: last.map(|l| l.series.clone()),
+                        last_seq: last.map(|l| l.seq),
+                        last_path: last.map(|l| l.path.clone()),
+                    }),
+                    ..Reply::default()
+                }
+            }
+            Request::Quiet { .. } => Reply { v: control::PROTOCOL_VERSION, ..Reply::default() },
+        }
+    }
+
+    /// Starts a job checkpoint on a thread of its own; its id.
+    fn begin(
+        self: &Arc<Self>,
+        name: Option<String>,
+        dir: Option<String>,
+    ) -> Result<u64, ErrorBody> {
+        let refused = |kind, message: &str| ErrorBody { kind, message: message.to_string() };
+        if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
+            return Err(refused(ErrorKind::BadRequest, bad.message()));
+        }
+        let id = {
+            let mut state = self.state.lock();
+            if state.running.is_some() {
+                return Err(refused(
+                    ErrorKind::InProgress,
+                    "a checkpoint of this job is in progress",
+                ));
+            }
+            state.next_id += 1;
+            state.running = Some(state.next_id);
+            state.next_id
+        };
+        let endpoint = self.clone();
+        let base = dir.map_or_else(|| self.job.base.clone(), PathBuf::from);
+        let name = name.unwrap_or_else(|| self.job.name.clone());
+        std::thread::Builder::new()
+            .name("opalcrs-job-ckpt".into())
+            .spawn(move || {
+                let result =
+                    Series::open(&base, &name).and_then(|series| endpoint.checkpoint(&series));
+                endpoint.finish(id, result);
+            })
+            .map_err(|e| {
+                self.state.lock().running = None;
+                refused(ErrorKind::ComponentFailed, &format!("cannot start the checkpoint: {e}"))
+            })?;
+        Ok(id)
+    }
+
+    /// Takes a job checkpoint at once (the checkpoint signal); the result is logged.
+    pub fn checkpoint_now(self: &Arc<Self>) {
+        match self.begin(None, None) {
+            Ok(_) => {}
+            Err(error) => eprintln!("opal-run: warning: no job checkpoint: {}", error.message),
+        }
+    }
+
+    fn finish(&self, id: u64, result: Result<CheckpointResult, Error>) {
+        let wire = result.map_err(|e| {
+            eprintln!("opal-run: warning: job checkpoint failed: {}", e.message());
+            ErrorBody { kind: ErrorKind::ComponentFailed, message: e.message().to_string() }
+        });
+        let mut state = self.state.lock();
+        if let Ok(result) = &wire {
+            state.last = Some(result.clone());
+        }
+        state.results.push((id, wire));
+        if state.results.len() > 32 {
+            state.results.drain(..1);
+        }
+        state.running = None;
+        self.changed.notify_all();
+    }
+
+    /// One global snapshot of every rank into `series`, by the ranks' component: self
+    /// in two phases, criu as one image of the launcher's tree.
+    fn checkpoint(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        let components = self.rank_components()?;
+        match components.first().map(String::as_str) {
+            Some(first) if components.iter().any(|c| c != first) => Err(Error::new(
+                OPAL_ERR_NOT_SUPPORTED,
+                format!(
+                    "job checkpoint failed, nothing published: the ranks use different components ({})",
+                    components.join(", ")
+                ),
+            )),
+            Some("criu") => self.checkpoint_tree(series),
+            _ => self.checkpoint_self(series),
+        }
+    }
+
+    /// Each rank's component, asked of the rank.
+    fn rank_components(&self) -> Result<Vec<String>, Error> {
+        let failed = |rank: usize, why: String| {
+            Error::new(
+                OPAL_ERROR,
+                format!(
+                    "job checkpoint failed, nothing published: rank {rank} (PID {}): {why}",
+                    self.job.ranks[rank]
+                ),
+            )
+        };
+        let mut components = Vec::with_capacity(self.job.ranks.len());
+        for (rank, &pid) in self.job.ranks.iter().enumerate() {
+            // A rank whose socket is closed for a dump (just after a restore of the tree it
+            // is still closed for a moment) is waited for.
+            let until = Instant::now() + BUSY_LIMIT;
+            let endpoint = loop {
+                match control::locate(pid) {
+                    Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    located => break located.map_err(|e| failed(rank, e.message().into()))?,
+                }
+            };
+            let reply = endpoint
+                .call(Request::Status, RANK_LIMIT)
+                .map_err(|e| failed(rank, format!("no status: {e}")))?;
+            match (reply.status, reply.error) {
+                (Some(status), _) => components.push(status.component),
+                (None, Some(error)) => return Err(failed(rank, error.message)),
+                (None, None) => return Err(failed(rank, "an empty status".into())),
+            }
+        }
+        Ok(components)
+    }
+
+    /// criu: the launcher dumps its own tree, the ranks with it, at one instant, so that
+    /// what connects the ranks comes back connected. The control sockets (the
+    /// launcher's and the ranks') are closed meanwhile, as for any tree dump.
+    fn checkpoint_tree(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        let started = Instant::now();
+        let pending = series.begin(self.job.launcher_pid)?;
+        let component = crate::framework::by_name("criu").expect("criu is a component");
+        let marker = control::DumpMarker::set();
+        self.quiet(true);
+        control::quiet_descendants(std::process::id() as i32);
+        let running_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut metadata = Metadata {
+            component: Some(component.name().to_string()),
+            cwd: std::env::current_dir().ok(),
+            ..Metadata::default()
+        };
+        let mut job = crate::framework::CheckpointJob {
+            params: &self.job.params,
+            dir: &pending.dir,
+            metadata: &mut metadata,
+            dump_helper: None,
+        };
+        let outcome = component.checkpoint(&mut job);
+        self.quiet(false);
+        drop(marker);
+        let finished_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (state, published) = match outcome {
+            Err(e) => {
+                pending.abandon();
+                return Err(e.context("job checkpoint failed, nothing published"));
+            }
+            // This is the restored launcher: the original published the snapshot.
+            Ok(CheckpointOutcome::Restarted) => {
+                let seq = pending.seq;
+                std::mem::forget(pending);
+                ("restart", crate::snapshot::Published { seq, path: series.snapshot_dir(seq) })
+            }
+            Ok(CheckpointOutcome::Continue) => {
+                ("continue", self.publish(series, pending, metadata, component.identity())?)
+            }
+        };
+        Ok(CheckpointResult {
+            seq: published.seq,
+            series: series.path().display().to_string(),
+            path: published.path.display().to_string(),
+            component: component.name().into(),
+            state: state.into(),
+            running_ms,
+            finished_ms,
+            established_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Writes the metadata (the store's own, so that listing and checking treat the
+    /// global snapshot as any snapshot, and `global_snapshot_meta.data`, which tells a
+    /// restart that it is a job's) and publishes the global snapshot.
+    fn publish(
+        &self,
+        series: &Series,
+        pending: PendingSnapshot,
+        mut metadata: Metadata,
+        identity: Vec<crate::snapshot::IdentityEntry>,
+    ) -> Result<crate::snapshot::Published, Error> {
+        let component = metadata.component.clone().unwrap_or_default();
+        let global = GlobalMetadata {
+            seq: pending.seq,
+            timestamp: global::timestamp_now(),
+            component: component.clone(),
+            launcher_pid: self.job.launcher_pid,
+            ranks: self.job.ranks.clone(),
+        };
+        metadata.pid = Some(self.job.launcher_pid);
+        metadata.series = Some(series.path().to_path_buf());
+        metadata.seq = Some(pending.seq);
+        metadata.version = Some(env!("CARGO_PKG_VERSION").to_string());
+        metadata.host = Some(crate::output::hostname());
+        let options = PublishOptions {
+            fsync: self.job.params.bool("crs_base_snapshot_fsync"),
+            keep: self.job.params.int("crs_base_snapshot_keep").max(0) as u64,
+            component,
+            pid: self.job.launcher_pid,
+            host: crate::output::hostname(),
+            identity,
+        };
+        metadata
+            .render()
+            .and_then(|text| pending.write_file(crate::snapshot::METADATA_FILE, text.as_bytes()))
+            .and_then(|()| {
+                pending.write_file(global::GLOBAL_METADATA_FILE, global.render().as_bytes())
+            })
+            .and_then(|()| pending.publish(options))
+    }
+
+    /// self: every rank checkpoints into its place in the global snapshot and holds;
+    /// the global snapshot is published only if all succeeded; then every rank goes on.
+    fn checkpoint_self(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        let started = Instant::now();
+        let millis = || started.elapsed().as_secs_f64() * 1000.0;
+        let pending = series.begin(self.job.launcher_pid)?;
+        let dir = pending.dir.display().to_string();
+
+        // Phase one: every rank checkpoints into its place and holds.
+        let held: Vec<(usize, Held)> = self
+            .job
+            .ranks
+            .iter()
+            .enumerate()
+            .map(|(rank, &pid)| (rank, ask(rank, pid, &dir)))
+            .collect();
+        let running_ms = millis();
+        let mut failures = Vec::new();
+        let mut component = None;
+        for (rank, asked) in &held {
+            let outcome = match asked {
+                Ok((stream, id)) => local_result(stream, self.job.ranks[*rank], *id),
+                Err(why) => Err(why.clone()),
+            };
+            match outcome {
+                Ok(result) => {
+                    if component.as_ref().is_some_and(|c| *c != result.component) {
+                        failures.push(format!(
+                            "rank {rank}: component {}, not {} as the others",
+                            result.component,
+                            component.as_deref().unwrap_or_default()
+                        ));
+                    }
+                    component.get_or_insert(result.component);
+                }
+                Err(why) => {
+                    failures.push(format!("rank {rank} (PID {}): {why}", self.job.ranks[*rank]))
+                }
+            }
+        }
+        let finished_ms = millis();
+
+        // Phase two: publish only a complete global snapshot; then every rank goes on.
+        let published = if failures.is_empty() {
+            let component = component.clone().unwrap_or_default();
+            let metadata = Metadata { component: Some(component), ..Metadata::default() };
+            self.publish(series, pending, metadata, Vec::new())
+        } else {
+            pending.abandon();
+            Err(Error::new(
+                OPAL_ERROR,
+                format!("job checkpoint failed, nothing published: {}", failures.join("; ")),
+            ))
+        };
+        for (stream, _) in held.iter().filter_map(|(_, asked)| asked.as_ref().ok()) {
+            let _ = (&*stream).write_all(b"go\n");
+        }
+        let published = published?;
+        Ok(CheckpointResult {
+            seq: published.seq,
+            series: series.path().display().to_string(),
+            path: published.path.display().to_string(),
+            component: component.unwrap_or_default(),
+            state: "continue".into(),
+            running_ms,
+            finished_ms,
+            established_ms: millis(),
+        })
+    }
+}
+
+/// Asks rank `rank` to checkpoint into `dir` and hold.
+fn ask(rank: usize, pid: i32, dir: &str) -> Held {
+    let endpoint = control::locate(pid).map_err(|e| e.message().to_string())?;
+    let stream = endpoint.connect(RANK_LIMIT).map_err(|e| format!("cannot connect: {e}"))?;
+    let request = Request::Checkpoint {
+        term: false,
+        name: Some(global::rank_series_name(rank)),
+        dir: Some(dir.to_string()),
+        wait: false,
+        dump_helper: None,
+        hold: true,
+    };
+    control::write_message(
+        &stream,
+        &control::RequestEnvelope { v: control::PROTOCOL_VERSION, request },
+    )
+    .map_err(|e| format!("cannot send the request: {e}"))?;
+    let reply: Reply = control::read_message(&stream).map_err(|e| format!("no answer: {e}"))?;
+    if let Some(error) = reply.error {
+        return Err(error.message);
+    }
+    match reply.id {
+        Some(id) => Ok((stream, id)),
+        None => Err("it accepted no checkpoint".into()),
+    }
+}
+
+/// The rank's own result, sent on the held connection once its snapshot is published;
+/// a rank whose checkpoint failed closes the connection, and its result (asked for
+/// by `id`) says why.
+fn local_result(stream: &UnixStream, pid: i32, id: u64) -> Result<CheckpointResult, String> {
+    let reply = match control::read_message::<Reply>(stream) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            control::locate(pid).map_err(|e| e.message().to_string()).and_then(|endpoint| {
+                endpoint
+                    .call(Request::Result { id }, RANK_LIMIT)
+                    .map_err(|e| format!("no result: {e}"))
+            })?
+        }
+        Err(e) => return Err(format!("no result: {e}")),
+        Ok(reply) => reply,
+    };
+    match reply {
+        Reply { result: Some(result), .. } => Ok(result),
+        Reply { error: Some(error), .. } => Err(error.message),
+        _ => Err("an empty answer".into()),
+    }
+}

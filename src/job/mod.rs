@@ -1,0 +1,236 @@
+//! Parallel jobs on one machine: `opal-run -np N` starts N ranks of a program as its
+//! children and stays their parent, the launcher. The launcher gives each rank its
+//! place in the job (`OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK`), passes signals on to the
+//! ranks, ends the job when a rank fails and is itself a checkpoint endpoint
+//! (`endpoint`): `opal-checkpoint <launcher pid>` takes one global snapshot of every
+//! rank (`global`), and a job restarts from the newest complete one.
+//!
+//! Ranks are started by the launcher here; the coordination speaks to each rank over
+//! its own control socket, so ranks started elsewhere (by `srun`) only need another way
+//! to reach them.
+
+pub mod endpoint;
+pub mod global;
+pub mod launcher;
+
+use crate::codes::*;
+use crate::error::Error;
+use crate::framework::RestartOutcome;
+use crate::params::Params;
+use crate::restart::{Check, Step, Target};
+use crate::snapshot;
+use global::GlobalMetadata;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// What `opal-run -np N` was asked to run.
+pub struct JobOptions {
+    pub size: usize,
+    pub command: Vec<OsString>,
+    /// `-mca` pairs, given to every rank as `OMPI_MCA_<name>`.
+    pub mca: Vec<(String, String)>,
+    /// `-w`: the directory that holds the job's series, also the ranks' own.
+    pub dir: Option<PathBuf>,
+    /// The job's global series: its directory and name.
+    pub base: PathBuf,
+    pub name: String,
+    /// The launcher's parameters (the store's: keep, fsync; the checkpoint signal).
+    pub params: Params,
+}
+
+/// Parameters that the launcher acts on for the whole job, and that the ranks therefore
+/// do not get: each rank checkpointing itself on an interval would be no job checkpoint,
+/// and a rank's own checkpoint must not land in the job's global series.
+const LAUNCHER_ONLY: &[&str] = &["opal_cr_checkpoint_interval", "crs_base_snapshot_name"];
+
+/// The environment every rank gets on a fresh start: the `-mca` parameters (but the
+/// launcher's own) and the snapshot directory.
+pub fn job_environment(options: &JobOptions) -> Vec<(String, OsString)> {
+    let mut env: Vec<(String, OsString)> = options
+        .mca
+        .iter()
+        .filter(|(k, _)| !LAUNCHER_ONLY.contains(&k.as_str()))
+        .map(|(k, v)| (format!("OMPI_MCA_{k}"), v.into()))
+        .collect();
+    if let Some(dir) = &options.dir {
+        env.push(("OMPI_MCA_crs_base_snapshot_dir".into(), dir.as_os_str().to_owned()));
+    }
+    env
+}
+
+/// Starts the job fresh and supervises it: the job's exit status, or why its program
+/// could not be started.
+pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
+    let signal = checkpoint_signal(&options.params);
+    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
+    let removed: Vec<String> =
+        LAUNCHER_ONLY.iter().map(|name| format!("OMPI_MCA_{name}")).collect();
+    let ranks =
+        launcher::start(&options.command, options.size, &job_environment(options), &removed)?;
+    let job = endpoint::Job {
+        launcher_pid: std::process::id() as i32,
+        ranks,
+        base: options.base.clone(),
+        name: options.name.clone(),
+        params: options.params.clone(),
+    };
+    Ok(serve_and_supervise(job, signal))
+}
+
+/// Whether `target` names a job's global series (or one global snapshot).
+pub fn is_job(target: &Target) -> bool {
+    snapshot::locate(&target.reference, &target.base, target.seq)
+        .is_ok_and(|located| global::is_global_snapshot(&located.dir))
+}
+
+/// The global snapshot a job restart would use: the newest good one of the series (or
+/// `seq`); a rank whose snapshot is damaged fails the whole global snapshot's check.
+pub fn choose(target: &Target) -> Result<(snapshot::Resolved, GlobalMetadata), Error> {
+    let resolved = snapshot::resolve(&target.reference, &target.base, target.seq)?;
+    let metadata = GlobalMetadata::read(&resolved.dir)?;
+    Ok((resolved, metadata))
+}
+
+/// Restarts every rank of the global snapshot `resolved` as a child of this process,
+/// which becomes the job's launcher (checkpointable again, into the same series), and
+/// supervises them: the job's status. A rank that cannot be restarted ends the others.
+pub fn restart(
+    resolved: &snapshot::Resolved,
+    metadata: &GlobalMetadata,
+    params: &Params,
+    verbose: bool,
+) -> Result<i32, (Step, Error)> {
+    if metadata.component == "criu" {
+        return restore_tree(resolved, params, verbose);
+    }
+    if metadata.component != "self" {
+        return Err((
+            Step::Choose,
+            Error::new(
+                OPAL_ERR_NOT_SUPPORTED,
+                format!(
+                    "global snapshot {}: written by component {}, which a job restart does not know",
+                    resolved.dir.display(),
+                    metadata.component
+                ),
+            ),
+        ));
+    }
+    let size = metadata.ranks.len();
+    let mut plans = Vec::with_capacity(size);
+    for rank in 0..size {
+        let local = Target::path(global::rank_snapshot(&resolved.dir, rank));
+        let mut prepared =
+            crate::restart::prepare(&local, params.clone(), verbose, Check::First, &[])
+                .map_err(|e| (Step::Choose, e))?;
+        // The rank's own series is inside the global snapshot: its later checkpoints of
+        // its own go to its default series instead.
+        prepared.plan.series = None;
+        plans.push(prepared);
+    }
+    // Root restarting another user's job: the launcher becomes that user before it
+    // starts anything, so the ranks, the launcher's socket and the snapshots it writes
+    // into the user's series are the user's (and the user may checkpoint the job).
+    let owner = &plans[0].plan.owner;
+    if plans.iter().any(|p| p.plan.owner.uid != owner.uid) {
+        let message = format!(
+            "global snapshot {}: its ranks belong to different users",
+            resolved.dir.display()
+        );
+        return Err((Step::Choose, Error::new(OPAL_ERR_PERM, message)));
+    }
+    if owner.needs_switch() {
+        owner.become_owner().map_err(|e| {
+            (Step::Start, Error::io(format!("becoming uid {}, the owner of the job", owner.uid), e))
+        })?;
+        // The id change made the process undumpable, which would hide its control
+        // socket from the user's tools; it holds nothing of root's any more.
+        // SAFETY: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    }
+    let signal = checkpoint_signal(params);
+    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
+    let mut ranks = Vec::with_capacity(size);
+    for (rank, prepared) in plans.iter().enumerate() {
+        let started = crate::restart::apply_records(&prepared.plan).and_then(|()| {
+            for (name, value) in launcher::rank_environment(rank, size) {
+                // Single-threaded here: the endpoint's thread starts after the ranks.
+                std::env::set_var(name, value);
+            }
+            prepared.component.restart(&prepared.plan, true)
+        });
+        match started {
+            Ok(RestartOutcome::Spawned { pid, .. }) => ranks.push(pid),
+            Ok(_) => unreachable!("a self restart as a child is spawned"),
+            Err(e) => {
+                launcher::end_all(&ranks, &[]);
+                return Err((Step::Start, e));
+            }
+        }
+    }
+    let series = resolved.series.as_ref().map_or(resolved.dir.as_path(), |s| s.path());
+    let job = endpoint::Job {
+        launcher_pid: std::process::id() as i32,
+        ranks,
+        base: series.parent().unwrap_or(std::path::Path::new("/")).to_path_buf(),
+        name: series.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        params: params.clone(),
+    };
+    Ok(serve_and_supervise(job, signal))
+}
+
+/// criu: the global snapshot is one image of the launcher's tree; it is restored as
+/// this process's child (the launcher, with its ranks below it, goes on as it was) and
+/// waited for: the job's status.
+fn restore_tree(
+    resolved: &snapshot::Resolved,
+    params: &Params,
+    verbose: bool,
+) -> Result<i32, (Step, Error)> {
+    let target = Target::path(resolved.dir.clone());
+    match crate::restart::run(&target, params, verbose, &mut |_| false)? {
+        RestartOutcome::Exited(status) => Ok(status),
+        RestartOutcome::Rejected(why) => Err((Step::Start, Error::msg(why))),
+        RestartOutcome::Spawned { pid, .. } => Err((
+            Step::Start,
+            Error::msg(format!("the restored launcher {pid} was not waited for")),
+        )),
+    }
+}
+
+/// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.
+fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
+    let signal = params.int("opal_cr_signal") as libc::c_int;
+    (signal > 0 && !launcher::FORWARDED.contains(&signal)).then_some(signal)
+}
+
+/// Serves checkpoints of the job (asked for, on the checkpoint signal and every
+/// `opal_cr_checkpoint_interval` seconds) and waits for its ranks: the job's status.
+fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
+    let ranks = job.ranks.clone();
+    let params = job.params.clone();
+    let endpoint = match endpoint::Endpoint::start(job) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            eprintln!("opal-run: warning: the job cannot be checkpointed (no control socket: {e})");
+            None
+        }
+    };
+    let interval = params.int("opal_cr_checkpoint_interval");
+    if let (Some(endpoint), true) = (&endpoint, interval > 0) {
+        let endpoint = endpoint.clone();
+        let spawned =
+            std::thread::Builder::new().name("opalcrs-interval".into()).spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(interval as u64));
+                endpoint.checkpoint_now();
+            });
+        if let Err(e) = spawned {
+            eprintln!("opal-run: warning: no interval checkpoints: {e}");
+        }
+    }
+    launcher::supervise(&ranks, &mut |received| {
+        if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
+            endpoint.checkpoint_now();
+        }
+    })
+}
