@@ -1350,21 +1350,41 @@ mod tests {
             return;
         };
         const PAGES: usize = 8192;
-        let mut memory = vec![0u8; PAGES * 4096];
-        // SAFETY: advice on our own buffer; small pages, so each one faults on its own.
-        unsafe { libc::madvise(memory.as_mut_ptr().cast(), memory.len(), libc::MADV_NOHUGEPAGE) };
-        let touch = |memory: &mut [u8], value: u8| {
-            let before = thread_minor_faults();
-            for page in memory.chunks_mut(4096) {
-                page[0] = value;
-            }
-            thread_minor_faults() - before
-        };
-        touch(&mut memory, 1);
-        let session = Session::start(&bin, Helper::Detached, &[], None).unwrap();
-        // A fork would have made every page copy-on-write: each write faults again.
-        let faults = touch(&mut memory, 2);
-        drop(session);
+        // Counted in a child of one thread: a fork by another test's thread would make
+        // this process's pages copy-on-write as well.
+        let (read_end, write_end) = socket_pair().unwrap();
+        // SAFETY: the child only runs the measurement (glibc's fork leaves its allocator
+        // usable) and ends with _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let mut memory = vec![0u8; PAGES * 4096];
+            // SAFETY: advice on our own buffer; small pages, so each one faults alone.
+            unsafe {
+                libc::madvise(memory.as_mut_ptr().cast(), memory.len(), libc::MADV_NOHUGEPAGE)
+            };
+            let touch = |memory: &mut [u8], value: u8| {
+                let before = thread_minor_faults();
+                for page in memory.chunks_mut(4096) {
+                    page[0] = value;
+                }
+                thread_minor_faults() - before
+            };
+            touch(&mut memory, 1);
+            let session = Session::start(&bin, Helper::Detached, &[], None);
+            // A fork would have made every page copy-on-write: each write faults again.
+            let faults = if session.is_ok() { touch(&mut memory, 2) } else { -1 };
+            drop(session);
+            let _ = send_message(write_end.as_raw_fd(), &faults.to_ne_bytes());
+            // SAFETY: ends the forked child without running the test harness's exit.
+            unsafe { libc::_exit(0) };
+        }
+        drop(write_end);
+        let mut buffer = [0u8; 8];
+        let len = receive_message(read_end.as_raw_fd(), &mut buffer);
+        assert_eq!(wait_exit_code(child).unwrap(), 0);
+        assert_eq!(len, Ok(8));
+        let faults = i64::from_ne_bytes(buffer);
+        assert!(faults >= 0, "the helper did not start");
         assert!(
             faults < PAGES as i64 / 10,
             "{faults} faults writing {PAGES} pages after the spawn"
