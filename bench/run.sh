@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks of libopalcrs, printed side by side with their reference or goal.
 #
-#   bash bench/run.sh          full run (~40 s plus the build): 1 GiB process, 3 CRIU rounds
-#   bash bench/run.sh quick    short run (~10 s plus the build): 256 MiB, 1 CRIU round
+#   bash bench/run.sh          full run (~90 s plus the build): 1 GiB process, 3 CRIU rounds;
+#                              tmpfs: 512 MiB best of 10, 4 MiB median of 15
+#   bash bench/run.sh quick    short run (~20 s plus the build): 256 MiB, 1 CRIU round;
+#                              tmpfs: 128 MiB best of 4, 4 MiB median of 6
 #
 # Builds the library and tools (cargo, into $CARGO_TARGET_DIR or the repository's
 # target/), copies them and the C programs of bench/ into a temporary directory that
-# is removed at exit, and ends every process it started by PID. Needs root (CRIU dumps,
-# drop_caches), a C compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
+# is removed at exit (part 5 mounts a private tmpfs in it, unmounted first), and ends
+# every process it started by PID. Needs root (CRIU dumps, drop_caches, the mount), a C
+# compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
 # Optional: xxhsum (Debian package xxhash) for the hashing figures of part 4.
 # BENCH_MIB and BENCH_ROUNDS override the process size and the number of CRIU rounds.
 # See bench/README.md for what each figure means.
@@ -16,10 +19,10 @@ export LC_ALL=C
 
 MODE=${1:-full}
 case $MODE in
-full) MIB=1024 ROUNDS=3 CKPT_RUNS=30 ;;
-quick) MIB=256 ROUNDS=1 CKPT_RUNS=20 ;;
+full) MIB=1024 ROUNDS=3 CKPT_RUNS=30 TMPFS_MIB=512 TMPFS_RUNS=10 SMALL_RUNS=15 ;;
+quick) MIB=256 ROUNDS=1 CKPT_RUNS=20 TMPFS_MIB=128 TMPFS_RUNS=4 SMALL_RUNS=6 ;;
 -h | --help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -51,6 +54,7 @@ command -v cargo >/dev/null || die "no cargo"
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/opalcrs-bench.XXXXXX")
 PIDS=()
+MOUNTED= # the private tmpfs of part 5, unmounted at exit
 
 # A PID is ours if its command line names a program in $W (a PID may be reused).
 is_ours() {
@@ -105,6 +109,9 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         kill_wait "$pid" || true
     done
+    if [[ -n $MOUNTED ]]; then
+        umount "$MOUNTED" || true
+    fi
     rm -rf "$W"
     exit "$rc"
 }
@@ -494,6 +501,129 @@ else
     echo "hashing alone: skipped, xxhsum is not installed (Debian: apt-get install xxhash)"
     summary "4. publish phase (hash+fsync)" "$(ms "$pub") ms" "xxhsum missing: skipped" ""
 fi
+
+# ---------------------------------------------------------------------------------
+section "5. criu to tmpfs, large ($TMPFS_MIB MiB, best of $TMPFS_RUNS) and small (median of $SMALL_RUNS), vs the CRIU command line"
+
+T=$W/tmpfs
+mkdir "$T"
+mount -t tmpfs -o "size=$((3 * TMPFS_MIB + 256))m,mode=0700" opalcrs-bench "$T"
+MOUNTED=$T
+echo "images on a private tmpfs ($T); nothing to flush, so what remains is the work itself"
+
+# The process logs its phases at debug level (crs_base_verbose=10) into its output file.
+start_logged() { # NAME MIB -> STARTED
+    start "$1" OMPI_MCA_crs=criu OMPI_MCA_crs_base_verbose=10 OMPI_MCA_crs_base_snapshot_dir="$T" \
+        -- "$W/bin/mem_hold" "$2"
+}
+# "NAME VALUE ms" of the phase lines the process logged since line $2 of its output $1:
+# criu (checked, prepared, dumped, files recorded: since the component started),
+# publish (hashed, flushed, published: since the publish started), established.
+phase_lines() {
+    tail -n +"$2" "$1" | sed -n -E \
+        -e 's/.*crs:criu: phases: checked ([0-9.]+) ms, prepared ([0-9.]+) ms, dumped ([0-9.]+) ms, files recorded ([0-9.]+) ms.*/checked \1\nprepared \2\ndumped \3\nrecorded \4/p' \
+        -e 's/.*swrk started after ([0-9.]+)(µs|ms|s)\).*/swrk_\2 \1/p' \
+        -e 's/.*crs: publish phases: hashed ([0-9.]+) ms, flushed ([0-9.]+) ms.*/hashed \1\nflushed \2/p' \
+        -e 's/.*crs: publish phases: published ([0-9.]+) ms.*/published \1/p' \
+        -e 's/.*cr: checkpoint [0-9]+ of .* established in ([0-9.]+) ms.*/established \1/p'
+}
+# Prints one row per phase name: the median over runs, from the files given.
+phase_medians() {
+    awk '
+        $1 == "swrk_µs" { $1 = "swrk"; $2 /= 1000 } $1 == "swrk_s" { $1 = "swrk"; $2 *= 1000 } $1 == "swrk_ms" { $1 = "swrk" }
+        { v[$1] = v[$1] " " $2; if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = split(substr(v[order[i]], 2), a, " ")
+                for (x = 1; x <= k; x++) for (y = x + 1; y <= k; y++) if (a[y] < a[x]) { t = a[x]; a[x] = a[y]; a[y] = t }
+                printf "%s %.2f\n", order[i], a[int((k + 1) / 2)]
+            }
+        }' "$@"
+}
+
+# One run: ours and the reference on process $1, order alternating with $3 (run index).
+# Appends to the arrays named by $2: <name>_OURS, <name>_REF, <name>_FOURS, <name>_FREF.
+tmpfs_run() { # PID NAME RUN
+    local pid=$1 name=$2 run=$3 out=$HOME/$2.out lines t0 t1 dir stats
+    local -n ours=${name}_OURS ref=${name}_REF fours=${name}_FOURS fref=${name}_FREF
+    local step
+    for step in $( ((run % 2)) && echo "ours ref" || echo "ref ours"); do
+        if [[ $step == ours ]]; then
+            lines=$(($(wc -l <"$out") + 1))
+            t0=${EPOCHREALTIME/./}
+            "$CK" "$pid" >"$W/dump.out" 2>"$W/dump.err" || die "opal-checkpoint $pid failed: $(cat "$W/dump.out" "$W/dump.err")"
+            t1=${EPOCHREALTIME/./}
+            ours+=($((t1 - t0)))
+            dir=$(sed -n 's/^Snapshot Path: //p' "$W/dump.out")
+            [[ -d $dir ]] || die "no snapshot directory in: $(cat "$W/dump.out")"
+            stats=$("$W/bin/criu_stats" "$dir")
+            fours+=("$(stat_field "$stats" frozen_time_us)")
+            phase_lines "$out" "$lines" >"$W/phases.$name.$run"
+            echo "whole $(ms "${ours[-1]}")" >>"$W/phases.$name.$run"
+            rm -rf "$dir"
+        else
+            mkdir "$T/ref"
+            t0=${EPOCHREALTIME/./}
+            "$CRIU" dump -t "$pid" -D "$T/ref" --shell-job --leave-running -o dump.log ||
+                die "criu dump failed: $(tail -5 "$T/ref/dump.log")"
+            sync
+            t1=${EPOCHREALTIME/./}
+            ref+=($((t1 - t0)))
+            stats=$("$W/bin/criu_stats" "$T/ref")
+            fref+=("$(stat_field "$stats" frozen_time_us)")
+            rm -rf "$T/ref"
+        fi
+    done
+}
+
+SMALL_MIB=4
+for kind in large small; do
+    if [[ $kind == large ]]; then
+        name=big mib=$TMPFS_MIB runs=$TMPFS_RUNS
+    else
+        name=small mib=$SMALL_MIB runs=$SMALL_RUNS
+    fi
+    declare -a "${name}_OURS=()" "${name}_REF=()" "${name}_FOURS=()" "${name}_FREF=()"
+    start_logged "$name" "$mib"
+    pid=$STARTED
+    # Warm-up, not counted: the first dump of a process also runs 'criu check' once.
+    "$CK" "$pid" >"$W/dump.out" 2>&1 || die "opal-checkpoint $pid failed: $(cat "$W/dump.out")"
+    rm -rf "$(sed -n 's/^Snapshot Path: //p' "$W/dump.out")"
+    for ((i = 1; i <= runs; i++)); do
+        tmpfs_run "$pid" "$name" "$i"
+    done
+    kill_wait "$pid"
+    declare -n o=${name}_OURS r=${name}_REF fo=${name}_FOURS fr=${name}_FREF
+    read -r o_med o_min _ < <(med_min_max "${o[@]}")
+    read -r r_med r_min _ < <(med_min_max "${r[@]}")
+    f_o=$(median "${fo[@]}") f_r=$(median "${fr[@]}")
+    echo "$kind process: $mib MiB, $runs runs each, alternating which goes first (plus one warm-up of ours)"
+    printf '  %-44s %10s %10s\n' "" "median ms" "best ms"
+    printf '  %-44s %10s %10s\n' "ours: opal-checkpoint PID" "$(ms "$o_med")" "$(ms "$o_min")"
+    printf '  %-44s %10s %10s\n' "ref:  criu dump --leave-running && sync" "$(ms "$r_med")" "$(ms "$r_min")"
+    printf '  %-44s %10s %10s\n' "ratio" "$(ratio "$o_med" "$r_med")" "$(ratio "$o_min" "$r_min")"
+    printf '  %-44s %10s %10s  (median; ratio %s)\n' "CRIU frozen time: ours / reference" "$(ms "$f_o")" "$(ms "$f_r")" "$(ratio "$f_o" "$f_r")"
+    echo "  our phases, median over the runs (ms; criu: since the component started; publish: since it started):"
+    phase_medians "$W"/phases."$name".* | awk '{ printf "    %-12s %8s\n", $1, $2 }'
+    if [[ $kind == large ]]; then
+        T_BIG="$(ms "$o_min") / $(ms "$r_min") ms" T_BIG_RATIO=$(ratio "$o_min" "$r_min") T_BIG_FROZEN="$(ms "$f_o") / $(ms "$f_r")"
+    else
+        T_SMALL="$(ms "$o_med") / $(ms "$r_med") ms" T_SMALL_RATIO=$(ratio "$o_med" "$r_med") T_SMALL_FROZEN="$(ms "$f_o") / $(ms "$f_r")"
+    fi
+    unset -n o r fo fr
+done
+echo "whole = the 'opal-checkpoint PID' command; established = the checkpoint inside the process"
+echo "(component + publish); whole - established = the tool, the request and waiting for the result."
+
+section "issue 15 table (ours / CRIU CLI, ratio, goal)"
+printf '%-52s %-22s %-7s %s\n' "case" "ours / CRIU CLI" "ratio" "goal"
+printf '%-52s %-22s %-7s %s\n' "$MIB MiB dump to disk (part 3a, median of $ROUNDS)" "$(ms "$d_ours") / $(ms "$d_ref") ms" "$(ratio "$d_ours" "$d_ref")" "<= 1.05"
+printf '%-52s %-22s %-7s %s\n' "$MIB MiB restore, cold, until running (3b, median)" "$(ms "$r_ours") / $(ms "$r_ref") ms" "$(ratio "$r_ours" "$r_ref")" "<= 1.00"
+printf '%-52s %-22s %-7s %s\n' "$TMPFS_MIB MiB dump to tmpfs (best of $TMPFS_RUNS)" "$T_BIG" "$T_BIG_RATIO" "<= 1.05"
+printf '%-52s %-22s %-7s %s\n' "small process ($SMALL_MIB MiB) to tmpfs (median of $SMALL_RUNS)" "$T_SMALL" "$T_SMALL_RATIO" "<= 1.10"
+echo "CRIU frozen time, ours / CRIU CLI (medians, ms): disk $(ms "$f_ours") / $(ms "$f_ref"), tmpfs large $T_BIG_FROZEN, small $T_SMALL_FROZEN"
+summary "5a. dump $TMPFS_MIB MiB to tmpfs (best)" "$T_BIG" "ratio $T_BIG_RATIO, goal <= 1.05" "$(verdict "$T_BIG_RATIO" 1.05)"
+summary "5b. dump small process to tmpfs (median)" "$T_SMALL" "ratio $T_SMALL_RATIO, goal <= 1.10" "$(verdict "$T_SMALL_RATIO" 1.10)"
 
 # ---------------------------------------------------------------------------------
 section "summary ($MODE, $((SECONDS - BENCH_START)) s)"

@@ -374,11 +374,52 @@ pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
 
 /// Whether a thread of `pid` carries [`DUMP_THREAD_NAME`].
 pub fn being_dumped(pid: i32) -> bool {
+    dump_thread(pid).is_some()
+}
+
+/// The thread of `pid` that carries [`DUMP_THREAD_NAME`], if any.
+fn dump_thread(pid: i32) -> Option<i32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    tasks.into_iter().any(|task| {
-        std::fs::read_to_string(task.path().join("comm"))
-            .is_ok_and(|comm| comm.trim_end_matches('\n') == DUMP_THREAD_NAME)
+    tasks.into_iter().find_map(|task| {
+        let tid = task.file_name().to_str()?.parse().ok()?;
+        carries_dump_name(pid, tid).then_some(tid)
     })
+}
+
+fn carries_dump_name(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .is_ok_and(|comm| comm.trim_end_matches('\n') == DUMP_THREAD_NAME)
+}
+
+/// Waits at most `limit` for the thread of `pid` that carries [`DUMP_THREAD_NAME`] to
+/// end: a checkpoint thread ends as soon as the process has its control socket again,
+/// so a tool that waits here learns the result without polling in between. Returns at
+/// once when that thread no longer carries the name, and waits all of `limit` when no
+/// thread does or the thread cannot be waited for (a pidfd of a thread needs Linux 6.9;
+/// the listener thread, quiet for an ancestor's dump, carries the name and lives on).
+pub fn await_dump_thread(pid: i32, limit: Duration) {
+    let started = Instant::now();
+    let Some(tid) = dump_thread(pid) else {
+        std::thread::sleep(limit);
+        return;
+    };
+    // PIDFD_THREAD (= O_EXCL): a descriptor of this thread, not of its process.
+    // SAFETY: pidfd_open takes a TID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, libc::O_EXCL) };
+    let Some(fd) = i32::try_from(fd).ok().filter(|&fd| fd >= 0) else {
+        std::thread::sleep(limit);
+        return;
+    };
+    // SAFETY: a new descriptor that nothing else owns.
+    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // The TID may have been reused between the scan and the open: check the name again.
+    if carries_dump_name(pid, tid) {
+        let mut poll = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let left = limit.saturating_sub(started.elapsed());
+        let timeout = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd; a thread's pidfd is readable once the thread ended.
+        unsafe { libc::poll(&mut poll, 1, timeout) };
+    }
 }
 
 /// Asks every libopalcrs process below `root` to close its control socket while `root`
@@ -494,6 +535,33 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_waits_for_the_end_of_the_dump_thread_and_no_longer() {
+        let own = std::process::id() as i32;
+        let started = Instant::now();
+        await_dump_thread(own, Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50), "no dump thread: waits the limit");
+        let (marked_tx, marked_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let _marker = DumpMarker::set();
+            marked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        marked_rx.recv().unwrap();
+        let started = Instant::now();
+        await_dump_thread(own, Duration::from_secs(20));
+        let waited = started.elapsed();
+        worker.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "returned before the thread ended: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "waited {waited:?} for a thread that ended after 0.3 s"
+        );
+    }
 
     #[test]
     fn requests_round_trip_and_carry_the_version() {

@@ -18,7 +18,7 @@
 //! restore would look for the temporary's name, which no longer exists.
 
 use super::manifest::{
-    hash_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, MANIFEST_FILE,
+    hash_open_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, MANIFEST_FILE,
 };
 use crate::codes;
 use crate::error::{Error, Result};
@@ -336,6 +336,7 @@ impl PendingSnapshot {
     /// On failure the temporary directory is removed, and nothing is published when it
     /// is no longer the directory [`Series::begin`] made.
     pub fn publish(mut self, options: PublishOptions) -> Result<Published> {
+        let started = std::time::Instant::now();
         let (series, temp) = self.reopen()?;
         let payload = Payload::scan(&temp, &self.dir)?;
         // Flushing the payload (disk-bound) and hashing it (reads from the page cache)
@@ -346,20 +347,18 @@ impl PendingSnapshot {
                 .files
                 .iter()
                 .map(|(relative, file)| {
-                    // The descriptor's /proc link names this very file, wherever its
-                    // name now points.
-                    hash_file(&fd_path(file))
+                    hash_open_file(file, &self.dir.join(relative))
                         .map(|(size, hash)| FileEntry::new(relative.clone(), size, hash))
-                        .map_err(|e| {
-                            e.context(format!("cannot hash {}", self.dir.join(relative).display()))
-                        })
                 })
                 .collect::<Result<Vec<_>>>();
+            let hashed_at = started.elapsed();
             let flushed = flusher.map_or(Ok(()), |thread| {
                 thread
                     .join()
                     .unwrap_or_else(|_| Err(Error::msg("the snapshot flush thread panicked")))
             });
+            log::debug!(target: "crs", "crs: publish phases: hashed {:.2} ms, flushed {:.2} ms",
+                hashed_at.as_secs_f64() * 1000.0, started.elapsed().as_secs_f64() * 1000.0);
             (files, flushed)
         });
         let files = files?;
@@ -434,6 +433,7 @@ impl PendingSnapshot {
             }
             self.series.retire_beyond(&series, options.keep, self.seq)
         };
+        log::debug!(target: "crs", "crs: publish phases: published {:.2} ms", started.elapsed().as_secs_f64() * 1000.0);
         for name in retired {
             let dir = self.series.path().join(&name);
             log::debug!(target: "crs", "crs: pruning {}", dir.display());
@@ -1020,11 +1020,6 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
-}
-
-/// The path through which `file`'s descriptor reaches that very file.
-fn fd_path(file: &File) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Removes `name` from `parent` and, if it is a directory, everything in it, through

@@ -457,7 +457,11 @@ fn wait_for_result(
             }
             Err(why) => log::debug!("asking again for the result: {why}"),
         }
-        std::thread::sleep(backoff.min(left));
+        match offer {
+            // The process may ask the tool to dump it meanwhile: serve in between.
+            Some(_) => std::thread::sleep(backoff.min(left)),
+            None => control::await_dump_thread(settings.pid, backoff.min(left)),
+        }
         backoff = (backoff * 2).min(Duration::from_millis(20));
     }
 }

@@ -28,23 +28,27 @@ impl fmt::Display for Connection {
 /// the network namespace of `root`. What cannot be read (a process that ended
 /// meanwhile) is left out.
 pub fn tcp_connections(root: i32) -> Vec<Connection> {
+    // The tables list every TCP socket of the namespace (slow to read on a busy host),
+    // so they are read only when the tree holds a TCP socket at all.
+    let sockets: Vec<(i32, u64)> = tree(root)
+        .into_iter()
+        .flat_map(|pid| tcp_socket_inodes(pid).into_iter().map(move |inode| (pid, inode)))
+        .collect();
+    if sockets.is_empty() {
+        return Vec::new();
+    }
     let table: Vec<(u64, SocketAddr, SocketAddr)> = ["tcp", "tcp6"]
         .iter()
         .filter_map(|name| std::fs::read_to_string(format!("/proc/{root}/net/{name}")).ok())
         .flat_map(|text| text.lines().skip(1).filter_map(parse_line).collect::<Vec<_>>())
         .collect();
-    if table.is_empty() {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    for pid in tree(root) {
-        for inode in socket_inodes(pid) {
-            if let Some((_, local, remote)) = table.iter().find(|(ino, ..)| *ino == inode) {
-                found.push(Connection { pid, local: *local, remote: *remote });
-            }
-        }
-    }
-    found
+    sockets
+        .into_iter()
+        .filter_map(|(pid, inode)| {
+            let (_, local, remote) = table.iter().find(|(ino, ..)| *ino == inode)?;
+            Some(Connection { pid, local: *local, remote: *remote })
+        })
+        .collect()
 }
 
 /// `root` and its descendants, parents first.
@@ -63,13 +67,34 @@ fn tree(root: i32) -> Vec<i32> {
     pids
 }
 
-/// The inodes of the sockets process `pid` has open.
-fn socket_inodes(pid: i32) -> Vec<u64> {
+/// The inodes of the TCP sockets (IPv4 and IPv6) process `pid` has open.
+fn tcp_socket_inodes(pid: i32) -> Vec<u64> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
     fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| socket_inode(&target))
+        .filter_map(|fd| {
+            let inode = socket_inode(&std::fs::read_link(fd.path()).ok()?)?;
+            is_tcp(&fd.path()).then_some(inode)
+        })
         .collect()
+}
+
+/// Whether the socket behind the descriptor link `fd` is TCP: its protocol name, which
+/// the socket file system gives as the extended attribute `system.sockprotoname`.
+fn is_tcp(fd: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(fd.as_os_str().as_encoded_bytes()) else { return false };
+    let mut name = [0u8; 32];
+    // SAFETY: a NUL-terminated path, a name literal, and a buffer of the given length.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            b"system.sockprotoname\0".as_ptr().cast(),
+            name.as_mut_ptr().cast(),
+            name.len(),
+        )
+    };
+    // A name of another length, or unreadable: the tables decide, as before.
+    let name = usize::try_from(len).ok().and_then(|len| name.get(..len));
+    name.map_or(true, |name| matches!(name.strip_suffix(b"\0").unwrap_or(name), b"TCP" | b"TCPv6"))
 }
 
 fn socket_inode(target: &Path) -> Option<u64> {
@@ -126,6 +151,21 @@ mod tests {
         let v6 = listening.replace(" 0A ", " 08 ");
         let (_, local, _) = parse_line(&v6).unwrap();
         assert_eq!(local, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn only_tcp_sockets_are_looked_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (unix, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode_of = |fd: i32| {
+            socket_inode(&std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap()).unwrap()
+        };
+        use std::os::fd::AsRawFd;
+        let found = tcp_socket_inodes(std::process::id() as i32);
+        assert!(found.contains(&inode_of(listener.as_raw_fd())), "{found:?}");
+        assert!(!found.contains(&inode_of(unix.as_raw_fd())), "{found:?}");
+        assert!(!found.contains(&inode_of(udp.as_raw_fd())), "{found:?}");
     }
 
     #[test]

@@ -195,6 +195,7 @@ pub(crate) fn dump_into(
     let as_user =
         opts.as_user.map(|(uid, gid)| (Owner::without_groups(uid, gid), DUMP_CAPABILITIES));
     let session = Session::start(bin, Helper::Detached, &[images.fd()], as_user)?;
+    let helper_started = started.elapsed();
     let images_dir = images.close();
     // A self-dump is frozen inside `call`, waiting for the answer; the restored copy
     // wakes up there too and finds CRIU's "restored" answer on the socket.
@@ -207,7 +208,11 @@ pub(crate) fn dump_into(
     }
     let outcome =
         if response.restored == Some(true) { DumpOutcome::Restored } else { DumpOutcome::Dumped };
-    debug!("crs:criu: dump of pid {}: {outcome:?} after {:?}", opts.pid, started.elapsed());
+    debug!(
+        "crs:criu: dump of pid {}: {outcome:?} after {:?} (swrk started after {helper_started:?})",
+        opts.pid,
+        started.elapsed()
+    );
     Ok(outcome)
 }
 
@@ -596,11 +601,20 @@ pub(crate) unsafe fn spawn_swrk(
         // SAFETY: prctl on this process's own flag.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
     }
+    // A child sharing our memory until it execs copies no page tables, which a fork of
+    // a large process spends milliseconds on (twice for the double fork), and leaves the
+    // process's pages writable; not when switching users, where glibc would broadcast the
+    // change to our threads through the shared memory.
+    let shared_stacks =
+        (helper == Helper::Detached && command.as_user.is_none()).then(ChildStacks::new).flatten();
     // SAFETY: the child only calls exec_swrk / _exit, which make system calls.
     let first = unsafe {
-        match helper {
-            Helper::Child => libc::fork(),
-            Helper::Detached => clone_process(0),
+        match (helper, &shared_stacks) {
+            (Helper::Child, _) => libc::fork(),
+            (Helper::Detached, Some(stacks)) => {
+                spawn_detached_sharing_memory(command, status_read, status_write, stacks)
+            }
+            (Helper::Detached, None) => clone_process(0),
         }
     };
     if first == 0 {
@@ -647,6 +661,9 @@ pub(crate) unsafe fn spawn_swrk(
             && errno() == libc::EINTR
         {}
     }
+    // Both children are gone from our memory: the intermediate exited after the helper
+    // exec'd (or failed to).
+    drop(shared_stacks);
     if subreaper {
         // SAFETY: prctl on this process's own flag.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -666,6 +683,113 @@ pub(crate) unsafe fn spawn_swrk(
                 _ => libc::EPROTO,
             })
         }
+    }
+}
+
+/// Room for the stacks of the two children of a detached spawn that share our memory.
+struct ChildStacks {
+    base: *mut libc::c_void,
+}
+
+/// Per child; they only make system calls.
+const CHILD_STACK_SIZE: usize = 64 * 1024;
+
+impl ChildStacks {
+    fn new() -> Option<ChildStacks> {
+        // SAFETY: a fresh private anonymous mapping.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * CHILD_STACK_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        (base != libc::MAP_FAILED).then_some(ChildStacks { base })
+    }
+
+    /// The top of stack `index` (0 or 1); stacks grow down.
+    fn top(&self, index: usize) -> *mut libc::c_void {
+        // SAFETY: within the mapping (its end for index 1).
+        unsafe { self.base.cast::<u8>().add((index + 1) * CHILD_STACK_SIZE).cast() }
+    }
+}
+
+impl Drop for ChildStacks {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, used by no one any more.
+        unsafe { libc::munmap(self.base, 2 * CHILD_STACK_SIZE) };
+    }
+}
+
+/// What the children of [`spawn_detached_sharing_memory`] need, on the parent's stack.
+struct DetachedSpawn<'a> {
+    command: &'a SwrkCommand,
+    status_read: RawFd,
+    status_write: RawFd,
+    helper_stack: *mut libc::c_void,
+}
+
+/// The double fork of a detached helper with children that share our memory until the
+/// helper execs (`CLONE_VM | CLONE_VFORK`, as posix_spawn does): the calling thread
+/// waits until the intermediate child has exited, which it does once the helper has
+/// exec'd or failed to. Returns the intermediate child's PID (exit signal 0: reaped
+/// with `__WALL`) or -1; never returns in a child.
+///
+/// # Safety
+/// As [`spawn_swrk`]; `stacks` stays mapped until the intermediate child is reaped.
+unsafe fn spawn_detached_sharing_memory(
+    command: &SwrkCommand,
+    status_read: RawFd,
+    status_write: RawFd,
+    stacks: &ChildStacks,
+) -> libc::pid_t {
+    let spawn = DetachedSpawn { command, status_read, status_write, helper_stack: stacks.top(1) };
+    extern "C" fn intermediate(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: arg is the DetachedSpawn on the stack of the parent, which waits.
+        let spawn = unsafe { &*arg.cast::<DetachedSpawn>() };
+        // SAFETY: system calls only; the helper runs on its own stack, and we wait.
+        unsafe {
+            libc::close(spawn.status_read);
+            let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+            let helper = libc::clone(helper_main, spawn.helper_stack, flags, arg);
+            if helper < 0 {
+                write_errno(spawn.status_write, errno());
+                return HELPER_FAILED;
+            }
+            // The helper reports its own exec; its PID is what the parent needs.
+            write_pid(spawn.status_write, helper);
+        }
+        0
+    }
+    extern "C" fn helper_main(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: as in `intermediate`.
+        let spawn = unsafe { &*arg.cast::<DetachedSpawn>() };
+        // SAFETY: system calls only, then exec.
+        unsafe {
+            // Leave the caller's session and process group (see spawn_swrk).
+            libc::setsid();
+            exec_swrk(spawn.command, spawn.status_write)
+        }
+    }
+    let arg = (&spawn as *const DetachedSpawn).cast_mut().cast();
+    // A handler of the program must never run in a child that shares its memory: the
+    // children start with every signal blocked, and the helper unblocks them only once
+    // every handler is reset (see exec_swrk).
+    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask fill and swap the
+    // calling thread's mask (restored below; pthread_sigmask leaves errno, which the
+    // caller reads after a failed clone, alone).
+    unsafe {
+        let (mut all, mut previous): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        // The child runs `intermediate` on its own stack; CLONE_VFORK keeps `spawn`
+        // alive until it has exited.
+        let pid = libc::clone(intermediate, stacks.top(0), libc::CLONE_VM | libc::CLONE_VFORK, arg);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        pid
     }
 }
 
@@ -737,12 +861,22 @@ unsafe fn exec_swrk(command: &SwrkCommand, status_write: RawFd) -> ! {
     // SAFETY: system calls on our own (the child's) signal state and descriptors.
     unsafe {
         // CRIU relies on SIGCHLD; the caller may have it blocked or ignored, and a Rust
-        // program ignores SIGPIPE, which exec would otherwise pass on.
+        // program ignores SIGPIPE, which exec would otherwise pass on. The program's
+        // handlers go before any signal is unblocked: this child may share its memory.
+        for signal in 1..=libc::SIGRTMAX() {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            let caught = libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction != libc::SIG_DFL
+                && action.sa_sigaction != libc::SIG_IGN;
+            if caught {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         // CRIU may print on stdout ("Looks good." after a check), which belongs to the
         // caller; it keeps it only when stdout is handed over explicitly.
         let stdout_handed_over = command.socket == libc::STDOUT_FILENO
@@ -1198,6 +1332,63 @@ mod tests {
         assert_eq!(exit_code(3 << 8), 3, "exited with 3");
         assert_eq!(exit_code(libc::SIGKILL), SIGKILLED, "killed by SIGKILL");
         assert_eq!(exit_code(libc::SIGSEGV | 0x80), 128 + libc::SIGSEGV, "core dumped");
+    }
+
+    /// Minor faults of the calling thread so far.
+    fn thread_minor_faults() -> i64 {
+        // SAFETY: getrusage fills the struct.
+        unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            usage.ru_minflt
+        }
+    }
+
+    #[test]
+    fn a_detached_helper_leaves_the_process_memory_alone() {
+        let Some(bin) = criu_or_skip("a_detached_helper_leaves_the_process_memory_alone") else {
+            return;
+        };
+        const PAGES: usize = 8192;
+        // Counted in a child of one thread: a fork by another test's thread would make
+        // this process's pages copy-on-write as well.
+        let (read_end, write_end) = socket_pair().unwrap();
+        // SAFETY: the child only runs the measurement (glibc's fork leaves its allocator
+        // usable) and ends with _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let mut memory = vec![0u8; PAGES * 4096];
+            // SAFETY: advice on our own buffer; small pages, so each one faults alone.
+            unsafe {
+                libc::madvise(memory.as_mut_ptr().cast(), memory.len(), libc::MADV_NOHUGEPAGE)
+            };
+            let touch = |memory: &mut [u8], value: u8| {
+                let before = thread_minor_faults();
+                for page in memory.chunks_mut(4096) {
+                    page[0] = value;
+                }
+                thread_minor_faults() - before
+            };
+            touch(&mut memory, 1);
+            let session = Session::start(&bin, Helper::Detached, &[], None);
+            // A fork would have made every page copy-on-write: each write faults again.
+            let faults = if session.is_ok() { touch(&mut memory, 2) } else { -1 };
+            drop(session);
+            let _ = send_message(write_end.as_raw_fd(), &faults.to_ne_bytes());
+            // SAFETY: ends the forked child without running the test harness's exit.
+            unsafe { libc::_exit(0) };
+        }
+        drop(write_end);
+        let mut buffer = [0u8; 8];
+        let len = receive_message(read_end.as_raw_fd(), &mut buffer);
+        assert_eq!(wait_exit_code(child).unwrap(), 0);
+        assert_eq!(len, Ok(8));
+        let faults = i64::from_ne_bytes(buffer);
+        assert!(faults >= 0, "the helper did not start");
+        assert!(
+            faults < PAGES as i64 / 10,
+            "{faults} faults writing {PAGES} pages after the spawn"
+        );
     }
 
     #[test]
