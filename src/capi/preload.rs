@@ -8,7 +8,7 @@ use crate::runtime;
 use std::ffi::{CStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[used]
@@ -115,6 +115,11 @@ extern "C" fn watch_for_orphaning() {
         // Without it the watcher could outlive the program's thread: no watcher.
         return;
     }
+    // The watcher starts with the forking thread's seccomp state, read here, before the
+    // program runs on: a child stopped (or dumped) right after fork must not be caught
+    // with this read's /proc descriptor open (CRIU cannot reopen it at restore).
+    let Some(state) = seccomp_state(c"/proc/thread-self/status") else { return };
+    FORKED_SECCOMP.store(state, Ordering::SeqCst);
     // Created with every signal blocked, which it inherits: the program's signals are
     // not taken by it (the forking thread's own mask is put back at once).
     let program_mask = runtime::block_all_signals();
@@ -127,6 +132,9 @@ extern "C" fn watch_for_orphaning() {
     }
     runtime::restore_signal_mask(&program_mask);
 }
+
+/// The seccomp state of the thread that forked, at the fork (see [`seccomp_state`]).
+static FORKED_SECCOMP: AtomicU64 = AtomicU64::new(0);
 
 /// The parent a forked child watches (set in the child, so a later fork of the child
 /// does not change it).
@@ -185,17 +193,17 @@ fn read_proc<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
     Some(&buf[..len])
 }
 
-/// The `Seccomp:` and `Seccomp_filters:` lines of a thread's status, concatenated.
-fn seccomp_state(status_path: &CStr) -> Option<([u8; 64], usize)> {
+/// A thread's seccomp mode and number of filters (the `Seccomp:` and `Seccomp_filters:`
+/// lines of its status), as `mode << 32 | filters`.
+fn seccomp_state(status_path: &CStr) -> Option<u64> {
     let mut buf = [0u8; 4096];
     let text = read_proc(status_path, &mut buf)?;
-    let (mut state, mut len) = ([0u8; 64], 0);
-    for line in text.split(|&b| b == b'\n').filter(|l| l.starts_with(b"Seccomp")) {
-        let end = (len + line.len()).min(state.len());
-        state[len..end].copy_from_slice(&line[..end - len]);
-        len = end;
-    }
-    Some((state, len))
+    let field = |name: &[u8]| -> Option<u64> {
+        let line = text.split(|&b| b == b'\n').find(|l| l.starts_with(name))?;
+        let digits = line[name.len()..].iter().skip_while(|b| !b.is_ascii_digit());
+        Some(digits.take_while(|b| b.is_ascii_digit()).fold(0, |n, b| n * 10 + u64::from(b - b'0')))
+    };
+    Some(field(b"Seccomp:")? << 32 | field(b"Seccomp_filters:").unwrap_or(0))
 }
 
 /// The end a seccomp filter gives the last thread it kills: the watcher confines itself
@@ -234,9 +242,8 @@ extern "C" fn watch_parent(tid_word: *mut libc::c_void) -> *mut libc::c_void {
         let len = cursor.position() as usize;
         CStr::from_bytes_with_nul(&forker_status[..len]).ok()
     };
-    let (Some(path), Some(own)) = (path, seccomp_state(c"/proc/thread-self/status")) else {
-        return std::ptr::null_mut();
-    };
+    let Some(path) = path else { return std::ptr::null_mut() };
+    let own = FORKED_SECCOMP.load(Ordering::SeqCst);
     let confined = || seccomp_state(path) != Some(own);
     let poll = libc::timespec { tv_sec: 0, tv_nsec: ORPHAN_POLL.as_nanos() as libc::c_long };
     // A child that execs at once (a helper that forks twice, then execs) is gone before
@@ -371,6 +378,19 @@ fn open_mpi_loaded() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_seccomp_mode_and_filters_are_read_from_its_status() {
+        let dir = std::env::temp_dir().join(format!("opalcrs-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = dir.join("status");
+        std::fs::write(&status, "Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t3\nSpeculation:\t1\n")
+            .unwrap();
+        let path = std::ffi::CString::new(status.to_str().unwrap()).unwrap();
+        assert_eq!(seccomp_state(&path), Some(2 << 32 | 3));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(seccomp_state(c"/proc/thread-self/status"), Some(0), "the test is not confined");
+    }
 
     #[test]
     fn recognises_itself_in_ld_preload() {
