@@ -49,9 +49,14 @@ pub enum Request {
     Status,
     /// Sent by an ancestor that is about to dump its whole tree (criu): close the
     /// control socket now, so that no restored copy of the tree binds the name this
-    /// process still holds, and bind anew once `dumper` is no longer dumping.
+    /// process still holds, and bind anew once `dumper` is no longer dumping: once its
+    /// thread `until_ends` has ended when named (a look that opens no file, so none can
+    /// be caught open in the dump), else once no thread of `dumper` carries
+    /// [`DUMP_THREAD_NAME`].
     Quiet {
         dumper: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ends: Option<i32>,
     },
 }
 
@@ -372,6 +377,13 @@ fn listening_name(pid: i32) -> Result<Option<String>> {
 /// original and in a restored copy alike.
 pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
 
+/// Whether thread `tid` of process `pid` still exists (a signal 0 opens no file).
+pub fn thread_exists(pid: i32, tid: i32) -> bool {
+    // SAFETY: tgkill with signal 0 only checks that the thread exists and may be signalled.
+    let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Whether a thread of `pid` carries [`DUMP_THREAD_NAME`].
 pub fn being_dumped(pid: i32) -> bool {
     dump_thread(pid).is_some()
@@ -425,7 +437,7 @@ pub fn await_dump_thread(pid: i32, limit: Duration) {
 /// Asks every libopalcrs process below `root` to close its control socket while `root`
 /// dumps the tree (see [`Request::Quiet`]). Returns once each has answered and closed
 /// its end of the connection, or could not be reached; says how many were quieted.
-pub fn quiet_descendants(root: i32) -> usize {
+pub fn quiet_descendants(root: i32, until_ends: Option<i32>) -> usize {
     let mut tree = vec![root];
     let mut next = 0;
     while next < tree.len() {
@@ -437,8 +449,10 @@ pub fn quiet_descendants(root: i32) -> usize {
     for &pid in &tree[1..] {
         let Ok(endpoint) = locate(pid) else { continue };
         let asked = endpoint.connect(timeout).and_then(|stream| {
-            let request =
-                RequestEnvelope { v: PROTOCOL_VERSION, request: Request::Quiet { dumper: root } };
+            let request = RequestEnvelope {
+                v: PROTOCOL_VERSION,
+                request: Request::Quiet { dumper: root, until_ends },
+            };
             write_message(&stream, &request)?;
             read_message::<Reply>(&stream)?;
             // The process closes its end too: no connection may be left for the dump.
@@ -597,11 +611,45 @@ mod tests {
 
     #[test]
     fn a_quiet_request_names_the_dumper() {
-        let request =
-            RequestEnvelope { v: PROTOCOL_VERSION, request: Request::Quiet { dumper: 42 } };
+        let request = RequestEnvelope {
+            v: PROTOCOL_VERSION,
+            request: Request::Quiet { dumper: 42, until_ends: None },
+        };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"v":1,"op":"quiet","dumper":42}"#);
         assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), request);
+        let request = RequestEnvelope {
+            v: PROTOCOL_VERSION,
+            request: Request::Quiet { dumper: 42, until_ends: Some(43) },
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"v":1,"op":"quiet","dumper":42,"until_ends":43}"#);
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn a_thread_exists_until_it_has_ended() {
+        let own = std::process::id() as i32;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            sender.send(unsafe { libc::gettid() }).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let tid = receiver.recv().unwrap();
+        assert!(thread_exists(own, tid));
+        thread.join().unwrap();
+        assert!(wait_for_gone(own, tid), "thread {tid} still there after its join");
+        // Another process's thread of that number is not it.
+        assert!(!thread_exists(1, tid) || tid == 1);
+    }
+
+    fn wait_for_gone(pid: i32, tid: i32) -> bool {
+        // The kernel releases a joined thread's ID a moment after glibc's join returns.
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            !thread_exists(pid, tid)
+        })
     }
 
     #[test]
@@ -612,7 +660,7 @@ mod tests {
     #[test]
     fn quieting_a_tree_skips_children_without_a_control_socket() {
         let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
-        assert_eq!(quiet_descendants(std::process::id() as i32), 0);
+        assert_eq!(quiet_descendants(std::process::id() as i32, None), 0);
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -160,6 +160,11 @@ fn current_pid() -> i32 {
     std::process::id() as i32
 }
 
+fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
 type WireResult = Result<CheckpointResult, control::ErrorBody>;
 
 fn to_wire(result: &JobResult) -> WireResult {
@@ -221,7 +226,7 @@ pub struct Server {
     /// Quiet while this ancestor dumps the tree (the listener thread meanwhile carries
     /// the dump thread name, so tools learn "in progress"; not when the process started
     /// during the dump).
-    quiet_for: Option<(i32, Option<control::DumpMarker>)>,
+    quiet_for: Option<(i32, Option<i32>, Option<control::DumpMarker>)>,
 }
 
 impl Server {
@@ -259,7 +264,7 @@ impl Server {
             quiet_for: None,
         };
         match control::dumping_ancestor() {
-            Some(dumper) => server.quiet_for = Some((dumper, None)),
+            Some(dumper) => server.quiet_for = Some((dumper, None, None)),
             None => server.open_listener()?,
         }
         server.schedule_interval();
@@ -358,7 +363,11 @@ impl Server {
             self.next_interval = None;
             self.enqueue(Request::default_options(Origin::Interval), None);
         }
-        if self.quiet_for.as_ref().is_some_and(|(dumper, _)| !control::being_dumped(*dumper)) {
+        let dump_over = |&(dumper, until_ends, _): &(i32, Option<i32>, _)| match until_ends {
+            Some(tid) => !control::thread_exists(dumper, tid),
+            None => !control::being_dumped(dumper),
+        };
+        if self.quiet_for.as_ref().is_some_and(dump_over) {
             self.quiet_for = None;
             self.reopen_listener();
         }
@@ -557,10 +566,10 @@ impl Server {
                 }
                 Some(Reply::error(ErrorKind::UnknownId, format!("no checkpoint with id {id}")))
             }
-            control::Request::Quiet { dumper } => {
+            control::Request::Quiet { dumper, until_ends } => {
                 if self.quiet_for.is_none() {
                     self.close_connections();
-                    self.quiet_for = Some((dumper, Some(control::DumpMarker::set())));
+                    self.quiet_for = Some((dumper, until_ends, Some(control::DumpMarker::set())));
                 }
                 Some(Reply { v: PROTOCOL_VERSION, ..Reply::default() })
             }
@@ -646,7 +655,8 @@ impl Server {
             let marker = quiet.then(control::DumpMarker::set);
             if quiet {
                 shared.quiet_down();
-                control::quiet_descendants(current_pid());
+                // This thread ends after the dump (in a restored copy too).
+                control::quiet_descendants(current_pid(), Some(current_tid()));
             }
             let result = checkpoint::take(&rt, &request);
             if quiet {
@@ -667,7 +677,7 @@ impl Server {
         let marker = quiet.then(control::DumpMarker::set);
         if quiet {
             self.close_connections();
-            control::quiet_descendants(current_pid());
+            control::quiet_descendants(current_pid(), None);
         }
         let result = checkpoint::take(&self.rt, &job.request);
         if quiet {
