@@ -573,3 +573,70 @@ fn keep_prunes_a_global_series_as_any_series() {
     assert!(listing.status.success() && listed.contains("  good"), "{listed}");
     job.kill_all();
 }
+
+/// SIGKILLs `launcher` alone and asserts that every one of `ranks` ends within seconds.
+fn ranks_end_with_their_launcher(launcher: &mut Child, ranks: &[u32], sb: &Sandbox, log: &str) {
+    assert!(!ranks.is_empty(), "no ranks: {}", sb.read(log));
+    kill_and_reap(launcher);
+    let gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&pid| !alive(pid)));
+    let survivors: Vec<u32> = ranks.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &survivors {
+        kill(pid);
+    }
+    assert!(gone, "ranks {survivors:?} outlived their launcher: {}", sb.read(log));
+}
+
+#[test]
+fn the_ranks_end_when_their_launcher_is_sigkilled() {
+    let sb = Sandbox::new("jobs-orphans");
+    let script = r#"touch up.$OMPI_COMM_WORLD_RANK; exec sleep 60"#;
+    let mut job = launch(&sb, &["-np", "3", "sh", "-c", script], &[], "job");
+    assert!(wait_until(LONG, || (0..3).all(|r| sb.path(&format!("up.{r}")).exists())));
+    let ranks = children(job.id());
+    ranks_end_with_their_launcher(&mut job, &ranks, &sb, "job.out");
+}
+
+#[test]
+fn the_ranks_of_a_restarted_self_job_end_when_its_launcher_is_sigkilled() {
+    let sb = Sandbox::new("jobs-orphans-self");
+    let mut job = RingJob::start(&sb, "job", "100000", &[]);
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let mut command = sb.command(restart_tool());
+    command.arg(job.series());
+    let mut restarted = sb.spawn(command, "restart");
+    let back = || (0..4).all(|r| job.dir.join(format!("ring.{r}.restarted")).exists());
+    assert!(wait_until(LONG, back), "{}", sb.read("restart.out"));
+    let ranks = children(restarted.id());
+    ranks_end_with_their_launcher(&mut restarted, &ranks, &sb, "restart.out");
+}
+
+#[test]
+fn the_ranks_of_a_restored_criu_job_end_when_its_launcher_is_sigkilled() {
+    require_criu!();
+    let sb = Sandbox::new("jobs-orphans-criu");
+    let env = [("OMPI_MCA_crs", "criu")];
+    let mut job = RingJob::start(&sb, "job", "100000", &env);
+    let launcher = job.launcher.id();
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let mut command = sb.command(restart_tool());
+    command.arg(job.series()).envs(env);
+    let mut restarted = sb.spawn(command, "restart");
+    // The restored launcher has its old PID, and its ranks under it.
+    assert!(
+        wait_until(LONG, || alive(launcher) && children(launcher).len() == 4),
+        "{}",
+        sb.read("restart.out")
+    );
+    let ranks = children(launcher);
+    kill(launcher);
+    let gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&pid| !alive(pid)));
+    let survivors: Vec<u32> = ranks.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &survivors {
+        kill(pid);
+    }
+    let _ = wait_exit(&mut restarted, LONG);
+    kill_and_reap(&mut restarted);
+    assert!(gone, "ranks {survivors:?} outlived their launcher: {}", sb.read("restart.out"));
+}

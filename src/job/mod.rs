@@ -126,6 +126,7 @@ pub fn restart(
         // The rank's own series is inside the global snapshot: its later checkpoints of
         // its own go to its default series instead.
         prepared.plan.series = None;
+        prepared.plan.end_with_parent = true;
         plans.push(prepared);
     }
     // Root restarting another user's job: the launcher becomes that user before it
