@@ -640,3 +640,35 @@ fn the_ranks_of_a_restored_criu_job_end_when_its_launcher_is_sigkilled() {
     kill_and_reap(&mut restarted);
     assert!(gone, "ranks {survivors:?} outlived their launcher: {}", sb.read("restart.out"));
 }
+
+#[test]
+fn a_job_series_whose_global_snapshots_are_all_damaged_starts_fresh_with_a_warning() {
+    let sb = Sandbox::new("jobs-all-damaged");
+    let reference = uninterrupted_ring(&sb, 4, "1500");
+    let mut job = RingJob::start(&sb, "job", "1500", &[]);
+    let (_, global) = checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let state = global.join("opal_snapshot_2.ckpt/0/state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let series = job.series();
+    let (ring, dir_arg) = (ring().display().to_string(), job.dir.display().to_string());
+    let mut again =
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "1500"], &[], "again");
+    let status = finish(&mut again, "the fresh job", &sb, "again");
+    let out = sb.read("again.out");
+    assert_eq!(status, 0, "{out}");
+    assert!(
+        out.contains(&format!("opal-run: warning: series {} has no good snapshot (1 skipped: 0: corrupt: opal_snapshot_2.ckpt/0/state", sb.path(&series).display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "opal-run: no good snapshot in series {}: starting 4 ranks of {ring} fresh",
+            sb.path(&series).display()
+        )),
+        "{out}"
+    );
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}

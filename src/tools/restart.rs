@@ -159,7 +159,10 @@ pub fn main() -> i32 {
                 EXIT_USAGE,
             );
         }
-        return restart_job("opal-restart", &target, &params, verbose, None, &fail);
+        return match crate::job::choose(&target) {
+            Ok(chosen) => restart_job("opal-restart", chosen, &params, verbose, None, &fail),
+            Err(e) => fail(e, EXIT_USAGE),
+        };
     }
     let announce = &mut |prepared: &restart::Prepared| {
         for (skipped, why) in &prepared.skipped {
@@ -196,21 +199,19 @@ pub fn main() -> i32 {
     }
 }
 
-/// Restarts the job of the global series `target` (`opal-restart`, `opal-run -np`) and
-/// supervises it as its launcher: the job's status, or the exit code of the failure.
-/// `size`: the number of ranks asked for, which the snapshot must have.
+/// Restarts the job from the global snapshot `chosen` ([`crate::job::choose`];
+/// `opal-restart`, `opal-run -np`) and supervises it as its launcher: the job's status,
+/// or the exit code of the failure. `size`: the number of ranks asked for, which the
+/// snapshot must have.
 pub(crate) fn restart_job(
     tool: &str,
-    target: &Target,
+    chosen: (snapshot::Resolved, crate::job::global::GlobalMetadata),
     params: &crate::params::Params,
     verbose: bool,
     size: Option<usize>,
     fail: &dyn Fn(Error, i32) -> i32,
 ) -> i32 {
-    let (resolved, metadata) = match crate::job::choose(target) {
-        Ok(chosen) => chosen,
-        Err(e) => return fail(e, EXIT_USAGE),
-    };
+    let (resolved, metadata) = chosen;
     for (skipped, why) in &resolved.skipped {
         eprintln!("{tool}: skipping snapshot {skipped}: {why}");
     }

@@ -138,15 +138,28 @@ pub fn main() -> i32 {
                 }
             }
             Ok(true) => {
-                let target = Target { reference: name, base, seq: None };
-                return super::restart::restart_job(
-                    "opal-run",
-                    &target,
-                    &params,
-                    verbose,
-                    Some(size),
-                    &fail,
-                );
+                let target = Target { reference: name.clone(), base: base.clone(), seq: None };
+                match crate::job::choose(&target) {
+                    Ok(chosen) => {
+                        return super::restart::restart_job(
+                            "opal-run",
+                            chosen,
+                            &params,
+                            verbose,
+                            Some(size),
+                            &fail,
+                        )
+                    }
+                    // Global snapshots, but none that verifies: start over, as one program.
+                    Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
+                        eprintln!("opal-run: warning: {e}");
+                        eprintln!(
+                            "opal-run: no good snapshot in series {}: starting {size} ranks of {program} fresh",
+                            series.path().display()
+                        );
+                    }
+                    Err(e) => return fail(e, EXIT_USAGE),
+                }
             }
             Err(e) => return fail(e, EXIT_USAGE),
         }
