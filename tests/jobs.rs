@@ -672,3 +672,41 @@ fn a_job_series_whose_global_snapshots_are_all_damaged_starts_fresh_with_a_warni
     );
     assert_eq!(ring_results(&job.dir, 4), reference);
 }
+
+#[test]
+fn opal_run_passes_signals_on_to_a_restored_criu_job() {
+    require_criu!();
+    let sb = Sandbox::new("jobs-criu-signals");
+    let env = [("OMPI_MCA_crs", "criu")];
+    let mut job = RingJob::start(&sb, "job", "100000", &env);
+    let launcher = job.launcher.id();
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let series = job.series();
+    let (ring, dir_arg) = (ring().display().to_string(), job.dir.display().to_string());
+    let mut again =
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "100000"], &env, "again");
+    let pid = launcher.to_string();
+    let answers = || {
+        let status = sb.checkpoint(&["--status", &pid]);
+        status.status.success() && text(&status).0.contains("Component: job\n")
+    };
+    assert!(wait_until(LONG, answers), "not restored: {}", sb.read("again.out"));
+    let ranks = children(launcher);
+    // USR1 reaches the restored launcher: a job checkpoint; TERM reaches the ranks
+    // through it: the job ends with their status.
+    // SAFETY: plain kill of the opal-run this test started.
+    unsafe { libc::kill(again.id() as i32, libc::SIGUSR1) };
+    let second = sb.path(&series).join("1/global_snapshot_meta.data");
+    let checkpointed = wait_until(LONG, || second.is_file());
+    // SAFETY: as above.
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut again, LONG).map(|s| s.code());
+    let out = sb.read("again.out");
+    kill(launcher);
+    let ranks_gone = wait_until(LONG, || ranks.iter().all(|&r| !alive(r)));
+    stop(&mut again);
+    assert!(checkpointed, "USR1 took no job checkpoint: {out}");
+    assert_eq!(status, Some(Some(143)), "{out}");
+    assert!(ranks_gone, "{out}");
+}
