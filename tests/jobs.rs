@@ -710,3 +710,45 @@ fn opal_run_passes_signals_on_to_a_restored_criu_job() {
     assert_eq!(status, Some(Some(143)), "{out}");
     assert!(ranks_gone, "{out}");
 }
+
+/// `opal-checkpoint --term <launcher>`: the global snapshot is published, then every
+/// rank and the launcher end (the launcher with status 0, as one process does), and the
+/// snapshot restarts the job to the uninterrupted checksum.
+fn term_ends_the_job_after_its_checkpoint(tag: &str, env: &[(&str, &str)]) {
+    let sb = Sandbox::new(&format!("jobs-term-{tag}"));
+    let reference = uninterrupted_ring(&sb, 4, "3000");
+    let mut job = RingJob::start(&sb, "job", "3000", env);
+    let ranks = children(job.launcher.id());
+    let out = sb.checkpoint(&["-v", "--term", &job.pid()]);
+    let (stdout, stderr) = text(&out);
+    let series = job.series();
+    let ended = wait_exit(&mut job.launcher, LONG).map(|s| s.code());
+    let ranks_gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&r| !alive(r)));
+    if ended.is_none() || !ranks_gone {
+        job.kill_all();
+    }
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", sb.read("job.out"));
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    assert!(stderr.contains(&format!("] Terminated - {series}")), "{stderr}");
+    assert_eq!(ended, Some(Some(0)), "the launcher: {}", sb.read("job.out"));
+    assert!(ranks_gone, "ranks outlived the --term checkpoint");
+    assert!(ring_results(&job.dir, 4).iter().all(String::is_empty), "the job ran to its end");
+
+    let mut command = sb.command(restart_tool());
+    command.arg(&series).envs(env.iter().copied());
+    let mut restarted = sb.spawn(command, "restart");
+    let status = finish(&mut restarted, "the restart", &sb, "restart");
+    assert_eq!(status, 0, "{}", sb.read("restart.out"));
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn term_checkpoints_a_self_job_and_ends_it() {
+    term_ends_the_job_after_its_checkpoint("self", &[]);
+}
+
+#[test]
+fn term_checkpoints_a_criu_job_and_ends_it() {
+    require_criu!();
+    term_ends_the_job_after_its_checkpoint("criu", &[("OMPI_MCA_crs", "criu")]);
+}
