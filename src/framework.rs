@@ -45,6 +45,26 @@ pub struct RestartPlan {
     /// program must not run before the check passes, and
     /// [`RestartOutcome::Rejected`] reports that it failed.
     pub unchecked: bool,
+    /// A job's rank restarted by its launcher (this process): it ends when the launcher
+    /// dies, see [`end_with_parent`].
+    pub end_with_parent: bool,
+}
+
+/// Between fork and exec of a job's rank: the rank gets SIGKILL when `parent` (the
+/// launcher; the thread that forks must live as long as it) dies, as `mpirun`'s ranks
+/// do, so that no rank goes on orphaned. Fails when the launcher is already gone. Set
+/// after any change of user, which clears it.
+pub(crate) fn end_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe system calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// How a restart ended, when it returns at all (an exec does not).

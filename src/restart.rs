@@ -153,7 +153,17 @@ fn plan(
     unchecked: bool,
 ) -> RestartPlan {
     let series = series.or_else(|| metadata.series.clone());
-    RestartPlan { dir, metadata, series, seq, owner, params, verbose, unchecked }
+    RestartPlan {
+        dir,
+        metadata,
+        series,
+        seq,
+        owner,
+        params,
+        verbose,
+        unchecked,
+        end_with_parent: false,
+    }
 }
 
 /// Which step of [`run`] failed.

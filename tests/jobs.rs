@@ -573,3 +573,182 @@ fn keep_prunes_a_global_series_as_any_series() {
     assert!(listing.status.success() && listed.contains("  good"), "{listed}");
     job.kill_all();
 }
+
+/// SIGKILLs `launcher` alone and asserts that every one of `ranks` ends within seconds.
+fn ranks_end_with_their_launcher(launcher: &mut Child, ranks: &[u32], sb: &Sandbox, log: &str) {
+    assert!(!ranks.is_empty(), "no ranks: {}", sb.read(log));
+    kill_and_reap(launcher);
+    let gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&pid| !alive(pid)));
+    let survivors: Vec<u32> = ranks.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &survivors {
+        kill(pid);
+    }
+    assert!(gone, "ranks {survivors:?} outlived their launcher: {}", sb.read(log));
+}
+
+#[test]
+fn the_ranks_end_when_their_launcher_is_sigkilled() {
+    let sb = Sandbox::new("jobs-orphans");
+    let script = r#"touch up.$OMPI_COMM_WORLD_RANK; exec sleep 60"#;
+    let mut job = launch(&sb, &["-np", "3", "sh", "-c", script], &[], "job");
+    assert!(wait_until(LONG, || (0..3).all(|r| sb.path(&format!("up.{r}")).exists())));
+    let ranks = children(job.id());
+    ranks_end_with_their_launcher(&mut job, &ranks, &sb, "job.out");
+}
+
+#[test]
+fn the_ranks_of_a_restarted_self_job_end_when_its_launcher_is_sigkilled() {
+    let sb = Sandbox::new("jobs-orphans-self");
+    let mut job = RingJob::start(&sb, "job", "100000", &[]);
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let mut command = sb.command(restart_tool());
+    command.arg(job.series());
+    let mut restarted = sb.spawn(command, "restart");
+    let back = || (0..4).all(|r| job.dir.join(format!("ring.{r}.restarted")).exists());
+    assert!(wait_until(LONG, back), "{}", sb.read("restart.out"));
+    let ranks = children(restarted.id());
+    ranks_end_with_their_launcher(&mut restarted, &ranks, &sb, "restart.out");
+}
+
+#[test]
+fn the_ranks_of_a_restored_criu_job_end_when_its_launcher_is_sigkilled() {
+    require_criu!();
+    let sb = Sandbox::new("jobs-orphans-criu");
+    let env = [("OMPI_MCA_crs", "criu")];
+    let mut job = RingJob::start(&sb, "job", "100000", &env);
+    let launcher = job.launcher.id();
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let mut command = sb.command(restart_tool());
+    command.arg(job.series()).envs(env);
+    let mut restarted = sb.spawn(command, "restart");
+    // The restored launcher has its old PID, and its ranks under it.
+    assert!(
+        wait_until(LONG, || alive(launcher) && children(launcher).len() == 4),
+        "{}",
+        sb.read("restart.out")
+    );
+    let ranks = children(launcher);
+    kill(launcher);
+    let gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&pid| !alive(pid)));
+    let survivors: Vec<u32> = ranks.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &survivors {
+        kill(pid);
+    }
+    let _ = wait_exit(&mut restarted, LONG);
+    kill_and_reap(&mut restarted);
+    assert!(gone, "ranks {survivors:?} outlived their launcher: {}", sb.read("restart.out"));
+}
+
+#[test]
+fn a_job_series_whose_global_snapshots_are_all_damaged_starts_fresh_with_a_warning() {
+    let sb = Sandbox::new("jobs-all-damaged");
+    let reference = uninterrupted_ring(&sb, 4, "1500");
+    let mut job = RingJob::start(&sb, "job", "1500", &[]);
+    let (_, global) = checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let state = global.join("opal_snapshot_2.ckpt/0/state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let series = job.series();
+    let (ring, dir_arg) = (ring().display().to_string(), job.dir.display().to_string());
+    let mut again =
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "1500"], &[], "again");
+    let status = finish(&mut again, "the fresh job", &sb, "again");
+    let out = sb.read("again.out");
+    assert_eq!(status, 0, "{out}");
+    assert!(
+        out.contains(&format!("opal-run: warning: series {} has no good snapshot (1 skipped: 0: corrupt: opal_snapshot_2.ckpt/0/state", sb.path(&series).display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "opal-run: no good snapshot in series {}: starting 4 ranks of {ring} fresh",
+            sb.path(&series).display()
+        )),
+        "{out}"
+    );
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn opal_run_passes_signals_on_to_a_restored_criu_job() {
+    require_criu!();
+    let sb = Sandbox::new("jobs-criu-signals");
+    let env = [("OMPI_MCA_crs", "criu")];
+    let mut job = RingJob::start(&sb, "job", "100000", &env);
+    let launcher = job.launcher.id();
+    checkpoint_ok(&sb, &[&job.pid()]);
+    job.kill_all();
+    let series = job.series();
+    let (ring, dir_arg) = (ring().display().to_string(), job.dir.display().to_string());
+    let mut again =
+        launch(&sb, &["-np", "4", "-n", &series, &ring, &dir_arg, "100000"], &env, "again");
+    let pid = launcher.to_string();
+    let answers = || {
+        let status = sb.checkpoint(&["--status", &pid]);
+        status.status.success() && text(&status).0.contains("Component: job\n")
+    };
+    assert!(wait_until(LONG, answers), "not restored: {}", sb.read("again.out"));
+    let ranks = children(launcher);
+    // USR1 reaches the restored launcher: a job checkpoint; TERM reaches the ranks
+    // through it: the job ends with their status.
+    // SAFETY: plain kill of the opal-run this test started.
+    unsafe { libc::kill(again.id() as i32, libc::SIGUSR1) };
+    let second = sb.path(&series).join("1/global_snapshot_meta.data");
+    let checkpointed = wait_until(LONG, || second.is_file());
+    // SAFETY: as above.
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut again, LONG).map(|s| s.code());
+    let out = sb.read("again.out");
+    kill(launcher);
+    let ranks_gone = wait_until(LONG, || ranks.iter().all(|&r| !alive(r)));
+    stop(&mut again);
+    assert!(checkpointed, "USR1 took no job checkpoint: {out}");
+    assert_eq!(status, Some(Some(143)), "{out}");
+    assert!(ranks_gone, "{out}");
+}
+
+/// `opal-checkpoint --term <launcher>`: the global snapshot is published, then every
+/// rank and the launcher end (the launcher with status 0, as one process does), and the
+/// snapshot restarts the job to the uninterrupted checksum.
+fn term_ends_the_job_after_its_checkpoint(tag: &str, env: &[(&str, &str)]) {
+    let sb = Sandbox::new(&format!("jobs-term-{tag}"));
+    let reference = uninterrupted_ring(&sb, 4, "3000");
+    let mut job = RingJob::start(&sb, "job", "3000", env);
+    let ranks = children(job.launcher.id());
+    let out = sb.checkpoint(&["-v", "--term", &job.pid()]);
+    let (stdout, stderr) = text(&out);
+    let series = job.series();
+    let ended = wait_exit(&mut job.launcher, LONG).map(|s| s.code());
+    let ranks_gone = wait_until(Duration::from_secs(5), || ranks.iter().all(|&r| !alive(r)));
+    if ended.is_none() || !ranks_gone {
+        job.kill_all();
+    }
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", sb.read("job.out"));
+    assert!(stdout.starts_with(&format!("Snapshot Ref.:   0 {series}\n")), "{stdout}");
+    assert!(stderr.contains(&format!("] Terminated - {series}")), "{stderr}");
+    assert_eq!(ended, Some(Some(0)), "the launcher: {}", sb.read("job.out"));
+    assert!(ranks_gone, "ranks outlived the --term checkpoint");
+    assert!(ring_results(&job.dir, 4).iter().all(String::is_empty), "the job ran to its end");
+
+    let mut command = sb.command(restart_tool());
+    command.arg(&series).envs(env.iter().copied());
+    let mut restarted = sb.spawn(command, "restart");
+    let status = finish(&mut restarted, "the restart", &sb, "restart");
+    assert_eq!(status, 0, "{}", sb.read("restart.out"));
+    assert_eq!(ring_results(&job.dir, 4), reference);
+}
+
+#[test]
+fn term_checkpoints_a_self_job_and_ends_it() {
+    term_ends_the_job_after_its_checkpoint("self", &[]);
+}
+
+#[test]
+fn term_checkpoints_a_criu_job_and_ends_it() {
+    require_criu!();
+    term_ends_the_job_after_its_checkpoint("criu", &[("OMPI_MCA_crs", "criu")]);
+}

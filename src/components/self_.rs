@@ -191,6 +191,11 @@ impl Component for SelfComponent {
         } else if let Some(cwd) = &plan.metadata.cwd {
             command.current_dir(cwd);
         }
+        if plan.end_with_parent {
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: the closure only makes system calls; it runs after the user change.
+            unsafe { command.pre_exec(move || crate::framework::end_with_parent(parent)) };
+        }
         if plan.verbose {
             let cwd = plan.metadata.cwd.as_deref().unwrap_or(std::path::Path::new("."));
             log::info!(target: "crs", "crs:self: restarting `{line}` in {}", cwd.display());

@@ -37,6 +37,9 @@ const MAX_CONNECTIONS: usize = 64;
 const QUIET_POLL_MS: libc::c_int = 50;
 /// How long a dump waits for open connections to end.
 const QUIET_LIMIT: Duration = Duration::from_secs(3);
+/// How long a job to end after its checkpoint (`--term`) waits for the tool to collect
+/// the result.
+const TERM_LINGER: Duration = Duration::from_secs(3);
 
 type JobResult = Result<CheckpointResult, ErrorBody>;
 /// A rank asked to checkpoint and hold: the connection it answers on and the
@@ -64,6 +67,9 @@ struct State {
     results: Vec<(u64, JobResult)>,
     connections: usize,
     last: Option<CheckpointResult>,
+    /// The checkpoint after which the job ends (`--term`), and whether its result was
+    /// sent to the tool.
+    ending: Option<(u64, bool)>,
 }
 
 impl Default for State {
@@ -76,6 +82,7 @@ impl Default for State {
             results: Vec::new(),
             connections: 0,
             last: None,
+            ending: None,
         }
     }
 }
@@ -214,19 +221,23 @@ impl Endpoint {
                 format!("cannot check the peer's credentials: {e}"),
             ),
         };
-        let _ = control::write_message(stream, &reply);
+        let sent = control::write_message(stream, &reply).is_ok();
+        let mut state = self.state.lock();
+        if let (Some((id, delivered)), true) = (&mut state.ending, sent) {
+            if reply.id == Some(*id) && reply.result.is_some() {
+                *delivered = true;
+                self.changed.notify_all();
+            }
+        }
     }
 
     fn handle(self: &Arc<Self>, request: Request) -> Reply {
         match request {
             Request::Checkpoint { term, name, dir, hold, .. } => {
-                if term || hold {
-                    return Reply::error(
-                        ErrorKind::BadRequest,
-                        "a job checkpoint takes neither --term nor a hold",
-                    );
+                if hold {
+                    return Reply::error(ErrorKind::BadRequest, "a job checkpoint takes no hold");
                 }
-                match self.begin(name, dir) {
+                match self.begin(name, dir, term) {
                     Ok(id) => {
                         Reply { v: control::PROTOCOL_VERSION, id: Some(id), ..Reply::default() }
                     }
@@ -273,11 +284,13 @@ impl Endpoint {
         }
     }
 
-    /// Starts a job checkpoint on a thread of its own; its id.
+    /// Starts a job checkpoint on a thread of its own; its id. With `term`, the job ends
+    /// once the global snapshot is published (see [`Endpoint::end_job`]).
     fn begin(
         self: &Arc<Self>,
         name: Option<String>,
         dir: Option<String>,
+        term: bool,
     ) -> Result<u64, ErrorBody> {
         let refused = |kind, message: &str| ErrorBody { kind, message: message.to_string() };
         if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
@@ -301,9 +314,21 @@ impl Endpoint {
         std::thread::Builder::new()
             .name("opalcrs-job-ckpt".into())
             .spawn(move || {
-                let result =
+                let mut result =
                     Series::open(&base, &name).and_then(|series| endpoint.checkpoint(&series));
+                // A restored copy of the launcher (state "restart") goes on.
+                let ending = match &mut result {
+                    Ok(done) if term && done.state == "continue" => {
+                        done.state = "term".into();
+                        endpoint.state.lock().ending = Some((id, false));
+                        true
+                    }
+                    _ => false,
+                };
                 endpoint.finish(id, result);
+                if ending {
+                    endpoint.end_job();
+                }
             })
             .map_err(|e| {
                 self.state.lock().running = None;
@@ -314,7 +339,7 @@ impl Endpoint {
 
     /// Takes a job checkpoint at once (the checkpoint signal); the result is logged.
     pub fn checkpoint_now(self: &Arc<Self>) {
-        match self.begin(None, None) {
+        match self.begin(None, None, false) {
             Ok(_) => {}
             Err(error) => eprintln!("opal-run: warning: no job checkpoint: {}", error.message),
         }
@@ -335,6 +360,22 @@ impl Endpoint {
         }
         state.running = None;
         self.changed.notify_all();
+    }
+
+    /// After a `--term` checkpoint: once the tool has its result (or after
+    /// `TERM_LINGER`), every rank is killed and the launcher exits with status 0, as one
+    /// process does after its `--term` checkpoint.
+    fn end_job(&self) -> ! {
+        let until = Instant::now() + TERM_LINGER;
+        let mut state = self.state.lock();
+        while !state.ending.is_some_and(|(_, delivered)| delivered) {
+            if self.changed.wait_until(&mut state, until).timed_out() {
+                break;
+            }
+        }
+        eprintln!("opal-run: ending the job after its checkpoint (--term)");
+        super::launcher::end_all(&self.job.ranks, &[libc::SIGKILL]);
+        std::process::exit(0)
     }
 
     /// One global snapshot of every rank into `series`, by the ranks' component: self

@@ -4,6 +4,7 @@
 //! rank's status (0 when every rank exits 0).
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ pub fn rank_environment(rank: usize, size: usize) -> [(&'static str, String); 3]
 
 /// Starts `size` ranks of `argv`, each with `env` (and without the variables `removed`)
 /// and its place in the job. Rank 0 gets the launcher's standard input, the others
-/// none. A rank that cannot be started ends the ones already started.
+/// none. A rank that cannot be started ends the ones already started. Each rank ends
+/// when the launcher dies; the caller is the launcher's main thread.
 pub fn start(
     argv: &[OsString],
     size: usize,
@@ -47,6 +49,9 @@ pub fn start(
         if rank > 0 {
             command.stdin(Stdio::null());
         }
+        let launcher = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only makes system calls.
+        unsafe { command.pre_exec(move || crate::framework::end_with_parent(launcher)) };
         match command.spawn() {
             Ok(child) => ranks.push(child.id() as i32),
             Err(e) => {

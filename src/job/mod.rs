@@ -93,15 +93,17 @@ pub fn choose(target: &Target) -> Result<(snapshot::Resolved, GlobalMetadata), E
 
 /// Restarts every rank of the global snapshot `resolved` as a child of this process,
 /// which becomes the job's launcher (checkpointable again, into the same series), and
-/// supervises them: the job's status. A rank that cannot be restarted ends the others.
+/// supervises them: the job's status (`Exited`). A rank that cannot be restarted ends
+/// the others. criu: see [`restore_tree`]; `as_child` as there.
 pub fn restart(
     resolved: &snapshot::Resolved,
     metadata: &GlobalMetadata,
     params: &Params,
     verbose: bool,
-) -> Result<i32, (Step, Error)> {
+    as_child: bool,
+) -> Result<RestartOutcome, (Step, Error)> {
     if metadata.component == "criu" {
-        return restore_tree(resolved, params, verbose);
+        return restore_tree(resolved, params, verbose, as_child);
     }
     if metadata.component != "self" {
         return Err((
@@ -126,6 +128,7 @@ pub fn restart(
         // The rank's own series is inside the global snapshot: its later checkpoints of
         // its own go to its default series instead.
         prepared.plan.series = None;
+        prepared.plan.end_with_parent = true;
         plans.push(prepared);
     }
     // Root restarting another user's job: the launcher becomes that user before it
@@ -176,26 +179,21 @@ pub fn restart(
         name: series.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         params: params.clone(),
     };
-    Ok(serve_and_supervise(job, signal))
+    Ok(RestartOutcome::Exited(serve_and_supervise(job, signal)))
 }
 
 /// criu: the global snapshot is one image of the launcher's tree; it is restored as
-/// this process's child (the launcher, with its ranks below it, goes on as it was) and
-/// waited for: the job's status.
+/// this process's child (the launcher, with its ranks below it, goes on as it was):
+/// waited for (`Exited`, the job's status), or with `as_child` left to the caller
+/// (`Spawned`), which may pass signals on to it.
 fn restore_tree(
     resolved: &snapshot::Resolved,
     params: &Params,
     verbose: bool,
-) -> Result<i32, (Step, Error)> {
+    as_child: bool,
+) -> Result<RestartOutcome, (Step, Error)> {
     let target = Target::path(resolved.dir.clone());
-    match crate::restart::run(&target, params, verbose, &mut |_| false)? {
-        RestartOutcome::Exited(status) => Ok(status),
-        RestartOutcome::Rejected(why) => Err((Step::Start, Error::msg(why))),
-        RestartOutcome::Spawned { pid, .. } => Err((
-            Step::Start,
-            Error::msg(format!("the restored launcher {pid} was not waited for")),
-        )),
-    }
+    crate::restart::run(&target, params, verbose, &mut |_| as_child)
 }
 
 /// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.

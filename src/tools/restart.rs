@@ -159,7 +159,10 @@ pub fn main() -> i32 {
                 EXIT_USAGE,
             );
         }
-        return restart_job("opal-restart", &target, &params, verbose, None, &fail);
+        return match crate::job::choose(&target) {
+            Ok(chosen) => restart_job("opal-restart", chosen, &params, verbose, None, &fail, None),
+            Err(e) => fail(e, EXIT_USAGE),
+        };
     }
     let announce = &mut |prepared: &restart::Prepared| {
         for (skipped, why) in &prepared.skipped {
@@ -196,21 +199,21 @@ pub fn main() -> i32 {
     }
 }
 
-/// Restarts the job of the global series `target` (`opal-restart`, `opal-run -np`) and
-/// supervises it as its launcher: the job's status, or the exit code of the failure.
-/// `size`: the number of ranks asked for, which the snapshot must have.
+/// Restarts the job from the global snapshot `chosen` ([`crate::job::choose`];
+/// `opal-restart`, `opal-run -np`) and supervises it as its launcher: the job's status,
+/// or the exit code of the failure. `size`: the number of ranks asked for, which the
+/// snapshot must have. `wait_restored`: a criu job is restored as a child (PID, note)
+/// that it waits for (passing signals on); without it, the restore waits itself.
 pub(crate) fn restart_job(
     tool: &str,
-    target: &Target,
+    chosen: (snapshot::Resolved, crate::job::global::GlobalMetadata),
     params: &crate::params::Params,
     verbose: bool,
     size: Option<usize>,
     fail: &dyn Fn(Error, i32) -> i32,
+    wait_restored: Option<&dyn Fn(i32, Option<String>) -> i32>,
 ) -> i32 {
-    let (resolved, metadata) = match crate::job::choose(target) {
-        Ok(chosen) => chosen,
-        Err(e) => return fail(e, EXIT_USAGE),
-    };
+    let (resolved, metadata) = chosen;
     for (skipped, why) in &resolved.skipped {
         eprintln!("{tool}: skipping snapshot {skipped}: {why}");
     }
@@ -228,8 +231,16 @@ pub(crate) fn restart_job(
         resolved.dir.display(),
         metadata.component
     );
-    match crate::job::restart(&resolved, &metadata, params, verbose) {
-        Ok(status) => status,
+    match crate::job::restart(&resolved, &metadata, params, verbose, wait_restored.is_some()) {
+        Ok(RestartOutcome::Exited(status)) => status,
+        Ok(RestartOutcome::Spawned { pid, note }) => match wait_restored {
+            Some(wait) => wait(pid, note),
+            None => fail(
+                Error::msg(format!("the restored launcher {pid} was not waited for")),
+                EXIT_CANNOT_RESTART,
+            ),
+        },
+        Ok(RestartOutcome::Rejected(why)) => fail(Error::msg(why), EXIT_CANNOT_RESTART),
         Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
         Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
         Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),

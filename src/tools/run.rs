@@ -13,7 +13,8 @@
 //! (exec), so a signal sent to it reaches the program. A criu restore leaves the
 //! program a child of this process; then HUP, INT, QUIT, USR1, USR2, TERM and CONT
 //! received here are passed on to it, so `kill -USR1 <pid of opal-run>` (a job
-//! script's trap) requests its checkpoint as it would for the other two.
+//! script's trap) requests its checkpoint as it would for the other two. The same
+//! holds for the restored launcher of a criu job (`-np`).
 
 use super::restart::{EXIT_CANNOT_RESTART, EXIT_NOT_FOUND, EXIT_USAGE};
 use super::{parse, usage, OptionDef};
@@ -138,15 +139,34 @@ pub fn main() -> i32 {
                 }
             }
             Ok(true) => {
-                let target = Target { reference: name, base, seq: None };
-                return super::restart::restart_job(
-                    "opal-run",
-                    &target,
-                    &params,
-                    verbose,
-                    Some(size),
-                    &fail,
-                );
+                let target = Target { reference: name.clone(), base: base.clone(), seq: None };
+                match crate::job::choose(&target) {
+                    Ok(chosen) => {
+                        // A restored criu launcher is our child: signals go on to it.
+                        let criu = chosen.1.component == "criu";
+                        if criu {
+                            install_forwarding();
+                        }
+                        return super::restart::restart_job(
+                            "opal-run",
+                            chosen,
+                            &params,
+                            verbose,
+                            Some(size),
+                            &fail,
+                            criu.then_some(&wait_restored),
+                        );
+                    }
+                    // Global snapshots, but none that verifies: start over, as one program.
+                    Err(e) if e.code() == OPAL_ERR_NOT_FOUND => {
+                        eprintln!("opal-run: warning: {e}");
+                        eprintln!(
+                            "opal-run: no good snapshot in series {}: starting {size} ranks of {program} fresh",
+                            series.path().display()
+                        );
+                    }
+                    Err(e) => return fail(e, EXIT_USAGE),
+                }
             }
             Err(e) => return fail(e, EXIT_USAGE),
         }
@@ -197,19 +217,7 @@ pub fn main() -> i32 {
         as_child
     };
     match restart::run(&target, &params, verbose, announce) {
-        Ok(RestartOutcome::Spawned { pid, note }) => {
-            if let Some(note) = note {
-                eprintln!("opal-run: {note}");
-            }
-            forward_to(pid);
-            match wait_for(pid) {
-                Ok(status) => status,
-                Err(e) => fail(
-                    Error::io(format!("waiting for restored process {pid}"), e),
-                    EXIT_CANNOT_RESTART,
-                ),
-            }
-        }
+        Ok(RestartOutcome::Spawned { pid, note }) => wait_restored(pid, note),
         Ok(RestartOutcome::Exited(status)) => status,
         Ok(RestartOutcome::Rejected(why)) => fail(Error::msg(why), EXIT_CANNOT_RESTART),
         // Snapshots, but none that verifies: the work so far is lost, start over.
@@ -224,6 +232,20 @@ pub fn main() -> i32 {
         Err((Step::Choose, e)) => fail(e, EXIT_USAGE),
         Err((Step::Start, e)) if e.code() == OPAL_ERR_NOT_FOUND => fail(e, EXIT_NOT_FOUND),
         Err((Step::Start, e)) => fail(e, EXIT_CANNOT_RESTART),
+    }
+}
+
+/// Passes signals on to the restored child `pid` and waits for it: its status.
+fn wait_restored(pid: i32, note: Option<String>) -> i32 {
+    if let Some(note) = note {
+        eprintln!("opal-run: {note}");
+    }
+    forward_to(pid);
+    match wait_for(pid) {
+        Ok(status) => status,
+        Err(e) => {
+            fail(Error::io(format!("waiting for restored process {pid}"), e), EXIT_CANNOT_RESTART)
+        }
     }
 }
 
