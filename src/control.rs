@@ -377,6 +377,43 @@ fn listening_name(pid: i32) -> Result<Option<String>> {
 /// original and in a restored copy alike.
 pub const DUMP_THREAD_NAME: &str = "opalcrs-dump";
 
+/// The name of the thread that watches, in a forked child that has not exec'd, for its
+/// parent's exit (src/capi/preload.rs).
+pub(crate) const WATCHER_THREAD_NAME: &std::ffi::CStr = c"opalcrs-watch";
+
+/// How long a dump waits for the watchers of confined children to leave (they look
+/// every 100 ms).
+const WATCHER_SETTLE: Duration = Duration::from_millis(500);
+
+/// Waits until no child below us that confined itself with seccomp still has its
+/// watcher thread: the watcher leaves such a child within its poll, but a dump taken
+/// before gives CRIU threads with different filters, which it restores as separate
+/// filters, and a later `SECCOMP_FILTER_FLAG_TSYNC` of the program fails (zdtm
+/// `seccomp_filter_tsync`). Runs before the dump, while nothing is frozen.
+fn settle_watchers(pids: &[i32]) {
+    let watcher_name = WATCHER_THREAD_NAME.to_str().expect("an ASCII name");
+    let seccomp = |pid: i32, tid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+        status
+            .ok()
+            .map(|s| s.lines().filter(|l| l.starts_with("Seccomp")).collect::<Vec<_>>().join("\n"))
+    };
+    let unsettled = |pid: i32| {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks.filter_map(|task| task.file_name().to_str()?.parse::<i32>().ok()).any(|tid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
+            name.is_ok_and(|n| n.trim_end() == watcher_name)
+                && seccomp(pid, tid).is_some_and(|own| seccomp(pid, pid) != Some(own))
+        })
+    };
+    let started = Instant::now();
+    for &pid in pids {
+        while unsettled(pid) && started.elapsed() < WATCHER_SETTLE {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Whether thread `tid` of process `pid` still exists (a signal 0 opens no file).
 pub fn thread_exists(pid: i32, tid: i32) -> bool {
     // SAFETY: tgkill with signal 0 only checks that the thread exists and may be signalled.
@@ -444,6 +481,7 @@ pub fn quiet_descendants(root: i32, until_ends: Option<i32>) -> usize {
         tree.extend(children(tree[next]));
         next += 1;
     }
+    settle_watchers(&tree[1..]);
     let timeout = Duration::from_secs(2);
     let mut quieted = 0;
     for &pid in &tree[1..] {

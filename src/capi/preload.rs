@@ -230,6 +230,10 @@ fn killed_by_seccomp() {
 /// thread's /proc status, and `getppid`.
 extern "C" fn watch_parent(tid_word: *mut libc::c_void) -> *mut libc::c_void {
     let tid_word = tid_word.cast::<libc::c_int>();
+    // Named, so that a process dumping its tree can wait for it to leave a child that
+    // confined itself (see `control::settle_watchers`).
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, crate::control::WATCHER_THREAD_NAME.as_ptr()) };
     // SAFETY: getpid has no preconditions. In a forked child the thread that forked is
     // the thread group leader.
     let forker = unsafe { libc::getpid() };
