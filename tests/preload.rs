@@ -366,6 +366,35 @@ fn a_plain_daemon_is_checkpointed_by_the_pid_that_runs_on() {
     daemon_checkpointed_by_the_pid_that_runs_on("criu", &exe);
 }
 
+/// `opal_cr_preload_children=0` keeps the library in the one process that loaded it: a
+/// forked child gets no watcher thread (so it may, e.g., `unshare(CLONE_NEWUSER)`) and
+/// a daemon is not followed.
+#[test]
+fn with_preload_children_off_a_forked_child_has_no_thread_of_ours() {
+    let exe = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
+    let sb = Sandbox::new("daemon-not-followed");
+    let (log, state) = (sb.path("log"), sb.path("state"));
+    let mut command = sb.command(&exe);
+    command.args([log.to_str().unwrap(), state.to_str().unwrap(), "--limit", "100000"]);
+    command.args(["--daemon", "once"]).env("LD_PRELOAD", library());
+    command.env("OMPI_MCA_opal_cr_preload_children", "0");
+    let mut first = sb.spawn(command, "app");
+    assert!(wait_until(LONG, || logged_pid(&sb).is_some()), "{}", sb.read("app.out"));
+    let pid = logged_pid(&sb).unwrap();
+    sb.adopt(pid);
+    assert!(first.wait().unwrap().success());
+    assert!(wait_until(LONG, || last_count(&sb.read("log")).unwrap_or(0) >= 8));
+    // A watcher would have taken over within about 0.1 s.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status.lines().find(|l| l.starts_with("Threads:")).unwrap().to_string();
+    assert_eq!(threads.split_whitespace().nth(1), Some("1"), "daemon {pid}: {threads}");
+    let out = sb.checkpoint(&["--status", &pid.to_string()]);
+    assert!(!out.status.success(), "the daemon answers: {:?}", text(&out));
+    kill(pid);
+    assert!(wait_until(LONG, || !alive(pid)));
+}
+
 /// A forked child whose only thread ends alone (the raw exit system call, also under
 /// SECCOMP_MODE_STRICT, or killed by a seccomp filter) ends as a process, as without the
 /// library (zdtm seccomp_*: the orphan watcher thread kept such a child alive).

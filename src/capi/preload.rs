@@ -46,15 +46,20 @@ extern "C" fn on_load() {
                 INITIALISED_HERE.store(true, Ordering::SeqCst);
                 runtime::set_preloaded_from(ours.clone());
                 super::vtable::publish_selected();
-                static ATFORK: std::sync::Once = std::sync::Once::new();
-                // SAFETY: registering fork handlers that only make async-signal-safe calls.
-                ATFORK.call_once(|| unsafe {
-                    libc::pthread_atfork(
-                        Some(before_fork),
-                        Some(after_fork_in_parent),
-                        Some(watch_for_orphaning),
-                    );
-                });
+                // With opal_cr_preload_children=0 the library stays in this process:
+                // its forked children get no orphan watcher either.
+                if runtime::params().is_some_and(|p| p.bool("opal_cr_preload_children")) {
+                    static ATFORK: std::sync::Once = std::sync::Once::new();
+                    // SAFETY: registering fork handlers that only make async-signal-safe
+                    // calls.
+                    ATFORK.call_once(|| unsafe {
+                        libc::pthread_atfork(
+                            Some(before_fork),
+                            Some(after_fork_in_parent),
+                            Some(watch_for_orphaning),
+                        );
+                    });
+                }
             }
             Err(e) => warn(&format!("checkpoint/restart disabled: {e}")),
         }

@@ -268,7 +268,7 @@ pub static PARAMS: &[ParamDef] = &[
         "opal_cr_preload_children",
         Bool,
         "1",
-        "Keep this library in LD_PRELOAD, so the program a wrapper (setsid, nohup, env, timeout, a script) executes, and the program's own exec'd children, are preloaded too; 0 removes it in the first process that loads it.",
+        "Keep this library in LD_PRELOAD, so the program a wrapper (setsid, nohup, env, timeout, a script) executes, and the program's own exec'd children, are preloaded too, and a forked child that has not exec'd gets the orphan watcher that follows a daemon; 0 removes it in the first process that loads it, and forked children get no watcher.",
     ),
     def(
         "opal_cr_enable_timer",
