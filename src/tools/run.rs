@@ -51,6 +51,11 @@ pub const OPTIONS: &[OptionDef] = &[
         value: Some("N"),
         help: "Start N ranks of COMMAND as one parallel job (see \"Parallel jobs\")",
     },
+    OptionDef {
+        names: &["node-agent"],
+        value: None,
+        help: "Internal: the node agent of a job across Slurm nodes, started by opal-run -np through srun",
+    },
 ];
 
 /// The most ranks one launcher starts.
@@ -110,6 +115,9 @@ pub fn main() -> i32 {
         Ok(p) => p,
         Err(e) => return fail(e, EXIT_USAGE),
     };
+    if parsed.has("node-agent") {
+        return crate::job::agent::node_agent(command, &params, verbose);
+    }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let named_series = series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env);
     // A job's default series is new with each launcher: nothing to say about it.
