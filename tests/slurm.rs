@@ -1539,3 +1539,192 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
     assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
     kill(pid);
 }
+
+/// The port the process `pid` listens on over TCP (in its own network namespace).
+fn tcp_listen_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(3) == Some(&"0A");
+        let ours = fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode));
+        let port = fields.get(1)?.rsplit_once(':')?.1;
+        (listening && ours).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+    })
+}
+
+/// A job of 4 ranks over 2 nodes (examples/slurm/job4x2.sbatch; `opal-run -np 4` starts
+/// one node agent per node with srun) on a private Slurm of three namespaced nodes,
+/// warned twice, so that it needs three runs: each warning takes one global snapshot of
+/// the 4 ranks and the job is requeued. Its first run is on the first two nodes (the
+/// third drained); then the first node is drained and the third resumed, so the
+/// later runs restart every rank on another placement. Meanwhile a connection to the
+/// launcher's TCP port without the job's secret is refused and changes nothing. The
+/// job ends COMPLETED, each rank with the exact result.
+#[test]
+fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
+    let started = Instant::now();
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-job4x2");
+    let programs = example_programs(&sb);
+    let cluster = Cluster::start(&sb.path("slurm"), 3)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    cluster.set_node_state(&names[2], "drain");
+
+    let result = sb.path("job4x2.result");
+    let output = sb.path("job4x2.out");
+    let checkpoints = sb.path("checkpoints");
+    let out = sb
+        .command("sbatch")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OPAL_RUN", opal_run())
+        .env("OPAL_CHECKPOINT", checkpoint_tool())
+        .env("CKPT_DIR", &checkpoints)
+        .arg("--parsable")
+        .arg(format!("--output={}", output.display()))
+        .arg(repo().join("examples/slurm/job4x2.sbatch"))
+        .arg(&programs.0)
+        .arg(SHORT_STEPS.to_string())
+        .arg(STEP_MS.to_string())
+        .arg(&result)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    let mut jobs = vec![Job {
+        label: "self, 4 ranks over 2 nodes",
+        component: "self",
+        steps: SHORT_STEPS,
+        warnings: SHORT_WARNINGS,
+        id: stdout.trim().split(';').next().unwrap().to_string(),
+        output: output.clone(),
+        result: result.clone(),
+        warnings_sent: 0,
+        submitted: Instant::now(),
+        finished: None,
+    }];
+    let series = checkpoints.join(format!("slurm_{}.ckpt", jobs[0].id));
+    let listing = || {
+        fs::read_dir(&series).map_or(Vec::new(), |d| {
+            let mut names: Vec<String> =
+                d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names
+        })
+    };
+    let mut moved = false;
+    // The stranger's connection: what it read, and the series before and after.
+    let mut stranger: Option<(String, Vec<String>, Vec<String>)> = None;
+    while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
+        poll(&cluster, &mut jobs);
+        let runs = jobs[0].runs();
+        if stranger.is_none() && runs.len() == 1 && runs[0].last.is_some_and(|l| l >= 20) {
+            let launcher = cluster.job_processes().into_iter().find(|&pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+            });
+            let port = launcher.and_then(|pid| tcp_listen_port(pid as u32));
+            let host = runs[0].host.clone().unwrap_or_default();
+            let node = cluster.nodes.iter().find(|n| host.starts_with(&n.name));
+            if let (Some(port), Some(node)) = (port, node) {
+                let before = listing();
+                let mut read = String::new();
+                if let Ok(mut stream) = std::net::TcpStream::connect((node.addr.as_str(), port)) {
+                    use std::io::Write;
+                    let _ = stream.write_all(b"{\"Hold\":{\"dir\":\"/tmp\"}}\n\"Go\"\n");
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = stream.read_to_string(&mut read);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                stranger = Some((read, before, listing()));
+            }
+        }
+        // The first run checkpointed: its requeue waits 5 s (cred_expire) to start.
+        if !moved && runs.first().is_some_and(|r| r.checkpointed) {
+            cluster.set_node_state(&names[0], "drain");
+            cluster.set_node_state(&names[2], "resume");
+            moved = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let job = &jobs[0];
+    let runs = job.runs();
+    let lost = lost_per_requeue(&runs);
+    let places: Vec<String> = runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect();
+    let report = format!(
+        "Slurm test, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}",
+        job.id,
+        job.field("JobState").unwrap_or("not finished"),
+        started.elapsed().as_secs_f64(),
+        runs.len().saturating_sub(1),
+    );
+    eprintln!("{report}");
+    let mut problems = Vec::new();
+    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
+        problems.push(format!(
+            "ended {:?} with exit code {:?}",
+            job.field("JobState"),
+            job.field("ExitCode")
+        ));
+    }
+    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
+    for rank in 0..4 {
+        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
+        if got != expected {
+            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
+        }
+    }
+    if runs.len() != SHORT_WARNINGS + 1 {
+        problems.push(format!("{} runs, expected {}", runs.len(), SHORT_WARNINGS + 1));
+    }
+    let text = fs::read_to_string(&output).unwrap_or_default();
+    for (i, run) in runs.iter().enumerate().skip(1) {
+        let said = run.started.as_deref().unwrap_or("");
+        if !said.starts_with("opal-run: restarting the job of 4 ranks from global snapshot") {
+            problems.push(format!("run {i}: opal-run said {said:?}, not a job restart"));
+        }
+    }
+    if places.first().is_some_and(|p| !p.starts_with(&names[0]))
+        || places.iter().skip(1).any(|p| !p.starts_with(&names[1]))
+    {
+        problems.push(format!(
+            "ran on {places:?}: the first run belongs on {} and {}, the later ones on {} and {}",
+            names[0], names[1], names[1], names[2]
+        ));
+    }
+    if let Some(too_many) = lost.iter().find(|&&l| l > MAX_LOST_STEPS) {
+        problems.push(format!("a requeue lost {too_many} steps (more than {MAX_LOST_STEPS})"));
+    }
+    match &stranger {
+        None => problems.push("the launcher's TCP port was never found".into()),
+        Some((read, before, after)) => {
+            if read.contains('{') || read.lines().count() > 1 {
+                problems.push(format!("the stranger got more than a challenge: {read:?}"));
+            }
+            if before != after {
+                problems.push(format!("the stranger changed the series: {before:?} -> {after:?}"));
+            }
+            if !text.contains("opal-run: warning: refused a connection from") {
+                problems.push("the launcher did not say that it refused the stranger".into());
+            }
+        }
+    }
+    if !problems.is_empty() {
+        panic!("{}\n{report}\n{}", failure(job, &problems), cluster.logs());
+    }
+    drop(cluster);
+}

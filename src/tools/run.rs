@@ -90,6 +90,13 @@ pub fn main() -> i32 {
         print!("{}", usage(SYNOPSIS, TITLE, OPTIONS));
         return 0;
     }
+    // A restarting job's agents get no command: their ranks' snapshots name theirs.
+    if parsed.has("node-agent") {
+        return match crate::runtime::load_params(parsed.mca.clone()) {
+            Ok(params) => crate::job::agent::node_agent(command, &params, parsed.has("v")),
+            Err(e) => fail(e, EXIT_USAGE),
+        };
+    }
     let Some(program) = command.first().map(|p| p.to_string_lossy()) else {
         return usage_error("no command given");
     };
@@ -115,9 +122,6 @@ pub fn main() -> i32 {
         Ok(p) => p,
         Err(e) => return fail(e, EXIT_USAGE),
     };
-    if parsed.has("node-agent") {
-        return crate::job::agent::node_agent(command, &params, verbose);
-    }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let named_series = series_name(parsed.value("n"), params.str("crs_base_snapshot_name"), env);
     // A job's default series is new with each launcher: nothing to say about it.
