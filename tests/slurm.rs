@@ -1561,6 +1561,24 @@ fn tcp_listen_port(pid: u32) -> Option<u16> {
     })
 }
 
+/// The node (by its slurmd's network namespace) each running copy of `program` of the
+/// cluster's jobs is on.
+fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
+    let net = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    cluster
+        .job_processes()
+        .into_iter()
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program))
+        .filter_map(|pid| {
+            let ns = net(pid as u32)?;
+            cluster.daemons.iter().find_map(|(name, child)| {
+                let node = name.strip_prefix("slurmd ")?;
+                (net(child.id()) == Some(ns.clone())).then(|| node.to_string())
+            })
+        })
+        .collect()
+}
+
 /// A job of 4 ranks over 2 nodes (examples/slurm/job4x2.sbatch; `opal-run -np 4` starts
 /// one node agent per node with srun) on a private Slurm of three namespaced nodes,
 /// warned twice, so that it needs three runs: each warning takes one global snapshot of
@@ -1626,6 +1644,8 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
         })
     };
     let mut moved = false;
+    // Where each run's ranks were seen working: the node of each rank, sorted.
+    let mut placements: Vec<Vec<String>> = Vec::new();
     // The stranger's connection: what it read, and the series before and after.
     let mut stranger: Option<(String, Vec<String>, Vec<String>)> = None;
     while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
@@ -1652,6 +1672,16 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
                 stranger = Some((read, before, listing()));
             }
         }
+        if let Some(run) = runs.last().filter(|r| r.ended_at.is_none()) {
+            let working = run.first.zip(run.last).is_some_and(|(f, l)| l >= f + 10);
+            if working && placements.len() < runs.len() {
+                let mut nodes = nodes_running(&cluster, &programs.0);
+                nodes.sort();
+                if nodes.len() == 4 {
+                    placements.push(nodes);
+                }
+            }
+        }
         // The first run checkpointed: its requeue waits 5 s (cred_expire) to start.
         if !moved && runs.first().is_some_and(|r| r.checkpointed) {
             cluster.set_node_state(&names[0], "drain");
@@ -1666,7 +1696,7 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     let lost = lost_per_requeue(&runs);
     let places: Vec<String> = runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect();
     let report = format!(
-        "Slurm test, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}",
+        "Slurm test, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}; ranks on {placements:?}",
         job.id,
         job.field("JobState").unwrap_or("not finished"),
         started.elapsed().as_secs_f64(),
@@ -1708,6 +1738,13 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     }
     if let Some(too_many) = lost.iter().find(|&&l| l > MAX_LOST_STEPS) {
         problems.push(format!("a requeue lost {too_many} steps (more than {MAX_LOST_STEPS})"));
+    }
+    let two_each =
+        |a: &str, b: &str| vec![a.to_string(), a.to_string(), b.to_string(), b.to_string()];
+    let mut wanted = vec![two_each(&names[0], &names[1])];
+    wanted.resize(SHORT_WARNINGS + 1, two_each(&names[1], &names[2]));
+    if placements != wanted {
+        problems.push(format!("the ranks ran on {placements:?}, not {wanted:?}"));
     }
     match &stranger {
         None => problems.push("the launcher's TCP port was never found".into()),
