@@ -65,9 +65,12 @@ enum ToAgent {
     Go,
 }
 
-/// The launcher's side: one channel to each node's agent, and the ranks it runs.
+/// A node agent as the launcher knows it: its channel and the ranks (rank, PID) it runs.
+type Link = (Channel, Vec<(usize, i32)>);
+
+/// The launcher's side: the link to each node's agent.
 pub struct Agents {
-    links: Mutex<Vec<(Channel, Vec<(usize, i32)>)>>,
+    links: Mutex<Vec<Link>>,
 }
 
 impl Agents {
@@ -213,7 +216,7 @@ fn accept_agents(
     listener: TcpListener,
     secret: &str,
     nodes: usize,
-    reported: &(Mutex<Vec<(Channel, Vec<(usize, i32)>)>>, Condvar),
+    reported: &(Mutex<Vec<Link>>, Condvar),
 ) {
     let mut seen = Vec::new();
     for stream in listener.incoming() {

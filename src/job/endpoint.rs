@@ -574,6 +574,13 @@ impl Endpoint {
                 }
             }
         }
+        if let (Some(_), Some(other)) = (&self.job.agents, component.as_ref()) {
+            if other != "self" {
+                failures.push(format!(
+                    "the ranks use component {other}: a job across nodes is checkpointed with self only"
+                ));
+            }
+        }
         let finished_ms = millis();
 
         // Phase two: publish only a complete global snapshot; then every rank goes on.
