@@ -29,6 +29,8 @@ const PORT_VARIABLE: &str = "OPALCRS_JOB_PORT";
 const SIZE_VARIABLE: &str = "OPALCRS_JOB_SIZE";
 /// The global snapshot a restarting job's agents restart their ranks from.
 const RESTART_VARIABLE: &str = "OPALCRS_JOB_RESTART";
+/// Handshakes served at once; more connections are closed at once.
+const MAX_HANDSHAKES: usize = 16;
 /// How long the launcher waits for every node's agent to report.
 const AGENT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -210,33 +212,54 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
     Ok(super::serve_and_supervise(job, &[srun_pid], signal))
 }
 
-/// Accepts the agents' connections: each that proves it holds the secret and reports a
+/// Accepts the agents' connections, each handshake on a thread of its own (a silent
+/// stranger holds up no agent): each that proves it holds the secret and reports a
 /// node not yet reported is added; any other connection is closed, nothing done.
 fn accept_agents(
     listener: TcpListener,
     secret: &str,
     nodes: usize,
-    reported: &(Mutex<Vec<Link>>, Condvar),
+    reported: &Arc<(Mutex<Vec<Link>>, Condvar)>,
 ) {
-    let mut seen = Vec::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
-        let mut channel = match Channel::accept(stream, secret) {
-            Ok(channel) => channel,
-            Err(e) => {
-                eprintln!("opal-run: warning: refused a connection from {peer}: {e}");
-                continue;
-            }
-        };
-        match channel.receive::<ToLauncher>() {
-            Ok(ToLauncher::Hello { node, ranks }) if node < nodes && !seen.contains(&node) => {
-                seen.push(node);
-                let (list, changed) = reported;
-                list.lock().push((channel, ranks));
-                changed.notify_all();
-            }
-            _ => eprintln!("opal-run: warning: refused a connection from {peer}: no new node"),
+        if handshakes.load(std::sync::atomic::Ordering::SeqCst) >= MAX_HANDSHAKES {
+            eprintln!("opal-run: warning: refused a connection from {peer}: too many at once");
+            continue;
+        }
+        handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (secret, seen, reported, open) =
+            (secret.to_string(), seen.clone(), reported.clone(), handshakes.clone());
+        let spawned =
+            std::thread::Builder::new().name("opalcrs-agent-auth".into()).spawn(move || {
+                let why = match Channel::accept(stream, &secret) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(mut channel) => match channel.receive::<ToLauncher>() {
+                        Ok(ToLauncher::Hello { node, ranks }) if node < nodes => {
+                            let mut seen = seen.lock();
+                            if seen.contains(&node) {
+                                Some(format!("node {node} reported already"))
+                            } else {
+                                seen.push(node);
+                                let (list, changed) = &*reported;
+                                list.lock().push((channel, ranks));
+                                changed.notify_all();
+                                None
+                            }
+                        }
+                        _ => Some("no report of a node".to_string()),
+                    },
+                };
+                if let Some(why) = why {
+                    eprintln!("opal-run: warning: refused a connection from {peer}: {why}");
+                }
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            handshakes.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
