@@ -20,6 +20,10 @@
 //! scripts/install-slurm.sh, and says why on stderr and passes when it cannot. The
 //! criu jobs need CRIU >= 4 and are left out without it.
 //!
+//! A job of 4 ranks over 2 nodes (`opal-run -np 4` starting node agents with srun) is
+//! checkpointed, requeued and restarted on another placement; a stranger on its
+//! launcher's port is refused; a rank failing a checkpoint across nodes is named.
+//!
 //! The other tests run `opal-run` alone, as the job scripts do: fresh start,
 //! checkpoint on USR1 with exit status 85, restart, for self and criu; series names
 //! from the Slurm job; exit codes. And what a restore on another node needs: a tree
@@ -1763,5 +1767,117 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     if !problems.is_empty() {
         panic!("{}\n{report}\n{}", failure(job, &problems), cluster.logs());
     }
+    drop(cluster);
+}
+
+/// A job checkpoint across nodes in which one rank (rank 2, on the second node, not the
+/// launcher's; its component `none` by `OMPI_MCA_crs=none`) cannot checkpoint:
+/// `opal-checkpoint` of the launcher (run in the launcher's node's network namespace,
+/// where its control socket is) fails with exit 6 naming rank 2 and its PID, nothing
+/// is published, and every rank goes on to the exact result.
+#[test]
+fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-job-fail");
+    let programs = example_programs(&sb);
+    let cluster = Cluster::start(&sb.path("slurm"), 2)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let (result, output, checkpoints) =
+        (sb.path("fail.result"), sb.path("fail.out"), sb.path("checkpoints"));
+    let steps = 300u64;
+    let script = format!(
+        "exec {} -np 4 -w {} -n fail.ckpt -- /bin/sh -c '[ \"$OMPI_COMM_WORLD_RANK\" = 2 ] && export OMPI_MCA_crs=none; exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} {steps} {STEP_MS} {}",
+        opal_run().display(),
+        checkpoints.display(),
+        programs.0.display(),
+        result.display()
+    );
+    let out = sb
+        .command("sbatch")
+        .env("SLURM_CONF", &cluster.conf)
+        .args(["--parsable", "--nodes=2", "--ntasks-per-node=2"])
+        .arg(format!("--output={}", output.display()))
+        .arg(format!("--wrap={script}"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    let id = stdout.trim().split(';').next().unwrap().to_string();
+    let rank_pid = |rank: usize| {
+        let marker = format!("OMPI_COMM_WORLD_RANK={rank}");
+        cluster.job_processes().into_iter().find(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == programs.0)
+                && fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+        })
+    };
+    let working = wait_until(Duration::from_secs(60), || {
+        (0..4).all(|rank| rank_pid(rank).is_some())
+            && fs::read_to_string(&output).is_ok_and(|o| o.matches("step 10 ").count() == 4)
+    });
+    assert!(working, "the job's ranks did not start:\n{}", sb.read("fail.out"));
+    let launcher = cluster
+        .job_processes()
+        .into_iter()
+        .find(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+        })
+        .expect("no launcher");
+    let rank2 = rank_pid(2).unwrap();
+    let net = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    assert_ne!(net(rank2), net(launcher), "rank 2 runs on the launcher's node");
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{launcher}/ns/net"))
+        .arg(checkpoint_tool())
+        .arg(launcher.to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let series = checkpoints.join("fail.ckpt");
+    let published: Vec<String> = fs::read_dir(&series)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let finished = wait_until(Duration::from_secs(60), || {
+        cluster.job(&id).is_some_and(|info| {
+            info.iter().any(|(k, v)| k == "JobState" && v != "RUNNING" && v != "PENDING")
+        })
+    });
+    let state = cluster.job(&id).unwrap_or_default();
+    let field = |name: &str| state.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let expected = format!("steps {steps} value {}\n", expected_value(steps));
+    let results: Vec<String> = (0..4)
+        .map(|rank| fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default())
+        .collect();
+    let context = format!(
+        "opal-checkpoint: {:?}\n{stdout}{stderr}\njob: {:?}\n{}",
+        out.status,
+        field("JobState"),
+        fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("step "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(out.status.code(), Some(6), "{context}");
+    assert!(
+        stderr
+            .contains(&format!("job checkpoint failed, nothing published: rank 2 (PID {rank2}): "))
+            && stderr.contains("not checkpointable"),
+        "{context}"
+    );
+    assert!(published.iter().all(|name| name.parse::<u64>().is_err()), "published: {published:?}");
+    assert!(finished, "the job did not finish: {context}");
+    assert_eq!(
+        (field("JobState").as_deref(), field("ExitCode").as_deref()),
+        (Some("COMPLETED"), Some("0:0")),
+        "{context}"
+    );
+    assert!(results.iter().all(|r| *r == expected), "results {results:?}: {context}");
     drop(cluster);
 }
