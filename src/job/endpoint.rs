@@ -387,7 +387,8 @@ impl Endpoint {
     /// One global snapshot of every rank into `series`, by the ranks' component: self
     /// in two phases, criu as one image of the launcher's tree.
     fn checkpoint(&self, series: &Series) -> Result<CheckpointResult, Error> {
-        // Across nodes only self is coordinated; each rank reports its component.
+        // Across nodes only self is coordinated: a rank of another component refuses
+        // the held checkpoint, which names it.
         if self.job.agents.is_some() {
             return self.checkpoint_self(series);
         }
@@ -572,13 +573,6 @@ impl Endpoint {
                     let pid = self.job.ranks.get(rank).copied().unwrap_or_default();
                     failures.push(format!("rank {rank} (PID {pid}): {why}"))
                 }
-            }
-        }
-        if let (Some(_), Some(other)) = (&self.job.agents, component.as_ref()) {
-            if other != "self" {
-                failures.push(format!(
-                    "the ranks use component {other}: a job across nodes is checkpointed with self only"
-                ));
             }
         }
         let finished_ms = millis();
