@@ -20,6 +20,10 @@
 //! scripts/install-slurm.sh, and says why on stderr and passes when it cannot. The
 //! criu jobs need CRIU >= 4 and are left out without it.
 //!
+//! A job of 4 ranks over 2 nodes (`opal-run -np 4` starting node agents with srun) is
+//! checkpointed, requeued and restarted on another placement; a stranger on its
+//! launcher's port is refused; a rank failing a checkpoint across nodes is named.
+//!
 //! The other tests run `opal-run` alone, as the job scripts do: fresh start,
 //! checkpoint on USR1 with exit status 85, restart, for self and criu; series names
 //! from the Slurm job; exit codes. And what a restore on another node needs: a tree
@@ -1538,4 +1542,342 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
     let lines = sb.read("count").lines().count();
     assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
     kill(pid);
+}
+
+/// The port the process `pid` listens on over TCP (in its own network namespace).
+fn tcp_listen_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(3) == Some(&"0A");
+        let ours = fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode));
+        let port = fields.get(1)?.rsplit_once(':')?.1;
+        (listening && ours).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+    })
+}
+
+/// The node (by its slurmd's network namespace) each running copy of `program` of the
+/// cluster's jobs is on.
+fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
+    let net = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    cluster
+        .job_processes()
+        .into_iter()
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program))
+        .filter_map(|pid| {
+            let ns = net(pid as u32)?;
+            cluster.daemons.iter().find_map(|(name, child)| {
+                let node = name.strip_prefix("slurmd ")?;
+                (net(child.id()) == Some(ns.clone())).then(|| node.to_string())
+            })
+        })
+        .collect()
+}
+
+/// A job of 4 ranks over 2 nodes (examples/slurm/job4x2.sbatch; `opal-run -np 4` starts
+/// one node agent per node with srun) on a private Slurm of three namespaced nodes,
+/// warned twice, so that it needs three runs: each warning takes one global snapshot of
+/// the 4 ranks and the job is requeued. Its first run is on the first two nodes (the
+/// third drained); then the first node is drained and the third resumed, so the
+/// later runs restart every rank on another placement. Meanwhile a connection to the
+/// launcher's TCP port without the job's secret is refused and changes nothing. The
+/// job ends COMPLETED, each rank with the exact result.
+#[test]
+fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
+    let started = Instant::now();
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-job4x2");
+    let programs = example_programs(&sb);
+    let cluster = Cluster::start(&sb.path("slurm"), 3)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    cluster.set_node_state(&names[2], "drain");
+
+    let result = sb.path("job4x2.result");
+    let output = sb.path("job4x2.out");
+    let checkpoints = sb.path("checkpoints");
+    let out = sb
+        .command("sbatch")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OPAL_RUN", opal_run())
+        .env("OPAL_CHECKPOINT", checkpoint_tool())
+        .env("CKPT_DIR", &checkpoints)
+        .arg("--parsable")
+        .arg(format!("--output={}", output.display()))
+        .arg(repo().join("examples/slurm/job4x2.sbatch"))
+        .arg(&programs.0)
+        .arg(SHORT_STEPS.to_string())
+        .arg(STEP_MS.to_string())
+        .arg(&result)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    let mut jobs = vec![Job {
+        label: "self, 4 ranks over 2 nodes",
+        component: "self",
+        steps: SHORT_STEPS,
+        warnings: SHORT_WARNINGS,
+        id: stdout.trim().split(';').next().unwrap().to_string(),
+        output: output.clone(),
+        result: result.clone(),
+        warnings_sent: 0,
+        submitted: Instant::now(),
+        finished: None,
+    }];
+    let series = checkpoints.join(format!("slurm_{}.ckpt", jobs[0].id));
+    let listing = || {
+        fs::read_dir(&series).map_or(Vec::new(), |d| {
+            let mut names: Vec<String> =
+                d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names
+        })
+    };
+    let mut moved = false;
+    // Where each run's ranks were seen working: the node of each rank, sorted.
+    let mut placements: Vec<Vec<String>> = Vec::new();
+    // The stranger's connection: what it read, and the series before and after.
+    let mut stranger: Option<(String, Vec<String>, Vec<String>)> = None;
+    while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
+        poll(&cluster, &mut jobs);
+        let runs = jobs[0].runs();
+        if stranger.is_none() && runs.len() == 1 && runs[0].last.is_some_and(|l| l >= 20) {
+            let launcher = cluster.job_processes().into_iter().find(|&pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+            });
+            let port = launcher.and_then(|pid| tcp_listen_port(pid as u32));
+            let host = runs[0].host.clone().unwrap_or_default();
+            let node = cluster.nodes.iter().find(|n| host.starts_with(&n.name));
+            if let (Some(port), Some(node)) = (port, node) {
+                let before = listing();
+                let mut read = String::new();
+                if let Ok(mut stream) = std::net::TcpStream::connect((node.addr.as_str(), port)) {
+                    use std::io::Write;
+                    let _ = stream.write_all(b"{\"Hold\":{\"dir\":\"/tmp\"}}\n\"Go\"\n");
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = stream.read_to_string(&mut read);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                stranger = Some((read, before, listing()));
+            }
+        }
+        if let Some(run) = runs.last().filter(|r| r.ended_at.is_none()) {
+            let working = run.first.zip(run.last).is_some_and(|(f, l)| l >= f + 10);
+            if working && placements.len() < runs.len() {
+                let mut nodes = nodes_running(&cluster, &programs.0);
+                nodes.sort();
+                if nodes.len() == 4 {
+                    placements.push(nodes);
+                }
+            }
+        }
+        // The first run checkpointed: its requeue waits 5 s (cred_expire) to start.
+        if !moved && runs.first().is_some_and(|r| r.checkpointed) {
+            cluster.set_node_state(&names[0], "drain");
+            cluster.set_node_state(&names[2], "resume");
+            moved = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let job = &jobs[0];
+    let runs = job.runs();
+    let lost = lost_per_requeue(&runs);
+    let places: Vec<String> = runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect();
+    let report = format!(
+        "Slurm test, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}; ranks on {placements:?}",
+        job.id,
+        job.field("JobState").unwrap_or("not finished"),
+        started.elapsed().as_secs_f64(),
+        runs.len().saturating_sub(1),
+    );
+    eprintln!("{report}");
+    let mut problems = Vec::new();
+    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
+        problems.push(format!(
+            "ended {:?} with exit code {:?}",
+            job.field("JobState"),
+            job.field("ExitCode")
+        ));
+    }
+    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
+    for rank in 0..4 {
+        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
+        if got != expected {
+            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
+        }
+    }
+    if runs.len() != SHORT_WARNINGS + 1 {
+        problems.push(format!("{} runs, expected {}", runs.len(), SHORT_WARNINGS + 1));
+    }
+    let text = fs::read_to_string(&output).unwrap_or_default();
+    for (i, run) in runs.iter().enumerate().skip(1) {
+        let said = run.started.as_deref().unwrap_or("");
+        if !said.starts_with("opal-run: restarting the job of 4 ranks from global snapshot") {
+            problems.push(format!("run {i}: opal-run said {said:?}, not a job restart"));
+        }
+    }
+    if places.first().is_some_and(|p| !p.starts_with(&names[0]))
+        || places.iter().skip(1).any(|p| !p.starts_with(&names[1]))
+    {
+        problems.push(format!(
+            "ran on {places:?}: the first run belongs on {} and {}, the later ones on {} and {}",
+            names[0], names[1], names[1], names[2]
+        ));
+    }
+    if let Some(too_many) = lost.iter().find(|&&l| l > MAX_LOST_STEPS) {
+        problems.push(format!("a requeue lost {too_many} steps (more than {MAX_LOST_STEPS})"));
+    }
+    let two_each =
+        |a: &str, b: &str| vec![a.to_string(), a.to_string(), b.to_string(), b.to_string()];
+    let mut wanted = vec![two_each(&names[0], &names[1])];
+    wanted.resize(SHORT_WARNINGS + 1, two_each(&names[1], &names[2]));
+    if placements != wanted {
+        problems.push(format!("the ranks ran on {placements:?}, not {wanted:?}"));
+    }
+    match &stranger {
+        None => problems.push("the launcher's TCP port was never found".into()),
+        Some((read, before, after)) => {
+            if read.contains('{') || read.lines().count() > 1 {
+                problems.push(format!("the stranger got more than a challenge: {read:?}"));
+            }
+            if before != after {
+                problems.push(format!("the stranger changed the series: {before:?} -> {after:?}"));
+            }
+            if !text.contains("opal-run: warning: refused a connection from") {
+                problems.push("the launcher did not say that it refused the stranger".into());
+            }
+        }
+    }
+    if !problems.is_empty() {
+        panic!("{}\n{report}\n{}", failure(job, &problems), cluster.logs());
+    }
+    drop(cluster);
+}
+
+/// A job checkpoint across nodes in which one rank (rank 2, on the second node, not the
+/// launcher's; its component `none` by `OMPI_MCA_crs=none`) cannot checkpoint:
+/// `opal-checkpoint` of the launcher (run in the launcher's node's network namespace,
+/// where its control socket is) fails with exit 6 naming rank 2 and its PID, nothing
+/// is published, and every rank goes on to the exact result.
+#[test]
+fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
+    if let Some(why) = slurm_missing() {
+        eprintln!("skipped: Slurm test: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-job-fail");
+    let programs = example_programs(&sb);
+    let cluster = Cluster::start(&sb.path("slurm"), 2)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let (result, output, checkpoints) =
+        (sb.path("fail.result"), sb.path("fail.out"), sb.path("checkpoints"));
+    let steps = 300u64;
+    let script = format!(
+        "exec {} -np 4 -w {} -n fail.ckpt -- /bin/sh -c '[ \"$OMPI_COMM_WORLD_RANK\" = 2 ] && export OMPI_MCA_crs=none; exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} {steps} {STEP_MS} {}",
+        opal_run().display(),
+        checkpoints.display(),
+        programs.0.display(),
+        result.display()
+    );
+    let out = sb
+        .command("sbatch")
+        .env("SLURM_CONF", &cluster.conf)
+        .args(["--parsable", "--nodes=2", "--ntasks-per-node=2"])
+        .arg(format!("--output={}", output.display()))
+        .arg(format!("--wrap={script}"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    let id = stdout.trim().split(';').next().unwrap().to_string();
+    let rank_pid = |rank: usize| {
+        let marker = format!("OMPI_COMM_WORLD_RANK={rank}");
+        cluster.job_processes().into_iter().find(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == programs.0)
+                && fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+        })
+    };
+    let working = wait_until(Duration::from_secs(60), || {
+        (0..4).all(|rank| rank_pid(rank).is_some())
+            && fs::read_to_string(&output).is_ok_and(|o| o.matches("step 10 ").count() == 4)
+    });
+    assert!(working, "the job's ranks did not start:\n{}", sb.read("fail.out"));
+    let launcher = cluster
+        .job_processes()
+        .into_iter()
+        .find(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+        })
+        .expect("no launcher");
+    let rank2 = rank_pid(2).unwrap();
+    let net = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    assert_ne!(net(rank2), net(launcher), "rank 2 runs on the launcher's node");
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{launcher}/ns/net"))
+        .arg(checkpoint_tool())
+        .arg(launcher.to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let series = checkpoints.join("fail.ckpt");
+    let published: Vec<String> = fs::read_dir(&series)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let finished = wait_until(Duration::from_secs(60), || {
+        cluster.job(&id).is_some_and(|info| {
+            info.iter().any(|(k, v)| k == "JobState" && v != "RUNNING" && v != "PENDING")
+        })
+    });
+    let state = cluster.job(&id).unwrap_or_default();
+    let field = |name: &str| state.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let expected = format!("steps {steps} value {}\n", expected_value(steps));
+    let results: Vec<String> = (0..4)
+        .map(|rank| fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default())
+        .collect();
+    let context = format!(
+        "opal-checkpoint: {:?}\n{stdout}{stderr}\njob: {:?}\n{}",
+        out.status,
+        field("JobState"),
+        fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("step "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(out.status.code(), Some(6), "{context}");
+    assert!(
+        stderr
+            .contains(&format!("job checkpoint failed, nothing published: rank 2 (PID {rank2}): "))
+            && stderr.contains("not checkpointable"),
+        "{context}"
+    );
+    assert!(published.iter().all(|name| name.parse::<u64>().is_err()), "published: {published:?}");
+    assert!(finished, "the job did not finish: {context}");
+    assert_eq!(
+        (field("JobState").as_deref(), field("ExitCode").as_deref()),
+        (Some("COMPLETED"), Some("0:0")),
+        "{context}"
+    );
+    assert!(results.iter().all(|r| *r == expected), "results {results:?}: {context}");
+    drop(cluster);
 }

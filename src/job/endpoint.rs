@@ -56,6 +56,8 @@ pub struct Job {
     pub base: PathBuf,
     pub name: String,
     pub params: Params,
+    /// The node agents of a job across nodes; None when the ranks are children here.
+    pub agents: Option<Arc<super::agent::Agents>>,
 }
 
 struct State {
@@ -374,13 +376,22 @@ impl Endpoint {
             }
         }
         eprintln!("opal-run: ending the job after its checkpoint (--term)");
-        super::launcher::end_all(&self.job.ranks, &[libc::SIGKILL]);
+        // Across nodes the ranks are not ours: the agents end them once the launcher is
+        // gone.
+        if self.job.agents.is_none() {
+            super::launcher::end_all(&self.job.ranks, &[libc::SIGKILL]);
+        }
         std::process::exit(0)
     }
 
     /// One global snapshot of every rank into `series`, by the ranks' component: self
     /// in two phases, criu as one image of the launcher's tree.
     fn checkpoint(&self, series: &Series) -> Result<CheckpointResult, Error> {
+        // Across nodes only self is coordinated: a rank of another component refuses
+        // the held checkpoint, which names it.
+        if self.job.agents.is_some() {
+            return self.checkpoint_self(series);
+        }
         let components = self.rank_components()?;
         match components.first().map(String::as_str) {
             Some(first) if components.iter().any(|c| c != first) => Err(Error::new(
@@ -534,35 +545,33 @@ impl Endpoint {
         let pending = series.begin(self.job.launcher_pid)?;
         let dir = pending.dir.display().to_string();
 
-        // Phase one: every rank checkpoints into its place and holds.
-        let held: Vec<(usize, Held)> = self
-            .job
-            .ranks
-            .iter()
-            .enumerate()
-            .map(|(rank, &pid)| (rank, ask(rank, pid, &dir)))
-            .collect();
-        let running_ms = millis();
+        // Phase one: every rank checkpoints into its place and holds (through the node
+        // agents for a job across nodes).
         let mut failures = Vec::new();
-        let mut component = None;
-        for (rank, asked) in &held {
-            let outcome = match asked {
-                Ok((stream, id)) => local_result(stream, self.job.ranks[*rank], *id),
-                Err(why) => Err(why.clone()),
-            };
+        let mut component: Option<String> = None;
+        let (outcomes, release) = match &self.job.agents {
+            Some(agents) => agents.hold(&dir),
+            None => {
+                let ranks: Vec<(usize, i32)> = self.job.ranks.iter().copied().enumerate().collect();
+                let (outcomes, held) = hold_local(&ranks, &dir);
+                (outcomes, Release::Local(held))
+            }
+        };
+        let running_ms = millis();
+        for (rank, outcome) in outcomes {
             match outcome {
                 Ok(result) => {
-                    if component.as_ref().is_some_and(|c| *c != result.component) {
+                    if component.as_ref().is_some_and(|c| *c != result) {
                         failures.push(format!(
-                            "rank {rank}: component {}, not {} as the others",
-                            result.component,
+                            "rank {rank}: component {result}, not {} as the others",
                             component.as_deref().unwrap_or_default()
                         ));
                     }
-                    component.get_or_insert(result.component);
+                    component.get_or_insert(result);
                 }
                 Err(why) => {
-                    failures.push(format!("rank {rank} (PID {}): {why}", self.job.ranks[*rank]))
+                    let pid = self.job.ranks.get(rank).copied().unwrap_or_default();
+                    failures.push(format!("rank {rank} (PID {pid}): {why}"))
                 }
             }
         }
@@ -580,9 +589,7 @@ impl Endpoint {
                 format!("job checkpoint failed, nothing published: {}", failures.join("; ")),
             ))
         };
-        for (stream, _) in held.iter().filter_map(|(_, asked)| asked.as_ref().ok()) {
-            let _ = (&*stream).write_all(b"go\n");
-        }
+        release.go();
         let published = published?;
         Ok(CheckpointResult {
             seq: published.seq,
@@ -594,6 +601,52 @@ impl Endpoint {
             finished_ms,
             established_ms: millis(),
         })
+    }
+}
+
+/// Each rank's answer to phase one: its component, or why it failed.
+pub(super) type Outcome = (usize, Result<String, String>);
+
+/// What lets the held ranks go on once phase two is decided.
+pub(super) enum Release {
+    Local(Vec<UnixStream>),
+    Agents(Vec<super::channel::Channel>),
+}
+
+impl Release {
+    pub(super) fn go(self) {
+        match self {
+            Release::Local(held) => release_local(&held),
+            Release::Agents(agents) => agents.iter().for_each(super::agent::go),
+        }
+    }
+}
+
+/// Phase one on this node: each of `ranks` (rank, PID) checkpoints into `dir` and holds;
+/// the outcomes, and the connections of the ranks that hold.
+pub(super) fn hold_local(ranks: &[(usize, i32)], dir: &str) -> (Vec<Outcome>, Vec<UnixStream>) {
+    let asked: Vec<(usize, i32, Held)> =
+        ranks.iter().map(|&(rank, pid)| (rank, pid, ask(rank, pid, dir))).collect();
+    let mut outcomes = Vec::with_capacity(ranks.len());
+    let mut held = Vec::with_capacity(ranks.len());
+    for (rank, pid, asked) in asked {
+        let outcome = match asked {
+            Ok((stream, id)) => {
+                let result = local_result(&stream, pid, id).map(|r| r.component);
+                held.push(stream);
+                result
+            }
+            Err(why) => Err(why),
+        };
+        outcomes.push((rank, outcome));
+    }
+    (outcomes, held)
+}
+
+/// Phase two on this node: every held rank goes on.
+pub(super) fn release_local(held: &[UnixStream]) {
+    for stream in held {
+        let _ = (&*stream).write_all(b"go\n");
     }
 }
 

@@ -20,32 +20,35 @@ const GRACE: Duration = Duration::from_secs(2);
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// The environment that places a rank in the job (the names MPI-style programs read).
-pub fn rank_environment(rank: usize, size: usize) -> [(&'static str, String); 3] {
+/// `local` is its number among the ranks of its node.
+pub fn rank_environment(rank: usize, local: usize, size: usize) -> [(&'static str, String); 3] {
     [
         ("OMPI_COMM_WORLD_RANK", rank.to_string()),
         ("OMPI_COMM_WORLD_SIZE", size.to_string()),
-        ("OMPI_COMM_WORLD_LOCAL_RANK", rank.to_string()),
+        ("OMPI_COMM_WORLD_LOCAL_RANK", local.to_string()),
     ]
 }
 
-/// Starts `size` ranks of `argv`, each with `env` (and without the variables `removed`)
-/// and its place in the job. Rank 0 gets the launcher's standard input, the others
-/// none. A rank that cannot be started ends the ones already started. Each rank ends
+/// Starts the ranks `ranks` of a job of `size` ranks of `argv`, each with `env` (and
+/// without the variables `removed`) and its place in the job. Rank 0 gets the
+/// launcher's standard input, the others none. A rank that cannot be started ends the ones already started. Each rank ends
 /// when the launcher dies; the caller is the launcher's main thread.
 pub fn start(
     argv: &[OsString],
+    ranks: std::ops::Range<usize>,
     size: usize,
     env: &[(String, OsString)],
     removed: &[String],
 ) -> std::io::Result<Vec<i32>> {
-    let mut ranks = Vec::with_capacity(size);
-    for rank in 0..size {
+    let first = ranks.start;
+    let mut started = Vec::with_capacity(ranks.len());
+    for rank in ranks {
         let mut command = Command::new(&argv[0]);
         for name in removed {
             command.env_remove(name);
         }
         command.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
-        command.envs(rank_environment(rank, size));
+        command.envs(rank_environment(rank, rank - first, size));
         if rank > 0 {
             command.stdin(Stdio::null());
         }
@@ -53,14 +56,14 @@ pub fn start(
         // SAFETY: the closure only makes system calls.
         unsafe { command.pre_exec(move || crate::framework::end_with_parent(launcher)) };
         match command.spawn() {
-            Ok(child) => ranks.push(child.id() as i32),
+            Ok(child) => started.push(child.id() as i32),
             Err(e) => {
-                end_all(&ranks, &[]);
+                end_all(&started, &[]);
                 return Err(e);
             }
         }
     }
-    Ok(ranks)
+    Ok(started)
 }
 
 /// Exec'ing a rank resets these handlers; the launcher keeps them.
@@ -204,13 +207,13 @@ mod tests {
 
     #[test]
     fn each_rank_learns_its_place() {
-        let env = rank_environment(2, 4);
+        let env = rank_environment(3, 1, 4);
         assert_eq!(
             env,
             [
-                ("OMPI_COMM_WORLD_RANK", "2".to_string()),
+                ("OMPI_COMM_WORLD_RANK", "3".to_string()),
                 ("OMPI_COMM_WORLD_SIZE", "4".to_string()),
-                ("OMPI_COMM_WORLD_LOCAL_RANK", "2".to_string()),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", "1".to_string()),
             ]
         );
     }

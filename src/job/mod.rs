@@ -9,6 +9,8 @@
 //! its own control socket, so ranks started elsewhere (by `srun`) only need another way
 //! to reach them.
 
+pub mod agent;
+mod channel;
 pub mod endpoint;
 pub mod global;
 pub mod launcher;
@@ -61,20 +63,39 @@ pub fn job_environment(options: &JobOptions) -> Vec<(String, OsString)> {
 /// Starts the job fresh and supervises it: the job's exit status, or why its program
 /// could not be started.
 pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
-    let signal = checkpoint_signal(&options.params);
-    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
-    let removed: Vec<String> =
-        LAUNCHER_ONLY.iter().map(|name| format!("OMPI_MCA_{name}")).collect();
-    let ranks =
-        launcher::start(&options.command, options.size, &job_environment(options), &removed)?;
     let job = endpoint::Job {
         launcher_pid: std::process::id() as i32,
-        ranks,
+        ranks: Vec::new(),
         base: options.base.clone(),
         name: options.name.clone(),
         params: options.params.clone(),
+        agents: None,
     };
-    Ok(serve_and_supervise(job, signal))
+    if agent::across_nodes() {
+        return agent::launch(&agent::Launch {
+            size: options.size,
+            command: options.command.clone(),
+            env: job_environment(options),
+            restart: None,
+            job,
+        });
+    }
+    let signal = checkpoint_signal(&options.params);
+    launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
+    let ranks = launcher::start(
+        &options.command,
+        0..options.size,
+        options.size,
+        &job_environment(options),
+        &launcher_only_variables(),
+    )?;
+    let job = endpoint::Job { ranks: ranks.clone(), ..job };
+    Ok(serve_and_supervise(job, &ranks, signal))
+}
+
+/// The variables of the launcher's own parameters, which the ranks do not get.
+fn launcher_only_variables() -> Vec<String> {
+    LAUNCHER_ONLY.iter().map(|name| format!("OMPI_MCA_{name}")).collect()
 }
 
 /// Whether `target` names a job's global series (or one global snapshot).
@@ -119,17 +140,24 @@ pub fn restart(
         ));
     }
     let size = metadata.ranks.len();
+    if agent::across_nodes() {
+        return agent::launch(&agent::Launch {
+            size,
+            command: Vec::new(),
+            env: Vec::new(),
+            restart: Some(resolved.dir.clone()),
+            job: job_of_series(resolved, params),
+        })
+        .map(RestartOutcome::Exited)
+        .map_err(|e| {
+            (Step::Start, Error::io("starting the node agents with srun".to_string(), e))
+        });
+    }
     let mut plans = Vec::with_capacity(size);
     for rank in 0..size {
-        let local = Target::path(global::rank_snapshot(&resolved.dir, rank));
-        let mut prepared =
-            crate::restart::prepare(&local, params.clone(), verbose, Check::First, &[])
-                .map_err(|e| (Step::Choose, e))?;
-        // The rank's own series is inside the global snapshot: its later checkpoints of
-        // its own go to its default series instead.
-        prepared.plan.series = None;
-        prepared.plan.end_with_parent = true;
-        plans.push(prepared);
+        plans.push(
+            prepare_rank(&resolved.dir, rank, params, verbose).map_err(|e| (Step::Choose, e))?,
+        );
     }
     // Root restarting another user's job: the launcher becomes that user before it
     // starts anything, so the ranks, the launcher's socket and the snapshots it writes
@@ -155,31 +183,68 @@ pub fn restart(
     launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
     let mut ranks = Vec::with_capacity(size);
     for (rank, prepared) in plans.iter().enumerate() {
-        let started = crate::restart::apply_records(&prepared.plan).and_then(|()| {
-            for (name, value) in launcher::rank_environment(rank, size) {
-                // Single-threaded here: the endpoint's thread starts after the ranks.
-                std::env::set_var(name, value);
-            }
-            prepared.component.restart(&prepared.plan, true)
-        });
-        match started {
-            Ok(RestartOutcome::Spawned { pid, .. }) => ranks.push(pid),
-            Ok(_) => unreachable!("a self restart as a child is spawned"),
+        match start_rank(prepared, rank, rank, size) {
+            Ok(pid) => ranks.push(pid),
             Err(e) => {
                 launcher::end_all(&ranks, &[]);
                 return Err((Step::Start, e));
             }
         }
     }
+    let mut job = job_of_series(resolved, params);
+    job.ranks = ranks;
+    let children = job.ranks.clone();
+    Ok(RestartOutcome::Exited(serve_and_supervise(job, &children, signal)))
+}
+
+/// The job that a restart from `resolved` continues: its checkpoints go on in the same
+/// series. Its ranks are filled in once they run.
+fn job_of_series(resolved: &snapshot::Resolved, params: &Params) -> endpoint::Job {
     let series = resolved.series.as_ref().map_or(resolved.dir.as_path(), |s| s.path());
-    let job = endpoint::Job {
+    endpoint::Job {
         launcher_pid: std::process::id() as i32,
-        ranks,
+        ranks: Vec::new(),
         base: series.parent().unwrap_or(std::path::Path::new("/")).to_path_buf(),
         name: series.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         params: params.clone(),
-    };
-    Ok(RestartOutcome::Exited(serve_and_supervise(job, signal)))
+        agents: None,
+    }
+}
+
+/// Rank `rank` of the (self) global snapshot `global`, checked and ready to restart as
+/// a child of this process.
+fn prepare_rank(
+    global: &std::path::Path,
+    rank: usize,
+    params: &Params,
+    verbose: bool,
+) -> Result<crate::restart::Prepared, Error> {
+    let local = Target::path(global::rank_snapshot(global, rank));
+    let mut prepared = crate::restart::prepare(&local, params.clone(), verbose, Check::First, &[])?;
+    // The rank's own series is inside the global snapshot: its later checkpoints of
+    // its own go to its default series instead.
+    prepared.plan.series = None;
+    prepared.plan.end_with_parent = true;
+    Ok(prepared)
+}
+
+/// Restarts a prepared rank as a child of this process, with its place in the job
+/// (`local` its number on this node): its PID. Called before any other thread runs.
+fn start_rank(
+    prepared: &crate::restart::Prepared,
+    rank: usize,
+    local: usize,
+    size: usize,
+) -> Result<i32, Error> {
+    crate::restart::apply_records(&prepared.plan)?;
+    for (name, value) in launcher::rank_environment(rank, local, size) {
+        // Single-threaded here: the endpoint's thread starts after the ranks.
+        std::env::set_var(name, value);
+    }
+    match prepared.component.restart(&prepared.plan, true)? {
+        RestartOutcome::Spawned { pid, .. } => Ok(pid),
+        _ => unreachable!("a self restart as a child is spawned"),
+    }
 }
 
 /// criu: the global snapshot is one image of the launcher's tree; it is restored as
@@ -203,9 +268,9 @@ fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
 }
 
 /// Serves checkpoints of the job (asked for, on the checkpoint signal and every
-/// `opal_cr_checkpoint_interval` seconds) and waits for its ranks: the job's status.
-fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
-    let ranks = job.ranks.clone();
+/// `opal_cr_checkpoint_interval` seconds) and waits for its `children` (the ranks, or
+/// the `srun` of the node agents): the job's status.
+fn serve_and_supervise(job: endpoint::Job, children: &[i32], signal: Option<libc::c_int>) -> i32 {
     let params = job.params.clone();
     let endpoint = match endpoint::Endpoint::start(job) {
         Ok(endpoint) => Some(endpoint),
@@ -226,7 +291,7 @@ fn serve_and_supervise(job: endpoint::Job, signal: Option<libc::c_int>) -> i32 {
             eprintln!("opal-run: warning: no interval checkpoints: {e}");
         }
     }
-    launcher::supervise(&ranks, &mut |received| {
+    launcher::supervise(children, &mut |received| {
         if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
             endpoint.checkpoint_now();
         }

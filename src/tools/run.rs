@@ -51,6 +51,11 @@ pub const OPTIONS: &[OptionDef] = &[
         value: Some("N"),
         help: "Start N ranks of COMMAND as one parallel job (see \"Parallel jobs\")",
     },
+    OptionDef {
+        names: &["node-agent"],
+        value: None,
+        help: "Internal: the node agent of a job across Slurm nodes, started by opal-run -np through srun",
+    },
 ];
 
 /// The most ranks one launcher starts.
@@ -84,6 +89,13 @@ pub fn main() -> i32 {
     if parsed.has("h") {
         print!("{}", usage(SYNOPSIS, TITLE, OPTIONS));
         return 0;
+    }
+    // A restarting job's agents get no command: their ranks' snapshots name theirs.
+    if parsed.has("node-agent") {
+        return match crate::runtime::load_params(parsed.mca.clone()) {
+            Ok(params) => crate::job::agent::node_agent(command, &params, parsed.has("v")),
+            Err(e) => fail(e, EXIT_USAGE),
+        };
     }
     let Some(program) = command.first().map(|p| p.to_string_lossy()) else {
         return usage_error("no command given");
