@@ -752,3 +752,23 @@ fn term_checkpoints_a_criu_job_and_ends_it() {
     require_criu!();
     term_ends_the_job_after_its_checkpoint("criu", &[("OMPI_MCA_crs", "criu")]);
 }
+
+/// A job ended by a signal passed on to its ranks exits with 128+N, whatever a rank
+/// makes of the signal (here rank 1 exits 70 on TERM, as a ring rank does whose
+/// neighbour went first; the job exited 70 before, now and then in
+/// `opal_run_passes_signals_on_to_a_restored_criu_job`).
+#[test]
+fn a_job_ended_by_a_signal_exits_with_that_signal() {
+    let sb = Sandbox::new("jobs-term-status");
+    let script = "trap 'exit $((70 * OMPI_COMM_WORLD_RANK))' TERM; echo up >> \"$0\"; \
+                  while :; do sleep 0.05; done";
+    let marks = sb.path("up");
+    let mut job =
+        launch(&sb, &["-np", "2", "sh", "-c", script, marks.to_str().unwrap()], &[], "job");
+    let both_up = || std::fs::read_to_string(&marks).is_ok_and(|s| s.lines().count() == 2);
+    assert!(wait_until(LONG, both_up), "{}", sb.read("job.out"));
+    // SAFETY: plain kill of the opal-run this test started.
+    unsafe { libc::kill(job.id() as i32, libc::SIGTERM) };
+    let status = finish(&mut job, "the job", &sb, "job");
+    assert_eq!(status, 143, "{}", sb.read("job.out"));
+}

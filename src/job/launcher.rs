@@ -110,15 +110,21 @@ fn describe(status: i32) -> String {
 }
 
 /// Waits for every rank and returns the job's status: that of the first rank to fail,
-/// or 0. `on_signal` gets each signal that is not passed on (e.g. the checkpoint
-/// signal).
+/// or 0; 128+N when the launcher passed on a terminating signal N and a rank failed
+/// (which rank ends first is then chance: a rank whose neighbour went first may fail
+/// in its own way). `on_signal` gets each signal that is not passed on (e.g. the
+/// checkpoint signal).
 pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
     let mut live: Vec<bool> = vec![true; ranks.len()];
     let mut failed: Option<i32> = None;
+    let mut ended_by: Option<libc::c_int> = None;
     let mut kill_at: Option<Instant> = None;
     while live.iter().any(|&l| l) {
         for signal in take_pending() {
             if FORWARDED.contains(&signal) {
+                if [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM].contains(&signal) {
+                    ended_by.get_or_insert(signal);
+                }
                 for (pid, _) in ranks.iter().zip(&live).filter(|(_, l)| **l) {
                     // SAFETY: plain kill of a rank we started and have not reaped.
                     unsafe { libc::kill(*pid, signal) };
@@ -151,7 +157,10 @@ pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
             kill_at = Some(Instant::now() + GRACE);
         }
     }
-    failed.unwrap_or(0)
+    match (failed, ended_by) {
+        (Some(_), Some(signal)) => 128 + signal,
+        (failed, _) => failed.unwrap_or(0),
+    }
 }
 
 /// Waits for a rank to end (with `poll`, only looks) and reaps it: its PID and wait
