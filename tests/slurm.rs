@@ -62,6 +62,21 @@ fn expected_value(steps: u64) -> u64 {
     })
 }
 
+/// Says why and returns true when this machine cannot run a private Slurm.
+fn skipped_without_slurm() -> bool {
+    let missing = slurm_missing();
+    if let Some(why) = &missing {
+        eprintln!("skipped: Slurm test: {why}");
+    }
+    missing.is_some()
+}
+
+/// A private Slurm of `nodes` nodes in the sandbox (see [`Cluster::start`]).
+fn start_private_cluster(sb: &Sandbox, nodes: usize) -> Cluster {
+    Cluster::start(&sb.path("slurm"), nodes)
+        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"))
+}
+
 fn slurm_missing() -> Option<String> {
     if !is_root() {
         return Some("needs root to run Slurm's daemons".into());
@@ -885,8 +900,7 @@ fn failure(job: &Job, problems: &[String]) -> String {
 #[test]
 fn batch_jobs_finish_correctly_across_requeues() {
     let started = Instant::now();
-    if let Some(why) = slurm_missing() {
-        eprintln!("skipped: Slurm test: {why}");
+    if skipped_without_slurm() {
         return;
     }
     let criu = criu_missing();
@@ -895,10 +909,7 @@ fn batch_jobs_finish_correctly_across_requeues() {
     }
     let sb = Sandbox::new("slurm");
     let programs = example_programs(&sb);
-    let cluster = match Cluster::start(&sb.path("slurm"), 1) {
-        Ok(c) => c,
-        Err(e) => panic!("cannot start the private Slurm cluster: {e}"),
-    };
+    let cluster = start_private_cluster(&sb, 1);
     let cluster_ready = started.elapsed();
 
     let short = std::env::var_os("OPALCRS_SLURM_SHORT").is_some();
@@ -1125,13 +1136,11 @@ fn figures_from_a_job_output() {
 /// (srun is preloaded then, and passes it on).
 #[test]
 fn srun_with_the_preload_on_its_command_line_preloads_the_step_program() {
-    if let Some(why) = slurm_missing() {
-        eprintln!("skipped: Slurm test: {why}");
+    if skipped_without_slurm() {
         return;
     }
     let sb = Sandbox::new("slurm-srun");
-    let cluster = Cluster::start(&sb.path("slurm"), 1)
-        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let cluster = start_private_cluster(&sb, 1);
     let self_app = cc_without_library("preload_app.c", "preload-app", &["-rdynamic"]);
     let mut cases = vec![("self", self_app.clone(), true), ("self", self_app, false)];
     if criu_missing().is_none() {
@@ -1289,8 +1298,7 @@ fn last_step_pid(output: &str) -> Option<u32> {
 #[test]
 fn requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups() {
     let started = Instant::now();
-    if let Some(why) = slurm_missing() {
-        eprintln!("skipped: Slurm test: {why}");
+    if skipped_without_slurm() {
         return;
     }
     let criu = criu_missing();
@@ -1299,8 +1307,7 @@ fn requeued_jobs_restart_on_another_node_inside_the_new_jobs_cgroups() {
     }
     let sb = Sandbox::new("slurm-nodes");
     let programs = example_programs(&sb);
-    let cluster = Cluster::start(&sb.path("slurm"), 2)
-        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let cluster = start_private_cluster(&sb, 2);
     let cluster_ready = started.elapsed();
     let (first, second) = (cluster.nodes[0].name.clone(), cluster.nodes[1].name.clone());
     cluster.set_node_state(&second, "drain");
@@ -1594,14 +1601,12 @@ fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
 #[test]
 fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     let started = Instant::now();
-    if let Some(why) = slurm_missing() {
-        eprintln!("skipped: Slurm test: {why}");
+    if skipped_without_slurm() {
         return;
     }
     let sb = Sandbox::new("slurm-job4x2");
     let programs = example_programs(&sb);
-    let cluster = Cluster::start(&sb.path("slurm"), 3)
-        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let cluster = start_private_cluster(&sb, 3);
     assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     cluster.set_node_state(&names[2], "drain");
@@ -1777,14 +1782,12 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
 /// is published, and every rank goes on to the exact result.
 #[test]
 fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
-    if let Some(why) = slurm_missing() {
-        eprintln!("skipped: Slurm test: {why}");
+    if skipped_without_slurm() {
         return;
     }
     let sb = Sandbox::new("slurm-job-fail");
     let programs = example_programs(&sb);
-    let cluster = Cluster::start(&sb.path("slurm"), 2)
-        .unwrap_or_else(|e| panic!("cannot start the private Slurm cluster: {e}"));
+    let cluster = start_private_cluster(&sb, 2);
     assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
     let (result, output, checkpoints) =
         (sb.path("fail.result"), sb.path("fail.out"), sb.path("checkpoints"));
