@@ -211,6 +211,9 @@ fn result_reply(id: u64, result: WireResult) -> Reply {
 /// The serving side of one process.
 pub struct Server {
     rt: Arc<Runtime>,
+    /// The uid every user not mapped into this process's user namespace appears as
+    /// (`/proc/sys/kernel/overflowuid`): such peers cannot be told apart.
+    unmapped_uid: u32,
     shared: Arc<Shared>,
     listener: Option<UnixListener>,
     next_id: u64,
@@ -249,8 +252,13 @@ impl Server {
             }),
             changed: Condvar::new(),
         });
+        let unmapped_uid = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(65534);
         let mut server = Server {
             rt,
+            unmapped_uid,
             shared,
             listener: None,
             next_id: 1,
@@ -429,6 +437,16 @@ impl Server {
         // SAFETY: geteuid has no preconditions.
         let own_uid = unsafe { libc::geteuid() };
         let cred = match control::peer_cred(&stream) {
+            // In a user namespace without a mapping for them, root and every other
+            // user all look like the overflow uid, as this process does without one.
+            Ok(cred) if cred.uid == self.unmapped_uid => {
+                let refusal = format!(
+                    "permission denied: the client's uid is not mapped into the user namespace of process {}, which cannot tell it from other users",
+                    current_pid()
+                );
+                answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
+                return;
+            }
             Ok(cred) if cred.uid == 0 || cred.uid == own_uid => cred,
             refused => {
                 let refusal = match refused {
