@@ -69,6 +69,8 @@ enum Quiet {
 
 struct Control {
     stop: bool,
+    /// The listener thread is to return its server at the next idle moment.
+    pause: bool,
     submitted: Vec<(Request, ApiSlot)>,
     finished: Vec<(u64, JobResult)>,
     quiet: Quiet,
@@ -89,6 +91,13 @@ impl Shared {
     /// Asks the listener thread to stop.
     pub fn stop(&self) {
         self.control.lock().stop = true;
+        self.wake();
+    }
+
+    /// Asks the listener thread to end once no checkpoint is queued or running, and to
+    /// hand its server (socket, connections, results) back through its join handle.
+    pub fn pause(&self) {
+        self.control.lock().pause = true;
         self.wake();
     }
 
@@ -246,6 +255,7 @@ impl Server {
             wake,
             control: Mutex::new(Control {
                 stop: false,
+                pause: false,
                 submitted: Vec::new(),
                 finished: Vec::new(),
                 quiet: Quiet::Open,
@@ -726,18 +736,23 @@ impl Server {
         wait_slot(&slot)
     }
 
-    /// The listener thread's loop.
-    pub fn run(mut self) {
+    /// The listener thread's loop: the server back when paused, nothing when stopped.
+    pub fn run(mut self) -> Option<Server> {
         while self.absorb() {
             if self.running.is_none() {
                 if let Some(job) = self.queue.pop_front() {
                     self.start_worker(job);
                     continue;
                 }
+                let idle = self.quiet_for.is_none() && self.exit_after.is_none();
+                if idle && std::mem::take(&mut self.shared.control.lock().pause) {
+                    return Some(self);
+                }
             }
             self.wait_for_events();
         }
         WAKE_FD.store(-1, Ordering::SeqCst);
+        None
     }
 
     fn wait_for_events(&self) {
