@@ -1534,6 +1534,12 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
     ];
     for (text, why) in cases {
         forge(text);
+        // --verify refuses what a restart refuses, with the same message.
+        let out = sb.restart(&["--verify", snapshot.to_str().unwrap()]);
+        let (stdout, stderr) = self::text(&out);
+        assert_eq!(out.status.code(), Some(3), "--verify: {stdout}{stderr}");
+        let refused = format!("Restorable here: no: cannot restore {} here: ", snapshot.display());
+        assert!(stdout.contains(&refused) && stdout.contains(&why), "--verify: {stdout}");
         let (status, stdout, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
         if let Ok(restored) = stdout.trim().parse() {
             sb.adopt(restored);
@@ -1548,6 +1554,10 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
         assert!(stdout.trim().is_empty(), "{stdout}");
     }
     forge(dumped);
+    let out = sb.restart(&["--verify", snapshot.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "--verify: {stdout}{stderr}");
+    assert!(stdout.contains("\nRestorable here: yes ("), "--verify: {stdout}");
     let (pid, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
     let lines = sb.read("count").lines().count();
     assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
