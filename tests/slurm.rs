@@ -1566,6 +1566,11 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
 
 /// The port the process `pid` listens on over TCP (in its own network namespace).
 fn tcp_listen_port(pid: u32) -> Option<u16> {
+    tcp_listener(pid).map(|address| address.port())
+}
+
+/// The address and port the process `pid` listens on over TCP (IPv4).
+fn tcp_listener(pid: u32) -> Option<std::net::SocketAddrV4> {
     let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
         .flatten()
@@ -1580,8 +1585,11 @@ fn tcp_listen_port(pid: u32) -> Option<u16> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let listening = fields.get(3) == Some(&"0A");
         let ours = fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode));
-        let port = fields.get(1)?.rsplit_once(':')?.1;
-        (listening && ours).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        // ADDR:PORT in hex, the address's bytes read as one number of this host's order.
+        let (address, port) = fields.get(1)?.split_once(':')?;
+        let address = u32::from_str_radix(address, 16).ok()?.to_ne_bytes();
+        let port = u16::from_str_radix(port, 16).ok()?;
+        (listening && ours).then(|| std::net::SocketAddrV4::new(address.into(), port))
     })
 }
 
@@ -2015,6 +2023,7 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
     });
     assert!(working, "the job did not start working: {}", context(&jobs));
     let launcher = job_launcher(&cluster).expect("no launcher");
+    let listening = tcp_listener(launcher as u32);
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{launcher}/ns/net"))
         .arg(checkpoint_tool())
@@ -2036,10 +2045,11 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
     let mut down_after = None;
     while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
         poll(&cluster, &mut jobs);
+        // DOWN+COMPLETING while the requeued job is cleaned up (sinfo says "completing").
         if down_after.is_none()
             && cluster
-                .slurm("sinfo", &["-h", "-n", &crashed, "-o", "%T"])
-                .is_ok_and(|s| s.trim().starts_with("down"))
+                .slurm("scontrol", &["show", "node", "-o", &crashed])
+                .is_ok_and(|s| s.split_whitespace().any(|w| w.starts_with("State=DOWN")))
         {
             down_after = Some(killed_at.0.elapsed().as_secs_f64());
         }
@@ -2088,6 +2098,11 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
         if got != expected {
             problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
         }
+    }
+    // The launcher listens on its node's address alone, the one its agents are told.
+    let node_addr = cluster.nodes.iter().find(|n| n.name == crashed).map(|n| n.addr.clone());
+    if listening.map(|l| l.ip().to_string()) != node_addr {
+        problems.push(format!("the launcher listened on {listening:?}, not on {node_addr:?}"));
     }
     if runs.len() != 2 {
         problems.push(format!("{} runs, expected 2 (one requeue, after the crash)", runs.len()));
