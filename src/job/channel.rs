@@ -131,6 +131,15 @@ struct Receiver {
     seq: u64,
 }
 
+/// What the next frame on a connection was.
+enum Frame {
+    Body(Vec<u8>),
+    /// The peer closed the connection between frames.
+    End,
+    /// Not the peer's next frame, intact: why.
+    Refused(String),
+}
+
 /// One authenticated connection. Its handles (`try_clone`) share the sequence numbers
 /// and the read buffer.
 pub(crate) struct Channel {
@@ -232,12 +241,11 @@ impl Channel {
     /// the peer's next one, intact, ends the connection (InvalidData, naming the peer).
     pub(crate) fn receive<T: DeserializeOwned>(&mut self) -> std::io::Result<T> {
         let mut receiver = self.receiver.lock();
-        let body = match self.next_body(&mut receiver) {
-            Ok(Some(body)) => body,
-            Ok(None) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Err(why) => {
-                let warning =
-                    format!("closed the job channel with {}: {why}: refused", self.session.peer);
+        let body = match self.next_frame(&mut receiver)? {
+            Frame::Body(body) => body,
+            Frame::End => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Frame::Refused(why) => {
+                let warning = format!("closed the job channel with {}: {why}", self.session.peer);
                 eprintln!("opal-run: warning: {warning}");
                 let _ = receiver.reader.get_ref().shutdown(Shutdown::Both);
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, warning));
@@ -247,36 +255,40 @@ impl Channel {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    /// The body of the next frame, its tag checked; None at a clean end of the stream;
-    /// Err: why the frame is refused.
-    fn next_body(&self, receiver: &mut Receiver) -> Result<Option<Vec<u8>>, String> {
+    /// The next frame, its tag checked.
+    fn next_frame(&self, receiver: &mut Receiver) -> std::io::Result<Frame> {
+        if receiver.reader.fill_buf()?.is_empty() {
+            return Ok(Frame::End);
+        }
+        // The peer closed the connection inside a frame: refused, not a clean end.
         let truncated = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "a truncated message".to_string(),
-            _ => format!("cannot read a message: {e}"),
+            std::io::ErrorKind::UnexpectedEof => Ok(Frame::Refused("a truncated message".into())),
+            _ => Err(e),
         };
         let mut length = [0u8; 4];
-        match receiver.reader.fill_buf() {
-            Ok([]) => return Ok(None),
-            Ok(_) => {}
-            Err(e) => return Err(truncated(e)),
+        if let Err(e) = receiver.reader.read_exact(&mut length) {
+            return truncated(e);
         }
-        receiver.reader.read_exact(&mut length).map_err(truncated)?;
         let length = u32::from_be_bytes(length) as usize;
         if length > MAX_MESSAGE {
-            return Err(format!("a message of {length} bytes (at most {MAX_MESSAGE})"));
+            return Ok(Frame::Refused(format!(
+                "a message of {length} bytes (at most {MAX_MESSAGE})"
+            )));
         }
         let mut body = vec![0u8; length];
-        receiver.reader.read_exact(&mut body).map_err(truncated)?;
         let mut tag = [0u8; TAG_BYTES];
-        receiver.reader.read_exact(&mut tag).map_err(truncated)?;
+        let read = receiver.reader.read_exact(&mut body);
+        if let Err(e) = read.and_then(|()| receiver.reader.read_exact(&mut tag)) {
+            return truncated(e);
+        }
         let expected = self.session.tag(self.session.incoming, receiver.seq, &body);
         if !same(&tag, &expected) {
-            return Err(format!(
+            return Ok(Frame::Refused(format!(
                 "message {} fails its MAC (forged, replayed, out of order or of another connection)",
                 receiver.seq
-            ));
+            )));
         }
-        Ok(Some(body))
+        Ok(Frame::Body(body))
     }
 
     /// A second handle on the same connection (one side reads, the other writes).
@@ -463,6 +475,14 @@ mod tests {
         let (mut launcher, agent) = connected(&secret);
         let whole = seal(&agent, 41);
         let seen = refused_after(&mut launcher, &agent, &[&whole[..whole.len() - 1]]);
-        assert!(seen.starts_with("[] then"), "{seen}");
+        assert!(seen.starts_with("[] then") && seen.contains("a truncated message"), "{seen}");
+    }
+
+    #[test]
+    fn a_message_longer_than_the_limit_is_refused_before_it_is_read() {
+        let secret = new_secret().unwrap();
+        let (mut launcher, agent) = connected(&secret);
+        let seen = refused_after(&mut launcher, &agent, &[&u32::MAX.to_be_bytes()]);
+        assert!(seen.contains(&format!("a message of {} bytes", u32::MAX)), "{seen}");
     }
 }
