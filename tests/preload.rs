@@ -686,3 +686,30 @@ fn preloaded_programs_enter_user_namespaces_and_stay_checkpointable() {
     assert!(log.contains("unshared 0\n"), "the program could not enter a user namespace: {log}");
     assert!(status.status.success(), "no answer after the namespace change: {:?}", text(&status));
 }
+
+#[test]
+fn a_program_that_closes_our_descriptors_loses_no_byte_and_stays_checkpointable() {
+    let sb = Sandbox::new("preload-closed-fds");
+    let exe = cc_without_library("close_all_fds.c", "close-all-fds", &[]);
+    let data = sb.path("data");
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("log")).arg(&data).env("LD_PRELOAD", library());
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("log").contains("ready")), "{}", sb.read("app.err"));
+    // The checkpoint signal: its doorbell must not ring into the program's file.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let answered =
+        wait_until(LONG, || sb.checkpoint(&["--status", &pid.to_string()]).status.success());
+    // ... and the signal is not lost: its checkpoint is taken once the doorbell is back.
+    let snapshot = sb.path(&format!("opal_snapshot_{pid}.ckpt/0"));
+    let signalled = criu_not_ready().is_some() || wait_until(LONG, || snapshot.exists());
+    let written = std::fs::metadata(&data).unwrap().len();
+    kill_and_reap(&mut app);
+    assert_eq!(
+        written, 0,
+        "the library wrote into a file of the program at one of its old numbers"
+    );
+    assert!(answered, "the program lost its control socket for good: {}", sb.read("app.err"));
+    assert!(signalled, "the checkpoint signal was lost: {}", sb.read("app.err"));
+}

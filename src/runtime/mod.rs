@@ -209,10 +209,10 @@ pub(crate) fn restore_signal_mask(mask: &libc::sigset_t) {
 /// `pthread_atfork` child handler: close the parent's control socket and doorbell so
 /// the child never answers for its parent. Only async-signal-safe calls.
 extern "C" fn close_inherited_endpoint() {
-    for fd in [&server::LISTENER_FD, &server::WAKE_FD] {
-        let raw = fd.swap(-1, Ordering::SeqCst);
-        if raw >= 0 {
-            // SAFETY: closing a descriptor this library opened; the child never uses it again.
+    for fd in [&server::LISTENER_FD, &server::WAKE_FD, &server::WAKE_READ_FD] {
+        if let Some(raw) = fd.take() {
+            // SAFETY: closing a descriptor this library opened (still refers to what it
+            // opened); the child never uses it again.
             unsafe { libc::close(raw) };
         }
     }
@@ -430,7 +430,6 @@ fn cr_finalize_locked(state: &mut State) {
         Some(ServerHandle::Inline(server)) => drop(server),
         None => {}
     }
-    server::WAKE_FD.store(-1, Ordering::SeqCst);
     USES_THREAD.store(false, Ordering::SeqCst);
     if let Some(component) = state.selected.take() {
         component.finalize();

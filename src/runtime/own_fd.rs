@@ -1,8 +1,77 @@
 //! The library's long-lived descriptors in the program live above the numbers programs
 //! use: a program may `dup2` onto a fixed small number (which would silently close
 //! ours) or count on `open` returning the lowest free one (zdtm `pipe00`, `tty00`).
+//! A program may still close them (`close_range(3, ~0U)`, as careful programs do) and
+//! get the numbers back for files of its own, so each is known by what it refers to as
+//! well ([`Identity`]): nothing of ours is written to, read from or closed at a number
+//! that refers to something else now.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+/// What a descriptor refers to: device and inode (each socket has an inode of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+/// What `fd` refers to, or None if it is not open. Async-signal-safe (one fstat).
+pub fn identity(fd: RawFd) -> Option<Identity> {
+    // SAFETY: fstat writes into a stat buffer of its own size.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (fd >= 0 && unsafe { libc::fstat(fd, &mut st) } == 0)
+        .then_some(Identity { dev: st.st_dev, ino: st.st_ino })
+}
+
+/// Whether `fd` still refers to `was`.
+pub fn still(fd: RawFd, was: Identity) -> bool {
+    identity(fd) == Some(was)
+}
+
+/// A descriptor of ours that other threads, the signal handler or a forked child use
+/// by number: the number with its identity, so a user finds it only while it still
+/// refers to what was published.
+pub struct PublishedFd {
+    fd: AtomicI32,
+    dev: AtomicU64,
+    ino: AtomicU64,
+}
+
+impl PublishedFd {
+    pub const fn new() -> PublishedFd {
+        PublishedFd { fd: AtomicI32::new(-1), dev: AtomicU64::new(0), ino: AtomicU64::new(0) }
+    }
+
+    pub fn publish(&self, fd: RawFd) {
+        self.fd.store(-1, Ordering::SeqCst);
+        if let Some(Identity { dev, ino }) = identity(fd) {
+            self.dev.store(dev, Ordering::SeqCst);
+            self.ino.store(ino, Ordering::SeqCst);
+            self.fd.store(fd, Ordering::SeqCst);
+        }
+    }
+
+    pub fn withdraw(&self) {
+        self.fd.store(-1, Ordering::SeqCst);
+    }
+
+    /// The number, while it refers to what was published. Async-signal-safe.
+    pub fn get(&self) -> Option<RawFd> {
+        let fd = self.fd.load(Ordering::SeqCst);
+        let was =
+            Identity { dev: self.dev.load(Ordering::SeqCst), ino: self.ino.load(Ordering::SeqCst) };
+        (fd >= 0 && still(fd, was)).then_some(fd)
+    }
+
+    /// Withdraws the number and returns it if it was still ours (a forked child closes
+    /// it). Async-signal-safe.
+    pub fn take(&self) -> Option<RawFd> {
+        let fd = self.get();
+        self.withdraw();
+        fd
+    }
+}
 
 /// Where the library's descriptors start when the descriptor limit allows.
 pub(crate) const FLOOR: RawFd = 1000;
@@ -54,6 +123,27 @@ mod tests {
     fn fresh() -> OwnedFd {
         // SAFETY: plain eventfd creation; the descriptor is ours.
         unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) }
+    }
+
+    #[test]
+    fn a_published_number_closed_and_reused_is_not_ours() {
+        let ours = above_program(fresh());
+        let published = PublishedFd::new();
+        published.publish(ours.as_raw_fd());
+        assert_eq!(published.get(), Some(ours.as_raw_fd()));
+        let was = identity(ours.as_raw_fd()).unwrap();
+        let number = ours.as_raw_fd();
+        drop(ours);
+        assert_eq!(published.get(), None, "closed");
+        // The program's own file at the same number.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        // SAFETY: dup2 onto the number just freed; `file` stays open.
+        assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), number) }, number);
+        assert_eq!(published.get(), None, "reused by another file");
+        assert!(!still(number, was));
+        assert_eq!(published.take(), None);
+        // SAFETY: the dup made above, not ours to keep.
+        unsafe { libc::close(number) };
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! (under a new name in a restored copy, which must not answer for the original).
 
 use super::checkpoint::{self, Done, Origin, Outcome, Request};
-use super::own_fd;
+use super::own_fd::{self, PublishedFd};
 use super::Runtime;
 use crate::control::{
     self, CheckpointResult, ErrorKind, PendingRequest, Received, Reply, Status, PROTOCOL_VERSION,
@@ -18,20 +18,24 @@ use crate::control::{
 use crate::error::Error;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Set by the signal handler; the eventfd below wakes the listener thread.
+/// Set by the signal handler; the doorbell below wakes the listener thread.
 pub static SIGNAL_PENDING: AtomicBool = AtomicBool::new(false);
 /// Set by the built-in notify callback: take a checkpoint with default options.
 pub static SIGNAL_CHECKPOINT: AtomicBool = AtomicBool::new(false);
-/// The eventfd the signal handler writes to (-1 when none).
-pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// The listening control socket (-1 when closed), for a forked child to close.
-pub static LISTENER_FD: AtomicI32 = AtomicI32::new(-1);
+/// The doorbell's end that the signal handler and other threads write a byte to.
+pub static WAKE_FD: PublishedFd = PublishedFd::new();
+/// The doorbell's end the listener polls (for a forked child to close).
+pub static WAKE_READ_FD: PublishedFd = PublishedFd::new();
+/// The listening control socket, for a forked child to close.
+pub static LISTENER_FD: PublishedFd = PublishedFd::new();
+/// How often the listener looks whether the program closed its descriptors.
+const DESCRIPTOR_CHECK: Duration = Duration::from_secs(1);
 
 /// Exit status of a process that ends after a signal-triggered checkpoint
 /// (`opal_cr_signal_exit=1`), so a job script can tell it from a finished run.
@@ -78,14 +82,13 @@ struct Control {
 
 /// State shared between the listener thread, workers and API callers.
 pub struct Shared {
-    wake: OwnedFd,
     control: Mutex<Control>,
     changed: Condvar,
 }
 
 impl Shared {
     fn wake(&self) {
-        write_eventfd(self.wake.as_raw_fd());
+        ring_doorbell();
     }
 
     /// Asks the listener thread to stop.
@@ -145,24 +148,80 @@ pub fn wait_slot(slot: &ApiSlot) -> JobResult {
     }
 }
 
-fn write_eventfd(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes to an eventfd; async-signal-safe (used from the handler).
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+/// Wakes the listener: a byte into the doorbell, if its number is still ours (a
+/// program that closed it may have a file of its own there now). Async-signal-safe.
+fn ring_doorbell() {
+    if let Some(fd) = WAKE_FD.get() {
+        // SAFETY: one byte to a non-blocking datagram socket of ours; no SIGPIPE.
+        unsafe {
+            libc::send(fd, [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+    }
 }
 
-fn drain_eventfd(fd: RawFd) {
-    let mut value: u64 = 0;
-    // SAFETY: reading 8 bytes from a non-blocking eventfd.
-    unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) };
+/// A socket pair the listener thread polls: the signal handler, workers and API callers
+/// wake it by writing a byte to the other end. Sockets rather than an eventfd: each end
+/// has an inode of its own, so a number the program closed and reused is told apart.
+struct Doorbell {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Doorbell {
+    fn new() -> std::io::Result<Doorbell> {
+        let mut pair = [-1; 2];
+        let kind = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        // SAFETY: socketpair fills two descriptors on success.
+        if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both are fresh descriptors we own.
+        let (read, write) =
+            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let bell =
+            Doorbell { read: own_fd::above_program(read), write: own_fd::above_program(write) };
+        bell.publish();
+        Ok(bell)
+    }
+
+    /// Makes both ends known by what they are now (again after a restore, which gives
+    /// the restored sockets new inodes).
+    fn publish(&self) {
+        WAKE_READ_FD.publish(self.read.as_raw_fd());
+        WAKE_FD.publish(self.write.as_raw_fd());
+    }
+
+    fn intact(&self) -> bool {
+        WAKE_READ_FD.get().is_some() && WAKE_FD.get().is_some()
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: non-blocking reads into a buffer of its size, until it is empty.
+        while unsafe {
+            libc::recv(
+                self.read.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+    }
+
+    /// Closes both ends, except a number that is no longer ours.
+    fn release(self) {
+        for (published, fd) in [(&WAKE_FD, self.write), (&WAKE_READ_FD, self.read)] {
+            if published.take().is_none() {
+                std::mem::forget(fd);
+            }
+        }
+    }
 }
 
 pub extern "C" fn on_signal(_signal: libc::c_int) {
     SIGNAL_PENDING.store(true, Ordering::SeqCst);
-    let fd = WAKE_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        write_eventfd(fd);
-    }
+    ring_doorbell();
 }
 
 fn current_pid() -> i32 {
@@ -220,6 +279,8 @@ fn result_reply(id: u64, result: WireResult) -> Reply {
 /// The serving side of one process.
 pub struct Server {
     rt: Arc<Runtime>,
+    /// Always there but while being replaced.
+    bell: Option<Doorbell>,
     /// The uid every user not mapped into this process's user namespace appears as
     /// (`/proc/sys/kernel/overflowuid`): such peers cannot be told apart.
     unmapped_uid: u32,
@@ -243,16 +304,8 @@ pub struct Server {
 
 impl Server {
     pub fn new(rt: Arc<Runtime>) -> std::io::Result<Server> {
-        // SAFETY: plain eventfd creation.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let wake = own_fd::above_program(unsafe { OwnedFd::from_raw_fd(fd) });
-        WAKE_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
+        let bell = Some(Doorbell::new()?);
         let shared = Arc::new(Shared {
-            wake,
             control: Mutex::new(Control {
                 stop: false,
                 pause: false,
@@ -268,6 +321,7 @@ impl Server {
             .unwrap_or(65534);
         let mut server = Server {
             rt,
+            bell,
             unmapped_uid,
             shared,
             listener: None,
@@ -298,19 +352,24 @@ impl Server {
         let listener = UnixListener::from(own_fd::above_program(listener.into()));
         listener.set_nonblocking(true)?;
         log::debug!(target: "cr", "cr: listening on @{name}");
-        LISTENER_FD.store(listener.as_raw_fd(), Ordering::SeqCst);
+        LISTENER_FD.publish(listener.as_raw_fd());
         self.listener = Some(listener);
         Ok(())
     }
 
+    /// The listener again after a dump; the doorbell is known anew (a restored copy's
+    /// sockets have new inodes).
     fn reopen_listener(&mut self) {
+        if let Some(bell) = &self.bell {
+            bell.publish();
+        }
         if let Err(e) = self.open_listener() {
             log::error!(target: "cr", "cr: cannot reopen the control socket after the checkpoint: {e}");
         }
     }
 
     fn close_connections(&mut self) {
-        LISTENER_FD.store(-1, Ordering::SeqCst);
+        LISTENER_FD.withdraw();
         if let Some(listener) = self.listener.take() {
             // A child stopped before its fork handlers ran still holds this socket, so
             // closing ours would leave it listening with nobody to accept: a shutdown
@@ -346,7 +405,10 @@ impl Server {
     /// Handles everything pending without blocking: control messages, the signal,
     /// connections and the interval. Returns false once asked to stop.
     fn absorb(&mut self) -> bool {
-        drain_eventfd(self.shared.wake.as_raw_fd());
+        self.keep_descriptors();
+        if let Some(bell) = &self.bell {
+            bell.drain();
+        }
         let (finished, submitted, stop) = {
             let shared = self.shared.clone();
             let mut control = shared.control.lock();
@@ -395,6 +457,43 @@ impl Server {
             }
         }
         !stop
+    }
+
+    /// A program that closed the library's descriptors (and may have its own files at
+    /// their numbers now) gets nothing written to, read from or closed at them: the
+    /// doorbell and the control socket are made anew, and the connections of that
+    /// moment are let go without closing. Not while quiet for an ancestor's dump (a
+    /// restored copy knows its doorbell again when it reopens).
+    fn keep_descriptors(&mut self) {
+        if self.quiet_for.is_some() {
+            return;
+        }
+        let bell_lost = !self.bell.as_ref().is_some_and(Doorbell::intact);
+        let listener_lost = self.listener.is_some() && LISTENER_FD.get().is_none();
+        if !bell_lost && !listener_lost {
+            return;
+        }
+        log::warn!(target: "cr", "cr: the program closed the library's descriptors: making new ones");
+        for request in std::mem::take(&mut self.pending) {
+            std::mem::forget(request.into_stream());
+        }
+        for (_, stream) in std::mem::take(&mut self.waiters) {
+            std::mem::forget(stream);
+        }
+        if bell_lost {
+            if let Some(old) = self.bell.take() {
+                old.release();
+            }
+            match Doorbell::new() {
+                Ok(bell) => self.bell = Some(bell),
+                Err(e) => log::error!(target: "cr", "cr: no doorbell: {e}"),
+            }
+        }
+        if listener_lost {
+            LISTENER_FD.withdraw();
+            std::mem::forget(self.listener.take());
+            self.reopen_listener();
+        }
     }
 
     /// The signal doorbell: tell the notify callback what state we are in; the built-in
@@ -751,16 +850,19 @@ impl Server {
             }
             self.wait_for_events();
         }
-        WAKE_FD.store(-1, Ordering::SeqCst);
         None
     }
 
     fn wait_for_events(&self) {
-        let mut fds = vec![libc::pollfd {
-            fd: self.shared.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds: Vec<libc::pollfd> = self
+            .bell
+            .iter()
+            .map(|bell| libc::pollfd {
+                fd: bell.read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         if let Some(listener) = &self.listener {
             fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
@@ -772,16 +874,40 @@ impl Server {
         let now = Instant::now();
         // While quiet for an ancestor's dump, look every 20 ms whether it is over.
         let quiet_check = self.quiet_for.is_some().then(|| now + Duration::from_millis(20));
-        let deadline = [self.next_interval, self.exit_after.map(|(_, _, d)| d), quiet_check]
-            .into_iter()
-            .flatten()
-            .chain(self.pending.iter().map(PendingRequest::deadline))
-            .min();
+        // Descriptors the program closes are not reported by poll: look now and then.
+        let descriptor_check = Some(now + DESCRIPTOR_CHECK);
+        let deadline =
+            [self.next_interval, self.exit_after.map(|(_, _, d)| d), quiet_check, descriptor_check]
+                .into_iter()
+                .flatten()
+                .chain(self.pending.iter().map(PendingRequest::deadline))
+                .min();
         let timeout = deadline.map_or(-1, |d| {
             d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1
         });
         // SAFETY: fds is a valid array of pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    }
+}
+
+impl Drop for Server {
+    /// Closes what is still the library's: a number the program closed and reused is
+    /// left to it.
+    fn drop(&mut self) {
+        if self.listener.is_some() && LISTENER_FD.take().is_none() {
+            std::mem::forget(self.listener.take());
+        }
+        if !self.bell.as_ref().is_some_and(Doorbell::intact) {
+            for request in std::mem::take(&mut self.pending) {
+                std::mem::forget(request.into_stream());
+            }
+            for (_, stream) in std::mem::take(&mut self.waiters) {
+                std::mem::forget(stream);
+            }
+        }
+        if let Some(bell) = self.bell.take() {
+            bell.release();
+        }
     }
 }
 
