@@ -1600,12 +1600,33 @@ fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
 /// job ends COMPLETED, each rank with the exact result.
 #[test]
 fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
-    let started = Instant::now();
     if skipped_without_slurm() {
         return;
     }
-    let sb = Sandbox::new("slurm-job4x2");
+    four_ranks_over_two_nodes_on_another_placement("self");
+}
+
+/// The same with criu (`sum`, no checkpoint code, its state in memory): each node's two
+/// ranks are dumped as one image per node, and each later run restores the images on
+/// another placement, node image 0 on the first node's successor.
+#[test]
+fn a_criu_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
+    if skipped_without_slurm() {
+        return;
+    }
+    if let Some(why) = criu_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    four_ranks_over_two_nodes_on_another_placement("criu");
+}
+
+/// The body of the two tests above, for `component` (`self`: `sum_self`; `criu`: `sum`).
+fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
+    let started = Instant::now();
+    let sb = Sandbox::new(&format!("slurm-job4x2-{component}"));
     let programs = example_programs(&sb);
+    let program = if component == "criu" { &programs.1 } else { &programs.0 };
     let cluster = start_private_cluster(&sb, 3);
     assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
@@ -1620,10 +1641,12 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
         .env("OPAL_RUN", opal_run())
         .env("OPAL_CHECKPOINT", checkpoint_tool())
         .env("CKPT_DIR", &checkpoints)
+        .env("COMPONENT", component)
+        .env("OPALCRS_LIB", lib_dir().join("libopalcrs.so"))
         .arg("--parsable")
         .arg(format!("--output={}", output.display()))
         .arg(repo().join("examples/slurm/job4x2.sbatch"))
-        .arg(&programs.0)
+        .arg(program)
         .arg(SHORT_STEPS.to_string())
         .arg(STEP_MS.to_string())
         .arg(&result)
@@ -1632,8 +1655,8 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
     let mut jobs = vec![Job {
-        label: "self, 4 ranks over 2 nodes",
-        component: "self",
+        label: "4 ranks over 2 nodes",
+        component,
         steps: SHORT_STEPS,
         warnings: SHORT_WARNINGS,
         id: stdout.trim().split(';').next().unwrap().to_string(),
@@ -1684,7 +1707,7 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
         if let Some(run) = runs.last().filter(|r| r.ended_at.is_none()) {
             let working = run.first.zip(run.last).is_some_and(|(f, l)| l >= f + 10);
             if working && placements.len() < runs.len() {
-                let mut nodes = nodes_running(&cluster, &programs.0);
+                let mut nodes = nodes_running(&cluster, program);
                 nodes.sort();
                 if nodes.len() == 4 {
                     placements.push(nodes);
@@ -1705,7 +1728,7 @@ fn a_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     let lost = lost_per_requeue(&runs);
     let places: Vec<String> = runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect();
     let report = format!(
-        "Slurm test, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}; ranks on {placements:?}",
+        "Slurm test, {component}, 4 ranks over 2 of 3 nodes: job {} {} after {:.1} s; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}; ranks on {placements:?}",
         job.id,
         job.field("JobState").unwrap_or("not finished"),
         started.elapsed().as_secs_f64(),

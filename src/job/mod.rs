@@ -115,7 +115,9 @@ pub fn choose(target: &Target) -> Result<(snapshot::Resolved, GlobalMetadata), E
 /// Restarts every rank of the global snapshot `resolved` as a child of this process,
 /// which becomes the job's launcher (checkpointable again, into the same series), and
 /// supervises them: the job's status (`Exited`). A rank that cannot be restarted ends
-/// the others. criu: see [`restore_tree`]; `as_child` as there.
+/// the others. criu: see [`restore_tree`]; `as_child` as there. A job across nodes
+/// (self, or criu with one image per node) is restarted through node agents, criu on
+/// as many nodes as it had.
 pub fn restart(
     resolved: &snapshot::Resolved,
     metadata: &GlobalMetadata,
@@ -123,10 +125,19 @@ pub fn restart(
     verbose: bool,
     as_child: bool,
 ) -> Result<RestartOutcome, (Step, Error)> {
-    if metadata.component == "criu" {
+    let images = metadata.nodes.len();
+    if metadata.component == "criu" && images == 0 {
         return restore_tree(resolved, params, verbose, as_child);
     }
-    if metadata.component != "self" {
+    if images > 0 && agent::allocated_nodes() != images {
+        let message = format!(
+            "global snapshot {}: a criu job of {images} nodes (one image each) restarts on {images} nodes, not on the {} of this allocation",
+            resolved.dir.display(),
+            agent::allocated_nodes()
+        );
+        return Err((Step::Choose, Error::new(OPAL_ERR_BAD_PARAM, message)));
+    }
+    if metadata.component != "self" && images == 0 {
         return Err((
             Step::Choose,
             Error::new(
@@ -140,7 +151,7 @@ pub fn restart(
         ));
     }
     let size = metadata.ranks.len();
-    if agent::across_nodes() {
+    if agent::across_nodes() || images > 0 {
         return agent::launch(&agent::Launch {
             size,
             command: Vec::new(),
