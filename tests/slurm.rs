@@ -1798,6 +1798,133 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
     drop(cluster);
 }
 
+/// A criu job of 4 ranks over 2 nodes, checkpointed with `--term` (one image per node),
+/// is restarted with `opal-restart <series>` in an allocation of 1 node: refused with
+/// exit 125, naming both node counts. Then node 1's image gets a compatibility record
+/// of another kernel (kept in agreement with both manifests, as an image of another
+/// node would be): its restart in an allocation of 2 nodes fails (the agent of node 1
+/// exits 126, naming the node, the image and the kernel), and nothing of the job
+/// goes on running.
+#[test]
+fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_node() {
+    if skipped_without_slurm() {
+        return;
+    }
+    if let Some(why) = criu_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-criu-refused");
+    let programs = example_programs(&sb);
+    let cluster = start_private_cluster(&sb, 2);
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let (result, checkpoints) = (sb.path("refused.result"), sb.path("checkpoints"));
+    let series = checkpoints.join("refused.ckpt");
+    let script = format!(
+        "export OMPI_MCA_crs=criu; exec {} -np 4 -w {} -n refused.ckpt -- env LD_PRELOAD={} /bin/sh -c 'exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} 100000 {STEP_MS} {}",
+        opal_run().display(),
+        checkpoints.display(),
+        lib_dir().join("libopalcrs.so").display(),
+        programs.1.display(),
+        result.display()
+    );
+    // Submits `args` and waits until the job has ended: its output and state.
+    let run_job = |name: &str, args: &[&str], until_working: bool| {
+        let output = sb.path(&format!("{name}.out"));
+        let out = sb
+            .command("sbatch")
+            .env("SLURM_CONF", &cluster.conf)
+            .arg("--parsable")
+            .arg(format!("--output={}", output.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+        let id = stdout.trim().split(';').next().unwrap().to_string();
+        if until_working {
+            let working = wait_until(Duration::from_secs(60), || {
+                fs::read_to_string(&output).is_ok_and(|o| o.matches("step 10 ").count() == 4)
+            });
+            assert!(working, "the job's ranks did not start:\n{}", sb.read(&format!("{name}.out")));
+            let launcher = cluster
+                .job_processes()
+                .into_iter()
+                .find(|&pid| {
+                    fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+                })
+                .expect("no launcher");
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/proc/{launcher}/ns/net"))
+                .arg(checkpoint_tool())
+                .args(["--term", &launcher.to_string()])
+                .output()
+                .unwrap();
+            let (stdout, stderr) = text(&out);
+            assert!(
+                out.status.success(),
+                "opal-checkpoint: {stdout}{stderr}\n{}",
+                sb.read(&format!("{name}.out"))
+            );
+        }
+        let ended = wait_until(Duration::from_secs(60), || {
+            cluster.job(&id).is_some_and(|info| {
+                info.iter().any(|(k, v)| k == "JobState" && v != "RUNNING" && v != "PENDING")
+            })
+        });
+        let state = cluster.job(&id).unwrap_or_default();
+        let field = |name: &str| state.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let said = fs::read_to_string(&output).unwrap_or_default();
+        let said: Vec<&str> = said.lines().filter(|l| !l.starts_with("step ")).collect();
+        assert!(ended, "job {name} did not end: {said:?}");
+        (said.join("\n"), field("ExitCode").unwrap_or_default())
+    };
+    let wrap = format!("--wrap={script}");
+    run_job("job", &["--nodes=2", "--ntasks-per-node=2", &wrap], true);
+    let snapshot = series.join("0");
+    assert!(snapshot.join("opal_node_1.ckpt/0/criu-compat.json").is_file(), "{snapshot:?}");
+
+    let restart = format!("--wrap=exec {} {}", restart_tool().display(), series.display());
+    let (said, code) = run_job("one-node", &["--nodes=1", &restart], false);
+    assert_eq!(code, "125:0", "{said}");
+    assert!(
+        said.contains(&format!(
+            "global snapshot {}: a criu job of 2 nodes (one image each) restarts on 2 nodes, not on the 1 of this allocation",
+            snapshot.display()
+        )),
+        "{said}"
+    );
+
+    let image = snapshot.join("opal_node_1.ckpt/0");
+    let record = image.join("criu-compat.json");
+    let dumped = fs::read_to_string(&record).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&dumped).unwrap();
+    let release = recorded["kernel"]["release"].as_str().unwrap().to_string();
+    fs::write(&record, dumped.replace(&format!("\"{release}\""), "\"2.6.32-other\"")).unwrap();
+    for (dir, path) in [
+        (&image, "criu-compat.json".to_string()),
+        (&snapshot, "opal_node_1.ckpt/0/criu-compat.json".to_string()),
+        (&snapshot, "opal_node_1.ckpt/0/opalcrs_manifest.json".to_string()),
+    ] {
+        let mut manifest = opalcrs::snapshot::Manifest::read(dir).unwrap();
+        let entry = manifest.files.iter_mut().find(|f| f.path == path).unwrap();
+        (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&dir.join(&path)).unwrap();
+        manifest.write_to(dir).unwrap();
+    }
+    let (said, code) = run_job("other-kernel", &["--nodes=2", &restart], false);
+    assert_ne!(code, "0:0", "{said}");
+    assert!(said.contains("opal-run --node-agent: node 1: "), "{said}");
+    assert!(said.contains(&format!("cannot restore {} here", image.display())), "{said}");
+    assert!(said.contains("the image needs kernel 2.6.32-other"), "{said}");
+    let gone = wait_until(Duration::from_secs(10), || cluster.job_processes().is_empty());
+    assert!(gone, "still running: {:?}: {said}", cluster.job_processes());
+    eprintln!(
+        "Slurm test, criu job of 2 nodes restarted on an incompatible node 1: exit {code}:\n{said}"
+    );
+    drop(cluster);
+}
+
 /// A job checkpoint across nodes in which one rank (rank 2, on the second node, not the
 /// launcher's; its component `none` by `OMPI_MCA_crs=none`) cannot checkpoint:
 /// `opal-checkpoint` of the launcher (run in the launcher's node's network namespace,

@@ -170,7 +170,10 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
         "--ntasks-per-node=1".to_string(),
         "--kill-on-bad-exit=1".to_string(),
     ]);
-    srun.arg(std::env::current_exe()?).arg("--node-agent").arg("--").args(&launch.command);
+    // The agents are opal-run, installed next to this tool (opal-restart restarts jobs
+    // too, and has no --node-agent).
+    let agent = std::env::current_exe()?.with_file_name("opal-run");
+    srun.arg(agent).arg("--node-agent").arg("--").args(&launch.command);
     srun.envs(launch.env.iter().map(|(k, v)| (k, v)));
     srun.env(channel::SECRET_VARIABLE, &secret)
         .env(PORT_VARIABLE, port.to_string())
@@ -334,14 +337,10 @@ fn run_agent(
     };
     let secret =
         forget_agent_variables().ok_or(format!("{} is not set", channel::SECRET_VARIABLE))?;
-    let channel = Channel::connect(&format!("{host}:{port}"), &secret).map_err(|e| {
-        if let Some((tree, _)) = &fresh {
-            launcher::end_all(&[*tree], &[]);
-        }
-        format!("cannot reach the launcher at {host}:{port}: {e}")
-    })?;
     launcher::install_signal_handlers(&[]);
     // The tree of the node launcher (its PID), if the ranks are below one; the ranks.
+    // All started before the launcher is reached, so that a node that cannot start
+    // them reports nothing.
     let (tree, pids) = match (&restart, fresh, criu_restart) {
         (_, Some((tree, pids)), _) => (Some(tree), pids),
         (Some(global), None, Some(metadata)) => {
@@ -367,6 +366,11 @@ fn run_agent(
         }
         (None, None, _) => unreachable!("a fresh start has its node launcher"),
     };
+    let children = tree.map_or_else(|| pids.clone(), |pid| vec![pid]);
+    let channel = Channel::connect(&format!("{host}:{port}"), &secret).map_err(|e| {
+        launcher::end_all(&children, &[]);
+        format!("cannot reach the launcher at {host}:{port}: {e}")
+    })?;
     let ranks: Vec<(usize, i32)> = mine.zip(pids.iter().copied()).collect();
     channel
         .send(&ToLauncher::Hello { node, ranks: ranks.clone() })
@@ -376,7 +380,6 @@ fn run_agent(
         .name("opalcrs-agent".into())
         .spawn(move || serve_launcher(channel, &serving, tree.map(|pid| (pid, node))))
         .map_err(|e| format!("cannot serve the launcher: {e}"))?;
-    let children = tree.map_or(pids, |pid| vec![pid]);
     Ok(launcher::supervise(&children, &mut |_| {}))
 }
 
