@@ -218,7 +218,7 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
                 );
                 launcher::end_all(&[srun_pid], &[libc::SIGTERM, libc::SIGTERM]);
             }
-            return Ok(launcher::supervise(&[srun_pid], &mut |_| {}));
+            return Ok(launcher::supervise(&[srun_pid], &srun_named, &mut |_| {}));
         }
         changed.wait_for(&mut list, Duration::from_millis(100));
     };
@@ -238,7 +238,12 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
         params: launch.job.params.clone(),
         agents: Some(Arc::new(Agents { links: Mutex::new(links) })),
     };
-    Ok(super::serve_and_supervise(job, &[srun_pid], signal))
+    Ok(super::serve_and_supervise(job, &[srun_pid], &srun_named, signal))
+}
+
+/// Names the launcher's child across nodes.
+fn srun_named(_: usize) -> String {
+    "srun of the node agents".to_string()
 }
 
 /// Accepts the agents' connections, each handshake on a thread of its own (a silent
@@ -380,7 +385,12 @@ fn run_agent(
         .name("opalcrs-agent".into())
         .spawn(move || serve_launcher(channel, &serving, tree.map(|pid| (pid, node))))
         .map_err(|e| format!("cannot serve the launcher: {e}"))?;
-    Ok(launcher::supervise(&children, &mut |_| {}))
+    let first = ranks.first().map_or(0, |&(rank, _)| rank);
+    let name = move |index: usize| match tree {
+        Some(_) => format!("the node launcher of ranks {first}-{}", first + ranks.len() - 1),
+        None => format!("rank {}", first + index),
+    };
+    Ok(launcher::supervise(&children, &name, &mut |_| {}))
 }
 
 /// Forks the node launcher: it leads a session of its own (as the root of a tree that
@@ -468,6 +478,7 @@ fn run_node_launcher(
         std::process::exit(crate::tools::restart::EXIT_CANNOT_RESTART);
     }
     launcher::install_signal_handlers(&[]);
+    let first = mine.start;
     let started = launcher::start(command, mine, size, &[], &super::launcher_only_variables());
     let pids = match started {
         Ok(pids) => pids,
@@ -491,7 +502,7 @@ fn run_node_launcher(
         params,
         agents: None,
     };
-    std::process::exit(super::serve_and_supervise(job, &pids, None))
+    std::process::exit(super::serve_and_supervise(job, &pids, &super::rank_named(first), None))
 }
 
 /// Restores node `node`'s image of the criu global snapshot `global` (`metadata` its

@@ -90,7 +90,7 @@ pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
         &launcher_only_variables(),
     )?;
     let job = endpoint::Job { ranks: ranks.clone(), ..job };
-    Ok(serve_and_supervise(job, &ranks, signal))
+    Ok(serve_and_supervise(job, &ranks, &rank_named(0), signal))
 }
 
 /// The variables of the launcher's own parameters, which the ranks do not get.
@@ -205,7 +205,7 @@ pub fn restart(
     let mut job = job_of_series(resolved, params);
     job.ranks = ranks;
     let children = job.ranks.clone();
-    Ok(RestartOutcome::Exited(serve_and_supervise(job, &children, signal)))
+    Ok(RestartOutcome::Exited(serve_and_supervise(job, &children, &rank_named(0), signal)))
 }
 
 /// The job that a restart from `resolved` continues: its checkpoints go on in the same
@@ -272,6 +272,11 @@ fn restore_tree(
     crate::restart::run(&target, params, verbose, &mut |_| as_child)
 }
 
+/// Names the children of a launcher that are ranks `first`, `first + 1`, ...
+fn rank_named(first: usize) -> impl Fn(usize) -> String {
+    move |index| format!("rank {}", first + index)
+}
+
 /// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.
 fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
     let signal = params.int("opal_cr_signal") as libc::c_int;
@@ -280,8 +285,14 @@ fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
 
 /// Serves checkpoints of the job (asked for, on the checkpoint signal and every
 /// `opal_cr_checkpoint_interval` seconds) and waits for its `children` (the ranks, or
-/// the `srun` of the node agents): the job's status.
-fn serve_and_supervise(job: endpoint::Job, children: &[i32], signal: Option<libc::c_int>) -> i32 {
+/// the `srun` of the node agents; `name` says which, see [`launcher::supervise`]): the
+/// job's status.
+fn serve_and_supervise(
+    job: endpoint::Job,
+    children: &[i32],
+    name: &dyn Fn(usize) -> String,
+    signal: Option<libc::c_int>,
+) -> i32 {
     let params = job.params.clone();
     let endpoint = match endpoint::Endpoint::start(job) {
         Ok(endpoint) => Some(endpoint),
@@ -302,7 +313,7 @@ fn serve_and_supervise(job: endpoint::Job, children: &[i32], signal: Option<libc
             eprintln!("opal-run: warning: no interval checkpoints: {e}");
         }
     }
-    launcher::supervise(children, &mut |received| {
+    launcher::supervise(children, name, &mut |received| {
         if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
             endpoint.checkpoint_now();
         }
