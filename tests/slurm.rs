@@ -1938,15 +1938,81 @@ fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
     let sb = Sandbox::new("slurm-job-fail");
     let programs = example_programs(&sb);
     let cluster = start_private_cluster(&sb, 2);
+    rank_two_fails_the_job_checkpoint(
+        &sb,
+        &cluster,
+        &programs.0,
+        "",
+        "export OMPI_MCA_crs=none",
+        &["not checkpointable"],
+    );
+}
+
+/// The same with criu: rank 2 (with rank 3 on the second node) holds a TCP connection
+/// off its node (to a listener of the test's on the bridge, as to another node), which
+/// CRIU does not dump: the job checkpoint fails naming rank 2 with its PID, its node
+/// and host, and CRIU's cause; nothing is published, and every rank goes on.
+#[test]
+fn a_criu_node_with_a_tcp_connection_off_the_node_fails_the_job_checkpoint_by_name() {
+    if skipped_without_slurm() {
+        return;
+    }
+    if let Some(why) = criu_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sb = Sandbox::new("slurm-criu-tcp");
+    let programs = example_programs(&sb);
+    let cluster = start_private_cluster(&sb, 2);
+    let bridge = format!("{}.1", cluster.network.as_ref().expect("no namespaces").subnet);
+    let listener = std::net::TcpListener::bind((bridge.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+    let preload = format!(
+        "export OMPI_MCA_crs=criu; env LD_PRELOAD={} ",
+        lib_dir().join("libopalcrs.so").display()
+    );
+    let expected = [
+        "node 1 (".to_string(),
+        format!(":{port} (process "),
+        ", rank 2), which an image restored on another node cannot have".to_string(),
+    ];
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    rank_two_fails_the_job_checkpoint(
+        &sb,
+        &cluster,
+        &programs.1,
+        &preload,
+        &format!("exec 3<>/dev/tcp/{bridge}/{port}"),
+        &expected,
+    );
+    // The connection stays open until here.
+    assert!(accepted.join().unwrap().is_ok(), "rank 2 did not connect");
+}
+
+/// A job of 4 ranks of `program` over the 2 nodes of `cluster` in which rank 2 runs
+/// `setup` (bash) before it becomes `program`; `launch` goes before the launcher
+/// (`export …;`) and its ranks' command (`env …`). Rank 2's checkpoint fails: the job
+/// checkpoint fails naming rank 2, its PID and each of `causes`.
+fn rank_two_fails_the_job_checkpoint(
+    sb: &Sandbox,
+    cluster: &Cluster,
+    program: &Path,
+    launch: &str,
+    setup: &str,
+    causes: &[&str],
+) {
     assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
     let (result, output, checkpoints) =
         (sb.path("fail.result"), sb.path("fail.out"), sb.path("checkpoints"));
     let steps = 300u64;
+    let (before, ranks_before) = launch.split_once(';').unwrap_or(("", launch));
     let script = format!(
-        "exec {} -np 4 -w {} -n fail.ckpt -- /bin/sh -c '[ \"$OMPI_COMM_WORLD_RANK\" = 2 ] && export OMPI_MCA_crs=none; exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} {steps} {STEP_MS} {}",
+        "{before}{} exec {} -np 4 -w {} -n fail.ckpt -- {ranks_before} /bin/bash -c '[ \"$OMPI_COMM_WORLD_RANK\" = 2 ] && {setup}; exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} {steps} {STEP_MS} {}",
+        if before.is_empty() { "" } else { ";" },
         opal_run().display(),
         checkpoints.display(),
-        programs.0.display(),
+        program.display(),
         result.display()
     );
     let out = sb
@@ -1963,7 +2029,7 @@ fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
     let rank_pid = |rank: usize| {
         let marker = format!("OMPI_COMM_WORLD_RANK={rank}");
         cluster.job_processes().into_iter().find(|pid| {
-            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == programs.0)
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program)
                 && fs::read(format!("/proc/{pid}/environ"))
                     .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
         })
@@ -2021,7 +2087,7 @@ fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
     assert!(
         stderr
             .contains(&format!("job checkpoint failed, nothing published: rank 2 (PID {rank2}): "))
-            && stderr.contains("not checkpointable"),
+            && causes.iter().all(|cause| stderr.contains(cause)),
         "{context}"
     );
     assert!(published.iter().all(|name| name.parse::<u64>().is_err()), "published: {published:?}");
@@ -2032,5 +2098,5 @@ fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
         "{context}"
     );
     assert!(results.iter().all(|r| *r == expected), "results {results:?}: {context}");
-    drop(cluster);
+    eprintln!("Slurm test, rank 2 failing a job checkpoint: {}", stderr.trim());
 }

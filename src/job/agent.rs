@@ -544,6 +544,28 @@ fn restore_node(
     }
 }
 
+/// Refuses a node's tree (the node launcher `root` and `ranks`) that holds a TCP
+/// connection to an address other than loopback: its image could not be restored on
+/// another node (the address is this node's), and CRIU, which dumps connections
+/// (`crs_criu_tcp_established=1`, the default), would not say so.
+fn leaves_the_node(root: i32, ranks: &[(usize, i32)]) -> Result<(), String> {
+    let off: Vec<String> = crate::components::criu::net::tcp_connections(root)
+        .into_iter()
+        .filter(|c| !c.remote.ip().is_loopback())
+        .map(|c| match ranks.iter().find(|&&(_, pid)| pid == c.pid) {
+            Some((rank, _)) => format!("{c}, rank {rank}"),
+            None => c.to_string(),
+        })
+        .collect();
+    if off.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "TCP connections off the node ({}), which an image restored on another node cannot have",
+        off.join("; ")
+    ))
+}
+
 /// Relays the launcher's requests to this node's ranks (criu ranks below the node
 /// launcher `tree` (PID, node) as one dump of its tree); once the launcher is gone the
 /// ranks are ended.
@@ -558,15 +580,18 @@ fn serve_launcher(mut channel: Channel, ranks: &[(usize, i32)], tree: Option<(i3
                 let outcomes = match tree {
                     Some((pid, node)) if criu => {
                         held = Vec::new();
-                        let outcome = endpoint::checkpoint_tree_of(
-                            pid,
-                            &global::node_series_name(node),
-                            &dir,
-                        )
-                        .map(|()| "criu".to_string())
-                        .map_err(|why| {
-                            format!("node {node} ({}): {why}", crate::output::hostname())
-                        });
+                        let outcome = leaves_the_node(pid, ranks)
+                            .and_then(|()| {
+                                endpoint::checkpoint_tree_of(
+                                    pid,
+                                    &global::node_series_name(node),
+                                    &dir,
+                                )
+                            })
+                            .map(|()| "criu".to_string())
+                            .map_err(|why| {
+                                format!("node {node} ({}): {why}", crate::output::hostname())
+                            });
                         ranks.iter().map(|&(rank, _)| (rank, outcome.clone())).collect()
                     }
                     _ => {
