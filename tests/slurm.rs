@@ -1573,8 +1573,8 @@ fn tcp_listen_port(pid: u32) -> Option<u16> {
 }
 
 /// The node (by its slurmd's network namespace) each running copy of `program` of the
-/// cluster's jobs is on.
-fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
+/// cluster's jobs is on, with its PID.
+fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<(String, u32)> {
     let net = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     cluster
         .job_processes()
@@ -1584,7 +1584,7 @@ fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
             let ns = net(pid as u32)?;
             cluster.daemons.iter().find_map(|(name, child)| {
                 let node = name.strip_prefix("slurmd ")?;
-                (net(child.id()) == Some(ns.clone())).then(|| node.to_string())
+                (net(child.id()) == Some(ns.clone())).then(|| (node.to_string(), pid as u32))
             })
         })
         .collect()
@@ -1678,6 +1678,8 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
     let mut moved = false;
     // Where each run's ranks were seen working: the node of each rank, sorted.
     let mut placements: Vec<Vec<String>> = Vec::new();
+    // Ranks seen outside their node's job step cgroups.
+    let mut outside: Vec<String> = Vec::new();
     // The stranger's connection: what it read, and the series before and after.
     let mut stranger: Option<(String, Vec<String>, Vec<String>)> = None;
     while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
@@ -1707,9 +1709,22 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
         if let Some(run) = runs.last().filter(|r| r.ended_at.is_none()) {
             let working = run.first.zip(run.last).is_some_and(|(f, l)| l >= f + 10);
             if working && placements.len() < runs.len() {
-                let mut nodes = nodes_running(&cluster, program);
-                nodes.sort();
-                if nodes.len() == 4 {
+                let running = nodes_running(&cluster, program);
+                if running.len() == 4 {
+                    // Started or restored by an agent: in a job step's cgroup on its node.
+                    for (node, pid) in &running {
+                        let step = format!("/slurm_{node}/uid_0/job_{}/step_", jobs[0].id);
+                        let cgroup = cgroup_of(*pid, "freezer");
+                        if !cgroup
+                            .as_deref()
+                            .is_some_and(|c| c.starts_with(&step) && !c.contains("batch"))
+                        {
+                            outside.push(format!("run {}: rank PID {pid} in freezer cgroup {cgroup:?}, not in {step}*", runs.len() - 1));
+                        }
+                    }
+                    let mut nodes: Vec<String> =
+                        running.into_iter().map(|(node, _)| node).collect();
+                    nodes.sort();
                     placements.push(nodes);
                 }
             }
@@ -1778,6 +1793,7 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
     if placements != wanted {
         problems.push(format!("the ranks ran on {placements:?}, not {wanted:?}"));
     }
+    problems.extend(outside);
     match &stranger {
         None => problems.push("the launcher's TCP port was never found".into()),
         Some((read, before, after)) => {
