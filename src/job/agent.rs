@@ -518,30 +518,59 @@ fn restore_node(
     verbose: bool,
 ) -> Result<(i32, Vec<i32>), String> {
     let image = global::node_snapshot(global, node);
-    let holds = metadata.nodes.get(node);
-    if holds != Some(mine) {
+    let recorded = GlobalMetadata::read(&image).map_err(|e| e.message().to_string())?;
+    if metadata.nodes.get(node) != Some(mine) || recorded.ranks.len() != mine.len() {
         return Err(format!(
-            "node {node}: global snapshot {} has images of {} nodes, {node} not holding ranks {mine:?}",
-            global.display(),
+            "node {node}: {} does not hold ranks {}-{} of a job of {} nodes",
+            image.display(),
+            mine.start,
+            mine.end.saturating_sub(1),
             metadata.nodes.len()
         ));
     }
-    let recorded = GlobalMetadata::read(&image).map_err(|e| e.message().to_string())?;
     let target = crate::restart::Target::path(image.clone());
     match crate::restart::run(&target, params, verbose, &mut |_| true) {
-        Ok(RestartOutcome::Spawned { pid, .. }) if recorded.ranks.len() == mine.len() => {
-            Ok((pid, recorded.ranks))
-        }
-        Ok(RestartOutcome::Spawned { pid, .. }) => {
-            launcher::end_all(&[pid], &[]);
-            Err(format!("node {node}: {} holds {} ranks", image.display(), recorded.ranks.len()))
-        }
+        Ok(RestartOutcome::Spawned { pid, .. }) => match restored_ranks(pid, &recorded.ranks) {
+            Ok(pids) => Ok((pid, pids)),
+            Err(why) => {
+                launcher::end_all(&[pid], &[]);
+                Err(format!("node {node}: {why}"))
+            }
+        },
         Ok(RestartOutcome::Rejected(why)) => Err(format!("node {node}: {why}")),
         Ok(RestartOutcome::Exited(status)) => {
             Err(format!("node {node}: the restore of {} ended ({status})", image.display()))
         }
         Err((_, e)) => Err(format!("node {node}: {}", e.message())),
     }
+}
+
+/// The PIDs, as seen here, of the ranks the restored node launcher `tree` has as its
+/// children, by the PIDs `recorded` at the dump (the same, unless the restore went
+/// into a PID namespace of its own: the innermost of a child's `NSpid` is recorded).
+fn restored_ranks(tree: i32, recorded: &[i32]) -> Result<Vec<i32>, String> {
+    let children: Vec<i32> = std::fs::read_dir(format!("/proc/{tree}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>()
+        })
+        .collect();
+    let innermost = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        line.split_whitespace().last()?.parse::<i32>().ok()
+    };
+    recorded
+        .iter()
+        .map(|&was| {
+            children.iter().copied().find(|&child| innermost(child) == Some(was)).ok_or_else(|| {
+                format!("no rank of PID {was} below the restored node launcher {tree}")
+            })
+        })
+        .collect()
 }
 
 /// Refuses a node's tree (the node launcher `root` and `ranks`) that holds a TCP
