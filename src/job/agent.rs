@@ -656,6 +656,26 @@ mod tests {
     }
 
     #[test]
+    fn restored_ranks_are_found_among_the_children_by_their_recorded_pids() {
+        let mut children: Vec<std::process::Child> =
+            (0..2).map(|_| Command::new("sleep").arg("10").spawn().unwrap()).collect();
+        let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+        let own = std::process::id() as i32;
+        let reversed: Vec<i32> = pids.iter().rev().copied().collect();
+        let found = restored_ranks(own, &reversed);
+        let missing = restored_ranks(own, &[pids[0], i32::MAX]);
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(found, Ok(reversed));
+        assert_eq!(
+            missing,
+            Err(format!("no rank of PID {} below the restored node launcher {own}", i32::MAX))
+        );
+    }
+
+    #[test]
     fn only_an_allocation_of_several_nodes_goes_across_nodes() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
