@@ -795,7 +795,9 @@ fn poll(cluster: &Cluster, jobs: &mut [Job]) {
             let runs = job.runs();
             let current = runs.len().saturating_sub(1);
             let done = match (runs.last().and_then(|r| r.first), runs.last().and_then(|r| r.last)) {
-                (Some(first), Some(last)) => (last - first + 1) as usize,
+                // Ranks restored from images of different nodes print from slightly
+                // different steps: the last line may be below the first.
+                (Some(first), Some(last)) => (last + 1).saturating_sub(first) as usize,
                 _ => 0,
             };
             if current == job.warnings_sent && done >= SHORT_WARN_AFTER {
