@@ -1822,7 +1822,8 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
 /// of another kernel (kept in agreement with both manifests, as an image of another
 /// node would be): its restart in an allocation of 2 nodes fails (the agent of node 1
 /// exits 126, naming the node, the image and the kernel), and nothing of the job
-/// goes on running.
+/// goes on running. With the record as dumped, `opal-restart` in 2 nodes restores the
+/// job, which ends with the exact result.
 #[test]
 fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_node() {
     if skipped_without_slurm() {
@@ -1839,7 +1840,7 @@ fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_n
     let (result, checkpoints) = (sb.path("refused.result"), sb.path("checkpoints"));
     let series = checkpoints.join("refused.ckpt");
     let script = format!(
-        "export OMPI_MCA_crs=criu; exec {} -np 4 -w {} -n refused.ckpt -- env LD_PRELOAD={} /bin/sh -c 'exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} 100000 {STEP_MS} {}",
+        "export OMPI_MCA_crs=criu; exec {} -np 4 -w {} -n refused.ckpt -- env LD_PRELOAD={} /bin/sh -c 'exec \"$@\".\"$OMPI_COMM_WORLD_RANK\"' sh {} {SHORT_STEPS} {STEP_MS} {}",
         opal_run().display(),
         checkpoints.display(),
         lib_dir().join("libopalcrs.so").display(),
@@ -1919,17 +1920,21 @@ fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_n
     let dumped = fs::read_to_string(&record).unwrap();
     let recorded: serde_json::Value = serde_json::from_str(&dumped).unwrap();
     let release = recorded["kernel"]["release"].as_str().unwrap().to_string();
-    fs::write(&record, dumped.replace(&format!("\"{release}\""), "\"2.6.32-other\"")).unwrap();
-    for (dir, path) in [
-        (&image, "criu-compat.json".to_string()),
-        (&snapshot, "opal_node_1.ckpt/0/criu-compat.json".to_string()),
-        (&snapshot, "opal_node_1.ckpt/0/opalcrs_manifest.json".to_string()),
-    ] {
-        let mut manifest = opalcrs::snapshot::Manifest::read(dir).unwrap();
-        let entry = manifest.files.iter_mut().find(|f| f.path == path).unwrap();
-        (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&dir.join(&path)).unwrap();
-        manifest.write_to(dir).unwrap();
-    }
+    // The record as `text`, both manifests in agreement with it.
+    let forge = |text: String| {
+        fs::write(&record, text).unwrap();
+        for (dir, path) in [
+            (&image, "criu-compat.json".to_string()),
+            (&snapshot, "opal_node_1.ckpt/0/criu-compat.json".to_string()),
+            (&snapshot, "opal_node_1.ckpt/0/opalcrs_manifest.json".to_string()),
+        ] {
+            let mut manifest = opalcrs::snapshot::Manifest::read(dir).unwrap();
+            let entry = manifest.files.iter_mut().find(|f| f.path == path).unwrap();
+            (entry.size, entry.hash) = opalcrs::snapshot::hash_file(&dir.join(&path)).unwrap();
+            manifest.write_to(dir).unwrap();
+        }
+    };
+    forge(dumped.replace(&format!("\"{release}\""), "\"2.6.32-other\""));
     let (said, code) = run_job("other-kernel", &["--nodes=2", &restart], false);
     assert_ne!(code, "0:0", "{said}");
     assert!(said.contains("opal-run --node-agent: node 1: "), "{said}");
@@ -1940,6 +1945,17 @@ fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_n
     eprintln!(
         "Slurm test, criu job of 2 nodes restarted on an incompatible node 1: exit {code}:\n{said}"
     );
+
+    // With the record as dumped, opal-restart in 2 nodes restores the job, which ends
+    // with every rank's exact result.
+    forge(dumped);
+    let (said, code) = run_job("restored", &["--nodes=2", &restart], false);
+    assert_eq!(code, "0:0", "{said}");
+    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
+    for rank in 0..4 {
+        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
+        assert_eq!(got, expected, "rank {rank}: {said}");
+    }
     drop(cluster);
 }
 
