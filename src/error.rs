@@ -50,3 +50,8 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}

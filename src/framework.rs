@@ -107,6 +107,13 @@ pub trait Component: Sync {
         false
     }
 
+    /// Err, with the message a restore would give, when a snapshot of this component
+    /// in `dir` cannot be restored on this node (criu: another kernel, executable or
+    /// library); `opal-restart --verify` asks it too.
+    fn restorable_here(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Files the snapshot depends on (executable, libraries), for the manifest.
     fn identity(&self) -> Vec<crate::snapshot::IdentityEntry> {
         Vec::new()

@@ -615,7 +615,7 @@ fn a_changed_executable_is_named_before_the_restore() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("\nRestorable here: yes (executable and libraries unchanged)\n"),
+        stdout.contains("\nRestorable here: yes (same kernel, executable and libraries)\n"),
         "{stdout}"
     );
     // Rebuilt in place: the build-id differs.
@@ -633,14 +633,15 @@ fn a_changed_executable_is_named_before_the_restore() {
     assert_eq!(status.code(), Some(126), "{stderr}");
     let change = format!("{} changed since the checkpoint (build-id ", exe.display());
     assert!(stderr.contains(&change), "{stderr}");
-    // --verify: the snapshot is intact (exit 0) but says it cannot be restored here.
+    // --verify: the snapshot is intact, but a restart here refuses it (exit 3), saying why.
     let out = sb.restart(&["--verify", "--json", snapshot.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["state"], "good", "{stdout}");
     assert_eq!(report["restorable_here"], false, "{stdout}");
     assert!(report["identity_change"].as_str().unwrap().starts_with(&change), "{stdout}");
+    assert!(report["restore_refusal"].as_str().unwrap().contains(&change), "{stdout}");
 }
 
 #[test]

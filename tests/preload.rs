@@ -640,3 +640,49 @@ fn pass_through_launchers_behave_the_same_under_the_preload() {
         assert_eq!(preloaded, plain, "{launcher:?}");
     }
 }
+
+#[test]
+fn preloaded_programs_enter_user_namespaces_and_stay_checkpointable() {
+    let sb = Sandbox::new("preload-userns");
+    // `unshare --user` itself: a single-threaded process is required by the kernel.
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let out = sb
+        .command("unshare")
+        .args(["--user", "readlink", "/proc/self/ns/user"])
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "unshare --user under the preload failed: {stderr}");
+    assert_ne!(stdout.trim(), ours.to_string_lossy(), "no new user namespace");
+
+    // A forked child, then the program itself; afterwards it answers again.
+    let exe = cc_without_library("enter_user_ns.c", "enter-user-ns", &[]);
+    let mut command = sb.command(&exe);
+    command.arg(sb.path("log")).env("LD_PRELOAD", library());
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id();
+    assert!(wait_until(LONG, || sb.read("log").contains("unshared")), "{}", sb.read("app.err"));
+    let log = sb.read("log");
+    // Root (the test) is mapped to root inside, so its tools are served there.
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny").unwrap();
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 1\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 1\n").unwrap();
+    assert!(wait_until(LONG, || sb.read("log").contains("mapped 0")), "{}", sb.read("log"));
+    let status = sb.checkpoint(&["--status", &pid.to_string()]);
+    // setns into that namespace (nsenter), preloaded too.
+    let entered = sb
+        .command("nsenter")
+        .arg(format!("--user=/proc/{pid}/ns/user"))
+        .args(["readlink", "/proc/self/ns/user"])
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    kill_and_reap(&mut app);
+    assert!(entered.status.success(), "nsenter --user under the preload: {:?}", text(&entered));
+    assert_eq!(text(&entered).0.trim(), theirs.to_string_lossy());
+    assert!(log.contains("child 0\n"), "a forked child could not enter a user namespace: {log}");
+    assert!(log.contains("unshared 0\n"), "the program could not enter a user namespace: {log}");
+    assert!(status.status.success(), "no answer after the namespace change: {:?}", text(&status));
+}

@@ -372,3 +372,94 @@ fn a_users_criu_image_that_asks_for_a_capability_is_killed_before_it_runs() {
     assert_eq!(std::fs::read_to_string(&count).unwrap(), before, "the refused process ran");
     assert!(wait_until(Duration::from_secs(10), || !alive(pid)), "process {pid} left");
 }
+
+/// What the control socket `name` answers a status request sent by a process running as
+/// `uid`/`gid`: the reply's first line, or why there was none. The forked child makes
+/// system calls only (the test harness is multi-threaded).
+fn status_reply_as(uid: u32, gid: u32, name: &str) -> String {
+    let request = b"{\"v\":1,\"op\":\"status\"}\n";
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // Abstract name: a NUL first, no NUL at the end.
+    for (slot, byte) in address.sun_path[1..].iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    let length = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
+    let mut pipe = [0; 2];
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child only makes system calls on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            let groups = [gid];
+            if libc::setgroups(1, groups.as_ptr()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(2);
+            }
+            let socket = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if libc::connect(socket, std::ptr::addr_of!(address).cast(), length) != 0 {
+                libc::_exit(3);
+            }
+            libc::write(socket, request.as_ptr().cast(), request.len());
+            let mut reply = [0u8; 4096];
+            let mut got = 0usize;
+            loop {
+                let n = libc::read(socket, reply[got..].as_mut_ptr().cast(), reply.len() - got);
+                if n <= 0 {
+                    break;
+                }
+                got += n as usize;
+                if reply[..got].contains(&b'\n') || got == reply.len() {
+                    break;
+                }
+            }
+            libc::write(pipe[1], reply.as_ptr().cast(), got);
+            libc::_exit(0);
+        }
+    }
+    unsafe { libc::close(pipe[1]) };
+    let mut reply = Vec::new();
+    let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(pipe[0]) };
+    std::io::Read::read_to_end(&mut file, &mut reply).unwrap();
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => String::from_utf8_lossy(&reply).lines().next().unwrap_or("").to_string(),
+        code => format!("no reply (child step {code} failed)"),
+    }
+}
+
+#[test]
+fn a_process_in_a_user_namespace_serves_no_user_it_cannot_tell_apart() {
+    let Some(user) = TempUser::create("userns") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("privilege-userns");
+    // Root's program in a user namespace of its own without a uid map: it sees itself,
+    // and every user it cannot map, as the overflow uid (65534).
+    let mut command = sb.command("unshare");
+    command.args(["--user", "env"]);
+    command.arg(format!("LD_PRELOAD={}", lib_dir().join("libopalcrs.so").display()));
+    command.args(["sleep", "60"]);
+    let mut app = sb.spawn(command, "app");
+    let pid = app.id() as i32;
+    let mut endpoint = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            endpoint = opalcrs::control::locate(pid).ok();
+            endpoint.is_some()
+        }),
+        "the program in its user namespace never opened its control socket: {}",
+        sb.read("app.err")
+    );
+    let name = endpoint.unwrap().name;
+    let reply = status_reply_as(user.uid, user.gid, &name);
+    kill_and_reap(&mut app);
+    assert!(
+        reply.contains("permission") && !reply.contains("\"status\""),
+        "another user was served by root's process in a user namespace: {reply}"
+    );
+}

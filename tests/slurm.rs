@@ -22,7 +22,8 @@
 //!
 //! A job of 4 ranks over 2 nodes (`opal-run -np 4` starting node agents with srun) is
 //! checkpointed, requeued and restarted on another placement; a stranger on its
-//! launcher's port is refused; a rank failing a checkpoint across nodes is named.
+//! launcher's port is refused; a rank failing a checkpoint across nodes is named; a job
+//! whose node is killed is requeued by Slurm and restarts on the nodes left.
 //!
 //! The other tests run `opal-run` alone, as the job scripts do: fresh start,
 //! checkpoint on USR1 with exit status 85, restart, for self and criu; series names
@@ -357,7 +358,8 @@ impl Cluster {
         let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
         // Slurm's floor for cred_expire is 5 s (less is refused and becomes 120 s); a
         // requeued job waits for it before it starts again. %n: each slurmd has its own
-        // spool, PID and log file.
+        // spool, PID and log file. SlurmdTimeout: a killed node is set DOWN (and its jobs
+        // requeued) within about 30 s, not Slurm's default 5 minutes.
         let text = format!(
             "ClusterName=opalcrstest\n\
              SlurmctldHost={host}({ctld_addr})\n\
@@ -393,6 +395,7 @@ impl Cluster {
              KillWait=5\n\
              InactiveLimit=0\n\
              Waittime=0\n\
+             SlurmdTimeout=10\n\
              {node_lines}\
              PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP\n",
             ctld_port = ports[0],
@@ -1533,6 +1536,12 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
     ];
     for (text, why) in cases {
         forge(text);
+        // --verify refuses what a restart refuses, with the same message.
+        let out = sb.restart(&["--verify", snapshot.to_str().unwrap()]);
+        let (stdout, stderr) = self::text(&out);
+        assert_eq!(out.status.code(), Some(3), "--verify: {stdout}{stderr}");
+        let refused = format!("Restorable here: no: cannot restore {} here: ", snapshot.display());
+        assert!(stdout.contains(&refused) && stdout.contains(&why), "--verify: {stdout}");
         let (status, stdout, stderr) = run_restart(&sb, &["--fork", snapshot.to_str().unwrap()]);
         if let Ok(restored) = stdout.trim().parse() {
             sb.adopt(restored);
@@ -1547,6 +1556,10 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
         assert!(stdout.trim().is_empty(), "{stdout}");
     }
     forge(dumped);
+    let out = sb.restart(&["--verify", snapshot.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "--verify: {stdout}{stderr}");
+    assert!(stdout.contains("\nRestorable here: yes ("), "--verify: {stdout}");
     let (pid, _) = restart_fork(&sb, &[snapshot.to_str().unwrap()]);
     let lines = sb.read("count").lines().count();
     assert!(wait_until(Duration::from_secs(10), || sb.read("count").lines().count() > lines));
@@ -1555,6 +1568,11 @@ fn a_criu_snapshot_of_another_kernel_or_executable_is_refused_by_name() {
 
 /// The port the process `pid` listens on over TCP (in its own network namespace).
 fn tcp_listen_port(pid: u32) -> Option<u16> {
+    tcp_listener(pid).map(|address| address.port())
+}
+
+/// The address and port the process `pid` listens on over TCP (IPv4).
+fn tcp_listener(pid: u32) -> Option<std::net::SocketAddrV4> {
     let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
         .flatten()
@@ -1569,14 +1587,23 @@ fn tcp_listen_port(pid: u32) -> Option<u16> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let listening = fields.get(3) == Some(&"0A");
         let ours = fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode));
-        let port = fields.get(1)?.rsplit_once(':')?.1;
-        (listening && ours).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        // ADDR:PORT in hex, the address's bytes read as one number of this host's order.
+        let (address, port) = fields.get(1)?.split_once(':')?;
+        let address = u32::from_str_radix(address, 16).ok()?.to_ne_bytes();
+        let port = u16::from_str_radix(port, 16).ok()?;
+        (listening && ours).then(|| std::net::SocketAddrV4::new(address.into(), port))
     })
 }
 
 /// The node (by its slurmd's network namespace) each running copy of `program` of the
-/// cluster's jobs is on, with its PID.
-fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<(String, u32)> {
+/// cluster's jobs is on.
+fn nodes_running(cluster: &Cluster, program: &Path) -> Vec<String> {
+    copies_running(cluster, program).into_iter().map(|(node, _)| node).collect()
+}
+
+/// Each running copy of `program` of the cluster's jobs: its node (as [`nodes_running`])
+/// and its PID.
+fn copies_running(cluster: &Cluster, program: &Path) -> Vec<(String, u32)> {
     let net = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     cluster
         .job_processes()
@@ -1711,7 +1738,7 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
         if let Some(run) = runs.last().filter(|r| r.ended_at.is_none()) {
             let working = run.first.zip(run.last).is_some_and(|(f, l)| l >= f + 10);
             if working && placements.len() < runs.len() {
-                let running = nodes_running(&cluster, program);
+                let running = copies_running(&cluster, program);
                 if running.len() == 4 {
                     // Started or restored by an agent: in a job step's cgroup on its node.
                     for (node, pid) in &running {
@@ -2133,4 +2160,240 @@ fn rank_two_fails_the_job_checkpoint(
     );
     assert!(results.iter().all(|r| *r == expected), "results {results:?}: {context}");
     eprintln!("Slurm test, rank 2 failing a job checkpoint: {}", stderr.trim());
+}
+
+/// The processes of `node` of `cluster`: its slurmd and every process in its network
+/// namespace (its slurmstepds, the job steps and programs on it).
+fn processes_on_node(cluster: &Cluster, node: &str) -> Vec<i32> {
+    let net = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let Some(slurmd) = cluster
+        .daemons
+        .iter()
+        .find(|(name, _)| name.strip_prefix("slurmd ") == Some(node))
+        .map(|(_, child)| child.id() as i32)
+    else {
+        return Vec::new();
+    };
+    let Some(ns) = net(slurmd) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != slurmd && net(pid).as_ref() == Some(&ns))
+        .collect();
+    pids.insert(0, slurmd);
+    pids
+}
+
+/// What a crashed node looks like: its slurmd and everything running on it killed with
+/// SIGKILL, by PID, until nothing is left (a dying process may have forked). The PIDs
+/// killed.
+fn crash_node(cluster: &Cluster, node: &str) -> Vec<i32> {
+    let mut killed = Vec::new();
+    let gone = wait_until(Duration::from_secs(10), || {
+        let left: Vec<i32> = processes_on_node(cluster, node)
+            .into_iter()
+            // The slurmd is our child: dead, it stays a zombie until the cluster reaps it.
+            .filter(|pid| !killed.contains(pid))
+            .collect();
+        for &pid in &left {
+            // SAFETY: SIGKILL to a process of this test's cluster, found by its node.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        killed.extend(&left);
+        left.is_empty()
+    });
+    assert!(gone, "node {node} still runs processes after SIGKILL");
+    killed
+}
+
+/// The launcher (`opal-run -np`) of the cluster's job.
+fn job_launcher(cluster: &Cluster) -> Option<i32> {
+    cluster.job_processes().into_iter().find(|&pid| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
+    })
+}
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A job of 4 ranks over 2 of 3 nodes (examples/slurm/job4x2.sbatch, submitted with
+/// --requeue) is checkpointed once (`opal-checkpoint` of its launcher, the job goes on),
+/// then its first node, where the launcher runs, crashes: its slurmd and everything on
+/// it killed with SIGKILL. Slurm finds the node not responding (SlurmdTimeout), sets it
+/// DOWN and requeues the job, which restarts every rank from the global snapshot on the
+/// two nodes left and finishes COMPLETED with the exact result; the steps done after the
+/// checkpoint are done again.
+#[test]
+fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_left() {
+    let started = Instant::now();
+    if skipped_without_slurm() {
+        return;
+    }
+    let sb = Sandbox::new("slurm-node-killed");
+    let programs = example_programs(&sb);
+    let cluster = start_private_cluster(&sb, 3);
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+
+    let (result, output) = (sb.path("killed.result"), sb.path("killed.out"));
+    let out = sb
+        .command("sbatch")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OPAL_RUN", opal_run())
+        .env("OPAL_CHECKPOINT", checkpoint_tool())
+        .env("CKPT_DIR", sb.path("checkpoints"))
+        .arg("--parsable")
+        .arg(format!("--output={}", output.display()))
+        .arg(repo().join("examples/slurm/job4x2.sbatch"))
+        .arg(&programs.0)
+        .arg(SHORT_STEPS.to_string())
+        .arg(STEP_MS.to_string())
+        .arg(&result)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
+    let mut jobs = vec![Job {
+        label: "self, 4 ranks over 2 nodes, a node killed",
+        component: "self",
+        steps: SHORT_STEPS,
+        warnings: 0,
+        id: stdout.trim().split(';').next().unwrap().to_string(),
+        output: output.clone(),
+        result: result.clone(),
+        warnings_sent: 0,
+        submitted: Instant::now(),
+        finished: None,
+    }];
+    let context = |jobs: &[Job]| {
+        let text = fs::read_to_string(&output).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("step ")).collect();
+        format!("job {}: output:\n{}\n{}", jobs[0].id, lines.join("\n"), cluster.logs())
+    };
+
+    // The first run works on nodes 1 and 2; one job checkpoint, and it goes on.
+    let working = wait_until(Duration::from_secs(60), || {
+        jobs[0].runs().first().and_then(|r| r.last).is_some_and(|l| l >= 60)
+    });
+    assert!(working, "the job did not start working: {}", context(&jobs));
+    let launcher = job_launcher(&cluster).expect("no launcher");
+    let listening = tcp_listener(launcher as u32);
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{launcher}/ns/net"))
+        .arg(checkpoint_tool())
+        .arg(launcher.to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "opal-checkpoint: {stdout}{stderr}\n{}", context(&jobs));
+    let checkpointed_at = jobs[0].runs()[0].last.unwrap_or(0);
+    let mut placements = vec![nodes_running(&cluster, &programs.0)];
+    placements[0].sort();
+
+    // Then the launcher's node crashes, a second of work after the checkpoint.
+    let host = jobs[0].runs()[0].host.clone().unwrap_or_default();
+    let crashed = names.iter().find(|n| host.starts_with(n.as_str())).expect("no node").clone();
+    std::thread::sleep(Duration::from_secs(1));
+    let killed_at = (Instant::now(), epoch_seconds());
+    let killed = crash_node(&cluster, &crashed);
+    let mut down_after = None;
+    while jobs[0].finished.is_none() && started.elapsed() < DEADLINE {
+        poll(&cluster, &mut jobs);
+        // DOWN+COMPLETING while the requeued job is cleaned up (sinfo says "completing").
+        if down_after.is_none()
+            && cluster
+                .slurm("scontrol", &["show", "node", "-o", &crashed])
+                .is_ok_and(|s| s.split_whitespace().any(|w| w.starts_with("State=DOWN")))
+        {
+            down_after = Some(killed_at.0.elapsed().as_secs_f64());
+        }
+        let runs = jobs[0].runs();
+        if let Some(run) =
+            runs.get(1).filter(|r| r.first.zip(r.last).is_some_and(|(f, l)| l >= f + 10))
+        {
+            if placements.len() == 1 && run.ended_at.is_none() {
+                let mut nodes = nodes_running(&cluster, &programs.0);
+                nodes.sort();
+                placements.push(nodes);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let job = &jobs[0];
+    let runs = job.runs();
+    let lost = lost_per_requeue(&runs);
+    let restarted_after = runs.get(1).and_then(|r| r.began_at).map(|at| at - killed_at.1);
+    let places: Vec<String> = runs.iter().map(|r| r.host.clone().unwrap_or_default()).collect();
+    let report = format!(
+        "Slurm test, a node killed: job {} {} after {:.1} s; {} killed ({} processes) after step {:?} (checkpoint at step {checkpointed_at}); DOWN after {:?} s; requeued run began {:?} s after the kill; {} requeues; work lost per requeue {lost:?} steps of {STEP_MS} ms; runs on {places:?}; ranks on {placements:?}",
+        job.id,
+        job.field("JobState").unwrap_or("not finished"),
+        started.elapsed().as_secs_f64(),
+        crashed,
+        killed.len(),
+        runs.first().and_then(|r| r.last),
+        down_after.map(|s| (s * 10.0).round() / 10.0),
+        restarted_after.map(|s| (s * 10.0).round() / 10.0),
+        runs.len().saturating_sub(1),
+    );
+    eprintln!("{report}");
+    let mut problems = Vec::new();
+    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
+        problems.push(format!(
+            "ended {:?} with exit code {:?}",
+            job.field("JobState"),
+            job.field("ExitCode")
+        ));
+    }
+    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
+    for rank in 0..4 {
+        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
+        if got != expected {
+            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
+        }
+    }
+    // The launcher listens on its node's address alone, the one its agents are told.
+    let node_addr = cluster.nodes.iter().find(|n| n.name == crashed).map(|n| n.addr.clone());
+    if listening.map(|l| l.ip().to_string()) != node_addr {
+        problems.push(format!("the launcher listened on {listening:?}, not on {node_addr:?}"));
+    }
+    if runs.len() != 2 {
+        problems.push(format!("{} runs, expected 2 (one requeue, after the crash)", runs.len()));
+    }
+    if down_after.is_none() {
+        problems.push(format!("Slurm never set {crashed} DOWN"));
+    }
+    match runs.get(1) {
+        Some(run) => {
+            let said = run.started.as_deref().unwrap_or("");
+            if !said.starts_with("opal-run: restarting the job of 4 ranks from global snapshot") {
+                problems.push(format!("the requeued run said {said:?}, not a job restart"));
+            }
+            // It resumed from the checkpoint (the last step printed when opal-checkpoint
+            // returned, give or take the output's delay), not from the start.
+            let resumed = run.first.unwrap_or(0);
+            if resumed.abs_diff(checkpointed_at) > MAX_LOST_STEPS {
+                problems.push(format!(
+                    "the requeued run began at step {resumed}, the checkpoint was taken at step {checkpointed_at}"
+                ));
+            }
+        }
+        None => problems.push("the job was never requeued".into()),
+    }
+    let two_each =
+        |a: &str, b: &str| vec![a.to_string(), a.to_string(), b.to_string(), b.to_string()];
+    let wanted = vec![two_each(&names[0], &names[1]), two_each(&names[1], &names[2])];
+    if crashed != names[0] || placements != wanted {
+        problems.push(format!(
+            "{crashed} crashed and the ranks ran on {placements:?}, not {} and {wanted:?}",
+            names[0]
+        ));
+    }
+    if !problems.is_empty() {
+        panic!("{}\n{report}\n{}", failure(job, &problems), cluster.logs());
+    }
+    drop(cluster);
 }

@@ -10,6 +10,7 @@ mod cr;
 mod crs;
 mod ext;
 mod init;
+mod namespaces;
 mod preload;
 mod vtable;
 

@@ -8,7 +8,7 @@ use crate::runtime;
 use std::ffi::{CStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[used]
@@ -127,15 +127,54 @@ extern "C" fn watch_for_orphaning() {
     FORKED_SECCOMP.store(state, Ordering::SeqCst);
     // Created with every signal blocked, which it inherits: the program's signals are
     // not taken by it (the forking thread's own mask is put back at once).
+    WATCHED_TID_WORD.store(tid_word, Ordering::SeqCst);
+    start_watcher();
+}
+
+/// Starts the orphan watcher on the TID word noted at the fork.
+fn start_watcher() {
+    let tid_word = WATCHED_TID_WORD.load(Ordering::SeqCst);
     let program_mask = runtime::block_all_signals();
     // SAFETY: a detached thread running `watch_parent`, which takes the address by value.
     unsafe {
         let mut thread: libc::pthread_t = std::mem::zeroed();
         if libc::pthread_create(&mut thread, std::ptr::null(), watch_parent, tid_word.cast()) == 0 {
+            WATCHING.store(true, Ordering::SeqCst);
             libc::pthread_detach(thread);
         }
     }
     runtime::restore_signal_mask(&program_mask);
+}
+
+/// The forking thread's TID word the watcher waits on (see `watch_for_orphaning`).
+static WATCHED_TID_WORD: AtomicPtr<libc::c_int> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether a watcher waits for the parent to go; `WATCHER_AWAY` asks it to leave.
+static WATCHING: AtomicBool = AtomicBool::new(false);
+static WATCHER_AWAY: AtomicBool = AtomicBool::new(false);
+
+/// Asks the orphan watcher, if one waits, to leave at once (the program's thread needs
+/// to be the only one); true if there was one to ask.
+pub(super) fn send_watcher_away() -> bool {
+    if !WATCHING.load(Ordering::SeqCst) {
+        return false;
+    }
+    WATCHER_AWAY.store(true, Ordering::SeqCst);
+    // SAFETY: wakes whoever waits on the forking thread's TID word: the watcher.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WATCHED_TID_WORD.load(Ordering::SeqCst),
+            libc::FUTEX_WAKE,
+            1,
+        );
+    }
+    true
+}
+
+/// Starts the watcher again after `send_watcher_away`.
+pub(super) fn bring_watcher_back() {
+    WATCHER_AWAY.store(false, Ordering::SeqCst);
+    start_watcher();
 }
 
 /// The seccomp state of the thread that forked, at the fork (see [`seccomp_state`]).
@@ -166,6 +205,7 @@ fn end_like_the_program_thread() -> ! {
 /// Ends the watcher, with nothing but the exit system call: a seccomp filter may forbid
 /// what glibc's thread exit does.
 fn exit_thread(code: i32) -> ! {
+    WATCHING.store(false, Ordering::SeqCst);
     // SAFETY: SYS_exit ends this thread only; it holds no lock and nothing waits for it.
     unsafe { libc::syscall(libc::SYS_exit, code) };
     unreachable!("SYS_exit returned")
@@ -268,6 +308,9 @@ extern "C" fn watch_parent(tid_word: *mut libc::c_void) -> *mut libc::c_void {
         if unsafe { std::ptr::read_volatile(tid_word) } != forker {
             end_like_the_program_thread();
         }
+        if WATCHER_AWAY.load(Ordering::SeqCst) {
+            exit_thread(0);
+        }
         if confined() {
             exit_thread(0);
         }
@@ -276,6 +319,7 @@ extern "C" fn watch_parent(tid_word: *mut libc::c_void) -> *mut libc::c_void {
             break;
         }
     }
+    WATCHING.store(false, Ordering::SeqCst);
     if confined() {
         exit_thread(0);
     }

@@ -158,7 +158,7 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
     let nodes: usize =
         std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
     let secret = channel::new_secret()?;
-    let listener = TcpListener::bind(("0.0.0.0", 0))?;
+    let listener = listener()?;
     let port = listener.local_addr()?.port();
     let signal = super::checkpoint_signal(&launch.job.params);
     launcher::install_signal_handlers(&signal.into_iter().collect::<Vec<_>>());
@@ -244,6 +244,37 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
 /// Names the launcher's child across nodes.
 fn srun_named(_: usize) -> String {
     "srun of the node agents".to_string()
+}
+
+/// The launcher's TCP listener, on this node's address in Slurm (`NodeAddr` of
+/// `SLURMD_NODENAME`): srun's connections to the nodes come from it, so it is what the
+/// agents are told (`SLURM_LAUNCH_NODE_IPADDR`, which the batch step itself does not
+/// have). On every address of the node, with a warning, when that address cannot be
+/// learnt or bound.
+fn listener() -> std::io::Result<TcpListener> {
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
+    let shown = (!node.is_empty())
+        .then(|| {
+            Command::new("scontrol")
+                .args(["show", "node", "-o", &node])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+        })
+        .flatten();
+    let text = shown.map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    let address = text
+        .as_deref()
+        .and_then(|t| t.split_whitespace().find_map(|w| w.strip_prefix("NodeAddr=")));
+    let why = match address.map(|address| (address, TcpListener::bind((address, 0)))) {
+        Some((_, Ok(listener))) => return Ok(listener),
+        Some((address, Err(e))) => format!("cannot listen on {address}: {e}"),
+        None => format!("no NodeAddr of node '{node}' from scontrol"),
+    };
+    eprintln!("opal-run: warning: {why}: the job's port listens on every address");
+    TcpListener::bind(("0.0.0.0", 0))
 }
 
 /// Accepts the agents' connections, each handshake on a thread of its own (a silent

@@ -37,7 +37,7 @@ pub struct Runtime {
 enum ServerHandle {
     Thread {
         shared: Arc<server::Shared>,
-        thread: std::thread::JoinHandle<()>,
+        thread: std::thread::JoinHandle<Option<server::Server>>,
     },
     /// Served by the program's own calls; never locked together with `STATE`, since
     /// callbacks run while it is held.
@@ -339,20 +339,7 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
         // had blocked since (zdtm sigpending).
         let program_mask = block_all_signals();
         let handle = if params.bool("opal_cr_use_thread") {
-            let shared = server.shared();
-            let (ready, reserved) = std::sync::mpsc::sync_channel(1);
-            let spawned = std::thread::Builder::new().name("opalcrs".into()).spawn(move || {
-                // Its own malloc arena first, then those of the threads it starts.
-                std::hint::black_box(Box::new(0u8));
-                reserve_checkpoint_threads(2);
-                let _ = ready.send(());
-                server.run()
-            });
-            spawned.map(|thread| {
-                // The mappings are complete when opal_init returns.
-                let _ = reserved.recv();
-                ServerHandle::Thread { shared, thread }
-            })
+            start_listener(server, true)
         } else {
             reserve_checkpoint_threads(1);
             Ok(ServerHandle::Inline(Arc::new(Mutex::new(server))))
@@ -364,6 +351,65 @@ fn cr_init_locked(state: &mut State) -> Result<()> {
     }
     state.runtime = Some(runtime);
     Ok(())
+}
+
+/// Starts the listener thread serving `server` (call it with every signal blocked).
+/// `reserve`: first make the threads and arenas a checkpoint needs (see
+/// [`reserve_checkpoint_threads`]); the mappings are complete when this returns.
+fn start_listener(server: server::Server, reserve: bool) -> std::io::Result<ServerHandle> {
+    let shared = server.shared();
+    let (ready, reserved) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name("opalcrs".into()).spawn(move || {
+        if reserve {
+            // Its own malloc arena first, then those of the threads it starts.
+            std::hint::black_box(Box::new(0u8));
+            reserve_checkpoint_threads(2);
+        }
+        let _ = ready.send(());
+        server.run()
+    });
+    spawned.map(|thread| {
+        let _ = reserved.recv();
+        ServerHandle::Thread { shared, thread }
+    })
+}
+
+/// Runs `call`, a system call the kernel allows only to a single-threaded process
+/// (entering a user namespace), with the listener thread ended for its duration (once
+/// no checkpoint runs) and started again after it, with the same socket and
+/// connections. `call` learns whether a thread of ours was ended (it may take a moment
+/// to leave the thread group).
+pub fn with_listener_paused<T>(call: impl FnOnce(bool) -> T) -> T {
+    let paused = {
+        let mut state = STATE.lock();
+        let ours = OWNER_PID.load(Ordering::SeqCst) == std::process::id() as i32;
+        match state.server.take() {
+            Some(ServerHandle::Thread { shared, thread })
+                if ours && thread.thread().id() != std::thread::current().id() =>
+            {
+                Some((shared, thread))
+            }
+            other => {
+                state.server = other;
+                None
+            }
+        }
+    };
+    // The lock is not held while the listener finishes: its checkpoint may need it.
+    let Some((shared, thread)) = paused else { return call(false) };
+    shared.pause();
+    let server = thread.join().ok().flatten();
+    let result = call(true);
+    if let Some(server) = server {
+        let program_mask = block_all_signals();
+        let started = start_listener(server, false);
+        restore_signal_mask(&program_mask);
+        match started {
+            Ok(handle) => STATE.lock().server = Some(handle),
+            Err(e) => log::error!(target: "cr", "cr: cannot start the listener thread again: {e}"),
+        }
+    }
+    result
 }
 
 fn cr_finalize_locked(state: &mut State) {

@@ -69,6 +69,8 @@ enum Quiet {
 
 struct Control {
     stop: bool,
+    /// The listener thread is to return its server at the next idle moment.
+    pause: bool,
     submitted: Vec<(Request, ApiSlot)>,
     finished: Vec<(u64, JobResult)>,
     quiet: Quiet,
@@ -89,6 +91,13 @@ impl Shared {
     /// Asks the listener thread to stop.
     pub fn stop(&self) {
         self.control.lock().stop = true;
+        self.wake();
+    }
+
+    /// Asks the listener thread to end once no checkpoint is queued or running, and to
+    /// hand its server (socket, connections, results) back through its join handle.
+    pub fn pause(&self) {
+        self.control.lock().pause = true;
         self.wake();
     }
 
@@ -211,6 +220,9 @@ fn result_reply(id: u64, result: WireResult) -> Reply {
 /// The serving side of one process.
 pub struct Server {
     rt: Arc<Runtime>,
+    /// The uid every user not mapped into this process's user namespace appears as
+    /// (`/proc/sys/kernel/overflowuid`): such peers cannot be told apart.
+    unmapped_uid: u32,
     shared: Arc<Shared>,
     listener: Option<UnixListener>,
     next_id: u64,
@@ -243,14 +255,20 @@ impl Server {
             wake,
             control: Mutex::new(Control {
                 stop: false,
+                pause: false,
                 submitted: Vec::new(),
                 finished: Vec::new(),
                 quiet: Quiet::Open,
             }),
             changed: Condvar::new(),
         });
+        let unmapped_uid = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(65534);
         let mut server = Server {
             rt,
+            unmapped_uid,
             shared,
             listener: None,
             next_id: 1,
@@ -429,6 +447,16 @@ impl Server {
         // SAFETY: geteuid has no preconditions.
         let own_uid = unsafe { libc::geteuid() };
         let cred = match control::peer_cred(&stream) {
+            // In a user namespace without a mapping for them, root and every other
+            // user all look like the overflow uid, as this process does without one.
+            Ok(cred) if cred.uid == self.unmapped_uid => {
+                let refusal = format!(
+                    "permission denied: the client's uid is not mapped into the user namespace of process {}, which cannot tell it from other users",
+                    current_pid()
+                );
+                answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
+                return;
+            }
             Ok(cred) if cred.uid == 0 || cred.uid == own_uid => cred,
             refused => {
                 let refusal = match refused {
@@ -708,18 +736,23 @@ impl Server {
         wait_slot(&slot)
     }
 
-    /// The listener thread's loop.
-    pub fn run(mut self) {
+    /// The listener thread's loop: the server back when paused, nothing when stopped.
+    pub fn run(mut self) -> Option<Server> {
         while self.absorb() {
             if self.running.is_none() {
                 if let Some(job) = self.queue.pop_front() {
                     self.start_worker(job);
                     continue;
                 }
+                let idle = self.quiet_for.is_none() && self.exit_after.is_none();
+                if idle && std::mem::take(&mut self.shared.control.lock().pause) {
+                    return Some(self);
+                }
             }
             self.wait_for_events();
         }
         WAKE_FD.store(-1, Ordering::SeqCst);
+        None
     }
 
     fn wait_for_events(&self) {

@@ -21,7 +21,7 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef { names: &["l", "location"], value: Some("DIR"), help: "Directory that contains the snapshot (1.10 style)" },
     OptionDef { names: &["r", "reference"], value: Some("REF"), help: "Snapshot reference inside --location (1.10 style)" },
     OptionDef { names: &["m", "metadata"], value: Some("FILE"), help: "Metadata file name (only snapshot_meta.data)" },
-    OptionDef { names: &["verify"], value: None, help: "Check SNAPSHOT (of a series: the newest, or -s SEQ) against its manifest, restart nothing; exit 0 good or legacy, 1 corrupt, 2 incomplete" },
+    OptionDef { names: &["verify"], value: None, help: "Check SNAPSHOT (of a series: the newest, or -s SEQ) against its manifest, restart nothing; exit 0 good or legacy, 1 corrupt, 2 incomplete, 3 not restorable here" },
     OptionDef { names: &["list"], value: None, help: "List each snapshot of SERIES, or of every series in -w DIR: seq, time, component, size, state" },
     OptionDef { names: &["json"], value: None, help: "With --list or --verify: print one JSON object on stdout" },
 ];
@@ -33,6 +33,8 @@ pub(crate) const EXIT_NOT_FOUND: i32 = 127;
 pub(crate) const EXIT_VERIFY_GOOD: i32 = 0;
 pub(crate) const EXIT_VERIFY_CORRUPT: i32 = 1;
 pub(crate) const EXIT_VERIFY_INCOMPLETE: i32 = 2;
+/// `--verify` of an intact snapshot that a restart on this node would refuse.
+pub(crate) const EXIT_VERIFY_NOT_RESTORABLE: i32 = 3;
 
 pub fn main() -> i32 {
     let args = super::args();
@@ -253,17 +255,26 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
     let located = snapshot::locate(&target.reference, &target.base, target.seq)?;
     let mut info = SnapshotInfo::inspect(&located.dir, located.seq);
     // A snapshot whose metadata a restart cannot use is no good either.
+    let mut component = None;
     if info.verdict.is_usable() {
         let usable = restart::read_metadata(&located.dir)
             .and_then(|metadata| restart::component_of(&located.dir, &metadata));
-        if let Err(e) = usable {
-            info.verdict = Verdict::Corrupt {
-                file: snapshot::METADATA_FILE.to_string(),
-                reason: e.message().to_string(),
-            };
+        match usable {
+            Ok(usable) => component = Some(usable),
+            Err(e) => {
+                info.verdict = Verdict::Corrupt {
+                    file: snapshot::METADATA_FILE.to_string(),
+                    reason: e.message().to_string(),
+                }
+            }
         }
     }
+    // What a restart here would refuse of an intact snapshot, in the restart's words.
+    let refusal = component
+        .and_then(|component| component.restorable_here(&located.dir).err())
+        .map(|e| e.message().to_string());
     let code = match info.verdict {
+        Verdict::Good | Verdict::Legacy if refusal.is_some() => EXIT_VERIFY_NOT_RESTORABLE,
         Verdict::Good | Verdict::Legacy => EXIT_VERIFY_GOOD,
         Verdict::Corrupt { .. } => EXIT_VERIFY_CORRUPT,
         Verdict::Incomplete { .. } => EXIT_VERIFY_INCOMPLETE,
@@ -281,13 +292,18 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
         .ok()
         .filter(|manifest| !manifest.identity.is_empty())
         .map(|manifest| manifest.identity_change());
+    // Said of an intact snapshot that records what it needs of the node (criu), or is
+    // refused; a damaged one is not restorable anywhere.
+    let restorable = (component.is_some() && (identity.is_some() || refusal.is_some()))
+        .then_some(refusal.is_none());
     let mut out = std::io::stdout().lock();
     if json {
         let mut object = info.to_json();
         object["version"] = 1.into();
-        if let Some(change) = &identity {
-            object["restorable_here"] = change.is_none().into();
-            object["identity_change"] = change.clone().into();
+        if let Some(restorable) = restorable {
+            object["restorable_here"] = restorable.into();
+            object["identity_change"] = identity.clone().flatten().into();
+            object["restore_refusal"] = refusal.clone().into();
         }
         object["series"] = located.series.as_ref().map(|s| s.path().display().to_string()).into();
         if let Some(newest_good) = fallback {
@@ -306,14 +322,15 @@ fn verify(target: &Target, json: bool) -> Result<i32, Error> {
         let _ = writeln!(out, "Component: {}", info.component.as_deref().unwrap_or("-"));
         let _ = writeln!(out, "Size: {}", info.size);
         let _ = writeln!(out, "State: {}", state_text(&info.verdict));
-        match &identity {
-            Some(None) => {
-                let _ = writeln!(out, "Restorable here: yes (executable and libraries unchanged)");
+        match (restorable, &refusal) {
+            (Some(true), _) => {
+                let _ =
+                    writeln!(out, "Restorable here: yes (same kernel, executable and libraries)");
             }
-            Some(Some(change)) => {
-                let _ = writeln!(out, "Restorable here: no: {change}");
+            (_, Some(why)) => {
+                let _ = writeln!(out, "Restorable here: no: {why}");
             }
-            None => {}
+            _ => {}
         }
         match fallback {
             Some(Some(seq)) => {

@@ -85,6 +85,11 @@ impl Component for CriuComponent {
         true
     }
 
+    fn restorable_here(&self, dir: &Path) -> Result<()> {
+        check_identity(dir)?;
+        compat::check(dir)
+    }
+
     /// The executable and every mapped executable library: an image restores only
     /// onto the same files.
     fn identity(&self) -> Vec<IdentityEntry> {
@@ -213,8 +218,7 @@ impl Component for CriuComponent {
                 ),
             ));
         }
-        check_identity(&plan.dir)?;
-        compat::check(&plan.dir)?;
+        self.restorable_here(&plan.dir)?;
         let pids = restore::image_pids(&plan.dir)?;
         let taken = restore::taken_pids(&pids);
         let new_pidns = match plan.params.choice("crs_criu_pidns") {

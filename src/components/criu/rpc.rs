@@ -571,10 +571,7 @@ unsafe fn clone_process(exit_signal: c_int) -> libc::pid_t {
     }
 }
 
-/// The calling thread's errno.
-pub(crate) fn errno() -> c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
+pub(crate) use crate::error::errno;
 
 /// Forks and execs `criu swrk`; returns the helper's PID (our child for `Helper::Child`,
 /// not ours for `Helper::Detached`) or the errno of the step that failed, `exec`
