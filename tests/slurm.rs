@@ -1650,6 +1650,9 @@ fn a_criu_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
     four_ranks_over_two_nodes_on_another_placement("criu");
 }
 
+/// Job states of a job not yet ended: COMPLETING too, whose exit code may not be final.
+const UNFINISHED: [&str; 3] = ["PENDING", "RUNNING", "COMPLETING"];
+
 /// The body of the two tests above, for `component` (`self`: `sum_self`; `criu`: `sum`).
 fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
     let started = Instant::now();
@@ -1916,7 +1919,7 @@ fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_n
         }
         let ended = wait_until(Duration::from_secs(60), || {
             cluster.job(&id).is_some_and(|info| {
-                info.iter().any(|(k, v)| k == "JobState" && v != "RUNNING" && v != "PENDING")
+                info.iter().any(|(k, v)| k == "JobState" && !UNFINISHED.contains(&v.as_str()))
             })
         });
         let state = cluster.job(&id).unwrap_or_default();
@@ -2124,7 +2127,7 @@ fn rank_two_fails_the_job_checkpoint(
         .unwrap_or_default();
     let finished = wait_until(Duration::from_secs(60), || {
         cluster.job(&id).is_some_and(|info| {
-            info.iter().any(|(k, v)| k == "JobState" && v != "RUNNING" && v != "PENDING")
+            info.iter().any(|(k, v)| k == "JobState" && !UNFINISHED.contains(&v.as_str()))
         })
     });
     let state = cluster.job(&id).unwrap_or_default();
