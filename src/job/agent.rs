@@ -9,14 +9,26 @@
 //! The agents connect back to the launcher over TCP (`SLURM_LAUNCH_NODE_IPADDR`, the
 //! port in `OPALCRS_JOB_PORT`) on the authenticated `channel`; what the listener gets
 //! from anyone else is refused before it is read.
+//!
+//! A fresh agent does not start its ranks itself: a forked child of it, the *node
+//! launcher*, runs the one-node launcher code (ranks as its children, its own control
+//! socket). So a criu job has, on each node, a tree without the agent (whose channel
+//! must not be in an image, and whose restored copy would be useless): on the job
+//! checkpoint the agent asks its node launcher to dump its tree into
+//! `opal_node_<node>.ckpt` in the global snapshot, and a restarting agent restores that
+//! image as its child. self ranks are asked by the agent directly, as on one node.
 
 use super::channel::{self, Channel};
 use super::endpoint::{self, Outcome, Release};
+use super::global::{self, GlobalMetadata};
 use super::launcher;
+use crate::framework::RestartOutcome;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -107,6 +119,20 @@ impl Agents {
         outcomes.sort_by_key(|(rank, _)| *rank);
         (outcomes, Release::Agents(held))
     }
+
+    /// The ranks each node holds, by node, of a job of `size`.
+    pub(super) fn layout(&self, size: usize) -> Vec<std::ops::Range<usize>> {
+        let nodes = self.links.lock().len();
+        (0..nodes).map(|node| block(size, nodes, node)).collect()
+    }
+}
+
+/// The number of nodes of the Slurm allocation this process runs in (1 outside one).
+pub(super) fn allocated_nodes() -> usize {
+    if !across_nodes() {
+        return 1;
+    }
+    std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
 }
 
 /// Phase two through one agent.
@@ -144,7 +170,10 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
         "--ntasks-per-node=1".to_string(),
         "--kill-on-bad-exit=1".to_string(),
     ]);
-    srun.arg(std::env::current_exe()?).arg("--node-agent").arg("--").args(&launch.command);
+    // The agents are opal-run, installed next to this tool (opal-restart restarts jobs
+    // too, and has no --node-agent).
+    let agent = std::env::current_exe()?.with_file_name("opal-run");
+    srun.arg(agent).arg("--node-agent").arg("--").args(&launch.command);
     srun.envs(launch.env.iter().map(|(k, v)| (k, v)));
     srun.env(channel::SECRET_VARIABLE, &secret)
         .env(PORT_VARIABLE, port.to_string())
@@ -189,7 +218,7 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
                 );
                 launcher::end_all(&[srun_pid], &[libc::SIGTERM, libc::SIGTERM]);
             }
-            return Ok(launcher::supervise(&[srun_pid], &mut |_| {}));
+            return Ok(launcher::supervise(&[srun_pid], &srun_named, &mut |_| {}));
         }
         changed.wait_for(&mut list, Duration::from_millis(100));
     };
@@ -209,7 +238,12 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
         params: launch.job.params.clone(),
         agents: Some(Arc::new(Agents { links: Mutex::new(links) })),
     };
-    Ok(super::serve_and_supervise(job, &[srun_pid], signal))
+    Ok(super::serve_and_supervise(job, &[srun_pid], &srun_named, signal))
+}
+
+/// Names the launcher's child across nodes.
+fn srun_named(_: usize) -> String {
+    "srun of the node agents".to_string()
 }
 
 /// The launcher's TCP listener, on this node's address in Slurm (`NodeAddr` of
@@ -314,7 +348,6 @@ fn run_agent(
     verbose: bool,
 ) -> Result<i32, String> {
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-    let secret = var(channel::SECRET_VARIABLE)?;
     let port = var(PORT_VARIABLE)?;
     let size: usize = var(SIZE_VARIABLE)?.parse().map_err(|_| "bad job size".to_string())?;
     let restart = std::env::var_os(RESTART_VARIABLE).map(PathBuf::from);
@@ -324,20 +357,33 @@ fn run_agent(
         .parse()
         .map_err(|_| "bad node count".to_string())?;
     let host = var("SLURM_LAUNCH_NODE_IPADDR")?;
-    // Single-threaded here: the ranks get none of the agent's own variables.
-    for name in [channel::SECRET_VARIABLE, PORT_VARIABLE, SIZE_VARIABLE, RESTART_VARIABLE] {
-        std::env::remove_var(name);
-    }
-    let channel = Channel::connect(&format!("{host}:{port}"), &secret)
-        .map_err(|e| format!("cannot reach the launcher at {host}:{port}: {e}"))?;
-    launcher::install_signal_handlers(&[]);
     let mine = block(size, nodes, node);
-    let pids = match &restart {
-        None => {
-            launcher::start(command, mine.clone(), size, &[], &super::launcher_only_variables())
-                .map_err(|e| format!("cannot start {}: {e}", command[0].to_string_lossy()))?
-        }
+    let criu_restart = match &restart {
         Some(global) => {
+            let metadata = GlobalMetadata::read(global).map_err(|e| e.message().to_string())?;
+            (!metadata.nodes.is_empty()).then_some(metadata)
+        }
+        None => None,
+    };
+    // A fresh node launcher is forked before the secret is read and the channel exists,
+    // so that its tree (an image, for criu) has neither.
+    let fresh = match &restart {
+        None => Some(start_node_launcher(command, mine.clone(), size, params)?),
+        Some(_) => None,
+    };
+    let secret =
+        forget_agent_variables().ok_or(format!("{} is not set", channel::SECRET_VARIABLE))?;
+    launcher::install_signal_handlers(&[]);
+    // The tree of the node launcher (its PID), if the ranks are below one; the ranks.
+    // All started before the launcher is reached, so that a node that cannot start
+    // them reports nothing.
+    let (tree, pids) = match (&restart, fresh, criu_restart) {
+        (_, Some((tree, pids)), _) => (Some(tree), pids),
+        (Some(global), None, Some(metadata)) => {
+            let (tree, pids) = restore_node(global, &metadata, node, &mine, params, verbose)?;
+            (Some(tree), pids)
+        }
+        (Some(global), None, None) => {
             let mut pids = Vec::with_capacity(mine.len());
             for rank in mine.clone() {
                 let started =
@@ -352,9 +398,15 @@ fn run_agent(
                     }
                 }
             }
-            pids
+            (None, pids)
         }
+        (None, None, _) => unreachable!("a fresh start has its node launcher"),
     };
+    let children = tree.map_or_else(|| pids.clone(), |pid| vec![pid]);
+    let channel = Channel::connect(&format!("{host}:{port}"), &secret).map_err(|e| {
+        launcher::end_all(&children, &[]);
+        format!("cannot reach the launcher at {host}:{port}: {e}")
+    })?;
     let ranks: Vec<(usize, i32)> = mine.zip(pids.iter().copied()).collect();
     channel
         .send(&ToLauncher::Hello { node, ranks: ranks.clone() })
@@ -362,21 +414,252 @@ fn run_agent(
     let serving = ranks.clone();
     std::thread::Builder::new()
         .name("opalcrs-agent".into())
-        .spawn(move || serve_launcher(channel, &serving))
+        .spawn(move || serve_launcher(channel, &serving, tree.map(|pid| (pid, node))))
         .map_err(|e| format!("cannot serve the launcher: {e}"))?;
-    Ok(launcher::supervise(&pids, &mut |_| {}))
+    let first = ranks.first().map_or(0, |&(rank, _)| rank);
+    let name = move |index: usize| match tree {
+        Some(_) => format!("the node launcher of ranks {first}-{}", first + ranks.len() - 1),
+        None => format!("rank {}", first + index),
+    };
+    Ok(launcher::supervise(&children, &name, &mut |_| {}))
 }
 
-/// Relays the launcher's requests to this node's ranks; once the launcher is gone the
+/// Forks the node launcher: it leads a session of its own (as the root of a tree that
+/// CRIU dumps must), ends with the agent, starts the ranks `mine` as its children and
+/// serves its control socket as a one-node launcher does. Its PID and the ranks'.
+/// Called while the agent has one thread.
+fn start_node_launcher(
+    command: &[OsString],
+    mine: std::ops::Range<usize>,
+    size: usize,
+    params: &crate::params::Params,
+) -> Result<(i32, Vec<i32>), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("no pipe for the node launcher: {}", std::io::Error::last_os_error()));
+    }
+    let agent = std::process::id() as libc::pid_t;
+    // SAFETY: the agent has one thread; the child goes on in Rust and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("cannot fork the node launcher: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: the pipe's ends are this process's own.
+        let report = unsafe {
+            libc::close(fds[0]);
+            std::fs::File::from_raw_fd(fds[1])
+        };
+        run_node_launcher(command, mine, size, params, agent, report);
+    }
+    // SAFETY: as above.
+    let mut answer = unsafe {
+        libc::close(fds[1]);
+        std::fs::File::from_raw_fd(fds[0])
+    };
+    let mut said = String::new();
+    let _ = answer.read_to_string(&mut said);
+    let pids: Option<Vec<i32>> =
+        said.strip_prefix("ok").map(|rest| rest.split_whitespace().flat_map(str::parse).collect());
+    match pids {
+        Some(pids) if pids.len() == mine.len() => Ok((pid, pids)),
+        _ => {
+            launcher::end_all(&[pid], &[]);
+            Err(said.strip_prefix("error ").map_or_else(
+                || "the node launcher did not start".to_string(),
+                |why| why.trim().to_string(),
+            ))
+        }
+    }
+}
+
+/// Removes the agent's own variables from the environment, so that no rank gets them:
+/// the secret, which is also wiped where the environment held it (a node launcher's
+/// memory goes into its node's image). Called while the process has one thread.
+fn forget_agent_variables() -> Option<String> {
+    let secret = std::env::var(channel::SECRET_VARIABLE).ok();
+    let name = std::ffi::CString::new(channel::SECRET_VARIABLE).expect("a plain name");
+    // SAFETY: getenv's string is this process's own, writable; one thread runs.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if !value.is_null() {
+            std::ptr::write_bytes(value, 0, libc::strlen(value));
+        }
+    }
+    for name in [channel::SECRET_VARIABLE, PORT_VARIABLE, SIZE_VARIABLE, RESTART_VARIABLE] {
+        std::env::remove_var(name);
+    }
+    secret
+}
+
+/// The node launcher's life (see [`start_node_launcher`]); its status is its ranks'.
+fn run_node_launcher(
+    command: &[OsString],
+    mine: std::ops::Range<usize>,
+    size: usize,
+    params: &crate::params::Params,
+    agent: libc::pid_t,
+    mut report: std::fs::File,
+) -> ! {
+    forget_agent_variables();
+    // SAFETY: plain system call.
+    unsafe { libc::setsid() };
+    if crate::framework::end_with_parent(agent).is_err() {
+        std::process::exit(crate::tools::restart::EXIT_CANNOT_RESTART);
+    }
+    launcher::install_signal_handlers(&[]);
+    let first = mine.start;
+    let started = launcher::start(command, mine, size, &[], &super::launcher_only_variables());
+    let pids = match started {
+        Ok(pids) => pids,
+        Err(e) => {
+            let _ = writeln!(report, "error cannot start {}: {e}", command[0].to_string_lossy());
+            std::process::exit(crate::tools::restart::EXIT_CANNOT_RESTART);
+        }
+    };
+    let listed: Vec<String> = pids.iter().map(i32::to_string).collect();
+    let _ = writeln!(report, "ok {}", listed.join(" "));
+    drop(report);
+    // The job's interval checkpoints are the launcher's, not each node's.
+    let mut params = params.clone();
+    let _ = params.set("opal_cr_checkpoint_interval", "0", crate::params::Source::Default);
+    let own = std::process::id() as i32;
+    let job = endpoint::Job {
+        launcher_pid: own,
+        ranks: pids.clone(),
+        base: crate::runtime::snapshot_base_dir(&params),
+        name: global::default_series_name(own),
+        params,
+        agents: None,
+    };
+    std::process::exit(super::serve_and_supervise(job, &pids, &super::rank_named(first), None))
+}
+
+/// Restores node `node`'s image of the criu global snapshot `global` (`metadata` its
+/// metadata) as the agent's child, after checking that this job has as many nodes
+/// and that the image holds the ranks `mine`: the restored node launcher's PID and
+/// its ranks'. Its compatibility with this node is checked by the restore.
+fn restore_node(
+    global: &std::path::Path,
+    metadata: &GlobalMetadata,
+    node: usize,
+    mine: &std::ops::Range<usize>,
+    params: &crate::params::Params,
+    verbose: bool,
+) -> Result<(i32, Vec<i32>), String> {
+    let image = global::node_snapshot(global, node);
+    let recorded = GlobalMetadata::read(&image).map_err(|e| e.message().to_string())?;
+    if metadata.nodes.get(node) != Some(mine) || recorded.ranks.len() != mine.len() {
+        return Err(format!(
+            "node {node}: {} does not hold ranks {}-{} of a job of {} nodes",
+            image.display(),
+            mine.start,
+            mine.end.saturating_sub(1),
+            metadata.nodes.len()
+        ));
+    }
+    let target = crate::restart::Target::path(image.clone());
+    match crate::restart::run(&target, params, verbose, &mut |_| true) {
+        Ok(RestartOutcome::Spawned { pid, .. }) => match restored_ranks(pid, &recorded.ranks) {
+            Ok(pids) => Ok((pid, pids)),
+            Err(why) => {
+                launcher::end_all(&[pid], &[]);
+                Err(format!("node {node}: {why}"))
+            }
+        },
+        Ok(RestartOutcome::Rejected(why)) => Err(format!("node {node}: {why}")),
+        Ok(RestartOutcome::Exited(status)) => {
+            Err(format!("node {node}: the restore of {} ended ({status})", image.display()))
+        }
+        Err((_, e)) => Err(format!("node {node}: {}", e.message())),
+    }
+}
+
+/// The PIDs, as seen here, of the ranks the restored node launcher `tree` has as its
+/// children, by the PIDs `recorded` at the dump (the same, unless the restore went
+/// into a PID namespace of its own: the innermost of a child's `NSpid` is recorded).
+fn restored_ranks(tree: i32, recorded: &[i32]) -> Result<Vec<i32>, String> {
+    let children: Vec<i32> = std::fs::read_dir(format!("/proc/{tree}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>()
+        })
+        .collect();
+    let innermost = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        line.split_whitespace().last()?.parse::<i32>().ok()
+    };
+    recorded
+        .iter()
+        .map(|&was| {
+            children.iter().copied().find(|&child| innermost(child) == Some(was)).ok_or_else(|| {
+                format!("no rank of PID {was} below the restored node launcher {tree}")
+            })
+        })
+        .collect()
+}
+
+/// Refuses a node's tree (the node launcher `root` and `ranks`) that holds a TCP
+/// connection to an address other than loopback: its image could not be restored on
+/// another node (the address is this node's), and CRIU, which dumps connections
+/// (`crs_criu_tcp_established=1`, the default), would not say so.
+fn leaves_the_node(root: i32, ranks: &[(usize, i32)]) -> Result<(), String> {
+    let off: Vec<String> = crate::components::criu::net::tcp_connections(root)
+        .into_iter()
+        .filter(|c| !c.remote.ip().is_loopback())
+        .map(|c| match ranks.iter().find(|&&(_, pid)| pid == c.pid) {
+            Some((rank, _)) => format!("{c}, rank {rank}"),
+            None => c.to_string(),
+        })
+        .collect();
+    if off.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "TCP connections off the node ({}), which an image restored on another node cannot have",
+        off.join("; ")
+    ))
+}
+
+/// Relays the launcher's requests to this node's ranks (criu ranks below the node
+/// launcher `tree` (PID, node) as one dump of its tree); once the launcher is gone the
 /// ranks are ended.
-fn serve_launcher(mut channel: Channel, ranks: &[(usize, i32)]) {
+fn serve_launcher(mut channel: Channel, ranks: &[(usize, i32)], tree: Option<(i32, usize)>) {
     let mut held = Vec::new();
     loop {
         match channel.receive::<ToAgent>() {
             Ok(ToAgent::Hold { dir }) => {
                 endpoint::release_local(&held);
-                let (outcomes, streams) = endpoint::hold_local(ranks, &dir);
-                held = streams;
+                let criu = endpoint::components_of(ranks)
+                    .is_ok_and(|c| !c.is_empty() && c.iter().all(|c| c == "criu"));
+                let outcomes = match tree {
+                    Some((pid, node)) if criu => {
+                        held = Vec::new();
+                        let outcome = leaves_the_node(pid, ranks)
+                            .and_then(|()| {
+                                endpoint::checkpoint_tree_of(
+                                    pid,
+                                    &global::node_series_name(node),
+                                    &dir,
+                                )
+                            })
+                            .map(|()| "criu".to_string())
+                            .map_err(|why| {
+                                format!("node {node} ({}): {why}", crate::output::hostname())
+                            });
+                        ranks.iter().map(|&(rank, _)| (rank, outcome.clone())).collect()
+                    }
+                    _ => {
+                        let (outcomes, streams) = endpoint::hold_local(ranks, &dir);
+                        held = streams;
+                        outcomes
+                    }
+                };
                 if channel.send(&ToLauncher::Held { outcomes }).is_err() {
                     break;
                 }
@@ -386,7 +669,8 @@ fn serve_launcher(mut channel: Channel, ranks: &[(usize, i32)]) {
         }
     }
     endpoint::release_local(&held);
-    let pids: Vec<i32> = ranks.iter().map(|&(_, pid)| pid).collect();
+    let mut pids: Vec<i32> = tree.map(|(pid, _)| pid).into_iter().collect();
+    pids.extend(ranks.iter().map(|&(_, pid)| pid));
     eprintln!("opal-run --node-agent: the launcher is gone: ending this node's ranks");
     launcher::end_all(&pids, &[libc::SIGTERM]);
 }
@@ -400,6 +684,26 @@ mod tests {
         assert_eq!((0..2).map(|n| block(4, 2, n)).collect::<Vec<_>>(), vec![0..2, 2..4]);
         assert_eq!((0..3).map(|n| block(5, 3, n)).collect::<Vec<_>>(), vec![0..2, 2..4, 4..5]);
         assert_eq!(block(1, 2, 1), 1..1);
+    }
+
+    #[test]
+    fn restored_ranks_are_found_among_the_children_by_their_recorded_pids() {
+        let mut children: Vec<std::process::Child> =
+            (0..2).map(|_| Command::new("sleep").arg("10").spawn().unwrap()).collect();
+        let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+        let own = std::process::id() as i32;
+        let reversed: Vec<i32> = pids.iter().rev().copied().collect();
+        let found = restored_ranks(own, &reversed);
+        let missing = restored_ranks(own, &[pids[0], i32::MAX]);
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(found, Ok(reversed));
+        assert_eq!(
+            missing,
+            Err(format!("no rank of PID {} below the restored node launcher {own}", i32::MAX))
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! before its continue phase (`hold`). Once every rank has answered, the global snapshot
 //! is published if all succeeded, and every rank then gets its go; if one failed nothing
 //! is published, all continue, and the failure names the rank and its cause. criu: the
-//! launcher dumps its own tree, the ranks with it, into the global snapshot.
+//! launcher dumps its own tree, the ranks with it, into the global snapshot. Across
+//! nodes both go through the node agents (`agent`): criu as one image per node.
 
 use super::global::{self, GlobalMetadata};
 use crate::codes::*;
@@ -387,8 +388,8 @@ impl Endpoint {
     /// One global snapshot of every rank into `series`, by the ranks' component: self
     /// in two phases, criu as one image of the launcher's tree.
     fn checkpoint(&self, series: &Series) -> Result<CheckpointResult, Error> {
-        // Across nodes only self is coordinated: a rank of another component refuses
-        // the held checkpoint, which names it.
+        // Across nodes the agents answer for their ranks: self ranks checkpoint and
+        // hold, criu nodes each dump their ranks' tree (see `agent`).
         if self.job.agents.is_some() {
             return self.checkpoint_self(series);
         }
@@ -408,38 +409,13 @@ impl Endpoint {
 
     /// Each rank's component, asked of the rank.
     fn rank_components(&self) -> Result<Vec<String>, Error> {
-        let failed = |rank: usize, why: String| {
+        let ranks: Vec<(usize, i32)> = self.job.ranks.iter().copied().enumerate().collect();
+        components_of(&ranks).map_err(|(rank, pid, why)| {
             Error::new(
                 OPAL_ERROR,
-                format!(
-                    "job checkpoint failed, nothing published: rank {rank} (PID {}): {why}",
-                    self.job.ranks[rank]
-                ),
+                format!("job checkpoint failed, nothing published: rank {rank} (PID {pid}): {why}"),
             )
-        };
-        let mut components = Vec::with_capacity(self.job.ranks.len());
-        for (rank, &pid) in self.job.ranks.iter().enumerate() {
-            // A rank whose socket is closed for a dump (just after a restore of the tree it
-            // is still closed for a moment) is waited for.
-            let until = Instant::now() + BUSY_LIMIT;
-            let endpoint = loop {
-                match control::locate(pid) {
-                    Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY && Instant::now() < until => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    located => break located.map_err(|e| failed(rank, e.message().into()))?,
-                }
-            };
-            let reply = endpoint
-                .call(Request::Status, RANK_LIMIT)
-                .map_err(|e| failed(rank, format!("no status: {e}")))?;
-            match (reply.status, reply.error) {
-                (Some(status), _) => components.push(status.component),
-                (None, Some(error)) => return Err(failed(rank, error.message)),
-                (None, None) => return Err(failed(rank, "an empty status".into())),
-            }
-        }
-        Ok(components)
+        })
     }
 
     /// criu: the launcher dumps its own tree, the ranks with it, at one instant, so that
@@ -514,6 +490,10 @@ impl Endpoint {
             component: component.clone(),
             launcher_pid: self.job.launcher_pid,
             ranks: self.job.ranks.clone(),
+            nodes: match &self.job.agents {
+                Some(agents) if component == "criu" => agents.layout(self.job.ranks.len()),
+                _ => Vec::new(),
+            },
         };
         metadata.pid = Some(self.job.launcher_pid);
         metadata.series = Some(series.path().to_path_buf());
@@ -643,6 +623,35 @@ pub(super) fn hold_local(ranks: &[(usize, i32)], dir: &str) -> (Vec<Outcome>, Ve
     (outcomes, held)
 }
 
+/// The component of each of `ranks` (rank, PID), asked of the rank; or the first rank
+/// that could not say, and why.
+pub(super) fn components_of(ranks: &[(usize, i32)]) -> Result<Vec<String>, (usize, i32, String)> {
+    let mut components = Vec::with_capacity(ranks.len());
+    for &(rank, pid) in ranks {
+        let failed = |why: String| (rank, pid, why);
+        // A rank whose socket is closed for a dump (just after a restore of the tree it
+        // is still closed for a moment) is waited for.
+        let until = Instant::now() + BUSY_LIMIT;
+        let endpoint = loop {
+            match control::locate(pid) {
+                Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY && Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                located => break located.map_err(|e| failed(e.message().into()))?,
+            }
+        };
+        let reply = endpoint
+            .call(Request::Status, RANK_LIMIT)
+            .map_err(|e| failed(format!("no status: {e}")))?;
+        match (reply.status, reply.error) {
+            (Some(status), _) => components.push(status.component),
+            (None, Some(error)) => return Err(failed(error.message)),
+            (None, None) => return Err(failed("an empty status".into())),
+        }
+    }
+    Ok(components)
+}
+
 /// Phase two on this node: every held rank goes on.
 pub(super) fn release_local(held: &[UnixStream]) {
     for stream in held {
@@ -675,6 +684,53 @@ fn ask(rank: usize, pid: i32, dir: &str) -> Held {
         Some(id) => Ok((stream, id)),
         None => Err("it accepted no checkpoint".into()),
     }
+}
+
+/// Asks the one-node launcher `pid` (a node agent's child, the parent of its node's
+/// ranks) for a checkpoint of its tree into the series `name` in `dir`, and waits for
+/// it: Ok once it is published there, or why not.
+pub(super) fn checkpoint_tree_of(pid: i32, name: &str, dir: &str) -> Result<(), String> {
+    let until = Instant::now() + RANK_LIMIT;
+    let request = Request::Checkpoint {
+        term: false,
+        name: Some(name.to_string()),
+        dir: Some(dir.to_string()),
+        wait: false,
+        dump_helper: None,
+        hold: false,
+    };
+    let located = control::locate(pid).map_err(|e| e.message().to_string())?;
+    let reply = located.call(request, RANK_LIMIT).map_err(|e| format!("cannot ask: {e}"))?;
+    let id = match (reply.id, reply.error) {
+        (_, Some(error)) => return Err(error.message),
+        (Some(id), None) => id,
+        (None, None) => return Err("it accepted no checkpoint".into()),
+    };
+    // Asked again until it is done; its socket is closed while the tree is dumped (a
+    // connection made just before is dropped unanswered).
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        let reply = match control::locate(pid) {
+            Err(e) if e.code() == OPAL_ERR_RESOURCE_BUSY => continue,
+            Err(e) => return Err(e.message().to_string()),
+            Ok(located) => match located.call(Request::Result { id }, RANK_LIMIT) {
+                Ok(reply) => reply,
+                // SAFETY: kill with signal 0 only looks whether the process exists.
+                Err(_) if unsafe { libc::kill(pid, 0) } == 0 => continue,
+                Err(e) => return Err(format!("no result: {e}")),
+            },
+        };
+        match reply {
+            Reply { result: Some(_), .. } => return Ok(()),
+            Reply { error: Some(error), .. } => {
+                let message = error.message;
+                let cause = message.strip_prefix("job checkpoint failed, nothing published: ");
+                return Err(cause.unwrap_or(&message).to_string());
+            }
+            _ => {}
+        }
+    }
+    Err(format!("no result within {} s", RANK_LIMIT.as_secs()))
 }
 
 /// The rank's own result, sent on the held connection once its snapshot is published;

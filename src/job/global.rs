@@ -5,6 +5,9 @@
 //! inside it, and it is published by one rename with one manifest over every file of
 //! every rank (their own manifests included) only when all ranks' snapshots are
 //! complete. One damaged rank therefore makes the whole global snapshot fail its check.
+//!
+//! A criu job across nodes holds one image per node instead, `opal_node_<node>.ckpt/0/`
+//! (a series of one, like a rank's), and the metadata says which ranks each holds.
 
 use crate::error::{Error, Result};
 use crate::snapshot::metadata::read_token;
@@ -19,6 +22,7 @@ const TOKEN_PROCESS: &str = "# Process: ";
 const TOKEN_COMPONENT: &str = "# OPAL CRS Component: ";
 const TOKEN_LAUNCHER: &str = "# OPALCRS Launcher: ";
 const TOKEN_SIZE: &str = "# OPALCRS Ranks: ";
+const TOKEN_NODE: &str = "# OPALCRS Node: ";
 
 /// The default name of a job's global series.
 pub fn default_series_name(launcher_pid: i32) -> String {
@@ -35,6 +39,16 @@ pub fn rank_snapshot(global: &Path, rank: usize) -> PathBuf {
     global.join(rank_series_name(rank)).join("0")
 }
 
+/// The name of node `node`'s image (a series of one) in a criu global snapshot.
+pub fn node_series_name(node: usize) -> String {
+    format!("opal_node_{node}.ckpt")
+}
+
+/// Node `node`'s image directory in the global snapshot `global`.
+pub fn node_snapshot(global: &Path, node: usize) -> PathBuf {
+    global.join(node_series_name(node)).join("0")
+}
+
 /// What `global_snapshot_meta.data` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalMetadata {
@@ -46,11 +60,14 @@ pub struct GlobalMetadata {
     pub launcher_pid: i32,
     /// The PID of each rank, by rank.
     pub ranks: Vec<i32>,
+    /// criu across nodes: the ranks each node's image holds, by node; empty otherwise.
+    pub nodes: Vec<std::ops::Range<usize>>,
 }
 
 impl GlobalMetadata {
     /// The file: the original's tokens (`# Seq:`, `# Timestamp:`, one `# Process:` per
-    /// rank as `<rank> <pid>`, `# OPAL CRS Component:`), then ours.
+    /// rank as `<rank> <pid>`, `# OPAL CRS Component:`), then ours (one `# OPALCRS
+    /// Node: <node> <first rank> <ranks>` per node image).
     pub fn render(&self) -> String {
         let mut text = format!("{TOKEN_SEQ}{}\n{TOKEN_TIMESTAMP}{}\n", self.seq, self.timestamp);
         for (rank, pid) in self.ranks.iter().enumerate() {
@@ -59,6 +76,9 @@ impl GlobalMetadata {
         text.push_str(&format!("{TOKEN_COMPONENT}{}\n", self.component));
         text.push_str(&format!("{TOKEN_LAUNCHER}{}\n", self.launcher_pid));
         text.push_str(&format!("{TOKEN_SIZE}{}\n", self.ranks.len()));
+        for (node, ranks) in self.nodes.iter().enumerate() {
+            text.push_str(&format!("{TOKEN_NODE}{node} {} {}\n", ranks.start, ranks.len()));
+        }
         text
     }
 
@@ -96,12 +116,33 @@ impl GlobalMetadata {
         if ranks.is_empty() || size != ranks.len() as i64 {
             return Err(format!("{size} ranks, but {} processes listed", ranks.len()));
         }
+        // Node images, if any, hold every rank once, in order.
+        let mut nodes: Vec<std::ops::Range<usize>> = Vec::new();
+        for (expected, line) in read_token(text, TOKEN_NODE).iter().enumerate() {
+            let words: Vec<Option<usize>> =
+                line.split_whitespace().map(|w| w.parse().ok()).collect();
+            let next = nodes.last().map_or(0, |last| last.end);
+            match words[..] {
+                [Some(node), Some(first), Some(count)] if node == expected && first == next => {
+                    nodes.push(first..first + count)
+                }
+                _ => return Err(format!("a bad {}line {line:?}", TOKEN_NODE)),
+            }
+        }
+        if nodes.last().is_some_and(|last| last.end != ranks.len()) {
+            return Err(format!(
+                "{} ranks, but the node images hold {}",
+                ranks.len(),
+                nodes.last().map_or(0, |l| l.end)
+            ));
+        }
         Ok(GlobalMetadata {
             seq: number(TOKEN_SEQ)? as u64,
             timestamp: one(TOKEN_TIMESTAMP)?,
             component: one(TOKEN_COMPONENT)?,
             launcher_pid: number(TOKEN_LAUNCHER)? as i32,
             ranks,
+            nodes,
         })
     }
 }
@@ -137,6 +178,7 @@ mod tests {
             component: "self".into(),
             launcher_pid: 12563,
             ranks: vec![12564, 12565],
+            nodes: Vec::new(),
         }
     }
 
@@ -160,6 +202,27 @@ mod tests {
         assert!(GlobalMetadata::parse(&text).unwrap_err().contains("a bad # Process: line"));
         let text = sample().render().replace("# Seq: 3\n", "");
         assert_eq!(GlobalMetadata::parse(&text), Err("no # Seq:".into()));
+    }
+
+    #[test]
+    fn a_criu_job_across_nodes_records_the_ranks_of_each_node_image() {
+        let across = GlobalMetadata {
+            component: "criu".into(),
+            ranks: vec![11, 12, 21, 22, 23],
+            nodes: vec![0..2, 2..5],
+            ..sample()
+        };
+        let text = across.render();
+        assert!(text.ends_with("# OPALCRS Node: 0 0 2\n# OPALCRS Node: 1 2 3\n"), "{text}");
+        assert_eq!(GlobalMetadata::parse(&text), Ok(across.clone()));
+        let short = text.replace("# OPALCRS Node: 1 2 3", "# OPALCRS Node: 1 2 2");
+        assert_eq!(
+            GlobalMetadata::parse(&short),
+            Err("5 ranks, but the node images hold 4".into())
+        );
+        let gap = text.replace("# OPALCRS Node: 1 2 3", "# OPALCRS Node: 1 3 2");
+        assert!(GlobalMetadata::parse(&gap).unwrap_err().contains("a bad # OPALCRS Node: line"));
+        assert_eq!(node_snapshot(Path::new("/g/0"), 1), PathBuf::from("/g/0/opal_node_1.ckpt/0"));
     }
 
     #[test]

@@ -113,8 +113,13 @@ fn describe(status: i32) -> String {
 /// or 0; 128+N when the launcher passed on a terminating signal N and a rank failed
 /// (which rank ends first is then chance: a rank whose neighbour went first may fail
 /// in its own way). `on_signal` gets each signal that is not passed on (e.g. the
-/// checkpoint signal).
-pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
+/// checkpoint signal). `name` says what the child at each index is, for the message
+/// on a failure (`rank R`, or the node launcher or srun that stands for ranks).
+pub fn supervise(
+    ranks: &[i32],
+    name: &dyn Fn(usize) -> String,
+    on_signal: &mut dyn FnMut(libc::c_int),
+) -> i32 {
     let mut live: Vec<bool> = vec![true; ranks.len()];
     let mut failed: Option<i32> = None;
     let mut ended_by: Option<libc::c_int> = None;
@@ -152,7 +157,7 @@ pub fn supervise(ranks: &[i32], on_signal: &mut dyn FnMut(libc::c_int)) -> i32 {
         live[rank] = false;
         if code != 0 && failed.is_none() {
             failed = Some(code);
-            eprintln!("opal-run: rank {rank} (PID {reaped}) {}: ending the job", describe(code));
+            eprintln!("opal-run: {} (PID {reaped}) {}: ending the job", name(rank), describe(code));
             end_all(&ranks_alive(ranks, &live), &[libc::SIGTERM]);
             kill_at = Some(Instant::now() + GRACE);
         }

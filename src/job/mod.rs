@@ -90,7 +90,7 @@ pub fn launch(options: &JobOptions) -> std::io::Result<i32> {
         &launcher_only_variables(),
     )?;
     let job = endpoint::Job { ranks: ranks.clone(), ..job };
-    Ok(serve_and_supervise(job, &ranks, signal))
+    Ok(serve_and_supervise(job, &ranks, &rank_named(0), signal))
 }
 
 /// The variables of the launcher's own parameters, which the ranks do not get.
@@ -115,7 +115,9 @@ pub fn choose(target: &Target) -> Result<(snapshot::Resolved, GlobalMetadata), E
 /// Restarts every rank of the global snapshot `resolved` as a child of this process,
 /// which becomes the job's launcher (checkpointable again, into the same series), and
 /// supervises them: the job's status (`Exited`). A rank that cannot be restarted ends
-/// the others. criu: see [`restore_tree`]; `as_child` as there.
+/// the others. criu: see [`restore_tree`]; `as_child` as there. A job across nodes
+/// (self, or criu with one image per node) is restarted through node agents, criu on
+/// as many nodes as it had.
 pub fn restart(
     resolved: &snapshot::Resolved,
     metadata: &GlobalMetadata,
@@ -123,10 +125,19 @@ pub fn restart(
     verbose: bool,
     as_child: bool,
 ) -> Result<RestartOutcome, (Step, Error)> {
-    if metadata.component == "criu" {
+    let images = metadata.nodes.len();
+    if metadata.component == "criu" && images == 0 {
         return restore_tree(resolved, params, verbose, as_child);
     }
-    if metadata.component != "self" {
+    if images > 0 && agent::allocated_nodes() != images {
+        let message = format!(
+            "global snapshot {}: a criu job of {images} nodes (one image each) restarts on {images} nodes, not on the {} of this allocation",
+            resolved.dir.display(),
+            agent::allocated_nodes()
+        );
+        return Err((Step::Choose, Error::new(OPAL_ERR_BAD_PARAM, message)));
+    }
+    if metadata.component != "self" && images == 0 {
         return Err((
             Step::Choose,
             Error::new(
@@ -140,7 +151,7 @@ pub fn restart(
         ));
     }
     let size = metadata.ranks.len();
-    if agent::across_nodes() {
+    if agent::across_nodes() || images > 0 {
         return agent::launch(&agent::Launch {
             size,
             command: Vec::new(),
@@ -194,7 +205,7 @@ pub fn restart(
     let mut job = job_of_series(resolved, params);
     job.ranks = ranks;
     let children = job.ranks.clone();
-    Ok(RestartOutcome::Exited(serve_and_supervise(job, &children, signal)))
+    Ok(RestartOutcome::Exited(serve_and_supervise(job, &children, &rank_named(0), signal)))
 }
 
 /// The job that a restart from `resolved` continues: its checkpoints go on in the same
@@ -261,6 +272,11 @@ fn restore_tree(
     crate::restart::run(&target, params, verbose, &mut |_| as_child)
 }
 
+/// Names the children of a launcher that are ranks `first`, `first + 1`, ...
+fn rank_named(first: usize) -> impl Fn(usize) -> String {
+    move |index| format!("rank {}", first + index)
+}
+
 /// The launcher's checkpoint signal (`opal_cr_signal`), unless it is one passed on.
 fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
     let signal = params.int("opal_cr_signal") as libc::c_int;
@@ -269,8 +285,14 @@ fn checkpoint_signal(params: &Params) -> Option<libc::c_int> {
 
 /// Serves checkpoints of the job (asked for, on the checkpoint signal and every
 /// `opal_cr_checkpoint_interval` seconds) and waits for its `children` (the ranks, or
-/// the `srun` of the node agents): the job's status.
-fn serve_and_supervise(job: endpoint::Job, children: &[i32], signal: Option<libc::c_int>) -> i32 {
+/// the `srun` of the node agents; `name` says which, see [`launcher::supervise`]): the
+/// job's status.
+fn serve_and_supervise(
+    job: endpoint::Job,
+    children: &[i32],
+    name: &dyn Fn(usize) -> String,
+    signal: Option<libc::c_int>,
+) -> i32 {
     let params = job.params.clone();
     let endpoint = match endpoint::Endpoint::start(job) {
         Ok(endpoint) => Some(endpoint),
@@ -291,7 +313,7 @@ fn serve_and_supervise(job: endpoint::Job, children: &[i32], signal: Option<libc
             eprintln!("opal-run: warning: no interval checkpoints: {e}");
         }
     }
-    launcher::supervise(children, &mut |received| {
+    launcher::supervise(children, name, &mut |received| {
         if let (Some(endpoint), true) = (&endpoint, Some(received) == signal) {
             endpoint.checkpoint_now();
         }

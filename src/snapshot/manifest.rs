@@ -326,8 +326,9 @@ fn is_numbered(dir: &Path) -> bool {
     name.as_deref().and_then(|name| name.to_str()).and_then(super::series::parse_seq).is_some()
 }
 
-/// Whether `name`, directly in a snapshot directory, is what a restore writes into the
-/// snapshot it restores: CRIU's `stats-restore` and the restore log [`restore_log_name`].
+/// Whether `name`, directly in a snapshot directory (or one nested in it, as a criu
+/// job's node image is), is what a restore writes into the snapshot it restores: CRIU's
+/// `stats-restore` and the restore log [`restore_log_name`].
 fn is_restore_output(name: &str) -> bool {
     name == "stats-restore"
         || name
@@ -377,8 +378,12 @@ fn first_unlisted(snapshot_dir: &Path, manifest: &Manifest) -> Option<(String, S
                 && match entry.file_type() {
                     Ok(kind) if kind.is_file() => {
                         listed.contains(relative.as_str())
-                            || prefix.is_empty()
-                                && (name == MANIFEST_FILE || is_restore_output(&name))
+                            || prefix.is_empty() && name == MANIFEST_FILE
+                            // In this snapshot or one nested in it (its manifest listed).
+                            || is_restore_output(&name)
+                                && (prefix.is_empty()
+                                    || listed
+                                        .contains(format!("{prefix}/{MANIFEST_FILE}").as_str()))
                     }
                     Ok(kind) if kind.is_dir() && parents.contains(relative.as_str()) => {
                         subdirs.push((entry.path(), relative.clone()));
@@ -822,6 +827,29 @@ mod tests {
         fs::write(dir.path().join("stats-restore"), b"s").unwrap();
         fs::write(dir.path().join("restore-4242.log"), b"log").unwrap();
         assert_eq!(verify(dir.path()), Verdict::Good);
+        // Nor what it leaves in a snapshot nested in it (a criu job's node image in its
+        // global snapshot: a directory whose own manifest is listed), and only there.
+        let dir = snapshot(b"payload bytes");
+        let nested = dir.path().join("images/node");
+        fs::create_dir_all(&nested).unwrap();
+        fs::write(nested.join(MANIFEST_FILE), b"{}").unwrap();
+        let (size, hash) = hash_file(&nested.join(MANIFEST_FILE)).unwrap();
+        rewrite_manifest(dir.path(), |value| {
+            let path = format!("images/node/{MANIFEST_FILE}");
+            let entry = serde_json::json!({"path": path, "size": size, "hash": hash, "algorithm": HASH_ALGORITHM});
+            value["files"].as_array_mut().unwrap().push(entry);
+        });
+        fs::write(nested.join("stats-restore"), b"s").unwrap();
+        fs::write(nested.join("restore-4242.log"), b"log").unwrap();
+        assert_eq!(verify(dir.path()), Verdict::Good);
+        fs::write(dir.path().join("images/stats-restore"), b"s").unwrap();
+        assert_eq!(
+            verify(dir.path()),
+            Verdict::Corrupt {
+                file: "images/stats-restore".into(),
+                reason: "not listed in the manifest".into()
+            }
+        );
     }
 
     #[test]
