@@ -17,4 +17,5 @@ pub mod params;
 pub mod restart;
 pub mod runtime;
 pub mod snapshot;
+mod tcp;
 pub mod tools;

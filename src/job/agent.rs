@@ -609,7 +609,7 @@ fn restored_ranks(tree: i32, recorded: &[i32]) -> Result<Vec<i32>, String> {
 /// another node (the address is this node's), and CRIU, which dumps connections
 /// (`crs_criu_tcp_established=1`, the default), would not say so.
 fn leaves_the_node(root: i32, ranks: &[(usize, i32)]) -> Result<(), String> {
-    let off: Vec<String> = crate::components::criu::net::tcp_connections(root)
+    let off: Vec<String> = crate::tcp::connections(root)
         .into_iter()
         .filter(|c| !c.remote.ip().is_loopback())
         .map(|c| match ranks.iter().find(|&&(_, pid)| pid == c.pid) {

@@ -8,7 +8,6 @@ pub mod behalf;
 pub mod binary;
 mod compat;
 pub mod files;
-pub mod net;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -385,7 +384,7 @@ fn network_lock(params: &Params, pid: i32) -> Result<Option<rpc::LockMethod>> {
             _ => NetworkLock::Skip,
         })));
     }
-    let connections = net::tcp_connections(pid);
+    let connections = crate::tcp::connections(pid);
     if connections.is_empty() {
         return Ok(None);
     }

@@ -1,6 +1,8 @@
-//! The TCP connections of a process tree, read from /proc before a dump: CRIU refuses a
-//! connected socket without `tcp_established` and says only "Connected TCP socket", and
-//! the network lock it needs costs time only when there is a connection to lock.
+//! The TCP connections of a process tree, read from /proc: before a criu dump (CRIU
+//! refuses a connected socket without `tcp_established` and says only "Connected TCP
+//! socket", and the network lock it needs costs time only when there is a connection to
+//! lock) and before a job's node image is taken (a connection off the node cannot come
+//! back on another node).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,7 +29,7 @@ impl fmt::Display for Connection {
 /// The connected TCP sockets (IPv4 and IPv6) that `root` and its descendants hold, in
 /// the network namespace of `root`. What cannot be read (a process that ended
 /// meanwhile) is left out.
-pub fn tcp_connections(root: i32) -> Vec<Connection> {
+pub fn connections(root: i32) -> Vec<Connection> {
     // The tables list every TCP socket of the namespace (slow to read on a busy host),
     // so they are read only when the tree holds a TCP socket at all.
     let sockets: Vec<(i32, u64)> = tree(root)
@@ -172,11 +174,11 @@ mod tests {
     fn finds_a_connection_of_this_process_and_not_a_listening_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let own = std::process::id() as i32;
-        let before = tcp_connections(own);
+        let before = connections(own);
         assert!(before.iter().all(|c| c.local != listener.local_addr().unwrap()), "{before:?}");
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let found = tcp_connections(own);
+        let found = connections(own);
         for stream in [&client, &server] {
             let (local, remote) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
             assert!(
