@@ -250,6 +250,36 @@ pub struct PeerCred {
     pub uid: u32,
 }
 
+/// The uid every user not mapped into this process's user namespace appears as
+/// (`/proc/sys/kernel/overflowuid`, 65534 unless changed).
+pub fn overflow_uid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(65534)
+}
+
+/// Why the client at the other end of `stream` may not act on this process (`what`:
+/// "a process", "a job"), or None if it may: the process's own user and root only, and
+/// never a client whose uid the user namespace cannot map (it reads as `overflow`, as
+/// every other unmapped user does, and as this process does without a map of its own).
+pub fn refusal(stream: &UnixStream, overflow: u32, what: &str) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    match peer_cred(stream) {
+        Ok(cred) if cred.uid == overflow => Some(format!(
+            "permission denied: the client's uid is not mapped into the user namespace of process {}, which cannot tell it from other users",
+            std::process::id()
+        )),
+        Ok(cred) if cred.uid == 0 || cred.uid == own_uid => None,
+        Ok(cred) => Some(format!(
+            "permission denied: uid {} may not checkpoint {what} of uid {own_uid}",
+            cred.uid
+        )),
+        Err(e) => Some(format!("cannot check the peer's credentials: {e}")),
+    }
+}
+
 pub fn peer_cred(stream: &UnixStream) -> std::io::Result<PeerCred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;

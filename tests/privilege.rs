@@ -431,19 +431,17 @@ fn status_reply_as(uid: u32, gid: u32, name: &str) -> String {
     }
 }
 
-#[test]
-fn a_process_in_a_user_namespace_serves_no_user_it_cannot_tell_apart() {
-    let Some(user) = TempUser::create("userns") else {
+/// What root's `program`, started in a user namespace of its own without a uid map (it
+/// sees itself, and every user it cannot map, as the overflow uid 65534), answers a
+/// throw-away user's status request on its control socket.
+fn served_in_a_user_namespace(tag: &str, program: &[std::ffi::OsString]) -> Option<String> {
+    let Some(user) = TempUser::create(tag) else {
         eprintln!("skipped: needs root and useradd");
-        return;
+        return None;
     };
-    let sb = Sandbox::new("privilege-userns");
-    // Root's program in a user namespace of its own without a uid map: it sees itself,
-    // and every user it cannot map, as the overflow uid (65534).
+    let sb = Sandbox::new(&format!("privilege-{tag}"));
     let mut command = sb.command("unshare");
-    command.args(["--user", "env"]);
-    command.arg(format!("LD_PRELOAD={}", lib_dir().join("libopalcrs.so").display()));
-    command.args(["sleep", "60"]);
+    command.args(["--user", "env"]).args(program);
     let mut app = sb.spawn(command, "app");
     let pid = app.id() as i32;
     let mut endpoint = None;
@@ -455,11 +453,32 @@ fn a_process_in_a_user_namespace_serves_no_user_it_cannot_tell_apart() {
         "the program in its user namespace never opened its control socket: {}",
         sb.read("app.err")
     );
-    let name = endpoint.unwrap().name;
-    let reply = status_reply_as(user.uid, user.gid, &name);
+    let reply = status_reply_as(user.uid, user.gid, &endpoint.unwrap().name);
     kill_and_reap(&mut app);
+    Some(reply)
+}
+
+#[test]
+fn a_process_in_a_user_namespace_serves_no_user_it_cannot_tell_apart() {
+    let preload = format!("LD_PRELOAD={}", lib_dir().join("libopalcrs.so").display());
+    let Some(reply) =
+        served_in_a_user_namespace("userns", &[preload.into(), "sleep".into(), "60".into()])
+    else {
+        return;
+    };
     assert!(
         reply.contains("permission") && !reply.contains("\"status\""),
         "another user was served by root's process in a user namespace: {reply}"
+    );
+}
+
+#[test]
+fn a_job_launcher_in_a_user_namespace_serves_no_user_it_cannot_tell_apart() {
+    let launcher = lib_dir().join("opal-run").into_os_string();
+    let job = [launcher, "-np".into(), "2".into(), "sleep".into(), "60".into()];
+    let Some(reply) = served_in_a_user_namespace("usernsjob", &job) else { return };
+    assert!(
+        reply.contains("permission") && !reply.contains("\"status\""),
+        "another user was served by root's job launcher in a user namespace: {reply}"
     );
 }

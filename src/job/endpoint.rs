@@ -92,6 +92,8 @@ impl Default for State {
 
 pub struct Endpoint {
     job: Job,
+    /// See [`control::overflow_uid`].
+    unmapped_uid: u32,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -102,6 +104,7 @@ impl Endpoint {
         let (listener, _) = control::bind(job.launcher_pid)?;
         let endpoint = Arc::new(Endpoint {
             job,
+            unmapped_uid: control::overflow_uid(),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
@@ -190,10 +193,9 @@ impl Endpoint {
     }
 
     fn answer(self: &Arc<Self>, stream: &UnixStream) {
-        // SAFETY: geteuid has no preconditions.
-        let own_uid = unsafe { libc::geteuid() };
-        let reply = match control::peer_cred(stream) {
-            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => {
+        let reply = match control::refusal(stream, self.unmapped_uid, "a job") {
+            Some(refusal) => Reply::error(ErrorKind::PermissionDenied, refusal),
+            None => {
                 let _ = stream.set_read_timeout(Some(REQUEST_DEADLINE));
                 match control::read_message::<control::RequestEnvelope>(stream) {
                     Ok(envelope) if envelope.v == control::PROTOCOL_VERSION => {
@@ -212,17 +214,6 @@ impl Endpoint {
                     }
                 }
             }
-            Ok(cred) => Reply::error(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "permission denied: uid {} may not checkpoint a job of uid {own_uid}",
-                    cred.uid
-                ),
-            ),
-            Err(e) => Reply::error(
-                ErrorKind::PermissionDenied,
-                format!("cannot check the peer's credentials: {e}"),
-            ),
         };
         let sent = control::write_message(stream, &reply).is_ok();
         let mut state = self.state.lock();

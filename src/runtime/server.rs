@@ -315,10 +315,7 @@ impl Server {
             }),
             changed: Condvar::new(),
         });
-        let unmapped_uid = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(65534);
+        let unmapped_uid = control::overflow_uid();
         let mut server = Server {
             rt,
             bell,
@@ -543,33 +540,12 @@ impl Server {
     /// Past the bound the oldest waiting connection of the process holding the most is
     /// closed, so a process that opens connections without end only pushes out its own.
     fn admit(&mut self, stream: UnixStream) {
-        // SAFETY: geteuid has no preconditions.
-        let own_uid = unsafe { libc::geteuid() };
-        let cred = match control::peer_cred(&stream) {
-            // In a user namespace without a mapping for them, root and every other
-            // user all look like the overflow uid, as this process does without one.
-            Ok(cred) if cred.uid == self.unmapped_uid => {
-                let refusal = format!(
-                    "permission denied: the client's uid is not mapped into the user namespace of process {}, which cannot tell it from other users",
-                    current_pid()
-                );
-                answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
-                return;
-            }
-            Ok(cred) if cred.uid == 0 || cred.uid == own_uid => cred,
-            refused => {
-                let refusal = match refused {
-                    Ok(cred) => format!(
-                        "permission denied: uid {} may not checkpoint a process of uid {own_uid}",
-                        cred.uid
-                    ),
-                    Err(e) => format!("cannot check the peer's credentials: {e}"),
-                };
-                answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
-                return;
-            }
-        };
-        match PendingRequest::new(stream, cred.pid, Instant::now() + REQUEST_DEADLINE) {
+        if let Some(refusal) = control::refusal(&stream, self.unmapped_uid, "a process") {
+            answer(&stream, &Reply::error(ErrorKind::PermissionDenied, refusal));
+            return;
+        }
+        let peer = control::peer_cred(&stream).map_or(0, |cred| cred.pid);
+        match PendingRequest::new(stream, peer, Instant::now() + REQUEST_DEADLINE) {
             Ok(request) => self.serve(request, Instant::now()),
             Err(e) => log::warn!(target: "cr", "cr: cannot serve a control connection: {e}"),
         }
