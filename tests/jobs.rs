@@ -772,3 +772,34 @@ fn a_job_ended_by_a_signal_exits_with_that_signal() {
     let status = finish(&mut job, "the job", &sb, "job");
     assert_eq!(status, 143, "{}", sb.read("job.out"));
 }
+
+#[test]
+fn a_second_job_checkpoint_is_in_progress_or_queued_with_wait() {
+    let sb = Sandbox::new("jobs-wait");
+    // Large rank states make the first checkpoint last long enough to be caught.
+    let mut job = RingJob::start(&sb, "job", "100000", &[("RING_STATE_BYTES", "67108864")]);
+    let launcher = job.pid();
+    let mut first = sb.command(checkpoint_tool());
+    first.arg(&launcher).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let first = first.spawn().unwrap();
+    let status = || {
+        let out = sb.checkpoint(&["--status", &launcher]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(wait_until(LONG, || status().contains("checkpointing")), "never checkpointing");
+    let refused = sb.checkpoint(&[&launcher]);
+    let queued = sb.checkpoint(&["--wait", &launcher]);
+    let first = first.wait_with_output().unwrap();
+    job.kill_all();
+    assert!(first.status.success(), "{:?}", text(&first));
+    assert_eq!(refused.status.code(), Some(5), "without --wait: {:?}", text(&refused));
+    assert!(text(&refused).1.contains("in progress"), "{:?}", text(&refused));
+    assert!(queued.status.success(), "--wait: {:?}", text(&queued));
+    let series = job.series();
+    assert!(text(&first).0.starts_with(&format!("Snapshot Ref.:   0 {series}\n")));
+    assert!(
+        text(&queued).0.starts_with(&format!("Snapshot Ref.:   1 {series}\n")),
+        "the queued checkpoint is not the next one: {:?}",
+        text(&queued)
+    );
+}

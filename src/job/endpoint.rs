@@ -73,7 +73,21 @@ struct State {
     /// The checkpoint after which the job ends (`--term`), and whether its result was
     /// sent to the tool.
     ending: Option<(u64, bool)>,
+    /// Checkpoints asked for with `--wait` while one ran, taken in turn after it.
+    queued: std::collections::VecDeque<Asked>,
 }
+
+/// A job checkpoint asked for: its id, the series (name, directory) it goes to, and
+/// whether the job ends after it (`--term`).
+struct Asked {
+    id: u64,
+    name: Option<String>,
+    dir: Option<String>,
+    term: bool,
+}
+
+/// Checkpoints `--wait` may queue behind a running one; more are told "in progress".
+const MAX_QUEUED: usize = 8;
 
 impl Default for State {
     fn default() -> State {
@@ -86,6 +100,7 @@ impl Default for State {
             connections: 0,
             last: None,
             ending: None,
+            queued: std::collections::VecDeque::new(),
         }
     }
 }
@@ -227,11 +242,11 @@ impl Endpoint {
 
     fn handle(self: &Arc<Self>, request: Request) -> Reply {
         match request {
-            Request::Checkpoint { term, name, dir, hold, .. } => {
+            Request::Checkpoint { term, name, dir, hold, wait, .. } => {
                 if hold {
                     return Reply::error(ErrorKind::BadRequest, "a job checkpoint takes no hold");
                 }
-                match self.begin(name, dir, term) {
+                match self.begin(name, dir, term, wait) {
                     Ok(id) => {
                         Reply { v: control::PROTOCOL_VERSION, id: Some(id), ..Reply::default() }
                     }
@@ -247,7 +262,8 @@ impl Endpoint {
                 match state.results.iter().find(|(done, _)| *done == id) {
                     Some((_, Ok(result))) => reply.result = Some(result.clone()),
                     Some((_, Err(error))) => reply.error = Some(error.clone()),
-                    None if state.running == Some(id) => {}
+                    None if state.running == Some(id)
+                        || state.queued.iter().any(|asked| asked.id == id) => {}
                     None => {
                         return Reply::error(
                             ErrorKind::UnknownId,
@@ -278,50 +294,46 @@ impl Endpoint {
         }
     }
 
-    /// Starts a job checkpoint on a thread of its own; its id. With `term`, the job ends
-    /// once the global snapshot is published (see [`Endpoint::end_job`]).
+    /// Starts a job checkpoint on a thread of its own, or with `wait` queues it behind
+    /// the one running; its id. With `term`, the job ends once the global snapshot is
+    /// published (see [`Endpoint::end_job`]).
     fn begin(
         self: &Arc<Self>,
         name: Option<String>,
         dir: Option<String>,
         term: bool,
+        wait: bool,
     ) -> Result<u64, ErrorBody> {
         let refused = |kind, message: &str| ErrorBody { kind, message: message.to_string() };
         if let Some(Err(bad)) = name.as_deref().map(crate::snapshot::check_series_name) {
             return Err(refused(ErrorKind::BadRequest, bad.message()));
         }
-        let id = {
+        let asked = {
             let mut state = self.state.lock();
-            if state.running.is_some() {
+            if state.running.is_some() && !(wait && state.queued.len() < MAX_QUEUED) {
                 return Err(refused(
                     ErrorKind::InProgress,
                     "a checkpoint of this job is in progress",
                 ));
             }
             state.next_id += 1;
-            state.running = Some(state.next_id);
-            state.next_id
+            let asked = Asked { id: state.next_id, name, dir, term };
+            if state.running.is_some() {
+                let id = asked.id;
+                state.queued.push_back(asked);
+                return Ok(id);
+            }
+            state.running = Some(asked.id);
+            asked
         };
+        let id = asked.id;
         let endpoint = self.clone();
-        let base = dir.map_or_else(|| self.job.base.clone(), PathBuf::from);
-        let name = name.unwrap_or_else(|| self.job.name.clone());
         std::thread::Builder::new()
             .name("opalcrs-job-ckpt".into())
             .spawn(move || {
-                let mut result =
-                    Series::open(&base, &name).and_then(|series| endpoint.checkpoint(&series));
-                // A restored copy of the launcher (state "restart") goes on.
-                let ending = match &mut result {
-                    Ok(done) if term && done.state == "continue" => {
-                        done.state = "term".into();
-                        endpoint.state.lock().ending = Some((id, false));
-                        true
-                    }
-                    _ => false,
-                };
-                endpoint.finish(id, result);
-                if ending {
-                    endpoint.end_job();
+                let mut next = Some(asked);
+                while let Some(asked) = next {
+                    next = endpoint.take(asked);
                 }
             })
             .map_err(|e| {
@@ -331,15 +343,38 @@ impl Endpoint {
         Ok(id)
     }
 
+    /// Takes the checkpoint `asked`; the next one queued, which is running from then on.
+    fn take(&self, asked: Asked) -> Option<Asked> {
+        let base = asked.dir.map_or_else(|| self.job.base.clone(), PathBuf::from);
+        let name = asked.name.unwrap_or_else(|| self.job.name.clone());
+        let mut result = Series::open(&base, &name).and_then(|series| self.checkpoint(&series));
+        // A restored copy of the launcher (state "restart") goes on.
+        let ending = match &mut result {
+            Ok(done) if asked.term && done.state == "continue" => {
+                done.state = "term".into();
+                self.state.lock().ending = Some((asked.id, false));
+                true
+            }
+            _ => false,
+        };
+        let next = self.finish(asked.id, result);
+        if ending {
+            self.end_job();
+        }
+        next
+    }
+
     /// Takes a job checkpoint at once (the checkpoint signal); the result is logged.
     pub fn checkpoint_now(self: &Arc<Self>) {
-        match self.begin(None, None, false) {
+        match self.begin(None, None, false, false) {
             Ok(_) => {}
             Err(error) => eprintln!("opal-run: warning: no job checkpoint: {}", error.message),
         }
     }
 
-    fn finish(&self, id: u64, result: Result<CheckpointResult, Error>) {
+    /// Records a finished checkpoint; the next one queued, which is running from then
+    /// on.
+    fn finish(&self, id: u64, result: Result<CheckpointResult, Error>) -> Option<Asked> {
         let wire = result.map_err(|e| {
             eprintln!("opal-run: warning: job checkpoint failed: {}", e.message());
             ErrorBody { kind: ErrorKind::ComponentFailed, message: e.message().to_string() }
@@ -352,8 +387,10 @@ impl Endpoint {
         if state.results.len() > 32 {
             state.results.drain(..1);
         }
-        state.running = None;
+        let next = state.queued.pop_front();
+        state.running = next.as_ref().map(|asked| asked.id);
         self.changed.notify_all();
+        next
     }
 
     /// After a `--term` checkpoint: once the tool has its result (or after
