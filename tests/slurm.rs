@@ -1654,25 +1654,23 @@ fn a_criu_job_of_four_ranks_over_two_nodes_restarts_on_another_placement() {
 const UNFINISHED: [&str; 3] = ["PENDING", "RUNNING", "COMPLETING"];
 
 /// The body of the two tests above, for `component` (`self`: `sum_self`; `criu`: `sum`).
-fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
-    let started = Instant::now();
-    let sb = Sandbox::new(&format!("slurm-job4x2-{component}"));
-    let programs = example_programs(&sb);
-    let program = if component == "criu" { &programs.1 } else { &programs.0 };
-    let cluster = start_private_cluster(&sb, 3);
-    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
-    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-    cluster.set_node_state(&names[2], "drain");
-
-    let result = sb.path("job4x2.result");
-    let output = sb.path("job4x2.out");
-    let checkpoints = sb.path("checkpoints");
+/// Submits examples/slurm/job4x2.sbatch (4 ranks of `program` over 2 nodes, `component`,
+/// checkpoints into `checkpoints`); output and result files named after `tag`.
+fn submit_4x2(
+    cluster: &Cluster,
+    sb: &Sandbox,
+    program: &Path,
+    component: &'static str,
+    checkpoints: &Path,
+    (label, warnings, tag): (&'static str, usize, &str),
+) -> Job {
+    let (result, output) = (sb.path(&format!("{tag}.result")), sb.path(&format!("{tag}.out")));
     let out = sb
         .command("sbatch")
         .env("SLURM_CONF", &cluster.conf)
         .env("OPAL_RUN", opal_run())
         .env("OPAL_CHECKPOINT", checkpoint_tool())
-        .env("CKPT_DIR", &checkpoints)
+        .env("CKPT_DIR", checkpoints)
         .env("COMPONENT", component)
         .env("OPALCRS_LIB", lib_dir().join("libopalcrs.so"))
         .arg("--parsable")
@@ -1686,18 +1684,55 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
-    let mut jobs = vec![Job {
-        label: "4 ranks over 2 nodes",
+    Job {
+        label,
         component,
         steps: SHORT_STEPS,
-        warnings: SHORT_WARNINGS,
+        warnings,
         id: stdout.trim().split(';').next().unwrap().to_string(),
-        output: output.clone(),
-        result: result.clone(),
+        output,
+        result,
         warnings_sent: 0,
         submitted: Instant::now(),
         finished: None,
-    }];
+    }
+}
+
+/// What is wrong with how a 4-rank job ended: it must be COMPLETED with exit code 0:0
+/// and every rank's result exact.
+fn ended_exact(job: &Job) -> Vec<String> {
+    let mut problems = Vec::new();
+    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
+        problems.push(format!(
+            "ended {:?} with exit code {:?}",
+            job.field("JobState"),
+            job.field("ExitCode")
+        ));
+    }
+    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
+    for rank in 0..4 {
+        let got =
+            fs::read_to_string(format!("{}.{rank}", job.result.display())).unwrap_or_default();
+        if got != expected {
+            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
+        }
+    }
+    problems
+}
+
+fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
+    let started = Instant::now();
+    let sb = Sandbox::new(&format!("slurm-job4x2-{component}"));
+    let programs = example_programs(&sb);
+    let program = if component == "criu" { &programs.1 } else { &programs.0 };
+    let cluster = start_private_cluster(&sb, 3);
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    cluster.set_node_state(&names[2], "drain");
+
+    let checkpoints = sb.path("checkpoints");
+    let what = ("4 ranks over 2 nodes", SHORT_WARNINGS, "job4x2");
+    let mut jobs = vec![submit_4x2(&cluster, &sb, program, component, &checkpoints, what)];
     let series = checkpoints.join(format!("slurm_{}.ckpt", jobs[0].id));
     let listing = || {
         fs::read_dir(&series).map_or(Vec::new(), |d| {
@@ -1718,10 +1753,7 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
         poll(&cluster, &mut jobs);
         let runs = jobs[0].runs();
         if stranger.is_none() && runs.len() == 1 && runs[0].last.is_some_and(|l| l >= 20) {
-            let launcher = cluster.job_processes().into_iter().find(|&pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
-            });
+            let launcher = job_launcher(&cluster);
             let port = launcher.and_then(|pid| tcp_listen_port(pid as u32));
             let host = runs[0].host.clone().unwrap_or_default();
             let node = cluster.nodes.iter().find(|n| host.starts_with(&n.name));
@@ -1782,25 +1814,11 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
         runs.len().saturating_sub(1),
     );
     eprintln!("{report}");
-    let mut problems = Vec::new();
-    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
-        problems.push(format!(
-            "ended {:?} with exit code {:?}",
-            job.field("JobState"),
-            job.field("ExitCode")
-        ));
-    }
-    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
-    for rank in 0..4 {
-        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
-        if got != expected {
-            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
-        }
-    }
+    let mut problems = ended_exact(job);
     if runs.len() != SHORT_WARNINGS + 1 {
         problems.push(format!("{} runs, expected {}", runs.len(), SHORT_WARNINGS + 1));
     }
-    let text = fs::read_to_string(&output).unwrap_or_default();
+    let text = fs::read_to_string(&job.output).unwrap_or_default();
     for (i, run) in runs.iter().enumerate().skip(1) {
         let said = run.started.as_deref().unwrap_or("");
         if !said.starts_with("opal-run: restarting the job of 4 ranks from global snapshot") {
@@ -1846,6 +1864,23 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
     drop(cluster);
 }
 
+/// For a criu test across nodes: its sandbox, the example programs and a private
+/// cluster of 2 namespaced nodes; None (said why) without Slurm or CRIU.
+fn criu_cluster(tag: &str) -> Option<(Sandbox, (PathBuf, PathBuf), Cluster)> {
+    if skipped_without_slurm() {
+        return None;
+    }
+    if let Some(why) = criu_missing() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let sb = Sandbox::new(tag);
+    let programs = example_programs(&sb);
+    let cluster = start_private_cluster(&sb, 2);
+    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    Some((sb, programs, cluster))
+}
+
 /// A criu job of 4 ranks over 2 nodes, checkpointed with `--term` (one image per node),
 /// is restarted with `opal-restart <series>` in an allocation of 1 node: refused with
 /// exit 125, naming both node counts. Then node 1's image gets a compatibility record
@@ -1856,17 +1891,7 @@ fn four_ranks_over_two_nodes_on_another_placement(component: &'static str) {
 /// job, which ends with the exact result.
 #[test]
 fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_node() {
-    if skipped_without_slurm() {
-        return;
-    }
-    if let Some(why) = criu_missing() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let sb = Sandbox::new("slurm-criu-refused");
-    let programs = example_programs(&sb);
-    let cluster = start_private_cluster(&sb, 2);
-    assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
+    let Some((sb, programs, cluster)) = criu_cluster("slurm-criu-refused") else { return };
     let (result, checkpoints) = (sb.path("refused.result"), sb.path("checkpoints"));
     let series = checkpoints.join("refused.ckpt");
     let script = format!(
@@ -1896,20 +1921,8 @@ fn a_criu_job_across_nodes_is_refused_on_another_node_count_or_an_incompatible_n
                 fs::read_to_string(&output).is_ok_and(|o| o.matches("step 10 ").count() == 4)
             });
             assert!(working, "the job's ranks did not start:\n{}", sb.read(&format!("{name}.out")));
-            let launcher = cluster
-                .job_processes()
-                .into_iter()
-                .find(|&pid| {
-                    fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
-                })
-                .expect("no launcher");
-            let out = Command::new("nsenter")
-                .arg(format!("--net=/proc/{launcher}/ns/net"))
-                .arg(checkpoint_tool())
-                .args(["--term", &launcher.to_string()])
-                .output()
-                .unwrap();
+            let launcher = job_launcher(&cluster).expect("no launcher");
+            let out = checkpoint_launcher(launcher, &["--term"]);
             let (stdout, stderr) = text(&out);
             assert!(
                 out.status.success(),
@@ -2018,16 +2031,7 @@ fn a_rank_failing_a_checkpoint_across_nodes_publishes_nothing_and_is_named() {
 /// and host, and CRIU's cause; nothing is published, and every rank goes on.
 #[test]
 fn a_criu_node_with_a_tcp_connection_off_the_node_fails_the_job_checkpoint_by_name() {
-    if skipped_without_slurm() {
-        return;
-    }
-    if let Some(why) = criu_missing() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let sb = Sandbox::new("slurm-criu-tcp");
-    let programs = example_programs(&sb);
-    let cluster = start_private_cluster(&sb, 2);
+    let Some((sb, programs, cluster)) = criu_cluster("slurm-criu-tcp") else { return };
     let bridge = format!("{}.1", cluster.network.as_ref().expect("no namespaces").subnet);
     let listener = std::net::TcpListener::bind((bridge.as_str(), 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -2103,23 +2107,11 @@ fn rank_two_fails_the_job_checkpoint(
             && fs::read_to_string(&output).is_ok_and(|o| o.matches("step 10 ").count() == 4)
     });
     assert!(working, "the job's ranks did not start:\n{}", sb.read("fail.out"));
-    let launcher = cluster
-        .job_processes()
-        .into_iter()
-        .find(|&pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|&b| b == 0).any(|w| w == b"-np"))
-        })
-        .expect("no launcher");
+    let launcher = job_launcher(cluster).expect("no launcher");
     let rank2 = rank_pid(2).unwrap();
     let net = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     assert_ne!(net(rank2), net(launcher), "rank 2 runs on the launcher's node");
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{launcher}/ns/net"))
-        .arg(checkpoint_tool())
-        .arg(launcher.to_string())
-        .output()
-        .unwrap();
+    let out = checkpoint_launcher(launcher, &[]);
     let (stdout, stderr) = text(&out);
     let series = checkpoints.join("fail.ckpt");
     let published: Vec<String> = fs::read_dir(&series)
@@ -2210,6 +2202,17 @@ fn crash_node(cluster: &Cluster, node: &str) -> Vec<i32> {
 }
 
 /// The launcher (`opal-run -np`) of the cluster's job.
+/// `opal-checkpoint ARGS LAUNCHER`, run in the launcher's node (network namespace).
+fn checkpoint_launcher(launcher: i32, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/proc/{launcher}/ns/net"))
+        .arg(checkpoint_tool())
+        .args(args)
+        .arg(launcher.to_string())
+        .output()
+        .unwrap()
+}
+
 fn job_launcher(cluster: &Cluster) -> Option<i32> {
     cluster.job_processes().into_iter().find(|&pid| {
         fs::read(format!("/proc/{pid}/cmdline"))
@@ -2240,36 +2243,10 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
     assert!(cluster.network.is_some(), "the nodes need namespaces of their own");
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
 
-    let (result, output) = (sb.path("killed.result"), sb.path("killed.out"));
-    let out = sb
-        .command("sbatch")
-        .env("SLURM_CONF", &cluster.conf)
-        .env("OPAL_RUN", opal_run())
-        .env("OPAL_CHECKPOINT", checkpoint_tool())
-        .env("CKPT_DIR", sb.path("checkpoints"))
-        .arg("--parsable")
-        .arg(format!("--output={}", output.display()))
-        .arg(repo().join("examples/slurm/job4x2.sbatch"))
-        .arg(&programs.0)
-        .arg(SHORT_STEPS.to_string())
-        .arg(STEP_MS.to_string())
-        .arg(&result)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
-    let mut jobs = vec![Job {
-        label: "self, 4 ranks over 2 nodes, a node killed",
-        component: "self",
-        steps: SHORT_STEPS,
-        warnings: 0,
-        id: stdout.trim().split(';').next().unwrap().to_string(),
-        output: output.clone(),
-        result: result.clone(),
-        warnings_sent: 0,
-        submitted: Instant::now(),
-        finished: None,
-    }];
+    let what = ("self, 4 ranks over 2 nodes, a node killed", 0, "killed");
+    let checkpoints = sb.path("checkpoints");
+    let mut jobs = vec![submit_4x2(&cluster, &sb, &programs.0, "self", &checkpoints, what)];
+    let output = jobs[0].output.clone();
     let context = |jobs: &[Job]| {
         let text = fs::read_to_string(&output).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("step ")).collect();
@@ -2283,12 +2260,7 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
     assert!(working, "the job did not start working: {}", context(&jobs));
     let launcher = job_launcher(&cluster).expect("no launcher");
     let listening = tcp_listener(launcher as u32);
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{launcher}/ns/net"))
-        .arg(checkpoint_tool())
-        .arg(launcher.to_string())
-        .output()
-        .unwrap();
+    let out = checkpoint_launcher(launcher, &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "opal-checkpoint: {stdout}{stderr}\n{}", context(&jobs));
     let checkpointed_at = jobs[0].runs()[0].last.unwrap_or(0);
@@ -2343,21 +2315,7 @@ fn a_job_whose_node_is_killed_restarts_from_its_global_snapshot_on_the_nodes_lef
         runs.len().saturating_sub(1),
     );
     eprintln!("{report}");
-    let mut problems = Vec::new();
-    if (job.field("JobState"), job.field("ExitCode")) != (Some("COMPLETED"), Some("0:0")) {
-        problems.push(format!(
-            "ended {:?} with exit code {:?}",
-            job.field("JobState"),
-            job.field("ExitCode")
-        ));
-    }
-    let expected = format!("steps {SHORT_STEPS} value {}\n", expected_value(SHORT_STEPS));
-    for rank in 0..4 {
-        let got = fs::read_to_string(format!("{}.{rank}", result.display())).unwrap_or_default();
-        if got != expected {
-            problems.push(format!("rank {rank}: result {got:?}, expected {expected:?}"));
-        }
-    }
+    let mut problems = ended_exact(job);
     // The launcher listens on its node's address alone, the one its agents are told.
     let node_addr = cluster.nodes.iter().find(|n| n.name == crashed).map(|n| n.addr.clone());
     if listening.map(|l| l.ip().to_string()) != node_addr {
