@@ -47,6 +47,10 @@ pub enum Check {
     /// their sizes (checked first: cheap) and the component
     /// [can](Component::checks_while_restoring); otherwise first.
     WhileRestoring,
+    /// Not again: the snapshot lies inside one whose manifest, which covers every byte
+    /// of it, was just checked (a rank's in a global snapshot); its files' presence and
+    /// sizes only, otherwise first.
+    Covered,
 }
 
 /// Chooses and reads the snapshot to restart. `failed` are snapshots of the series
@@ -58,8 +62,8 @@ pub fn prepare(
     check: Check,
     failed: &[(u64, String)],
 ) -> Result<Prepared> {
-    if check == Check::WhileRestoring {
-        if let Some(prepared) = prepare_unchecked(target, &params, verbose) {
+    if check != Check::First {
+        if let Some(prepared) = prepare_unchecked(target, &params, verbose, check) {
             return Ok(prepared);
         }
     }
@@ -79,10 +83,15 @@ pub fn prepare(
 }
 
 /// The snapshot `target` addresses before any fallback (the newest of a series), with
-/// its contents not yet checked, if its manifest lists exactly the files there with
-/// their sizes and its component checks while restoring. Anything amiss leaves the
-/// choice to the checking path, which explains it.
-fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<Prepared> {
+/// its contents not checked here, if its manifest lists exactly the files there with
+/// their sizes and (`WhileRestoring`) its component checks while restoring. Anything
+/// amiss leaves the choice to the checking path, which explains it.
+fn prepare_unchecked(
+    target: &Target,
+    params: &Params,
+    verbose: bool,
+    check: Check,
+) -> Option<Prepared> {
     let located = snapshot::locate(&target.reference, &target.base, target.seq).ok()?;
     if snapshot::verify_sizes(&located.dir) != snapshot::Verdict::Good {
         return None;
@@ -91,7 +100,8 @@ fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<
     let owner = owner_of(&located.dir, series.as_deref()).ok()?;
     let metadata = read_metadata(&located.dir).ok()?;
     let component = component_of(&located.dir, &metadata).ok()?;
-    if !component.checks_while_restoring() {
+    let while_restoring = check == Check::WhileRestoring;
+    if while_restoring && !component.checks_while_restoring() {
         return None;
     }
     Some(Prepared {
@@ -103,7 +113,7 @@ fn prepare_unchecked(target: &Target, params: &Params, verbose: bool) -> Option<
             owner,
             params.clone(),
             verbose,
-            true,
+            while_restoring,
         ),
         component,
         skipped: Vec::new(),

@@ -231,7 +231,9 @@ fn prepare_rank(
     verbose: bool,
 ) -> Result<crate::restart::Prepared, Error> {
     let local = Target::path(global::rank_snapshot(global, rank));
-    let mut prepared = crate::restart::prepare(&local, params.clone(), verbose, Check::First, &[])?;
+    // The global snapshot's manifest, checked by `choose`, covers every byte of it.
+    let mut prepared =
+        crate::restart::prepare(&local, params.clone(), verbose, Check::Covered, &[])?;
     // The rank's own series is inside the global snapshot: its later checkpoints of
     // its own go to its default series instead.
     prepared.plan.series = None;
