@@ -250,24 +250,32 @@ pub struct PeerCred {
     pub uid: u32,
 }
 
-/// The uid every user not mapped into this process's user namespace appears as
-/// (`/proc/sys/kernel/overflowuid`, 65534 unless changed).
-pub fn overflow_uid() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(65534)
+/// The uid that users not mapped into this process's user namespace appear as
+/// (`/proc/sys/kernel/overflowuid`, 65534 unless changed), if any user can be unmapped
+/// here: None in a namespace that maps every uid (the initial one), where a client of
+/// that uid is that user (`nobody`).
+pub fn overflow_uid() -> Option<u32> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let maps_every_uid = map.lines().any(|line| {
+        line.split_whitespace().nth(2).and_then(|n| n.parse::<u64>().ok())
+            == Some(u64::from(u32::MAX))
+    });
+    if maps_every_uid {
+        return None;
+    }
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid").ok();
+    Some(overflow.and_then(|text| text.trim().parse().ok()).unwrap_or(65534))
 }
 
 /// Why the client at the other end of `stream` may not act on this process (`what`:
 /// "a process", "a job"), or None if it may: the process's own user and root only, and
 /// never a client whose uid the user namespace cannot map (it reads as `overflow`, as
 /// every other unmapped user does, and as this process does without a map of its own).
-pub fn refusal(stream: &UnixStream, overflow: u32, what: &str) -> Option<String> {
+pub fn refusal(stream: &UnixStream, overflow: Option<u32>, what: &str) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     match peer_cred(stream) {
-        Ok(cred) if cred.uid == overflow => Some(format!(
+        Ok(cred) if Some(cred.uid) == overflow => Some(format!(
             "permission denied: the client's uid is not mapped into the user namespace of process {}, which cannot tell it from other users",
             std::process::id()
         )),
@@ -643,6 +651,15 @@ mod tests {
             waited < Duration::from_secs(5),
             "waited {waited:?} for a thread that ended after 0.3 s"
         );
+    }
+
+    #[test]
+    fn the_initial_user_namespace_has_no_unmapped_clients() {
+        // The tests run in the initial namespace (its map covers every uid).
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
+        if map.split_whitespace().nth(2) == Some("4294967295") {
+            assert_eq!(overflow_uid(), None);
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Default for State {
 pub struct Endpoint {
     job: Job,
     /// See [`control::overflow_uid`].
-    unmapped_uid: u32,
+    unmapped_uid: Option<u32>,
     state: Mutex<State>,
     changed: Condvar,
 }

@@ -283,7 +283,7 @@ pub struct Server {
     bell: Option<Doorbell>,
     /// The uid every user not mapped into this process's user namespace appears as
     /// (`/proc/sys/kernel/overflowuid`): such peers cannot be told apart.
-    unmapped_uid: u32,
+    unmapped_uid: Option<u32>,
     shared: Arc<Shared>,
     listener: Option<UnixListener>,
     next_id: u64,
