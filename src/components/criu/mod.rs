@@ -8,6 +8,7 @@ pub mod behalf;
 pub mod binary;
 mod compat;
 pub mod files;
+pub mod follow;
 pub mod net;
 pub mod proto;
 pub mod restore;
@@ -163,6 +164,10 @@ impl Component for CriuComponent {
             as_user: None,
         };
         let prepared = started.elapsed();
+        // Only for a self-dump: a tool dumping on our behalf has CRIU outside our tree.
+        let follower = (privileged && job.params.bool("crs_criu_follow_images"))
+            .then(|| follow::Follower::start(job.dir, pid))
+            .flatten();
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
             Some(helper) => {
@@ -173,11 +178,15 @@ impl Component for CriuComponent {
         match dumped {
             Ok(rpc::DumpOutcome::Dumped) => {
                 let dumped_at = started.elapsed();
+                if let Some(follower) = follower {
+                    follower.collect(job.dir);
+                }
+                let followed_at = started.elapsed();
                 files::record(job.dir)?;
                 compat::record(job.dir, &self.identity())?;
                 // Phases of a checkpoint, for bench/run.sh (milliseconds since the start).
-                log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, files recorded {:.2} ms",
-                    ms(checked), ms(prepared), ms(dumped_at), ms(started.elapsed()));
+                log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, followed {:.2} ms, files recorded {:.2} ms",
+                    ms(checked), ms(prepared), ms(dumped_at), ms(followed_at), ms(started.elapsed()));
                 Ok(CheckpointOutcome::Continue)
             }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),
