@@ -144,9 +144,60 @@ fn a_follower_killed_during_the_dump_leaves_a_good_snapshot_hashed_after() {
     let (killed, (_, snapshot)) = killed;
     assert!(killed.is_some(), "no follower was seen");
     let log = sb.read("app.out");
-    assert!(log.contains("image follower: it ended without its records"), "{log}");
+    assert!(
+        log.contains("it ended without its records; the images are hashed after the dump"),
+        "{log}"
+    );
     assert!(!log.contains("hashed while they were written"), "{log}");
     assert!(!snapshot.join(".opalcrs-prehashed").exists());
+    assert_manifest_is_a_full_rehash(&snapshot);
+    verify(&sb, &snapshot);
+    kill_and_reap(&mut app);
+}
+
+/// Root's opal-checkpoint dumping a user's process on its behalf starts the follower
+/// itself, as that user; the process can read the records file the tool hands over,
+/// and the manifest is still a full re-hash.
+#[test]
+fn roots_tool_dumping_for_a_user_hashes_while_criu_writes() {
+    require_criu!();
+    let Some(user) = TempUser::create("follow") else {
+        eprintln!("skipped: needs root and useradd");
+        return;
+    };
+    let sb = Sandbox::new("follow-behalf");
+    let home = user.home_in(&sb);
+    let program = sb.copy_program(&plain_counter(), "plain_counter");
+    sb.copy_program(&lib_dir().join("libopalcrs.so"), "libopalcrs.so.0");
+    let count = home.join("count");
+    // Its output is the user's.
+    std::fs::write(sb.path("app.out"), "").unwrap();
+    std::os::unix::fs::chown(sb.path("app.out"), Some(user.uid), Some(user.gid)).unwrap();
+    let mut command = user.command(&sb, &program, &home);
+    command
+        .arg(&count)
+        .arg("32")
+        .env("OMPI_MCA_crs", "criu")
+        .env("OMPI_MCA_crs_base_verbose", "10")
+        .env("LD_LIBRARY_PATH", &sb.dir)
+        .env("TMPDIR", &home);
+    let mut app = sb.spawn(command, "app");
+    let started = wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&count).unwrap_or_default().lines().count() >= 2
+    });
+    assert!(started, "{}", sb.read("app.out"));
+    let out = sb
+        .command(checkpoint_tool())
+        .args(["--timeout", "60", &app.id().to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // The records came from the tool's thread: the process ran no follower.
+    let log = sb.read("app.out");
+    assert!(!log.contains("image follower"), "{log}");
+    assert!(log.contains("crs: publish: 1 files hashed while they were written"), "{log}");
+    let snapshot = snapshot_path(&out);
     assert_manifest_is_a_full_rehash(&snapshot);
     verify(&sb, &snapshot);
     kill_and_reap(&mut app);

@@ -22,6 +22,7 @@
 //! its last look ([`crate::snapshot::prehashed`]).
 
 use super::rpc::{self, Helper, SwrkCommand};
+use crate::owner::Owner;
 use crate::snapshot::prehashed::{self, GrowingFileHash, PREHASHED_FILE};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -35,6 +36,9 @@ use std::time::{Duration, Instant};
 /// The hidden first argument of `opal-checkpoint` that runs the follower:
 /// `opal-checkpoint --follow-images DIR_FD PID`.
 pub(crate) const FOLLOW_MODE: &str = "--follow-images";
+
+/// Where a tool makes the records file before the owner gets it under its name.
+const PREHASHED_STAGING: &str = ".opalcrs-prehashed.new";
 
 /// The tool that runs the follower.
 const PROGRAM: &str = "opal-checkpoint";
@@ -76,20 +80,37 @@ pub(crate) struct Follower {
 
 impl Follower {
     /// Starts the follower of the snapshot directory `dir` into which process `dumped`
-    /// is about to be dumped. None (logged) when it cannot be started: the publish then
-    /// hashes every file.
+    /// (this one) is about to be dumped. None (logged) when it cannot be started: the
+    /// publish then hashes every file.
     pub(crate) fn start(dir: &Path, dumped: i32) -> Option<Follower> {
+        match open_dir(dir) {
+            Ok(fd) => Follower::spawn(&fd, dumped, None),
+            Err(e) => {
+                log::debug!(target: "crs", "crs:criu: image follower: cannot open {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    /// For a tool dumping process `dumped` of user `owner` on its behalf into the
+    /// directory `dir` (a descriptor, checked to be the owner's): the follower runs
+    /// as that user, without capabilities, like CRIU.
+    pub(crate) fn start_as(dir: &OwnedFd, dumped: i32, owner: (u32, u32)) -> Option<Follower> {
+        Follower::spawn(dir, dumped, Some(Owner::without_groups(owner.0, owner.1)))
+    }
+
+    fn spawn(dir: &OwnedFd, dumped: i32, as_user: Option<Owner>) -> Option<Follower> {
         let Some(program) = program() else {
             log::debug!(target: "crs", "crs:criu: no {PROGRAM} next to the library: the images are hashed after the dump");
             return None;
         };
         let started = || -> io::Result<Follower> {
-            let dir_fd = open_dir(dir)?;
             let path = CString::new(program.as_os_str().as_bytes())?;
-            let fd = dir_fd.as_raw_fd();
+            let fd = dir.as_raw_fd();
             let args = [FOLLOW_MODE.to_string(), fd.to_string(), dumped.to_string()]
                 .map(|arg| CString::new(arg).expect("no NUL"));
-            let command = SwrkCommand::program(path, args.into(), fd);
+            let mut command = SwrkCommand::program(path, args.into(), fd);
+            command.as_user = as_user.map(|owner| (owner, &[] as &'static [u32]));
             // SAFETY: `command` is fully prepared and its descriptor open.
             let pid = unsafe { rpc::spawn_swrk(&command, Helper::Detached) }
                 .map_err(io::Error::from_raw_os_error)?;
@@ -99,7 +120,7 @@ impl Follower {
         };
         match started() {
             Ok(follower) => {
-                log::debug!(target: "crs", "crs:criu: image follower started ({}, pid {})", program.display(), follower.pid);
+                log::debug!(target: "crs", "crs:criu: image follower started ({})", program.display());
                 Some(follower)
             }
             Err(e) => {
@@ -119,17 +140,24 @@ impl Follower {
             && state.is_some_and(|state| state != 'Z' && state != 'X')
     }
 
-    /// After CRIU has answered: asks the follower for its records and waits for them.
-    /// Whether they came; if not, there is no records file left in `dir`.
-    pub(crate) fn collect(self, dir: &Path) -> bool {
-        let dir_fd = match open_dir(dir) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::debug!(target: "crs", "crs:criu: image follower: cannot open {}: {e}", dir.display());
-                return false;
+    /// [`collect`](Follower::collect) in the directory at `dir` (this process's own
+    /// snapshot).
+    pub(crate) fn collect_at(self, dir: &Path) {
+        match open_dir(dir) {
+            Ok(fd) => {
+                self.collect(&fd, dir, None);
             }
-        };
-        match self.wait_for_records(&dir_fd) {
+            Err(e) => {
+                log::debug!(target: "crs", "crs:criu: image follower: cannot open {}: {e}", dir.display())
+            }
+        }
+    }
+
+    /// After CRIU has answered: asks the follower for its records and waits for them in
+    /// `dir` (shown as `shown`); the records file is given to `owner` when set. Whether
+    /// they came; if not, there is no records file left.
+    pub(crate) fn collect(self, dir: &OwnedFd, shown: &Path, owner: Option<(u32, u32)>) -> bool {
+        match self.wait_for_records(dir, owner) {
             Ok(count) => {
                 log::debug!(target: "crs", "crs:criu: image follower hashed {count} page images while CRIU wrote them");
                 true
@@ -138,21 +166,45 @@ impl Follower {
                 // A follower still writing writes into the removed file.
                 let name = CString::new(PREHASHED_FILE).expect("no NUL");
                 // SAFETY: a NUL-terminated name relative to our directory descriptor.
-                unsafe { libc::unlinkat(dir_fd.as_raw_fd(), name.as_ptr(), 0) };
-                log::debug!(target: "crs", "crs:criu: image follower: {why}; the images are hashed after the dump");
+                unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+                log::debug!(target: "crs", "crs:criu: image follower ({}): {why}; the images are hashed after the dump", shown.display());
                 false
             }
         }
     }
 
-    fn wait_for_records(&self, dir_fd: &OwnedFd) -> Result<usize, String> {
+    fn wait_for_records(&self, dir: &OwnedFd, owner: Option<(u32, u32)>) -> Result<usize, String> {
         let deadline = Instant::now() + RECORDS_LIMIT;
-        let inotify = Inotify::watch(dir_fd, libc::IN_CLOSE_WRITE)
+        let inotify = Inotify::watch(dir, libc::IN_CLOSE_WRITE)
             .map_err(|e| format!("cannot watch the snapshot directory: {e}"))?;
         let flags =
             libc::O_RDONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let records = open_at(dir_fd, PREHASHED_FILE, flags, 0o600)
-            .map_err(|e| format!("cannot create {PREHASHED_FILE}: {e}"))?;
+        let records = match owner {
+            None => open_at(dir, PREHASHED_FILE, flags, 0o600)
+                .map_err(|e| format!("cannot create {PREHASHED_FILE}: {e}"))?,
+            // Given to the owner before it appears under its name, so that the follower
+            // (with the owner's file system identity) can write into it at once.
+            Some((uid, gid)) => {
+                let made = open_at(dir, PREHASHED_STAGING, flags, 0o600)
+                    .map_err(|e| format!("cannot create {PREHASHED_STAGING}: {e}"))?;
+                // SAFETY: fchown on a descriptor we own.
+                let given = unsafe { libc::fchown(made.as_raw_fd(), uid, gid) } == 0;
+                let (from, to) = (CString::new(PREHASHED_STAGING), CString::new(PREHASHED_FILE));
+                let (from, to) = (from.expect("no NUL"), to.expect("no NUL"));
+                // SAFETY: NUL-terminated names relative to our directory descriptor.
+                let renamed = given
+                    && unsafe {
+                        libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
+                    } == 0;
+                if !renamed {
+                    let err = io::Error::last_os_error();
+                    // SAFETY: as above.
+                    unsafe { libc::unlinkat(dir.as_raw_fd(), from.as_ptr(), 0) };
+                    return Err(format!("cannot hand {PREHASHED_FILE} to uid {uid}: {err}"));
+                }
+                made
+            }
+        };
         let mut text = vec![0u8; 1 << 16];
         loop {
             // Looked at before reading: a follower that ended has written all it will.

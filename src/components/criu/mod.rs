@@ -164,7 +164,7 @@ impl Component for CriuComponent {
             as_user: None,
         };
         let prepared = started.elapsed();
-        // Only for a self-dump: a tool dumping on our behalf has CRIU outside our tree.
+        // Only for a self-dump: a tool dumping on our behalf follows on a thread.
         let follower = (privileged && job.params.bool("crs_criu_follow_images"))
             .then(|| follow::Follower::start(job.dir, pid))
             .flatten();
@@ -172,14 +172,14 @@ impl Component for CriuComponent {
             None => rpc::dump(&bin, &options),
             Some(helper) => {
                 log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", helper.rendezvous.display());
-                behalf::ask(helper, &options)
+                behalf::ask(helper, &options, job.params.bool("crs_criu_follow_images"))
             }
         };
         match dumped {
             Ok(rpc::DumpOutcome::Dumped) => {
                 let dumped_at = started.elapsed();
                 if let Some(follower) = follower {
-                    follower.collect(job.dir);
+                    follower.collect_at(job.dir);
                 }
                 let followed_at = started.elapsed();
                 files::record(job.dir)?;
