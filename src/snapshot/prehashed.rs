@@ -101,6 +101,11 @@ impl GrowingFileHash {
         GrowingFileHash { hasher: Xxh3::new(), hashed: 0, buffer: vec![0; READ_SIZE] }
     }
 
+    /// How many bytes are hashed so far.
+    pub(crate) fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
     /// Hashes the bytes from where the last call stopped to the end of the file now.
     pub(crate) fn catch_up(&mut self, file: &File) -> io::Result<()> {
         loop {

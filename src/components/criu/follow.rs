@@ -8,7 +8,8 @@
 //! ([`FOLLOW_MODE`]), found next to this library. It gets the snapshot directory as an
 //! inherited descriptor (no path, nothing followed), runs as the process's user, opens
 //! only `pages-*.img` files there with `O_NOFOLLOW`, and hashes each as it grows
-//! (inotify). CRIU writes a page image only at its end: one open with `O_TRUNC`, then
+//! (new files from inotify, growth looked at every 2 ms; at nice 19 while CRIU runs, so
+//! that CRIU never waits for a CPU because of it). CRIU writes a page image only at its end: one open with `O_TRUNC`, then
 //! `splice` at the file position (criu/page-xfer.c, `write_pages_loc`); the other
 //! images are small, written through buffers, and hashed at publication.
 //!
@@ -48,9 +49,12 @@ const PROGRAM: &str = "opal-checkpoint";
 /// takes ~110 ms here.
 const RECORDS_LIMIT: Duration = Duration::from_secs(1);
 
-/// A follower with nothing to read for this long gives up (the process always either
+/// A follower that sees nothing new for this long gives up (the process always either
 /// asks for the records, removes the directory or ends long before).
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The follower's nice value while CRIU writes.
+const LOW_PRIORITY: libc::c_int = 19;
 
 /// Whether the follower follows the file `name`: CRIU's page images, `pages-<N>.img`.
 fn is_followed(name: &str) -> bool {
@@ -387,9 +391,11 @@ impl Found {
     }
 
     /// Hashes what was appended to each file; a file that cannot be read is dropped
-    /// (hashed at publication).
-    fn catch_up(&mut self) {
+    /// (hashed at publication). Whether anything was.
+    fn catch_up(&mut self) -> bool {
+        let before: u64 = self.followed.iter().map(|f| f.hash.hashed()).sum();
         self.followed.retain_mut(|f| f.hash.catch_up(&f.file).is_ok());
+        self.followed.iter().map(|f| f.hash.hashed()).sum::<u64>() != before
     }
 }
 
@@ -402,22 +408,35 @@ fn follow(dir: &OwnedFd, pid: i32) -> io::Result<()> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MODIFY | libc::IN_DELETE_SELF;
+    // While CRIU runs the process is frozen, and CRIU must not wait for the CPU because
+    // of us: the follower hashes with what CRIU leaves idle.
+    // SAFETY: setpriority of this process only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOW_PRIORITY) };
+    let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE_SELF;
     let inotify = Inotify::watch(dir, mask)?;
     let mut found = Found::default();
     found.scan(dir);
     let mut last_event = Instant::now();
     loop {
-        found.catch_up();
+        if found.catch_up() {
+            last_event = Instant::now();
+        }
         if found.asked {
+            // CRIU is done and the process waits for us: back to the usual priority
+            // (root or CAP_SYS_NICE may; otherwise it stays low).
+            // SAFETY: setpriority of this process only.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
             return write_records(dir, found);
         }
         let mut fds = [
             libc::pollfd { fd: inotify.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
+        // Page images are looked at every 2 ms: an inotify watch for their writes would
+        // queue an event in CRIU's write path.
+        let timeout = if found.followed.is_empty() { 1000 } else { 2 };
         // SAFETY: two valid pollfds.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return Err(io::Error::last_os_error());
         }
