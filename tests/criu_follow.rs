@@ -89,17 +89,23 @@ fn the_follower_hashes_the_page_images_and_the_manifest_equals_a_full_rehash() {
 }
 
 #[test]
-fn with_the_follower_off_every_file_is_hashed_after_the_dump() {
+fn with_the_follower_off_or_for_a_small_process_every_file_is_hashed_after_the_dump() {
     require_criu!();
-    let sb = Sandbox::new("follow-off");
-    let mut app = start_counter(&sb, 8, &[("OMPI_MCA_crs_criu_follow_images", "0")]);
-    let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
-    let log = sb.read("app.out");
-    assert!(!log.contains("image follower"), "{log}");
-    assert!(!log.contains("hashed while they were written"), "{log}");
-    assert_manifest_is_a_full_rehash(&snapshot);
-    verify(&sb, &snapshot);
-    kill_and_reap(&mut app);
+    for (tag, mib, follow) in [("off", "64", "0"), ("small", "4", "1")] {
+        let sb = Sandbox::new(&format!("follow-{tag}"));
+        let mut app = start_counter(
+            &sb,
+            mib.parse().unwrap(),
+            &[("OMPI_MCA_crs_criu_follow_images", follow)],
+        );
+        let (_, snapshot) = checkpoint_ok(&sb, &[&app.id().to_string()]);
+        let log = sb.read("app.out");
+        assert!(!log.contains("image follower"), "{tag}: {log}");
+        assert!(!log.contains("hashed while they were written"), "{tag}: {log}");
+        assert_manifest_is_a_full_rehash(&snapshot);
+        verify(&sb, &snapshot);
+        kill_and_reap(&mut app);
+    }
 }
 
 /// PIDs of processes whose command line is the follower's for process `pid`.
@@ -176,7 +182,7 @@ fn roots_tool_dumping_for_a_user_hashes_while_criu_writes() {
     let mut command = user.command(&sb, &program, &home);
     command
         .arg(&count)
-        .arg("32")
+        .arg("64")
         .env("OMPI_MCA_crs", "criu")
         .env("OMPI_MCA_crs_base_verbose", "10")
         .env("LD_LIBRARY_PATH", &sb.dir)

@@ -211,8 +211,9 @@ pub static PARAMS: &[ParamDef] = &[
         "crs_criu_follow_images",
         Bool,
         "1",
-        "Hash the page images while CRIU writes them, in a helper process outside the dumped \
-         tree (opal-checkpoint found next to the library); 0 hashes them after the dump.",
+        "Hash the page images of a process of 32 MiB or more while CRIU writes them, in a \
+         helper process outside the dumped tree (opal-checkpoint found next to the library); \
+         0 hashes them after the dump.",
     ),
     def(
         "crs_criu_restore_timeout",

@@ -8,8 +8,7 @@
 //! ([`FOLLOW_MODE`]), found next to this library. It gets the snapshot directory as an
 //! inherited descriptor (no path, nothing followed), runs as the process's user, opens
 //! only `pages-*.img` files there with `O_NOFOLLOW`, and hashes each as it grows
-//! (new files from inotify, growth looked at every 2 ms; at nice 19 while CRIU runs, so
-//! that CRIU never waits for a CPU because of it). CRIU writes a page image only at its end: one open with `O_TRUNC`, then
+//! (new files from inotify, growth looked at every 2 ms). CRIU writes a page image only at its end: one open with `O_TRUNC`, then
 //! `splice` at the file position (criu/page-xfer.c, `write_pages_loc`); the other
 //! images are small, written through buffers, and hashed at publication.
 //!
@@ -53,14 +52,29 @@ const RECORDS_LIMIT: Duration = Duration::from_secs(1);
 /// asks for the records, removes the directory or ends long before).
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
-/// The follower's nice value while CRIU writes.
-const LOW_PRIORITY: libc::c_int = 19;
+/// A process with less resident memory than this is hashed after its dump: starting
+/// the follower and waiting for its records (about 1.5 ms here) would cost more than
+/// hashing its page images then (~5 GB/s).
+const FOLLOW_MIN_RESIDENT: u64 = 32 << 20;
 
 /// Whether the follower follows the file `name`: CRIU's page images, `pages-<N>.img`.
 fn is_followed(name: &str) -> bool {
     name.strip_prefix("pages-")
         .and_then(|rest| rest.strip_suffix(".img"))
         .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether process `pid` is large enough for a follower to pay
+/// ([`FOLLOW_MIN_RESIDENT`]); a process whose size cannot be read is.
+pub(crate) fn worth_following(pid: i32) -> bool {
+    let own = i64::from(pid) == i64::from(std::process::id());
+    let path = if own { "/proc/self/statm".to_string() } else { format!("/proc/{pid}/statm") };
+    let resident = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    resident.map_or(true, |pages| pages * page >= FOLLOW_MIN_RESIDENT)
 }
 
 /// Where the follower's program is: next to this library (the build directory, or a
@@ -408,10 +422,6 @@ fn follow(dir: &OwnedFd, pid: i32) -> io::Result<()> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    // While CRIU runs the process is frozen, and CRIU must not wait for the CPU because
-    // of us: the follower hashes with what CRIU leaves idle.
-    // SAFETY: setpriority of this process only.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOW_PRIORITY) };
     let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE_SELF;
     let inotify = Inotify::watch(dir, mask)?;
     let mut found = Found::default();
@@ -422,10 +432,6 @@ fn follow(dir: &OwnedFd, pid: i32) -> io::Result<()> {
             last_event = Instant::now();
         }
         if found.asked {
-            // CRIU is done and the process waits for us: back to the usual priority
-            // (root or CAP_SYS_NICE may; otherwise it stays low).
-            // SAFETY: setpriority of this process only.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
             return write_records(dir, found);
         }
         let mut fds = [

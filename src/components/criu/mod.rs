@@ -165,14 +165,14 @@ impl Component for CriuComponent {
         };
         let prepared = started.elapsed();
         // Only for a self-dump: a tool dumping on our behalf follows on a thread.
-        let follower = (privileged && job.params.bool("crs_criu_follow_images"))
-            .then(|| follow::Follower::start(job.dir, pid))
-            .flatten();
+        let follow = job.params.bool("crs_criu_follow_images") && follow::worth_following(pid);
+        let follower =
+            (privileged && follow).then(|| follow::Follower::start(job.dir, pid)).flatten();
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
             Some(helper) => {
                 log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", helper.rendezvous.display());
-                behalf::ask(helper, &options, job.params.bool("crs_criu_follow_images"))
+                behalf::ask(helper, &options, follow)
             }
         };
         match dumped {
