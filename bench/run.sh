@@ -13,7 +13,7 @@
 # compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
 # Optional: xxhsum (Debian package xxhash) for the hashing figures of part 4.
 # BENCH_MIB and BENCH_ROUNDS override the process size and the number of CRIU rounds;
-# BENCH_FOLLOW=0 runs our criu checkpoints with crs_criu_follow_images=0 (hashed after).
+# BENCH_FOLLOW=1 runs our criu checkpoints with crs_criu_follow_images=1 (the image follower).
 # See bench/README.md for what each figure means.
 set -euo pipefail
 export LC_ALL=C
@@ -35,7 +35,7 @@ INIT_PAIRS=1000
 MIB=${BENCH_MIB:-$MIB}
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
 [[ $MIB =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_MIB and BENCH_ROUNDS take positive numbers" >&2; exit 2; }
-FOLLOW=${BENCH_FOLLOW:-1}
+FOLLOW=${BENCH_FOLLOW:-0}
 [[ $FOLLOW == [01] ]] || { echo "BENCH_FOLLOW takes 0 or 1" >&2; exit 2; }
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -13,13 +13,15 @@ fn plain_counter() -> PathBuf {
     cc("plain_counter.c", "plain_counter", &[])
 }
 
-/// plain_counter with `mib` MiB, criu selected, logging its debug lines into app.out.
+/// plain_counter with `mib` MiB, criu selected, the follower on (unless `env` says
+/// otherwise), logging its debug lines into app.out.
 fn start_counter(sb: &Sandbox, mib: u32, env: &[(&str, &str)]) -> Child {
     let mut command = sb.command(plain_counter());
     command
         .arg(sb.path("count"))
         .arg(mib.to_string())
         .env("OMPI_MCA_crs", "criu")
+        .env("OMPI_MCA_crs_criu_follow_images", "1")
         .env("OMPI_MCA_crs_base_verbose", "10");
     for (name, value) in env {
         command.env(name, value);
@@ -184,6 +186,7 @@ fn roots_tool_dumping_for_a_user_hashes_while_criu_writes() {
         .arg(&count)
         .arg("64")
         .env("OMPI_MCA_crs", "criu")
+        .env("OMPI_MCA_crs_criu_follow_images", "1")
         .env("OMPI_MCA_crs_base_verbose", "10")
         .env("LD_LIBRARY_PATH", &sb.dir)
         .env("TMPDIR", &home);

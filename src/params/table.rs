@@ -210,10 +210,11 @@ pub static PARAMS: &[ParamDef] = &[
     def(
         "crs_criu_follow_images",
         Bool,
-        "1",
-        "Hash the page images of a process of 32 MiB or more while CRIU writes them, in a \
-         helper process outside the dumped tree (opal-checkpoint found next to the library); \
-         0 hashes them after the dump.",
+        "0",
+        "With 1, hash the page images of a process of 32 MiB or more while CRIU writes them, in a \
+         helper process outside the dumped tree (opal-checkpoint found next to the library): \
+         the checkpoint ends sooner, but CRIU's freeze can grow where cores or memory \
+         bandwidth are scarce; 0 hashes them after the dump.",
     ),
     def(
         "crs_criu_restore_timeout",
@@ -577,7 +578,7 @@ mod tests {
         expect("crs_criu_new_session", Bool, "1");
         expect("crs_criu_restore_timeout", Int, "30");
         expect("crs_criu_truncate_grown", Bool, "1");
-        expect("crs_criu_follow_images", Bool, "1");
+        expect("crs_criu_follow_images", Bool, "0");
         assert!(!lookup("crs_criu_restore_timeout").unwrap().accepts("-1"));
         expect("crs_criu_file_locks", Bool, "1");
         expect(
