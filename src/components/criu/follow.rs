@@ -1,16 +1,19 @@
 //! The image follower: a process that hashes the page images while CRIU writes them,
 //! so that publishing a snapshot need not read them again afterwards.
 //!
-//! Hashing cannot happen inside the process that dumps itself: CRIU freezes every one of
-//! its threads for the whole write. The follower is started like the `criu swrk`
-//! helper (detached, sharing our memory only until it execs, so it is not in the dumped
-//! tree and copies no page tables): it is `opal-checkpoint` in its hidden mode
-//! ([`FOLLOW_MODE`]), found next to this library. It gets the snapshot directory as an
-//! inherited descriptor (no path, nothing followed), runs as the process's user, opens
-//! only `pages-*.img` files there with `O_NOFOLLOW`, and hashes each as it grows
-//! (new files from inotify, growth looked at every 2 ms). CRIU writes a page image only at its end: one open with `O_TRUNC`, then
-//! `splice` at the file position (criu/page-xfer.c, `write_pages_loc`); the other
-//! images are small, written through buffers, and hashed at publication.
+//! Hashing cannot happen inside the process that dumps itself: CRIU freezes every
+//! one of its threads for the whole write. The follower is started like the `criu
+//! swrk` helper (detached, sharing our memory only until it execs, so it is not in
+//! the dumped tree and copies no page tables): it is `opal-checkpoint` in its hidden
+//! mode ([`FOLLOW_MODE`]), found next to this library. It gets the snapshot
+//! directory as an inherited descriptor (no path, nothing followed), runs as the
+//! process's user, opens only `pages-*.img` files there with `O_NOFOLLOW`, and
+//! hashes each as it grows (new files from inotify, growth looked at every 2 ms).
+//! CRIU writes a page image only at its end: one open with `O_TRUNC`, then `splice`
+//! at the file position (criu/page-xfer.c, `write_pages_loc`); the other images are
+//! small, written through buffers, and hashed at publication. It is off by default
+//! (`crs_criu_follow_images`): on a small machine its reading made CRIU's freeze
+//! longer (bench/README.md, session 5).
 //!
 //! The process holds no descriptor of it during the dump. Once CRIU has answered, the
 //! process creates the empty records file ([`PREHASHED_FILE`]); the follower then
@@ -26,10 +29,9 @@ use crate::owner::Owner;
 use crate::snapshot::prehashed::{self, GrowingFileHash, PREHASHED_FILE};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -162,9 +164,7 @@ impl Follower {
     /// snapshot).
     pub(crate) fn collect_at(self, dir: &Path) {
         match open_dir(dir) {
-            Ok(fd) => {
-                self.collect(&fd, dir, None);
-            }
+            Ok(fd) => self.collect(&fd, dir, None),
             Err(e) => {
                 log::debug!(target: "crs", "crs:criu: image follower: cannot open {}: {e}", dir.display())
             }
@@ -172,13 +172,12 @@ impl Follower {
     }
 
     /// After CRIU has answered: asks the follower for its records and waits for them in
-    /// `dir` (shown as `shown`); the records file is given to `owner` when set. Whether
-    /// they came; if not, there is no records file left.
-    pub(crate) fn collect(self, dir: &OwnedFd, shown: &Path, owner: Option<(u32, u32)>) -> bool {
+    /// `dir` (shown as `shown`); the records file is given to `owner` when set. If they
+    /// do not come, there is no records file left.
+    pub(crate) fn collect(self, dir: &OwnedFd, shown: &Path, owner: Option<(u32, u32)>) {
         match self.wait_for_records(dir, owner) {
             Ok(count) => {
                 log::debug!(target: "crs", "crs:criu: image follower hashed {count} page images while CRIU wrote them");
-                true
             }
             Err(why) => {
                 // A follower still writing writes into the removed file.
@@ -186,7 +185,6 @@ impl Follower {
                 // SAFETY: a NUL-terminated name relative to our directory descriptor.
                 unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
                 log::debug!(target: "crs", "crs:criu: image follower ({}): {why}; the images are hashed after the dump", shown.display());
-                false
             }
         }
     }
@@ -199,7 +197,7 @@ impl Follower {
             None => open_at(dir, PREHASHED_FILE, flags, 0o600)
                 .map_err(|e| format!("cannot create {PREHASHED_FILE}: {e}"))?,
             // Given to the owner before it appears under its name, so that the follower
-            // (with the owner's file system identity) can write into it at once.
+            // (running as the owner) can write into it at once.
             Some((uid, gid)) => {
                 let made = open_at(dir, PREHASHED_STAGING, flags, 0o600)
                     .map_err(|e| format!("cannot create {PREHASHED_STAGING}: {e}"))?;
@@ -221,7 +219,6 @@ impl Follower {
                 made
             }
         };
-        let mut text = vec![0u8; 1 << 16];
         // Polled, with back-off: the records come within a millisecond or so, and an
         // inotify instance would cost more (closing one waits for an RCU grace period,
         // measured at up to 20 ms here).
@@ -230,10 +227,12 @@ impl Follower {
             // Looked at before reading: a follower that ended has written all it will.
             let alive = self.alive();
             // It writes all records at once; read them whole.
-            let len = records
-                .read_at(&mut text, 0)
+            let mut text = Vec::new();
+            (&records)
+                .seek(io::SeekFrom::Start(0))
+                .and_then(|_| (&records).read_to_end(&mut text))
                 .map_err(|e| format!("cannot read its records: {e}"))?;
-            let parsed = std::str::from_utf8(&text[..len]).ok().and_then(prehashed::parse);
+            let parsed = std::str::from_utf8(&text).ok().and_then(prehashed::parse);
             if let Some(records) = parsed {
                 return Ok(records.len());
             }
@@ -352,12 +351,11 @@ pub fn main(args: &[OsString]) -> i32 {
     }
     // SAFETY: the directory descriptor the library handed us, owned by nothing else here.
     let dir = unsafe { OwnedFd::from_raw_fd(dir_fd) };
+    // Silent either way: its stderr is the program's, and the process notices a
+    // follower that ended without records.
     match follow(&dir, pid) {
         Ok(()) => 0,
-        Err(e) => {
-            log::debug!(target: "crs", "crs:criu: image follower: {e}");
-            1
-        }
+        Err(_) => 1,
     }
 }
 
