@@ -121,7 +121,7 @@ impl Follower {
 
     fn spawn(dir: &OwnedFd, dumped: i32, as_user: Option<Owner>) -> Option<Follower> {
         let Some(program) = program() else {
-            log::debug!(target: "crs", "crs:criu: no {PROGRAM} next to the library: the images are hashed after the dump");
+            log::debug!(target: "crs", "crs:criu: no {PROGRAM} next to the library; the images are hashed after the dump");
             return None;
         };
         let started = || -> io::Result<Follower> {
