@@ -12,7 +12,8 @@
 # every process it started by PID. Needs root (CRIU dumps, drop_caches, the mount), a C
 # compiler and CRIU >= 4 ($CRIU, default /opt/criu/sbin/criu).
 # Optional: xxhsum (Debian package xxhash) for the hashing figures of part 4.
-# BENCH_MIB and BENCH_ROUNDS override the process size and the number of CRIU rounds.
+# BENCH_MIB and BENCH_ROUNDS override the process size and the number of CRIU rounds;
+# BENCH_FOLLOW=1 runs our criu checkpoints with crs_criu_follow_images=1 (the image follower).
 # See bench/README.md for what each figure means.
 set -euo pipefail
 export LC_ALL=C
@@ -22,7 +23,7 @@ case $MODE in
 full) MIB=1024 ROUNDS=3 CKPT_RUNS=30 TMPFS_MIB=512 TMPFS_RUNS=10 SMALL_RUNS=15 ;;
 quick) MIB=256 ROUNDS=1 CKPT_RUNS=20 TMPFS_MIB=128 TMPFS_RUNS=4 SMALL_RUNS=6 ;;
 -h | --help)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -34,6 +35,8 @@ INIT_PAIRS=1000
 MIB=${BENCH_MIB:-$MIB}
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
 [[ $MIB =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_MIB and BENCH_ROUNDS take positive numbers" >&2; exit 2; }
+FOLLOW=${BENCH_FOLLOW:-0}
+[[ $FOLLOW == [01] ]] || { echo "BENCH_FOLLOW takes 0 or 1" >&2; exit 2; }
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CRIU=${CRIU:-/opt/criu/sbin/criu}
@@ -281,7 +284,7 @@ section "3. criu component vs the CRIU command line, $MIB MiB process, $ROUNDS r
 
 # From here on ours and the reference use the same CRIU (part 1 let the library search).
 export OMPI_MCA_crs_criu_binary=$CRIU
-start mem_hold OMPI_MCA_crs=criu -- "$W/bin/mem_hold" "$MIB"
+start mem_hold OMPI_MCA_crs=criu OMPI_MCA_crs_criu_follow_images="$FOLLOW" -- "$W/bin/mem_hold" "$MIB"
 P=$STARTED
 [[ $(awk '{ print $6 }' "/proc/$P/stat") == "$P" ]] || die "mem_hold is not a session leader"
 SERIES=$HOME/opal_snapshot_$P.ckpt
@@ -514,14 +517,16 @@ echo "images on a private tmpfs ($T); nothing to flush, so what remains is the w
 # The process logs its phases at debug level (crs_base_verbose=10) into its output file.
 start_logged() { # NAME MIB -> STARTED
     start "$1" OMPI_MCA_crs=criu OMPI_MCA_crs_base_verbose=10 OMPI_MCA_crs_base_snapshot_dir="$T" \
+        OMPI_MCA_crs_criu_follow_images="$FOLLOW" \
         -- "$W/bin/mem_hold" "$2"
 }
 # "NAME VALUE ms" of the phase lines the process logged since line $2 of its output $1:
-# criu (checked, prepared, dumped, files recorded: since the component started),
+# criu (checked, prepared, dumped, followed (the follower's records are in), files
+# recorded: since the component started),
 # publish (hashed, flushed, published: since the publish started), established.
 phase_lines() {
     tail -n +"$2" "$1" | sed -n -E \
-        -e 's/.*crs:criu: phases: checked ([0-9.]+) ms, prepared ([0-9.]+) ms, dumped ([0-9.]+) ms, files recorded ([0-9.]+) ms.*/checked \1\nprepared \2\ndumped \3\nrecorded \4/p' \
+        -e 's/.*crs:criu: phases: checked ([0-9.]+) ms, prepared ([0-9.]+) ms, dumped ([0-9.]+) ms, followed ([0-9.]+) ms, files recorded ([0-9.]+) ms.*/checked \1\nprepared \2\ndumped \3\nfollowed \4\nrecorded \5/p' \
         -e 's/.*swrk started after ([0-9.]+)(µs|ms|s)\).*/swrk_\2 \1/p' \
         -e 's/.*crs: publish phases: hashed ([0-9.]+) ms, flushed ([0-9.]+) ms.*/hashed \1\nflushed \2/p' \
         -e 's/.*crs: publish phases: published ([0-9.]+) ms.*/published \1/p' \

@@ -1,7 +1,7 @@
 //! Just enough ELF64 reading to tell whether the running executable defines a symbol in
 //! its static symbol table (to explain why a self callback was not found: "defined but
 //! not exported") and to read a file's GNU build-id (the identity of the executable and
-//! libraries a criu image needs).
+//! libraries a criu image needs), and which file this code was loaded from.
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
@@ -19,6 +19,23 @@ pub fn exe_defines_symbol(name: &str) -> bool {
         .ok()
         .and_then(|image| symtab_defines(&image, name))
         .unwrap_or(false)
+}
+
+/// The file this code was loaded from: the shared library, or the executable it is
+/// linked into.
+pub(crate) fn loaded_from() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: dladdr on one of our own functions; dli_fname is NUL-terminated.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(loaded_from as *const () as *const libc::c_void, &mut info) == 0
+            || info.dli_fname.is_null()
+        {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(info.dli_fname).to_bytes();
+        Some(std::ffi::OsStr::from_bytes(name).into())
+    }
 }
 
 const SHT_SYMTAB: u32 = 2;

@@ -7,7 +7,7 @@
 use crate::runtime;
 use std::ffi::{CStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ const TOOLS: &[&str] = &["opal-checkpoint", "opal-restart", "opal-info", "opal-r
 
 extern "C" fn on_load() {
     let _ = std::panic::catch_unwind(|| {
-        let Some(ours) = own_path() else { return };
+        let Some(ours) = crate::elf::loaded_from() else { return };
         let preload = std::env::var_os("LD_PRELOAD").unwrap_or_default();
         if !names_us(&preload, &ours) || is_our_tool() {
             return;
@@ -350,20 +350,6 @@ extern "C" fn on_unload() {
 fn warn(message: &str) {
     crate::output::ensure_logger();
     log::warn!(target: "cr", "libopalcrs (LD_PRELOAD): {message}");
-}
-
-/// The file this code was loaded from.
-fn own_path() -> Option<PathBuf> {
-    // SAFETY: dladdr on one of our own functions; dli_fname is NUL-terminated.
-    unsafe {
-        let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(on_load as *const () as *const libc::c_void, &mut info) == 0
-            || info.dli_fname.is_null()
-        {
-            return None;
-        }
-        Some(PathBuf::from(OsString::from_vec(CStr::from_ptr(info.dli_fname).to_bytes().to_vec())))
-    }
 }
 
 /// LD_PRELOAD entries are separated by blanks or colons.

@@ -208,6 +208,15 @@ pub static PARAMS: &[ParamDef] = &[
          since the checkpoint back to its size then; 0 refuses the restore instead.",
     ),
     def(
+        "crs_criu_follow_images",
+        Bool,
+        "0",
+        "With 1, hash the page images of a process of 32 MiB or more while CRIU writes them, in a \
+         helper process outside the dumped tree (opal-checkpoint found next to the library): \
+         the checkpoint ends sooner, but CRIU's freeze can grow where cores or memory \
+         bandwidth are scarce; 0 hashes them after the dump.",
+    ),
+    def(
         "crs_criu_restore_timeout",
         Int,
         "30",
@@ -569,6 +578,7 @@ mod tests {
         expect("crs_criu_new_session", Bool, "1");
         expect("crs_criu_restore_timeout", Int, "30");
         expect("crs_criu_truncate_grown", Bool, "1");
+        expect("crs_criu_follow_images", Bool, "0");
         assert!(!lookup("crs_criu_restore_timeout").unwrap().accepts("-1"));
         expect("crs_criu_file_locks", Bool, "1");
         expect(
@@ -580,7 +590,7 @@ mod tests {
         expect("opal_cr_thread_sleep_wait", Int, "100");
         expect("opal_cr_signal", Int, "10");
         expect("mca_base_suppress_override_warning", Bool, "0");
-        assert_eq!(PARAMS.len(), 48);
+        assert_eq!(PARAMS.len(), 49);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod list;
 pub mod manifest;
 pub mod metadata;
+pub(crate) mod prehashed;
 pub mod series;
 
 pub use list::{list_dir, list_series, SeriesInfo, SnapshotInfo};

@@ -20,6 +20,7 @@
 use super::manifest::{
     hash_open_file, verify, FileEntry, IdentityEntry, Manifest, Verdict, MANIFEST_FILE,
 };
+use super::prehashed::{self, Prehashed, PREHASHED_FILE};
 use crate::codes;
 use crate::error::{Error, Result};
 use std::collections::hash_map::RandomState;
@@ -27,7 +28,7 @@ use std::collections::VecDeque;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -338,7 +339,8 @@ impl PendingSnapshot {
     pub fn publish(mut self, options: PublishOptions) -> Result<Published> {
         let started = std::time::Instant::now();
         let (series, temp) = self.reopen()?;
-        let payload = Payload::scan(&temp, &self.dir)?;
+        let mut payload = Payload::scan(&temp, &self.dir)?;
+        let prehashed = self.take_prehashed(&temp, &mut payload)?;
         // Flushing the payload (disk-bound) and hashing it (reads from the page cache)
         // overlap: for a GiB-sized CRIU image the checksums then cost almost nothing.
         let (files, flushed) = std::thread::scope(|scope| {
@@ -347,8 +349,14 @@ impl PendingSnapshot {
                 .files
                 .iter()
                 .map(|(relative, file)| {
-                    hash_open_file(file, &self.dir.join(relative))
-                        .map(|(size, hash)| FileEntry::new(relative.clone(), size, hash))
+                    let known = prehashed.iter().find(|record| record.name == *relative);
+                    match known.filter(|record| file.metadata().is_ok_and(|m| record.matches(&m))) {
+                        Some(record) => {
+                            Ok(FileEntry::new(relative.clone(), record.size, record.hash.clone()))
+                        }
+                        None => hash_open_file(file, &self.dir.join(relative))
+                            .map(|(size, hash)| FileEntry::new(relative.clone(), size, hash)),
+                    }
                 })
                 .collect::<Result<Vec<_>>>();
             let hashed_at = started.elapsed();
@@ -440,6 +448,21 @@ impl PendingSnapshot {
             remove_tree(&series, OsStr::new(&name), &dir);
         }
         Ok(Published { seq: self.seq, path })
+    }
+
+    /// Takes the records of files hashed while they were written
+    /// ([`prehashed`](super::prehashed)) out of the payload and the directory: they are
+    /// never published. A records file that is incomplete gives none.
+    fn take_prehashed(&self, temp: &Dir, payload: &mut Payload) -> Result<Vec<Prehashed>> {
+        let Some(mut file) = payload.prehashed.take() else { return Ok(Vec::new()) };
+        let mut text = String::new();
+        let read = file.read_to_string(&mut text);
+        temp.unlink(OsStr::new(PREHASHED_FILE), false).map_err(|e| {
+            Error::io(format!("cannot remove {}", self.dir.join(PREHASHED_FILE).display()), e)
+        })?;
+        let records = read.ok().and_then(|_| prehashed::parse(&text)).unwrap_or_default();
+        log::debug!(target: "crs", "crs: publish: {} files hashed while they were written", records.len());
+        Ok(records)
     }
 
     /// Gives the snapshot up and removes its temporary directory.
@@ -1072,8 +1095,10 @@ struct Payload {
     /// The subdirectories, breadth-first, with their paths relative to the root.
     dirs: Vec<(Dir, String)>,
     /// `(path relative to the root with '/' separators, the open file)`, sorted, without
-    /// the manifest.
+    /// the manifest and the records of files hashed while written.
     files: Vec<(String, File)>,
+    /// Those records ([`PREHASHED_FILE`]), when there are.
+    prehashed: Option<File>,
 }
 
 impl Payload {
@@ -1081,6 +1106,7 @@ impl Payload {
     fn scan(root: &Dir, shown: &Path) -> Result<Payload> {
         let mut dirs: Vec<(Dir, String)> = Vec::new();
         let mut files = Vec::new();
+        let mut prehashed = None;
         let mut next = 0;
         loop {
             let (dir, prefix) = match next {
@@ -1119,7 +1145,11 @@ impl Payload {
                         if !file.metadata().map_err(listing_failed)?.is_file() {
                             return Err(unlistable(&relative, "not a regular file or directory"));
                         }
-                        files.push((relative, file));
+                        if relative == PREHASHED_FILE {
+                            prehashed = Some(file);
+                        } else {
+                            files.push((relative, file));
+                        }
                     }
                 } else {
                     return Err(unlistable(&relative, "not a regular file or directory"));
@@ -1128,7 +1158,7 @@ impl Payload {
             dirs.extend(found);
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Payload { dirs, files })
+        Ok(Payload { dirs, files, prehashed })
     }
 }
 
@@ -1389,6 +1419,74 @@ mod tests {
         assert_eq!(listed, vec![("a/b/core.img", 3000), (METADATA_FILE, 9)]);
         assert_eq!(manifest.identity[0].build_id.as_deref(), Some("ab"));
         assert_eq!(verify(&published.path), Verdict::Good);
+    }
+
+    /// Records of files hashed while written are trusted only for a file still as it was
+    /// at the record's last look, and are never published themselves.
+    #[test]
+    fn publish_trusts_a_prehashed_record_only_for_an_unchanged_file() {
+        use super::prehashed::{render, GrowingFileHash, PREHASHED_FILE};
+        let base = TempDir::new();
+        let series = Series::open(base.path(), "s").unwrap();
+        let pending = series.begin(own_pid()).unwrap();
+        let record_of = |name: &str, bytes: &[u8]| {
+            fs::write(pending.dir.join(name), bytes).unwrap();
+            let file = File::open(pending.dir.join(name)).unwrap();
+            GrowingFileHash::new().finish(name, &file).unwrap().unwrap()
+        };
+        // A record that matches is used as it is: shown here by a hash that is not the
+        // file's (in real use it is the hash of the very bytes).
+        let mut kept = record_of("pages-1.img", &[1u8; 5000]);
+        kept.hash = "0123456789abcdef0123456789abcdef".into();
+        // Changed in place after the last look: same size, other bytes.
+        let rewritten = record_of("pages-2.img", &[2u8; 5000]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(pending.dir.join("pages-2.img"))
+            .unwrap()
+            .write_all(b"changed")
+            .unwrap();
+        // Grown after the last look.
+        let grown = record_of("pages-3.img", &[3u8; 100]);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(pending.dir.join("pages-3.img"))
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        fs::write(pending.dir.join(PREHASHED_FILE), render(&[kept, rewritten, grown])).unwrap();
+        let published = pending.publish(publish_options(0)).unwrap();
+        let manifest = Manifest::read(&published.path).unwrap();
+        let hash_of = |name: &str| {
+            manifest.files.iter().find(|f| f.path == name).map(|f| f.hash.clone()).unwrap()
+        };
+        assert_eq!(hash_of("pages-1.img"), "0123456789abcdef0123456789abcdef");
+        for name in ["pages-2.img", "pages-3.img"] {
+            let bytes = fs::read(published.path.join(name)).unwrap();
+            assert_eq!(hash_of(name), format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)));
+        }
+        assert!(!published.path.join(PREHASHED_FILE).exists());
+        assert!(manifest.files.iter().all(|f| f.path != PREHASHED_FILE));
+    }
+
+    /// A records file cut short (a follower that died while writing it) gives nothing.
+    #[test]
+    fn publish_ignores_an_incomplete_prehashed_file() {
+        use super::prehashed::{render, GrowingFileHash, PREHASHED_FILE};
+        let base = TempDir::new();
+        let series = Series::open(base.path(), "s").unwrap();
+        let pending = series.begin(own_pid()).unwrap();
+        fs::write(pending.dir.join(METADATA_FILE), "# PID: 1\n").unwrap();
+        fs::write(pending.dir.join("pages-1.img"), [9u8; 300]).unwrap();
+        let file = File::open(pending.dir.join("pages-1.img")).unwrap();
+        let mut record = GrowingFileHash::new().finish("pages-1.img", &file).unwrap().unwrap();
+        record.hash = "0123456789abcdef0123456789abcdef".into();
+        let text = render(&[record]);
+        fs::write(pending.dir.join(PREHASHED_FILE), &text[..text.len() - 2]).unwrap();
+        let published = pending.publish(publish_options(0)).unwrap();
+        assert_eq!(verify(&published.path), Verdict::Good);
+        assert!(!published.path.join(PREHASHED_FILE).exists());
     }
 
     /// A verified snapshot holds only what its manifest lists, so a temporary holding

@@ -84,6 +84,9 @@ struct Settings {
 
 pub fn main() -> i32 {
     let args = super::args();
+    if args.first().is_some_and(|arg| arg == crate::components::criu::follow::FOLLOW_MODE) {
+        return crate::components::criu::follow::main(&args[1..]);
+    }
     let argv0 = std::env::args_os()
         .next()
         .map_or_else(|| "opal-checkpoint".into(), |a| a.to_string_lossy().into_owned());

@@ -20,6 +20,7 @@
 //! following symbolic links, and only in a directory owned by the process's owner.
 
 use super::binary::CriuBinary;
+use super::follow::Follower;
 use super::rpc::{self, DumpOptions, DumpOutcome, ImagesDir, LockMethod};
 use crate::codes;
 use crate::error::{Error, Result};
@@ -56,6 +57,9 @@ struct DumpRequest {
     tcp_established: bool,
     file_locks: bool,
     network_lock: Option<LockMethod>,
+    /// Hash the page images while CRIU writes them (`crs_criu_follow_images`).
+    #[serde(default)]
+    follow_images: bool,
 }
 
 /// When this process (image) started; see [`start_time`].
@@ -115,7 +119,7 @@ impl DumpHelper {
 
 /// Process side: asks the tool behind `helper` to dump this process with `opts` (its
 /// PID and `as_user` are the tool's to set), and waits for it.
-pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
+pub fn ask(helper: &DumpHelper, opts: &DumpOptions, follow_images: bool) -> Result<DumpOutcome> {
     let rendezvous = helper.rendezvous.as_path();
     if let Some(tool) = helper.tool_gone() {
         return Err(helper.abandon(tool));
@@ -131,6 +135,7 @@ pub fn ask(helper: &DumpHelper, opts: &DumpOptions) -> Result<DumpOutcome> {
         tcp_established: opts.tcp_established,
         file_locks: opts.file_locks,
         network_lock: opts.network_lock,
+        follow_images,
     };
     let text = serde_json::to_string(&request).expect("a request serialises");
     let staging = rendezvous.join(".request.json");
@@ -281,6 +286,12 @@ impl Offer {
                 ),
             ));
         }
+        // The tool is outside the dumped tree; the follower runs as the owner, as CRIU.
+        let follower = request
+            .follow_images
+            .then(|| Follower::start_as(&snapshot, self.pid, self.owner))
+            .flatten();
+        let kept = snapshot.try_clone().map_err(|e| Error::io("duplicating a descriptor", e))?;
         let images = ImagesDir::from_fd(snapshot, request.snapshot.clone());
         let options = DumpOptions {
             pid: self.pid,
@@ -296,8 +307,15 @@ impl Offer {
             external: &[],
             as_user: Some(self.owner),
         };
+        // A follower left running by a failed dump ends when the process gives the
+        // snapshot up (its directory goes) or ends.
         match rpc::dump_into(bin, &options, images)? {
-            DumpOutcome::Dumped => Ok(()),
+            DumpOutcome::Dumped => {
+                if let Some(follower) = follower {
+                    follower.collect(&kept, &request.snapshot, Some(self.owner));
+                }
+                Ok(())
+            }
             DumpOutcome::Restored => Err(Error::msg("criu: the tool was restored in its own dump")),
         }
     }
@@ -430,7 +448,7 @@ mod tests {
         let late = DumpHelper::new(rendezvous.clone(), child.id() as i32);
         assert_eq!(late.tool_gone(), Some(child.id() as i32));
         let opts = DumpOptions::new(1, Path::new("/nonexistent"));
-        let error = ask(&theirs, &opts).unwrap_err();
+        let error = ask(&theirs, &opts, true).unwrap_err();
         assert!(error.message().contains("is gone"), "{error}");
         assert!(!rendezvous.exists());
         // A tool outside our PID namespace (PID 0) cannot be watched.
@@ -448,6 +466,7 @@ mod tests {
             tcp_established: false,
             file_locks: true,
             network_lock: Some(LockMethod::Auto),
+            follow_images: true,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<DumpRequest>(&text).unwrap(), request);

@@ -8,6 +8,7 @@ pub mod behalf;
 pub mod binary;
 mod compat;
 pub mod files;
+pub mod follow;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -167,21 +168,29 @@ impl Component for CriuComponent {
             as_user: None,
         };
         let prepared = started.elapsed();
+        // Only for a self-dump: a tool dumping on our behalf follows on a thread.
+        let follow = job.params.bool("crs_criu_follow_images") && follow::worth_following(pid);
+        let follower =
+            (privileged && follow).then(|| follow::Follower::start(job.dir, pid)).flatten();
         let dumped = match job.dump_helper.filter(|_| !privileged) {
             None => rpc::dump(&bin, &options),
             Some(helper) => {
                 log::debug!(target: "crs", "crs:criu: asking the tool to dump (through {})", helper.rendezvous.display());
-                behalf::ask(helper, &options)
+                behalf::ask(helper, &options, follow)
             }
         };
         match dumped {
             Ok(rpc::DumpOutcome::Dumped) => {
                 let dumped_at = started.elapsed();
+                if let Some(follower) = follower {
+                    follower.collect_at(job.dir);
+                }
+                let followed_at = started.elapsed();
                 files::record(job.dir)?;
                 compat::record(job.dir, &self.identity())?;
                 // Phases of a checkpoint, for bench/run.sh (milliseconds since the start).
-                log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, files recorded {:.2} ms",
-                    ms(checked), ms(prepared), ms(dumped_at), ms(started.elapsed()));
+                log::debug!(target: "crs", "crs:criu: phases: checked {:.2} ms, prepared {:.2} ms, dumped {:.2} ms, followed {:.2} ms, files recorded {:.2} ms",
+                    ms(checked), ms(prepared), ms(dumped_at), ms(followed_at), ms(started.elapsed()));
                 Ok(CheckpointOutcome::Continue)
             }
             Ok(rpc::DumpOutcome::Restored) => Ok(CheckpointOutcome::Restarted),

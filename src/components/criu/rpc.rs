@@ -503,17 +503,18 @@ pub(crate) fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The `criu swrk <fd>` command line and the descriptors it must inherit, prepared
-/// before fork so that the child only makes system calls.
+/// before fork so that the child only makes system calls. (The image follower is
+/// started the same way: [`SwrkCommand::program`].)
 pub(crate) struct SwrkCommand {
     path: CString,
     /// Owns the strings `argv` points to.
-    _args: [CString; 2],
-    argv: [*const c_char; 4],
+    _args: Vec<CString>,
+    argv: Vec<*const c_char>,
     /// Our environment without LD_PRELOAD: CRIU must never run with this (or any)
     /// library preloaded. Owns the strings `envp` points to.
     _env: Vec<CString>,
     envp: Vec<*const c_char>,
-    /// The helper's end of the socket pair.
+    /// The helper's end of the socket pair (the follower's: its directory).
     socket: RawFd,
     inherit_fds: Vec<RawFd>,
     /// Run CRIU as this user with only these capabilities (its unprivileged mode): see
@@ -526,11 +527,10 @@ impl SwrkCommand {
         let path = CString::new(bin.path.as_os_str().as_bytes()).map_err(|_| {
             Error::new(codes::OPAL_ERR_BAD_PARAM, "CRIU binary path contains a NUL byte")
         })?;
-        let args = [
+        let args = vec![
             CString::new("swrk").expect("no NUL"),
             CString::new(socket.to_string()).expect("digits"),
         ];
-        let argv = [path.as_ptr(), args[0].as_ptr(), args[1].as_ptr(), std::ptr::null()];
         let env: Vec<CString> = std::env::vars_os()
             .filter(|(name, _)| name != "LD_PRELOAD")
             .filter_map(|(name, value)| {
@@ -540,9 +540,29 @@ impl SwrkCommand {
                 CString::new(entry).ok()
             })
             .collect();
-        let envp =
-            env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        Ok(SwrkCommand {
+        Ok(SwrkCommand::assemble(path, args, env, socket, inherit_fds))
+    }
+
+    /// Another program of ours, `path args…`, with an empty environment; `kept_fd` is
+    /// the one descriptor it inherits.
+    pub(crate) fn program(path: CString, args: Vec<CString>, kept_fd: RawFd) -> Self {
+        SwrkCommand::assemble(path, args, Vec::new(), kept_fd, &[])
+    }
+
+    fn assemble(
+        path: CString,
+        args: Vec<CString>,
+        env: Vec<CString>,
+        socket: RawFd,
+        inherit_fds: &[RawFd],
+    ) -> Self {
+        let null = std::iter::once(std::ptr::null());
+        let argv = std::iter::once(path.as_ptr())
+            .chain(args.iter().map(|a| a.as_ptr()))
+            .chain(null.clone())
+            .collect();
+        let envp = env.iter().map(|e| e.as_ptr()).chain(null).collect();
+        SwrkCommand {
             path,
             _args: args,
             argv,
@@ -551,7 +571,7 @@ impl SwrkCommand {
             socket,
             inherit_fds: inherit_fds.to_vec(),
             as_user: None,
-        })
+        }
     }
 }
 
