@@ -69,6 +69,18 @@ enum ToLauncher {
     Hello { node: usize, ranks: Vec<(usize, i32)> },
     /// Phase one on the agent's node is over.
     Held { outcomes: Vec<Outcome> },
+    /// The agent of node `node` could not start or restore its ranks (it says why on
+    /// its own output) and ends with `status`: the job's status, rather than srun's once
+    /// it has killed the other agents.
+    Failed { node: usize, status: i32 },
+}
+
+/// What the agents reported before the job runs: each node's link, and the first
+/// node that failed (node, status).
+#[derive(Default)]
+struct Reports {
+    links: Vec<Link>,
+    failed: Option<(usize, i32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,7 +198,7 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
     unsafe { srun.pre_exec(move || crate::framework::end_with_parent(launcher_pid)) };
     let srun_pid = srun.spawn()?.id() as i32;
 
-    let reported = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+    let reported = Arc::new((Mutex::new(Reports::default()), Condvar::new()));
     let accepting = reported.clone();
     std::thread::Builder::new()
         .name("opalcrs-agents".into())
@@ -195,8 +207,8 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
     let links = loop {
         let (list, changed) = &*reported;
         let mut list = list.lock();
-        if list.len() == nodes {
-            break std::mem::take(&mut *list);
+        if list.links.len() == nodes {
+            break std::mem::take(&mut list.links);
         }
         // SAFETY: looks whether srun ended, without reaping it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -210,6 +222,12 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
         } == 0
             && unsafe { info.si_pid() } == srun_pid;
         if ended || Instant::now() >= until {
+            if ended && list.failed.is_none() {
+                // A failing agent reports before it exits; its report may still be on
+                // its way.
+                changed.wait_for(&mut list, Duration::from_secs(1));
+            }
+            let failed = list.failed;
             drop(list);
             if !ended {
                 eprintln!(
@@ -218,7 +236,8 @@ pub fn launch(launch: &Launch) -> std::io::Result<i32> {
                 );
                 launcher::end_all(&[srun_pid], &[libc::SIGTERM, libc::SIGTERM]);
             }
-            return Ok(launcher::supervise(&[srun_pid], &srun_named, &mut |_| {}));
+            let status = launcher::supervise(&[srun_pid], &srun_named, &mut |_| {});
+            return Ok(failed.map_or(status, |(_, status)| status));
         }
         changed.wait_for(&mut list, Duration::from_millis(100));
     };
@@ -284,7 +303,7 @@ fn accept_agents(
     listener: TcpListener,
     secret: &str,
     nodes: usize,
-    reported: &Arc<(Mutex<Vec<Link>>, Condvar)>,
+    reported: &Arc<(Mutex<Reports>, Condvar)>,
 ) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -310,10 +329,16 @@ fn accept_agents(
                             } else {
                                 seen.push(node);
                                 let (list, changed) = &*reported;
-                                list.lock().push((channel, ranks));
+                                list.lock().links.push((channel, ranks));
                                 changed.notify_all();
                                 None
                             }
+                        }
+                        Ok(ToLauncher::Failed { node, status }) if node < nodes => {
+                            let (list, changed) = &*reported;
+                            list.lock().failed.get_or_insert((node, status));
+                            changed.notify_all();
+                            None
                         }
                         _ => Some("no report of a node".to_string()),
                     },
@@ -367,12 +392,15 @@ fn run_agent(
     };
     // A fresh node launcher is forked before the secret is read and the channel exists,
     // so that its tree (an image, for criu) has neither.
-    let fresh = match &restart {
-        None => Some(start_node_launcher(command, mine.clone(), size, params)?),
-        Some(_) => None,
-    };
+    let fresh = restart.is_none().then(|| start_node_launcher(command, mine.clone(), size, params));
     let secret =
         forget_agent_variables().ok_or(format!("{} is not set", channel::SECRET_VARIABLE))?;
+    let address = format!("{host}:{port}");
+    let failed = |why: String| {
+        report_failure(&address, &secret, node);
+        why
+    };
+    let fresh = fresh.transpose().map_err(failed)?;
     launcher::install_signal_handlers(&[]);
     // The tree of the node launcher (its PID), if the ranks are below one; the ranks.
     // All started before the launcher is reached, so that a node that cannot start
@@ -380,7 +408,8 @@ fn run_agent(
     let (tree, pids) = match (&restart, fresh, criu_restart) {
         (_, Some((tree, pids)), _) => (Some(tree), pids),
         (Some(global), None, Some(metadata)) => {
-            let (tree, pids) = restore_node(global, &metadata, node, &mine, params, verbose)?;
+            let (tree, pids) =
+                restore_node(global, &metadata, node, &mine, params, verbose).map_err(failed)?;
             (Some(tree), pids)
         }
         (Some(global), None, None) => {
@@ -394,7 +423,7 @@ fn run_agent(
                     Ok(pid) => pids.push(pid),
                     Err(e) => {
                         launcher::end_all(&pids, &[]);
-                        return Err(format!("rank {rank}: {e}"));
+                        return Err(failed(format!("rank {rank}: {e}")));
                     }
                 }
             }
@@ -403,9 +432,9 @@ fn run_agent(
         (None, None, _) => unreachable!("a fresh start has its node launcher"),
     };
     let children = tree.map_or_else(|| pids.clone(), |pid| vec![pid]);
-    let channel = Channel::connect(&format!("{host}:{port}"), &secret).map_err(|e| {
+    let channel = Channel::connect(&address, &secret).map_err(|e| {
         launcher::end_all(&children, &[]);
-        format!("cannot reach the launcher at {host}:{port}: {e}")
+        format!("cannot reach the launcher at {address}: {e}")
     })?;
     let ranks: Vec<(usize, i32)> = mine.zip(pids.iter().copied()).collect();
     channel
@@ -422,6 +451,16 @@ fn run_agent(
         None => format!("rank {}", first + index),
     };
     Ok(launcher::supervise(&children, &name, &mut |_| {}))
+}
+
+/// Tells the launcher at `address` that this node's ranks could not be started, so
+/// that the job ends with the agent's status; best effort: the agent says why on its
+/// own output and ends either way.
+fn report_failure(address: &str, secret: &str, node: usize) {
+    let status = crate::tools::restart::EXIT_CANNOT_RESTART;
+    if let Ok(channel) = Channel::connect(address, secret) {
+        let _ = channel.send(&ToLauncher::Failed { node, status });
+    }
 }
 
 /// Forks the node launcher: it leads a session of its own (as the root of a tree that
