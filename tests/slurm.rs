@@ -749,10 +749,24 @@ fn submit(cluster: &Cluster, sb: &Sandbox, programs: &(PathBuf, PathBuf), plan: 
     if plan.warnings == 0 {
         sbatch.args(["--time=1", "--signal=B:USR1@10"]);
     }
+    let plan = (plan.label, plan.component, plan.steps, plan.warnings);
+    sbatch_example(cluster, sbatch, script, program, plan, (result, output))
+}
+
+/// Runs `sbatch` (options and environment set) on `script` of examples/slurm with the
+/// arguments `program STEPS STEP_MS RESULT`: the job, as the test follows it.
+fn sbatch_example(
+    cluster: &Cluster,
+    mut sbatch: Command,
+    script: &str,
+    program: &Path,
+    (label, component, steps, warnings): (&'static str, &'static str, u64, usize),
+    (result, output): (PathBuf, PathBuf),
+) -> Job {
     let out = sbatch
         .arg(repo().join("examples/slurm").join(script))
         .arg(program)
-        .arg(plan.steps.to_string())
+        .arg(steps.to_string())
         .arg(STEP_MS.to_string())
         .arg(&result)
         .output()
@@ -760,10 +774,10 @@ fn submit(cluster: &Cluster, sb: &Sandbox, programs: &(PathBuf, PathBuf), plan: 
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
     Job {
-        label: plan.label,
-        component: plan.component,
-        steps: plan.steps,
-        warnings: plan.warnings,
+        label,
+        component,
+        steps,
+        warnings,
         id: stdout.trim().split(';').next().unwrap().to_string(),
         output,
         result,
@@ -1665,8 +1679,8 @@ fn submit_4x2(
     (label, warnings, tag): (&'static str, usize, &str),
 ) -> Job {
     let (result, output) = (sb.path(&format!("{tag}.result")), sb.path(&format!("{tag}.out")));
-    let out = sb
-        .command("sbatch")
+    let mut sbatch = sb.command("sbatch");
+    sbatch
         .env("SLURM_CONF", &cluster.conf)
         .env("OPAL_RUN", opal_run())
         .env("OPAL_CHECKPOINT", checkpoint_tool())
@@ -1674,28 +1688,9 @@ fn submit_4x2(
         .env("COMPONENT", component)
         .env("OPALCRS_LIB", lib_dir().join("libopalcrs.so"))
         .arg("--parsable")
-        .arg(format!("--output={}", output.display()))
-        .arg(repo().join("examples/slurm/job4x2.sbatch"))
-        .arg(program)
-        .arg(SHORT_STEPS.to_string())
-        .arg(STEP_MS.to_string())
-        .arg(&result)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "sbatch failed: {stdout}{stderr}\n{}", cluster.logs());
-    Job {
-        label,
-        component,
-        steps: SHORT_STEPS,
-        warnings,
-        id: stdout.trim().split(';').next().unwrap().to_string(),
-        output,
-        result,
-        warnings_sent: 0,
-        submitted: Instant::now(),
-        finished: None,
-    }
+        .arg(format!("--output={}", output.display()));
+    let plan = (label, component, SHORT_STEPS, warnings);
+    sbatch_example(cluster, sbatch, "job4x2.sbatch", program, plan, (result, output))
 }
 
 /// What is wrong with how a 4-rank job ended: it must be COMPLETED with exit code 0:0
