@@ -119,6 +119,12 @@ pub trait Component: Sync {
         Vec::new()
     }
 
+    /// Runs a helper process the component starts as `opal-checkpoint MODE ARGS…` (the
+    /// criu image follower): its exit status, or None if `mode` is not one of its own.
+    fn helper(&self, _mode: &std::ffi::OsStr, _args: &[std::ffi::OsString]) -> Option<i32> {
+        None
+    }
+
     /// Whether the process ends once its snapshot is published even without `--term`
     /// (criu with `crs_criu_leave_running=0`).
     fn ends_process(&self, _params: &Params) -> bool {
@@ -143,6 +149,11 @@ const NOT_AVAILABLE: &[&str] = &["blcr", "dmtcp"];
 
 pub fn by_name(name: &str) -> Option<&'static dyn Component> {
     COMPONENTS.iter().copied().find(|c| c.name() == name)
+}
+
+/// Runs the component helper `mode` (see [`Component::helper`]), if a component has it.
+pub fn run_helper(mode: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> Option<i32> {
+    COMPONENTS.iter().find_map(|c| c.helper(mode, args))
 }
 
 pub fn names() -> Vec<&'static str> {

@@ -84,8 +84,10 @@ struct Settings {
 
 pub fn main() -> i32 {
     let args = super::args();
-    if args.first().is_some_and(|arg| arg == crate::components::criu::follow::FOLLOW_MODE) {
-        return crate::components::criu::follow::main(&args[1..]);
+    if let Some(status) =
+        args.split_first().and_then(|(mode, rest)| crate::framework::run_helper(mode, rest))
+    {
+        return status;
     }
     let argv0 = std::env::args_os()
         .next()

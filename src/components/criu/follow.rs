@@ -335,7 +335,7 @@ impl Inotify {
 /// directory open as DIR_FD while process PID is dumped into it (see the module).
 /// Exits 0 when done or when there is nothing to do any more, 1 when following failed,
 /// 2 on bad arguments.
-pub fn main(args: &[OsString]) -> i32 {
+pub(super) fn main(args: &[OsString]) -> i32 {
     let number =
         |arg: Option<&OsString>| arg.and_then(|a| a.to_str()).and_then(|a| a.parse::<i32>().ok());
     let (Some(dir_fd), Some(pid), 2) = (number(args.first()), number(args.get(1)), args.len())

@@ -8,7 +8,7 @@ pub mod behalf;
 pub mod binary;
 mod compat;
 pub mod files;
-pub mod follow;
+mod follow;
 pub mod proto;
 pub mod restore;
 pub mod rpc;
@@ -42,6 +42,10 @@ fn find_binary(params: &Params) -> Result<binary::CriuBinary> {
 impl Component for CriuComponent {
     fn name(&self) -> &'static str {
         "criu"
+    }
+
+    fn helper(&self, mode: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> Option<i32> {
+        (mode == follow::FOLLOW_MODE).then(|| follow::main(args))
     }
 
     fn priority(&self, params: &Params) -> i64 {
