@@ -106,11 +106,34 @@ fn opal_run() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_opal-run"))
 }
 
-/// `count` different TCP ports that nothing listens on right now.
+/// `count` different TCP ports that nothing listens on right now, for a cluster's
+/// daemons: below the ephemeral range, so that no outgoing connection takes one before
+/// its daemon binds it, and never handed out twice in this run (tests start clusters at
+/// the same time; a daemon that found its port taken left its cluster unreachable).
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("0.0.0.0:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10000u16, ephemeral.max(10100));
+    let span = u32::from(high - low);
+    let mut given = GIVEN.lock().unwrap();
+    // Test binaries running at once start at different places.
+    let start = std::process::id() % span;
+    let mut ports = Vec::with_capacity(count);
+    for offset in 0..span {
+        if ports.len() == count {
+            break;
+        }
+        let port = low + ((start + offset) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            given.push(port);
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), count, "no {count} free ports below {high}");
+    ports
 }
 
 fn short_hostname() -> String {
