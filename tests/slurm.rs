@@ -109,7 +109,7 @@ fn opal_run() -> PathBuf {
 /// `count` different TCP ports that nothing listens on right now, for a cluster's
 /// daemons: below the ephemeral range, so that no outgoing connection takes one before
 /// its daemon binds it, and never handed out twice in this run (tests start clusters at
-/// the same time; a daemon that found its port taken left its cluster unreachable).
+/// the same time, and a port bound and closed can be handed out again).
 fn free_ports(count: usize) -> Vec<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -244,11 +244,18 @@ impl Network {
             .output()
             .map_err(|e| format!("ip: {e}"))?;
         let used = String::from_utf8_lossy(&used.stdout).into_owned();
+        // Clusters of this run that start at once would otherwise find the same subnet
+        // free: two bridges at one address, and one cluster's slurmd reached the other's
+        // slurmctld (nodes never idle).
+        static GIVEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut given = GIVEN.lock().unwrap();
         let pid = std::process::id();
         let subnet = (0..250u32)
             .map(|k| format!("10.{}.{}", 200 + (pid + k) % 50, (pid / 50 + k) % 250))
-            .find(|net| !used.contains(&format!(" {net}.")))
+            .find(|net| !used.contains(&format!(" {net}.")) && !given.contains(net))
             .ok_or("no free 10.x.y.0/24 for the bridge")?;
+        given.push(subnet.clone());
+        drop(given);
         let mut network = Network { bridge: format!("ocb{tag}"), subnet, namespaces: Vec::new() };
         ip(&["link", "add", &network.bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}.1/24", network.subnet), "dev", &network.bridge])?;
