@@ -623,9 +623,13 @@ fn the_ranks_of_a_restored_criu_job_end_when_its_launcher_is_sigkilled() {
     let mut command = sb.command(restart_tool());
     command.arg(job.series()).envs(env);
     let mut restarted = sb.spawn(command, "restart");
-    // The restored launcher has its old PID, and its ranks under it.
+    // The restored launcher has its old PID, and its ranks under it. It answers once the
+    // restore is over: a rank killed while CRIU still restores it has no parent-death
+    // signal yet (seen once in CI under load). The restore's end took up to 20 s here.
     assert!(
-        wait_until(LONG, || alive(launcher) && children(launcher).len() == 4),
+        wait_until(3 * LONG, || alive(launcher)
+            && children(launcher).len() == 4
+            && sb.checkpoint(&["--status", &launcher.to_string()]).status.success()),
         "{}",
         sb.read("restart.out")
     );
